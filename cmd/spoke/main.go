@@ -1,0 +1,39 @@
+// Command spoke configures Envoy to carry kube-apiserver's egress traffic to
+// nodes through reverse tunnels. main only wires subcommands together.
+package main
+
+import (
+	"os"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		logrus.Error(err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	var logLevel string
+	root := &cobra.Command{
+		Use:           "spoke",
+		Short:         "Envoy reverse tunnels from the Kubernetes control plane to its nodes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			level, err := logrus.ParseLevel(logLevel)
+			if err != nil {
+				return err
+			}
+			logrus.SetLevel(level)
+			logrus.SetOutput(cmd.ErrOrStderr())
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(newTranslateCommand())
+	return root
+}

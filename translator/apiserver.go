@@ -1,0 +1,234 @@
+package translator
+
+import (
+	"net/netip"
+	"sort"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	revconnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/reverse_connection/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	revtunnelv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/reverse_tunnel/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// APIServerProxy builds the config of the Envoy beside kube-apiserver: the
+// egress socket that takes the apiserver's CONNECTs, the listener that accepts
+// node tunnels, and the cluster that sends each stream into a tunnel.
+func APIServerProxy(c *model.Cluster, s model.Settings) Resources {
+	return Resources{
+		Listeners: sortedListeners(handshakeListener(s), egressListener(s)),
+		Routes:    []*routev3.RouteConfiguration{egressRoutes(c, s)},
+		Clusters:  []*clusterv3.Cluster{reverseTunnelCluster(s)},
+		Secrets:   sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
+	}
+}
+
+// egressListener accepts the apiserver's HTTP/1.1 CONNECTs on a Unix socket
+// whose mode keeps every other local user out.
+func egressListener(s model.Settings) *listenerv3.Listener {
+	hcm := connectHCM("apiserver_egress", EgressRoute, s)
+	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP1
+	return &listenerv3.Listener{
+		Name: EgressListener,
+		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{
+			Path: s.EgressSocketPath, Mode: s.EgressSocketMode,
+		}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(hcm)}}},
+	}
+}
+
+// egressRoutes maps every CONNECT target to the tunnel that may carry it: a
+// virtual host per node (its addresses on any port, its host names, its pods)
+// and one for Service ClusterIP:port pairs, which any node can take. A target
+// in none of them matches no route and gets 404 at once: never a guess.
+func egressRoutes(c *model.Cluster, s model.Settings) *routev3.RouteConfiguration {
+	prefixes := usablePodPrefixes(c, s)
+	rc := &routev3.RouteConfiguration{Name: EgressRoute}
+	for _, n := range c.Nodes {
+		domains := newDomainSet()
+		for _, ip := range n.IPs {
+			domains.add(ipAnyPort(ip.Addr))
+		}
+		for _, h := range n.HostNames {
+			domains.add(nameAnyPort(h))
+		}
+		for _, p := range prefixes[n.Name] {
+			d, _ := prefixDomain(p)
+			domains.add(d)
+		}
+		for _, pod := range c.PodsOn(n.Name) {
+			for _, ip := range pod.IPs {
+				if !covered(prefixes[n.Name], ip) {
+					domains.add(ipAnyPort(ip))
+				}
+			}
+		}
+		if vh := tunnelVirtualHost("node/"+n.Name, domains, n.Name); vh != nil {
+			rc.VirtualHosts = append(rc.VirtualHosts, vh)
+		}
+	}
+	if vh := tunnelVirtualHost("services", serviceDomains(c), s.ClusterID); vh != nil {
+		rc.VirtualHosts = append(rc.VirtualHosts, vh)
+	}
+	return rc
+}
+
+// tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
+// tunnel of hostID (a node name, or the tunnel cluster id for "any node").
+func tunnelVirtualHost(name string, domains *domainSet, hostID string) *routev3.VirtualHost {
+	if domains.empty() {
+		return nil
+	}
+	return &routev3.VirtualHost{
+		Name:    name,
+		Domains: domains.sorted(),
+		Routes: []*routev3.Route{{
+			Name:     name,
+			Match:    connectMatch(),
+			Metadata: stringMetadata(routeMetadataSpace, routeMetadataHost, hostID),
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ReverseTunnels},
+				// CONNECT streams live as long as a `kubectl exec` or log follow.
+				Timeout:        durationpb.New(0),
+				IdleTimeout:    durationpb.New(0),
+				UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "CONNECT"}},
+			}},
+		}},
+	}
+}
+
+func serviceDomains(c *model.Cluster) *domainSet {
+	domains := newDomainSet()
+	for _, svc := range c.Services {
+		for _, ip := range svc.ClusterIPs {
+			for _, port := range svc.Ports {
+				domains.add(ipPort(ip, port))
+			}
+		}
+	}
+	return domains
+}
+
+// usablePodPrefixes returns, per node, the pod CIDRs that may be routed as one
+// wildcard domain: octet-aligned (see prefixDomain) and overlapping no other
+// node's CIDR. The pods of other CIDRs are routed one IP at a time.
+func usablePodPrefixes(c *model.Cluster, s model.Settings) map[string][]netip.Prefix {
+	out := map[string][]netip.Prefix{}
+	if s.PodRouting != model.PodRoutingAuto {
+		return out
+	}
+	for _, n := range c.Nodes {
+		for _, p := range n.PodCIDRs {
+			if _, ok := prefixDomain(p); ok && !overlapsOtherNode(c, n.Name, p) {
+				out[n.Name] = append(out[n.Name], p)
+			}
+		}
+	}
+	return out
+}
+
+func overlapsOtherNode(c *model.Cluster, node string, p netip.Prefix) bool {
+	for _, other := range c.Nodes {
+		if other.Name == node {
+			continue
+		}
+		for _, q := range other.PodCIDRs {
+			if p.Overlaps(q) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func covered(prefixes []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// handshakeListener accepts tunnel handshakes from node proxies over mTLS. The
+// handshake's node id must equal the certificate's single DNS SAN, its cluster
+// and tenant ids the configured ones, its upstream cluster the node proxies'.
+func handshakeListener(s model.Settings) *listenerv3.Listener {
+	tunnel := &revtunnelv3.ReverseTunnel{
+		PingInterval:        dur(s.KeepaliveInterval),
+		RequiredClusterName: APIServerProxies,
+		Validation: &revtunnelv3.Validation{
+			NodeIdFormat:    NodeIDFromCertificate,
+			ClusterIdFormat: s.ClusterID,
+			TenantIdFormat:  s.TenantID,
+		},
+	}
+	tls := &tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.APIServerCertificate)},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+				ValidationContextSdsSecretConfig: sdsSecret(s.Secrets.TunnelCA),
+			},
+		},
+	}
+	return &listenerv3.Listener{
+		Name:    HandshakeListener,
+		Address: socketAddress(s.TunnelListenAddress, s.TunnelPort),
+		FilterChains: []*listenerv3.FilterChain{{
+			TransportSocket: &corev3.TransportSocket{
+				Name:       "envoy.transport_sockets.tls",
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(tls)},
+			},
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.reverse_tunnel",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(tunnel)},
+			}},
+		}},
+	}
+}
+
+// reverseTunnelCluster sends each stream over HTTP/2 into a tunnel of the host
+// its route names (route metadata, see HostIDFormat).
+func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
+	protocol := &httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: http2Options(s)},
+		}},
+	}
+	return &clusterv3.Cluster{
+		Name:           ReverseTunnels,
+		ConnectTimeout: dur(s.ConnectTimeout),
+		LbPolicy:       clusterv3.Cluster_CLUSTER_PROVIDED,
+		ClusterDiscoveryType: &clusterv3.Cluster_ClusterType{ClusterType: &clusterv3.Cluster_CustomClusterType{
+			Name: "envoy.clusters.reverse_connection",
+			TypedConfig: typed(&revconnv3.ReverseConnectionClusterConfig{
+				CleanupInterval: durationpb.New(60e9),
+				HostIdFormat:    HostIDFormat,
+			}),
+		}},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(protocol),
+		},
+	}
+}
+
+func sortedListeners(ls ...*listenerv3.Listener) []*listenerv3.Listener {
+	sort.Slice(ls, func(i, j int) bool { return ls[i].Name < ls[j].Name })
+	return ls
+}
+
+func sortedStrings(xs ...string) []string {
+	sort.Strings(xs)
+	return xs
+}

@@ -1,0 +1,195 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Settings are the operator's choices that shape the generated config. Every
+// field has a default (DefaultSettings); a config file overrides only what it names.
+type Settings struct {
+	// ClusterID is the reverse-tunnel cluster id every node proxy announces. The
+	// apiserver proxy sends Service traffic to it, which spreads over all connected
+	// nodes. It must differ from every node name.
+	ClusterID string `json:"clusterID"`
+	// TenantID is the reverse-tunnel tenant id (Envoy 1.40 requires one).
+	TenantID string `json:"tenantID"`
+	// TunnelPort is the apiserver proxy's TCP port for tunnel handshakes.
+	TunnelPort uint32 `json:"tunnelPort"`
+	// APIServerProxyName is the DNS SAN of the apiserver proxy's serving
+	// certificate; node proxies send it as SNI and accept no other name.
+	APIServerProxyName string `json:"apiServerProxyName"`
+	// TunnelListenAddress is the address the apiserver proxy binds the tunnel port on.
+	TunnelListenAddress string `json:"tunnelListenAddress"`
+	// TunnelsPerEndpoint is how many tunnels each node proxy worker keeps to each
+	// apiserver proxy. Node workers x this must be >= the apiserver proxy's workers.
+	TunnelsPerEndpoint uint32 `json:"tunnelsPerEndpoint"`
+	// EgressSocketPath is the Unix socket the apiserver's EgressSelectorConfiguration names.
+	EgressSocketPath string `json:"egressSocketPath"`
+	// EgressSocketMode is the file mode of that socket: only the apiserver may use it.
+	EgressSocketMode uint32 `json:"egressSocketMode"`
+	// APIServerEndpoints, when set, replaces the EndpointSlices of default/kubernetes
+	// as the list of apiserver proxies ("IP" or "IP:port"; port defaults to TunnelPort).
+	APIServerEndpoints []string `json:"apiServerEndpoints,omitempty"`
+	// PodRouting is "auto" (octet-aligned pod CIDRs become one prefix route per
+	// node on the apiserver proxy, the rest per pod IP) or "per-pod".
+	PodRouting string `json:"podRouting"`
+	// ConnectTimeout bounds every upstream TCP connect: the apiserver has no deadline
+	// on its CONNECT, so spoke must fail fast.
+	ConnectTimeout Duration `json:"connectTimeout"`
+	// KeepaliveInterval is the HTTP/2 PING interval on tunnels (both sides).
+	KeepaliveInterval Duration `json:"keepaliveInterval"`
+	// KeepaliveTimeout is how long a PING may go unanswered before the tunnel is closed.
+	KeepaliveTimeout Duration `json:"keepaliveTimeout"`
+	// Secrets names the SDS secrets the generated TLS contexts reference.
+	Secrets SecretNames `json:"secrets"`
+}
+
+// SecretNames are the SDS names of the tunnel TLS material.
+type SecretNames struct {
+	// TunnelCA validates tunnel peers on both sides.
+	TunnelCA string `json:"tunnelCA"`
+	// NodeCertificate is the node proxy's client certificate (DNS SAN = node name).
+	NodeCertificate string `json:"nodeCertificate"`
+	// APIServerCertificate is the apiserver proxy's serving certificate.
+	APIServerCertificate string `json:"apiServerCertificate"`
+}
+
+// Pod routing modes.
+const (
+	PodRoutingAuto   = "auto"
+	PodRoutingPerPod = "per-pod"
+)
+
+// DefaultSettings returns the documented defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		ClusterID:           "spoke-nodes",
+		TenantID:            "spoke",
+		TunnelPort:          8132,
+		TunnelListenAddress: "0.0.0.0",
+		APIServerProxyName:  "spoke-apiserver-proxy",
+		TunnelsPerEndpoint:  2,
+		EgressSocketPath:    "/var/run/spoke/egress.sock",
+		EgressSocketMode:    0o600,
+		PodRouting:          PodRoutingAuto,
+		ConnectTimeout:      Duration(2 * time.Second),
+		KeepaliveInterval:   Duration(10 * time.Second),
+		KeepaliveTimeout:    Duration(5 * time.Second),
+		Secrets: SecretNames{
+			TunnelCA:             "spoke-tunnel-ca",
+			NodeCertificate:      "spoke-tunnel-node",
+			APIServerCertificate: "spoke-tunnel-apiserver",
+		},
+	}
+}
+
+// LoadSettings reads a YAML or JSON settings file over the defaults. Unknown
+// fields are errors, so a typo never silently falls back to a default.
+func LoadSettings(path string) (Settings, error) {
+	s := DefaultSettings()
+	if path == "" {
+		return s, nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return s, fmt.Errorf("read settings: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(raw, &s); err != nil {
+		return s, fmt.Errorf("settings file %s: %w (see README.md, section Settings, for the fields)", path, err)
+	}
+	if err := s.Validate(); err != nil {
+		return s, fmt.Errorf("settings file %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Validate reports the first setting that would produce config Envoy rejects
+// or that would route wrongly.
+func (s *Settings) Validate() error {
+	for field, id := range map[string]string{"clusterID": s.ClusterID, "tenantID": s.TenantID} {
+		if err := ValidTunnelID(id); err != nil {
+			return fmt.Errorf("%s %q: %w", field, id, err)
+		}
+	}
+	switch {
+	case s.TunnelPort == 0 || s.TunnelPort > 65535:
+		return fmt.Errorf("tunnelPort %d: must be 1-65535", s.TunnelPort)
+	case s.APIServerProxyName == "":
+		return fmt.Errorf("apiServerProxyName must be set")
+	case s.TunnelsPerEndpoint == 0:
+		return fmt.Errorf("tunnelsPerEndpoint must be at least 1")
+	case !strings.HasPrefix(s.EgressSocketPath, "/"):
+		return fmt.Errorf("egressSocketPath %q: must be an absolute path", s.EgressSocketPath)
+	case s.EgressSocketMode > 0o777:
+		return fmt.Errorf("egressSocketMode %o: must be a file mode such as 0600 (decimal 384)", s.EgressSocketMode)
+	case s.PodRouting != PodRoutingAuto && s.PodRouting != PodRoutingPerPod:
+		return fmt.Errorf("podRouting %q: must be %q or %q", s.PodRouting, PodRoutingAuto, PodRoutingPerPod)
+	case s.ConnectTimeout <= 0:
+		return fmt.Errorf("connectTimeout must be positive")
+	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
+		return fmt.Errorf("keepaliveInterval and keepaliveTimeout must be positive")
+	case s.Secrets.TunnelCA == "" || s.Secrets.NodeCertificate == "" || s.Secrets.APIServerCertificate == "":
+		return fmt.Errorf("secrets: every secret name must be set")
+	}
+	if _, err := netip.ParseAddr(s.TunnelListenAddress); err != nil {
+		return fmt.Errorf("tunnelListenAddress %q: %w", s.TunnelListenAddress, err)
+	}
+	for _, ep := range s.APIServerEndpoints {
+		if _, err := ParseEndpoint(ep, s.TunnelPort); err != nil {
+			return fmt.Errorf("apiServerEndpoints: %w", err)
+		}
+	}
+	return nil
+}
+
+// ValidTunnelID checks an id against the rc:// address grammar
+// (rc://node:cluster:tenant@upstream:count): non-empty, no ':' '@' or '/'.
+func ValidTunnelID(id string) error {
+	if id == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	if i := strings.IndexAny(id, ":@/ "); i >= 0 {
+		return fmt.Errorf("contains %q, which the reverse-tunnel address rc://node:cluster:tenant@... cannot carry", id[i])
+	}
+	return nil
+}
+
+// ParseEndpoint parses "IP" or "IP:port" ("[v6]:port" for IPv6).
+func ParseEndpoint(s string, defaultPort uint32) (Endpoint, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Port() == 0 {
+			return Endpoint{}, fmt.Errorf("endpoint %q: port 0", s)
+		}
+		return Endpoint{Addr: ap.Addr().Unmap(), Port: uint32(ap.Port())}, nil
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("endpoint %q: want IP or IP:port", s)
+	}
+	return Endpoint{Addr: addr.Unmap(), Port: defaultPort}, nil
+}
+
+// Duration is a time.Duration written as "2s" in settings files.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+// UnmarshalJSON reads a Go duration string such as "500ms".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %s: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}

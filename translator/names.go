@@ -1,0 +1,44 @@
+// Package translator turns the model into Envoy resources for the two spoke
+// roles. Everything here is a pure function of (model.Cluster, model.Settings):
+// the same input always gives the same resources in the same order.
+package translator
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// Resource names. They are stable across versions: Envoy keys state (and the
+// reverse-tunnel listener its tunnels) by name.
+const (
+	// apiserver proxy
+	EgressListener     = "apiserver-egress"
+	EgressRoute        = "apiserver-egress"
+	HandshakeListener  = "tunnel-handshake"
+	ReverseTunnels     = "reverse-tunnels"
+	routeMetadataSpace = "spoke"
+	routeMetadataHost  = "host_id"
+
+	// node proxy
+	NodeTunnelRoute   = "node-tunnel"
+	APIServerProxies  = "apiserver-proxies"
+	KubeletCluster    = "kubelet"
+	OriginalDstTarget = "connect-original-dst"
+)
+
+// HostIDFormat is the reverse_connection cluster's host_id_format: the node
+// (or, for Services, the tunnel cluster id) chosen by the matched route. Route
+// metadata is used because request_headers_to_add runs after host selection.
+const HostIDFormat = "%METADATA(ROUTE:" + routeMetadataSpace + ":" + routeMetadataHost + ")%"
+
+// NodeIDFromCertificate binds a tunnel handshake's claimed node id to the single
+// DNS SAN of the verified client certificate.
+const NodeIDFromCertificate = "%DOWNSTREAM_PEER_DNS_SAN%"
+
+// reverseTunnelListenerName names the node proxy's rc:// listener after its
+// address: Envoy cannot change a listener's address in place, so a new address
+// must arrive as a new listener.
+func reverseTunnelListenerName(address string) string {
+	sum := sha256.Sum256([]byte(address))
+	return "reverse-tunnel-" + hex.EncodeToString(sum[:])[:10]
+}

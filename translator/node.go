@@ -1,0 +1,219 @@
+package translator
+
+import (
+	"fmt"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// UnknownNodeError says the requested node is not in the model.
+type UnknownNodeError struct{ Node string }
+
+func (e UnknownNodeError) Error() string {
+	return fmt.Sprintf("node %q is not in the cluster (or was skipped, see the warnings): check the name with `kubectl get nodes`", e.Node)
+}
+
+// NodeProxy builds the config of one node's Envoy: the rc:// listener that
+// keeps tunnels to every apiserver proxy, and routes that terminate CONNECT
+// only for this node's kubelet, this node's pods and Service ClusterIP:port
+// pairs. Nothing about other nodes is in it.
+func NodeProxy(c *model.Cluster, s model.Settings, nodeName string) (Resources, error) {
+	node, ok := c.Node(nodeName)
+	if !ok {
+		return Resources{}, UnknownNodeError{Node: nodeName}
+	}
+	clusters := []*clusterv3.Cluster{apiServerProxiesCluster(s), originalDstCluster(s)}
+	if kc := kubeletCluster(node, s); kc != nil {
+		clusters = append(clusters, kc)
+	}
+	sortClusters(clusters)
+	return Resources{
+		Listeners: []*listenerv3.Listener{reverseTunnelListener(node.Name, s)},
+		Routes:    []*routev3.RouteConfiguration{nodeRoutes(c, node, s)},
+		Clusters:  clusters,
+		Endpoints: []*endpointv3.ClusterLoadAssignment{apiServerEndpoints(c)},
+		Secrets:   sortedStrings(s.Secrets.NodeCertificate, s.Secrets.TunnelCA),
+	}, nil
+}
+
+// ReverseTunnelAddress is the rc:// address that makes Envoy dial tunnels:
+// rc://node:cluster:tenant@upstream-cluster:count.
+func ReverseTunnelAddress(node string, s model.Settings) string {
+	return fmt.Sprintf("rc://%s:%s:%s@%s:%d", node, s.ClusterID, s.TenantID, APIServerProxies, s.TunnelsPerEndpoint)
+}
+
+func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
+	address := ReverseTunnelAddress(node, s)
+	hcm := connectHCM("node_tunnel", NodeTunnelRoute, s)
+	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP2
+	hcm.Http2ProtocolOptions = http2Options(s)
+	return &listenerv3.Listener{
+		Name: reverseTunnelListenerName(address),
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address:       address,
+			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
+			ResolverName:  "envoy.resolvers.reverse_connection",
+		}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(hcm)}}},
+	}
+}
+
+// nodeRoutes terminates CONNECT for this node's own targets. Kubelet targets
+// (any of its addresses or host names, kubelet port only) go to the kubelet
+// cluster; pods (any port) and Services (their ports) to the original
+// destination named by the CONNECT target. Everything else gets 404.
+func nodeRoutes(c *model.Cluster, node *model.Node, s model.Settings) *routev3.RouteConfiguration {
+	rc := &routev3.RouteConfiguration{Name: NodeTunnelRoute}
+	kubelet := newDomainSet()
+	if _, ok := node.KubeletIP(); ok {
+		for _, ip := range node.IPs {
+			kubelet.add(ipPort(ip.Addr, node.KubeletPort))
+		}
+		for _, h := range node.HostNames {
+			kubelet.add(namePort(h, node.KubeletPort))
+		}
+	}
+	pods := newDomainSet()
+	for _, pod := range c.PodsOn(node.Name) {
+		for _, ip := range pod.IPs {
+			pods.add(ipAnyPort(ip))
+		}
+	}
+	for _, vh := range []*routev3.VirtualHost{
+		terminatingVirtualHost("kubelet", kubelet, KubeletCluster),
+		terminatingVirtualHost("pods", pods, OriginalDstTarget),
+		terminatingVirtualHost("services", serviceDomains(c), OriginalDstTarget),
+	} {
+		if vh != nil {
+			rc.VirtualHosts = append(rc.VirtualHosts, vh)
+		}
+	}
+	return rc
+}
+
+func terminatingVirtualHost(name string, domains *domainSet, cluster string) *routev3.VirtualHost {
+	if domains.empty() {
+		return nil
+	}
+	return &routev3.VirtualHost{
+		Name:    name,
+		Domains: domains.sorted(),
+		Routes: []*routev3.Route{{
+			Name:  name,
+			Match: connectMatch(),
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+				Timeout:          durationpb.New(0),
+				IdleTimeout:      durationpb.New(0),
+				UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{
+					UpgradeType:   "CONNECT",
+					ConnectConfig: &routev3.RouteAction_UpgradeConfig_ConnectConfig{},
+				}},
+			}},
+		}},
+	}
+}
+
+// apiServerProxiesCluster lists every apiserver proxy as its own endpoint
+// (EDS): the rc:// listener keeps tunnels to each host, so no replica is left
+// without a tunnel to this node.
+func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
+	tls := &tlsv3.UpstreamTlsContext{
+		Sni: s.APIServerProxyName,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.NodeCertificate)},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext: &tlsv3.CertificateValidationContext{
+						MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+							SanType: tlsv3.SubjectAltNameMatcher_DNS,
+							Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s.APIServerProxyName}},
+						}},
+					},
+					ValidationContextSdsSecretConfig: sdsSecret(s.Secrets.TunnelCA),
+				},
+			},
+		},
+	}
+	return &clusterv3.Cluster{
+		Name:                 APIServerProxies,
+		ConnectTimeout:       dur(s.ConnectTimeout),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
+		TransportSocket: &corev3.TransportSocket{
+			Name:       "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(tls)},
+		},
+	}
+}
+
+func apiServerEndpoints(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: APIServerProxies}
+	var lbs []*endpointv3.LbEndpoint
+	for _, ep := range c.APIServerEndpoints {
+		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(ep.Addr.String(), ep.Port),
+		}}})
+	}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
+
+// kubeletCluster dials this node's own kubelet at its first InternalIP (or
+// ExternalIP), whatever address or host name the CONNECT named: an ExternalIP
+// behind NAT may not be reachable from the node itself. nil without an IP.
+func kubeletCluster(node *model.Node, s model.Settings) *clusterv3.Cluster {
+	ip, ok := node.KubeletIP()
+	if !ok {
+		return nil
+	}
+	return &clusterv3.Cluster{
+		Name:                 KubeletCluster,
+		ConnectTimeout:       dur(s.ConnectTimeout),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: KubeletCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: socketAddress(ip.String(), node.KubeletPort),
+				}},
+			}}}},
+		},
+	}
+}
+
+// originalDstCluster opens TCP to the IP:port in the CONNECT's :authority. Only
+// routes whose domains list this node's pods and Service pairs lead here.
+func originalDstCluster(s model.Settings) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 OriginalDstTarget,
+		ConnectTimeout:       dur(s.ConnectTimeout),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		LbConfig: &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{
+			UseHttpHeader:  true,
+			HttpHeaderName: ":authority",
+		}},
+	}
+}
+
+func sortClusters(cs []*clusterv3.Cluster) {
+	for i := 1; i < len(cs); i++ {
+		for j := i; j > 0 && cs[j].Name < cs[j-1].Name; j-- {
+			cs[j], cs[j-1] = cs[j-1], cs[j]
+		}
+	}
+}

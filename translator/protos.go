@@ -1,0 +1,60 @@
+package translator
+
+import (
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// typed wraps a message in an Any, marshalled deterministically so that equal
+// config always hashes to the same version. Marshalling a well-formed generated
+// message cannot fail, so a failure is a programming error.
+func typed(m proto.Message) *anypb.Any {
+	a := new(anypb.Any)
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic("translator: marshal " + string(proto.MessageName(m)) + ": " + err.Error())
+	}
+	return a
+}
+
+func dur(d model.Duration) *durationpb.Duration { return durationpb.New(time.Duration(d)) }
+
+// ads is the config source for every dynamic reference: one ADS stream per Envoy.
+func ads() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+func sdsSecret(name string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: ads()}
+}
+
+func keepalive(s model.Settings) *corev3.KeepaliveSettings {
+	return &corev3.KeepaliveSettings{Interval: dur(s.KeepaliveInterval), Timeout: dur(s.KeepaliveTimeout)}
+}
+
+func http2Options(s model.Settings) *corev3.Http2ProtocolOptions {
+	return &corev3.Http2ProtocolOptions{ConnectionKeepalive: keepalive(s)}
+}
+
+func stringMetadata(namespace, key, value string) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		namespace: {Fields: map[string]*structpb.Value{key: structpb.NewStringValue(value)}},
+	}}
+}
+
+func socketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
