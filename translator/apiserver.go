@@ -23,7 +23,8 @@ import (
 // APIServerProxy builds the config of the Envoy beside kube-apiserver: the
 // egress socket that takes the apiserver's CONNECTs, the listener that accepts
 // node tunnels, and the cluster that sends each stream into a tunnel.
-func APIServerProxy(c *model.Cluster, s model.Settings) Resources {
+func (t *Translator) APIServerProxy() Resources {
+	c, s := t.cluster, t.settings
 	return Resources{
 		Listeners: sortedListeners(handshakeListener(s), egressListener(s)),
 		Routes:    []*routev3.RouteConfiguration{egressRoutes(c, s)},
@@ -126,9 +127,10 @@ func usablePodPrefixes(c *model.Cluster, s model.Settings) map[string][]netip.Pr
 	if s.PodRouting != model.PodRoutingAuto {
 		return out
 	}
+	shared := prefixesSharedByNodes(c)
 	for _, n := range c.Nodes {
 		for _, p := range n.PodCIDRs {
-			if _, ok := prefixDomain(p); ok && !overlapsOtherNode(c, n.Name, p) {
+			if _, ok := prefixDomain(p); ok && !shared[p] {
 				out[n.Name] = append(out[n.Name], p)
 			}
 		}
@@ -136,18 +138,31 @@ func usablePodPrefixes(c *model.Cluster, s model.Settings) map[string][]netip.Pr
 	return out
 }
 
-func overlapsOtherNode(c *model.Cluster, node string, p netip.Prefix) bool {
-	for _, other := range c.Nodes {
-		if other.Name == node {
-			continue
+// prefixesSharedByNodes finds pod CIDRs that overlap a CIDR of another node.
+// CIDRs overlap only by nesting, so looking up every shorter prefix of each
+// CIDR finds all pairs in O(CIDRs x address bits).
+func prefixesSharedByNodes(c *model.Cluster) map[netip.Prefix]bool {
+	owners := map[netip.Prefix]string{}
+	shared := map[netip.Prefix]bool{}
+	for _, n := range c.Nodes {
+		for _, p := range n.PodCIDRs {
+			if owner, ok := owners[p]; ok && owner != n.Name {
+				shared[p] = true
+			}
+			owners[p] = n.Name
 		}
-		for _, q := range other.PodCIDRs {
-			if p.Overlaps(q) {
-				return true
+	}
+	for _, n := range c.Nodes {
+		for _, p := range n.PodCIDRs {
+			for bits := 0; bits < p.Bits(); bits++ {
+				parent := netip.PrefixFrom(p.Addr(), bits).Masked()
+				if owner, ok := owners[parent]; ok && owner != n.Name {
+					shared[p], shared[parent] = true, true
+				}
 			}
 		}
 	}
-	return false
+	return shared
 }
 
 func covered(prefixes []netip.Prefix, ip netip.Addr) bool {

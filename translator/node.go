@@ -27,7 +27,8 @@ func (e UnknownNodeError) Error() string {
 // keeps tunnels to every apiserver proxy, and routes that terminate CONNECT
 // only for this node's kubelet, this node's pods and Service ClusterIP:port
 // pairs. Nothing about other nodes is in it.
-func NodeProxy(c *model.Cluster, s model.Settings, nodeName string) (Resources, error) {
+func (t *Translator) NodeProxy(nodeName string) (Resources, error) {
+	c, s := t.cluster, t.settings
 	node, ok := c.Node(nodeName)
 	if !ok {
 		return Resources{}, UnknownNodeError{Node: nodeName}
@@ -39,7 +40,7 @@ func NodeProxy(c *model.Cluster, s model.Settings, nodeName string) (Resources, 
 	sortClusters(clusters)
 	return Resources{
 		Listeners: []*listenerv3.Listener{reverseTunnelListener(node.Name, s)},
-		Routes:    []*routev3.RouteConfiguration{nodeRoutes(c, node, s)},
+		Routes:    []*routev3.RouteConfiguration{t.nodeRoutes(node)},
 		Clusters:  clusters,
 		Endpoints: []*endpointv3.ClusterLoadAssignment{apiServerEndpoints(c)},
 		Secrets:   sortedStrings(s.Secrets.NodeCertificate, s.Secrets.TunnelCA),
@@ -72,7 +73,7 @@ func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
 // (any of its addresses or host names, kubelet port only) go to the kubelet
 // cluster; pods (any port) and Services (their ports) to the original
 // destination named by the CONNECT target. Everything else gets 404.
-func nodeRoutes(c *model.Cluster, node *model.Node, s model.Settings) *routev3.RouteConfiguration {
+func (t *Translator) nodeRoutes(node *model.Node) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{Name: NodeTunnelRoute}
 	kubelet := newDomainSet()
 	if _, ok := node.KubeletIP(); ok {
@@ -84,7 +85,7 @@ func nodeRoutes(c *model.Cluster, node *model.Node, s model.Settings) *routev3.R
 		}
 	}
 	pods := newDomainSet()
-	for _, pod := range c.PodsOn(node.Name) {
+	for _, pod := range t.cluster.PodsOn(node.Name) {
 		for _, ip := range pod.IPs {
 			pods.add(ipAnyPort(ip))
 		}
@@ -92,7 +93,7 @@ func nodeRoutes(c *model.Cluster, node *model.Node, s model.Settings) *routev3.R
 	for _, vh := range []*routev3.VirtualHost{
 		terminatingVirtualHost("kubelet", kubelet, KubeletCluster),
 		terminatingVirtualHost("pods", pods, OriginalDstTarget),
-		terminatingVirtualHost("services", serviceDomains(c), OriginalDstTarget),
+		t.nodeServicesVirtualHost(),
 	} {
 		if vh != nil {
 			rc.VirtualHosts = append(rc.VirtualHosts, vh)

@@ -48,6 +48,7 @@ func Build(objs Objects, s Settings) (Cluster, []Problem) {
 	}
 	b.addAPIServerEndpoints(objs.EndpointSlices)
 	b.sortAll()
+	b.cluster.Index()
 	return b.cluster, b.problems
 }
 
@@ -80,8 +81,11 @@ func (b *builder) addNode(n *corev1.Node) {
 		node.KubeletPort = DefaultKubeletPort
 	}
 	b.addNodeAddresses(&node, n.Status.Addresses)
-	if len(node.IPs) == 0 && len(node.HostNames) == 0 {
+	switch {
+	case len(node.IPs) == 0 && len(node.HostNames) == 0:
 		b.report(obj, "has no usable addresses in status.addresses: its kubelet cannot be reached (its pods still are)")
+	case len(node.IPs) == 0:
+		b.report(obj, "has no InternalIP or ExternalIP: its node proxy has no address to dial its kubelet on, so kubelet requests are refused")
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
@@ -192,6 +196,9 @@ func (b *builder) addPod(p *corev1.Pod) {
 		}
 	}
 	if len(pod.IPs) == 0 {
+		if p.Status.Phase == corev1.PodRunning {
+			b.report(obj, "skipped: Running but status.podIPs is empty")
+		}
 		return // no IP yet (Pending): nothing to route
 	}
 	b.cluster.Pods = append(b.cluster.Pods, pod)

@@ -80,10 +80,38 @@ type Cluster struct {
 	Pods               []Pod
 	Services           []Service
 	APIServerEndpoints []Endpoint
+
+	// index makes lookups O(1) at 5,000 nodes / 150,000 pods. Build sets it;
+	// a hand-made Cluster calls Index, or lookups fall back to linear scans.
+	index *clusterIndex
+}
+
+type clusterIndex struct {
+	nodes map[string]int   // node name -> position in Nodes
+	pods  map[string][]int // node name -> positions in Pods
+}
+
+// Index (re)builds the lookup index; call it after changing the slices.
+func (c *Cluster) Index() {
+	idx := &clusterIndex{nodes: make(map[string]int, len(c.Nodes)), pods: make(map[string][]int, len(c.Nodes))}
+	for i, n := range c.Nodes {
+		idx.nodes[n.Name] = i
+	}
+	for i, p := range c.Pods {
+		idx.pods[p.NodeName] = append(idx.pods[p.NodeName], i)
+	}
+	c.index = idx
 }
 
 // Node returns the node with the given name.
 func (c *Cluster) Node(name string) (*Node, bool) {
+	if c.index != nil {
+		i, ok := c.index.nodes[name]
+		if !ok {
+			return nil, false
+		}
+		return &c.Nodes[i], true
+	}
 	for i := range c.Nodes {
 		if c.Nodes[i].Name == name {
 			return &c.Nodes[i], true
@@ -95,6 +123,12 @@ func (c *Cluster) Node(name string) (*Node, bool) {
 // PodsOn returns the pods scheduled on the named node, in model order.
 func (c *Cluster) PodsOn(node string) []Pod {
 	var out []Pod
+	if c.index != nil {
+		for _, i := range c.index.pods[node] {
+			out = append(out, c.Pods[i])
+		}
+		return out
+	}
 	for _, p := range c.Pods {
 		if p.NodeName == node {
 			out = append(out, p)

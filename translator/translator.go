@@ -1,0 +1,45 @@
+package translator
+
+import (
+	"sync"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// Translator translates one model snapshot. It computes the parts that every
+// node proxy shares (the Services virtual host) once, so translating all
+// 5,000 node proxies does not redo them 5,000 times. Returned resources may
+// share these parts: treat them as read-only (clone before changing).
+type Translator struct {
+	cluster  *model.Cluster
+	settings model.Settings
+
+	servicesOnce sync.Once
+	services     *routev3.VirtualHost
+}
+
+// New returns a Translator for c and s; c must not change while it is used.
+func New(c *model.Cluster, s model.Settings) *Translator {
+	return &Translator{cluster: c, settings: s}
+}
+
+// APIServerProxy translates c for the apiserver proxy (see Translator.APIServerProxy).
+func APIServerProxy(c *model.Cluster, s model.Settings) Resources {
+	return New(c, s).APIServerProxy()
+}
+
+// NodeProxy translates c for one node proxy (see Translator.NodeProxy).
+func NodeProxy(c *model.Cluster, s model.Settings, node string) (Resources, error) {
+	return New(c, s).NodeProxy(node)
+}
+
+// nodeServicesVirtualHost terminates CONNECT to Service ClusterIP:port pairs;
+// the same for every node.
+func (t *Translator) nodeServicesVirtualHost() *routev3.VirtualHost {
+	t.servicesOnce.Do(func() {
+		t.services = terminatingVirtualHost("services", serviceDomains(t.cluster), OriginalDstTarget)
+	})
+	return t.services
+}
