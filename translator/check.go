@@ -152,4 +152,3 @@ type set[T comparable] map[T]struct{}
 
 func (s set[T]) add(v T)      { s[v] = struct{}{} }
 func (s set[T]) has(v T) bool { _, ok := s[v]; return ok }
-

@@ -132,7 +132,7 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 	tls := &tlsv3.UpstreamTlsContext{
 		Sni: s.APIServerProxyName,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3},
+			TlsParams:                      tls13(),
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.NodeCertificate)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{

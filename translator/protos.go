@@ -58,3 +58,12 @@ func socketAddress(ip string, port uint32) *corev3.Address {
 		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 	}}}
 }
+
+// tls13 pins tunnels to TLS 1.3. Envoy's client side defaults to a TLS 1.2
+// maximum, so both bounds are set.
+func tls13() *tlsv3.TlsParameters {
+	return &tlsv3.TlsParameters{
+		TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+		TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+	}
+}

@@ -1,0 +1,131 @@
+package envoytest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
+	"github.com/spokeproxy/spoke/envoy"
+)
+
+// Process is a running Envoy started by a test.
+type Process struct {
+	Name  string
+	Admin string // host:port of the admin API
+	cmd   *exec.Cmd
+	log   *syncBuffer
+}
+
+// Start runs Envoy on b (whose admin port should be 0) with one worker and
+// stops it when the test ends. Its log is printed if the test fails.
+func Start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
+	t.Helper()
+	dir := t.TempDir()
+	path, err := envoy.WriteBootstrap(dir, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminFile := filepath.Join(dir, "admin-address")
+	p := &Process{Name: name, log: &syncBuffer{}}
+	p.cmd = exec.Command(bin, "-c", path, "--concurrency", "1", "--disable-hot-restart",
+		"--admin-address-path", adminFile, "--log-level", "info", "--component-log-level", "connection:debug")
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start envoy %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		if t.Failed() {
+			t.Logf("---- envoy %s log (last 60 lines) ----\n%s", name, p.tail(60))
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if raw, err := os.ReadFile(adminFile); err == nil && len(raw) > 0 {
+			p.Admin = strings.TrimSpace(string(raw))
+			if _, err := p.Get("/ready"); err == nil {
+				return p
+			}
+		}
+		if p.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("envoy %s did not become ready:\n%s", name, p.tail(60))
+	return nil
+}
+
+// Get fetches an admin path and fails on a non-200 answer.
+func (p *Process) Get(path string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Admin+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(body), fmt.Errorf("%s: status %d", path, resp.StatusCode)
+	}
+	return string(body), err
+}
+
+// Stat returns the value of one counter or gauge from /stats, or -1.
+func (p *Process) Stat(name string) int {
+	body, err := p.Get("/stats?filter=^" + name + "$")
+	if err != nil {
+		return -1
+	}
+	var v int
+	for _, line := range strings.Split(body, "\n") {
+		if k, val, ok := strings.Cut(line, ": "); ok && k == name {
+			if _, err := fmt.Sscanf(val, "%d", &v); err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// Log returns everything Envoy has printed so far.
+func (p *Process) Log() string { return p.log.String() }
+
+func (p *Process) tail(n int) string {
+	lines := strings.Split(p.log.String(), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
