@@ -8,7 +8,7 @@ PYTHON ?= python3
 
 export SPOKE_ENVOY := $(ENVOY)
 
-.PHONY: run test tools build vet fmt-check unit envoy-tests golden bench fuzz e2e-kind
+.PHONY: run test tools build vet fmt-check golden bench fuzz
 
 ## run: translate the bundled example cluster for the apiserver proxy and one node proxy
 run: build
@@ -48,7 +48,3 @@ fuzz:
 ## bench: translation of a synthetic 5,000-node / 150,000-pod cluster
 bench:
 	go test ./translator/ -run '^$$' -bench . -benchmem -benchtime 3x
-
-## e2e-kind: the kind suite needs Docker, which this environment does not have
-e2e-kind:
-	@bash e2e/kind/run.sh

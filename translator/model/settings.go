@@ -193,3 +193,6 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// String prints the duration as Go does ("750ms").
+func (d Duration) String() string { return time.Duration(d).String() }

@@ -1,0 +1,78 @@
+package translator
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// envoyPrefixMatch is how Envoy matches a prefix-wildcard domain ("foo*")
+// against :authority: the text before '*' must be a prefix of the host.
+func envoyPrefixMatch(domain, authority string) bool {
+	return strings.HasPrefix(authority, strings.TrimSuffix(domain, "*"))
+}
+
+// TestPrefixDomainMatchesExactlyThePrefix checks, over random addresses, that
+// a prefix wildcard matches the CONNECT target of an address if and only if
+// the pod CIDR contains it: a textual prefix must never catch a neighbour's IP
+// (10.244.1.* vs 10.244.10.x) nor miss one of its own (IPv6 "::" compression).
+func TestPrefixDomainMatchesExactlyThePrefix(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	prefixes := []string{"10.0.0.0/8", "10.244.0.0/16", "10.244.1.0/24", "192.168.100.0/24",
+		"fd00:10:244:1::/64", "fd00:10::/32", "2001:db8:1:2:3:4:5::/112", "fd00:10:244:100::/64"}
+	for _, raw := range prefixes {
+		p := netip.MustParsePrefix(raw)
+		domain, ok := prefixDomain(p)
+		if !ok {
+			t.Fatalf("%s should be routable as a prefix", p)
+		}
+		for i := 0; i < 20000; i++ {
+			ip := randomNear(rng, p.Addr())
+			target := ipPort(ip, 8080)
+			if got, want := envoyPrefixMatch(domain, target), p.Contains(ip); got != want {
+				t.Fatalf("domain %q vs %s: match=%v but %s contains it=%v", domain, target, got, p, want)
+			}
+		}
+	}
+}
+
+// randomNear flips random low-order bits and sometimes zeroes whole 16-bit
+// groups, so that both members and close non-members of the prefix appear,
+// including addresses whose text uses "::".
+func randomNear(rng *rand.Rand, base netip.Addr) netip.Addr {
+	b := base.AsSlice()
+	for i := range b {
+		if rng.IntN(3) == 0 {
+			b[i] = byte(rng.IntN(256))
+		}
+		if len(b) == 16 && i%2 == 0 && rng.IntN(4) == 0 {
+			b[i], b[i+1] = 0, 0
+		}
+	}
+	ip, _ := netip.AddrFromSlice(b)
+	return ip
+}
+
+func TestPrefixDomainRefusesUnsafePrefixes(t *testing.T) {
+	for _, raw := range []string{"10.244.1.0/25", "10.244.0.0/20", "10.0.0.0/0", "10.1.2.3/32",
+		"fd00:0:0:1::/64", "fd00:10:244:0::/64", "fd00:10:244:1::/60", "::/0"} {
+		if d, ok := prefixDomain(netip.MustParsePrefix(raw)); ok {
+			t.Errorf("%s: got domain %q, want per-pod routing", raw, d)
+		}
+	}
+}
+
+func TestDomainsForIPv6UseBrackets(t *testing.T) {
+	ip := netip.MustParseAddr("fd00::5")
+	if got := ipPort(ip, 10250); got != "[fd00::5]:10250" {
+		t.Errorf("ipPort = %q", got)
+	}
+	if got := ipAnyPort(ip); got != "[fd00::5]:*" {
+		t.Errorf("ipAnyPort = %q", got)
+	}
+	if !envoyPrefixMatch(ipAnyPort(netip.MustParseAddr("10.0.0.5")), "10.0.0.5:10250") ||
+		envoyPrefixMatch(ipAnyPort(netip.MustParseAddr("10.0.0.5")), "10.0.0.50:10250") {
+		t.Error("10.0.0.5:* must match 10.0.0.5:10250 and not 10.0.0.50:10250")
+	}
+}
