@@ -86,25 +86,9 @@ func egressRoutes(c *model.Cluster, s model.Settings) *routev3.RouteConfiguratio
 // tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
 // tunnel of hostID (a node name, or the tunnel cluster id for "any node").
 func tunnelVirtualHost(name string, domains *domainSet, hostID string) *routev3.VirtualHost {
-	if domains.empty() {
-		return nil
-	}
-	return &routev3.VirtualHost{
-		Name:    name,
-		Domains: domains.sorted(),
-		Routes: []*routev3.Route{{
-			Name:     name,
-			Match:    connectMatch(),
-			Metadata: stringMetadata(routeMetadataSpace, routeMetadataHost, hostID),
-			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: ReverseTunnels},
-				// CONNECT streams live as long as a `kubectl exec` or log follow.
-				Timeout:        durationpb.New(0),
-				IdleTimeout:    durationpb.New(0),
-				UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "CONNECT"}},
-			}},
-		}},
-	}
+	route := connectRoute(name, ReverseTunnels, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
+	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
+	return connectVirtualHost(name, domains, route)
 }
 
 func serviceDomains(c *model.Cluster) *domainSet {

@@ -39,10 +39,30 @@ func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	}
 }
 
-func connectMatch() *routev3.RouteMatch {
-	return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_ConnectMatcher_{
-		ConnectMatcher: &routev3.RouteMatch_ConnectMatcher{},
-	}}
+// connectVirtualHost is one virtual host with one CONNECT route; nil when
+// there is no domain (Envoy rejects a virtual host without domains).
+func connectVirtualHost(name string, domains *domainSet, route *routev3.Route) *routev3.VirtualHost {
+	if domains.empty() {
+		return nil
+	}
+	return &routev3.VirtualHost{Name: name, Domains: domains.sorted(), Routes: []*routev3.Route{route}}
+}
+
+// connectRoute matches CONNECT requests and sends them to cluster with no
+// timeouts: the streams live as long as a `kubectl exec` or a log follow.
+func connectRoute(name, cluster string, upgrade *routev3.RouteAction_UpgradeConfig) *routev3.Route {
+	return &routev3.Route{
+		Name: name,
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_ConnectMatcher_{
+			ConnectMatcher: &routev3.RouteMatch_ConnectMatcher{},
+		}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+			Timeout:          durationpb.New(0),
+			IdleTimeout:      durationpb.New(0),
+			UpgradeConfigs:   []*routev3.RouteAction_UpgradeConfig{upgrade},
+		}},
+	}
 }
 
 // domainSet collects virtual-host domains without duplicates (Envoy rejects a

@@ -11,7 +11,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -102,27 +101,12 @@ func (t *Translator) nodeRoutes(node *model.Node) *routev3.RouteConfiguration {
 	return rc
 }
 
+// terminatingVirtualHost ends CONNECT for domains here and opens TCP through cluster.
 func terminatingVirtualHost(name string, domains *domainSet, cluster string) *routev3.VirtualHost {
-	if domains.empty() {
-		return nil
-	}
-	return &routev3.VirtualHost{
-		Name:    name,
-		Domains: domains.sorted(),
-		Routes: []*routev3.Route{{
-			Name:  name,
-			Match: connectMatch(),
-			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
-				Timeout:          durationpb.New(0),
-				IdleTimeout:      durationpb.New(0),
-				UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{
-					UpgradeType:   "CONNECT",
-					ConnectConfig: &routev3.RouteAction_UpgradeConfig_ConnectConfig{},
-				}},
-			}},
-		}},
-	}
+	return connectVirtualHost(name, domains, connectRoute(name, cluster, &routev3.RouteAction_UpgradeConfig{
+		UpgradeType:   "CONNECT",
+		ConnectConfig: &routev3.RouteAction_UpgradeConfig_ConnectConfig{},
+	}))
 }
 
 // apiServerProxiesCluster lists every apiserver proxy as its own endpoint
