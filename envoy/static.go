@@ -48,7 +48,7 @@ func StaticBootstrap(role translator.Role, nodeID string, res translator.Resourc
 		endpoints[e.ClusterName] = e
 	}
 	b := &bootstrapv3.Bootstrap{
-		Node:                &corev3.Node{Id: nodeID, Cluster: "spoke-" + string(role)},
+		Node:                &corev3.Node{Id: nodeID, Cluster: translator.ServiceCluster(role)},
 		BootstrapExtensions: []*corev3.TypedExtensionConfig{ReverseTunnelExtension(role)},
 		StaticResources:     &bootstrapv3.Bootstrap_StaticResources{Secrets: secrets},
 		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{

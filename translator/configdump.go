@@ -12,10 +12,17 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// DumpVersions are the version_info of each section of a ConfigDump.
+type DumpVersions struct{ Listeners, Clusters, Endpoints, Routes, Secrets string }
+
+// SameVersion gives every section the same version.
+func SameVersion(v string) DumpVersions { return DumpVersions{v, v, v, v, v} }
+
 // ConfigDump wraps resources in Envoy's admin ConfigDump, the shape of an
 // Envoy's /config_dump, with every resource dynamic (as if received over xDS).
 // Secrets carry only their names: key material is never part of a dump.
-func ConfigDump(r Resources, version string) *adminv3.ConfigDump {
+func ConfigDump(r Resources, v DumpVersions) *adminv3.ConfigDump {
+	version := v.Listeners
 	listeners := &adminv3.ListenersConfigDump{VersionInfo: version}
 	for _, l := range r.Listeners {
 		listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{
@@ -23,24 +30,28 @@ func ConfigDump(r Resources, version string) *adminv3.ConfigDump {
 			ActiveState: &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: version, Listener: typed(l)},
 		})
 	}
+	version = v.Clusters
 	clusters := &adminv3.ClustersConfigDump{VersionInfo: version}
 	for _, c := range r.Clusters {
 		clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{
 			VersionInfo: version, Cluster: typed(c),
 		})
 	}
+	version = v.Routes
 	routes := &adminv3.RoutesConfigDump{}
 	for _, rc := range r.Routes {
 		routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{
 			VersionInfo: version, RouteConfig: typed(rc),
 		})
 	}
+	version = v.Endpoints
 	endpoints := &adminv3.EndpointsConfigDump{}
 	for _, e := range r.Endpoints {
 		endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
 			VersionInfo: version, EndpointConfig: typed(e),
 		})
 	}
+	version = v.Secrets
 	secrets := &adminv3.SecretsConfigDump{}
 	for _, name := range r.Secrets {
 		secrets.DynamicActiveSecrets = append(secrets.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{

@@ -27,7 +27,7 @@ func TestNodeOutputHoldsNothingOfOtherNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := translator.Marshal(translator.ConfigDump(res, ""), "json")
+		out, err := translator.Marshal(translator.ConfigDump(res, translator.SameVersion("")), "json")
 		if err != nil {
 			t.Fatal(err)
 		}

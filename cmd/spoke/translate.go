@@ -105,7 +105,7 @@ func (o *translateOptions) run() ([]byte, error) {
 	if err := translator.Check(res); err != nil {
 		return nil, fmt.Errorf("generated config is invalid (a spoke bug, please report it with the input): %w", err)
 	}
-	return translator.Marshal(translator.ConfigDump(res, translator.Version(res)), o.output)
+	return translator.Marshal(translator.ConfigDump(res, translator.SameVersion(translator.Version(res))), o.output)
 }
 
 func parseProxy(proxy string) (translator.Role, string, error) {

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spokeproxy/spoke/xds"
+)
+
+const defaultDebugServer = "http://127.0.0.1:18002"
+
+func newStatusCommand() *cobra.Command {
+	var server string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "List connected Envoys and whether each type is SYNCED, STALE or NACKED",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body, err := debugGet(cmd.Context(), server, "/debug/status")
+			if err != nil {
+				return err
+			}
+			var rows []xds.ProxyStatus
+			if err := json.Unmarshal(body, &rows); err != nil {
+				return fmt.Errorf("unexpected answer from %s: %w", server, err)
+			}
+			return printStatus(cmd.OutOrStdout(), rows)
+		},
+	}
+	cmd.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
+	return cmd
+}
+
+func printStatus(w io.Writer, rows []xds.ProxyStatus) error {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	types := []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"}
+	fmt.Fprintln(tw, "PROXY\tENVOY\tXDS\tCONNECTED\tLDS\tRDS\tCDS\tEDS\tSDS")
+	var nacks []string
+	for _, r := range rows {
+		mode := "sotw"
+		if r.Delta {
+			mode = "delta"
+		}
+		fields := []string{r.Proxy, r.EnvoyID, mode, time.Since(r.Connected).Round(time.Second).String()}
+		for _, t := range types {
+			state := r.States[t]
+			if state == "" {
+				state = "-"
+			}
+			fields = append(fields, state)
+		}
+		fmt.Fprintln(tw, strings.Join(fields, "\t"))
+		for typeURL, ts := range r.Types {
+			if ts.LastNack != "" {
+				nacks = append(nacks, fmt.Sprintf("%s %s: NACK of %s at %s: %s", r.Proxy, typeURL, ts.NackedVer, ts.NackedAt.Format(time.RFC3339), ts.LastNack))
+			}
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	sort.Strings(nacks)
+	for _, n := range nacks {
+		fmt.Fprintln(w, n)
+	}
+	return nil
+}
+
+func newConfigCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Inspect the config the server serves"}
+	var server, proxy, output string
+	dump := &cobra.Command{
+		Use:   "dump --proxy apiserver|node/NAME",
+		Short: "Print what the server serves one Envoy, as an Envoy ConfigDump (secrets by name only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := xds.ParseProxy(proxy); err != nil {
+				return err
+			}
+			q := url.Values{"proxy": {proxy}, "output": {output}}
+			body, err := debugGet(cmd.Context(), server, "/debug/config?"+q.Encode())
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(body)
+			return err
+		},
+	}
+	dump.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
+	dump.Flags().StringVar(&proxy, "proxy", "", "apiserver or node/NAME")
+	dump.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
+	_ = dump.MarkFlagRequired("proxy")
+	cmd.AddCommand(dump)
+	return cmd
+}
+
+func debugGet(ctx context.Context, server, path string) ([]byte, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(server, "/")+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reach the spoke server's debug API at %s: %w (is spoke serve running? --server sets the address)", server, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}

@@ -1,0 +1,87 @@
+package xds
+
+import (
+	"encoding/json"
+	"net/http"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/spokeproxy/spoke/translator"
+)
+
+// Sync states of one resource type on one Envoy.
+const (
+	StateSynced = "SYNCED" // ACKed the version the server holds now
+	StateStale  = "STALE"  // not yet ACKed the current version (in flight or never sent)
+	StateNacked = "NACKED" // rejected the current version; runs its last good one
+)
+
+// ProxyStatus is one row of `spoke status`.
+type ProxyStatus struct {
+	StreamStatus
+	States map[string]string `json:"states"` // type -> SYNCED | STALE | NACKED
+	Server map[string]string `json:"serverVersions"`
+}
+
+// Statuses joins what each Envoy ACKed with what the server holds for it.
+func (s *Server) Statuses() []ProxyStatus {
+	var out []ProxyStatus
+	for _, st := range s.tracker.Status() {
+		current := s.publisher.Versions(st.Proxy)
+		ps := ProxyStatus{StreamStatus: st, States: map[string]string{}, Server: map[string]string{}}
+		for typeURL, v := range current {
+			short := shortType(typeURL)
+			ps.Server[short] = v
+			ts := st.Types[typeURL]
+			switch {
+			case ts != nil && ts.Acked == v:
+				ps.States[short] = StateSynced
+			case ts != nil && ts.NackedVer == v && ts.LastNack != "":
+				ps.States[short] = StateNacked
+			default:
+				ps.States[short] = StateStale
+			}
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+func (s *Server) debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.Statuses())
+	})
+	mux.HandleFunc("/debug/config", func(w http.ResponseWriter, r *http.Request) {
+		proxy, err := ParseProxy(r.URL.Query().Get("proxy"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		res, versions, ok := s.publisher.Served(proxy)
+		if !ok {
+			http.Error(w, "no config for "+proxy.Key()+": not in the cluster, or the server has not synced yet", http.StatusNotFound)
+			return
+		}
+		format := r.URL.Query().Get("output")
+		if format == "" {
+			format = "yaml"
+		}
+		// Secrets appear by name only: ConfigDump never carries key material.
+		out, err := translator.Marshal(translator.ConfigDump(res, dumpVersions(versions)), format)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		_, _ = w.Write(out)
+	})
+	return mux
+}
+
+func dumpVersions(v map[string]string) translator.DumpVersions {
+	return translator.DumpVersions{
+		Listeners: v[resourcev3.ListenerType], Clusters: v[resourcev3.ClusterType],
+		Endpoints: v[resourcev3.EndpointType], Routes: v[resourcev3.RouteType], Secrets: v[resourcev3.SecretType],
+	}
+}

@@ -1,0 +1,177 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// Options configure a Server.
+type Options struct {
+	XDSAddress   string // gRPC ADS, e.g. ":18000"
+	HTTPAddress  string // /healthz, /readyz, /metrics
+	DebugAddress string // /debug/status, /debug/config; localhost by default
+	Settings     model.Settings
+	Holdoff      time.Duration
+	MaxDelay     time.Duration
+	// CertValidity is the lifetime of issued tunnel certificates.
+	CertValidity time.Duration
+	// ShutdownGrace bounds how long open streams get to close on SIGTERM.
+	ShutdownGrace time.Duration
+	Log           logrus.FieldLogger
+}
+
+// Server is `spoke serve`: sources feed Submit, the debouncer coalesces,
+// the publisher sets snapshots, go-control-plane serves them.
+type Server struct {
+	opts      Options
+	cache     cachev3.SnapshotCache
+	metrics   *Metrics
+	publisher *Publisher
+	tracker   *Tracker
+	debounce  *Debouncer[Update]
+
+	mu        sync.Mutex
+	addresses map[string]string // listener name -> bound address
+	ready     chan struct{}
+}
+
+// NewServer wires a server; nothing listens until Run.
+func NewServer(opts Options) (*Server, error) {
+	if err := opts.Settings.Validate(); err != nil {
+		return nil, fmt.Errorf("settings: %w", err)
+	}
+	issuer, err := NewDevelopmentIssuer(opts.CertValidity)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, metrics: NewMetrics(), addresses: map[string]string{}, ready: make(chan struct{})}
+	s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{opts.Log})
+	s.publisher = NewPublisher(s.cache, opts.Settings, issuer, s.metrics, opts.Log)
+	s.tracker = NewTracker(s.publisher, s.metrics, opts.Log)
+	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, u Update, waited time.Duration) {
+		s.metrics.debounceSeconds.Observe(waited.Seconds())
+		s.publisher.Update(ctx, u.Objects, u.Problems)
+	})
+	return s, nil
+}
+
+// Submit hands the server a new full view of the cluster.
+func (s *Server) Submit(u Update) { s.debounce.Submit(u) }
+
+// Publisher exposes the snapshot state (for tests and the debug API).
+func (s *Server) Publisher() *Publisher { return s.publisher }
+
+// Tracker exposes the per-Envoy ACK/NACK state.
+func (s *Server) Tracker() *Tracker { return s.tracker }
+
+// Addr returns the bound address of "xds", "http" or "debug" once Run listens.
+func (s *Server) Addr(name string) string {
+	<-s.ready
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addresses[name]
+}
+
+// Run serves until ctx ends, then stops accepting and gives open streams
+// ShutdownGrace to finish.
+func (s *Server) Run(ctx context.Context) error {
+	grpcServer := grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(16),
+	)
+	xdsServer := serverv3.NewServer(ctx, s.cache, s.tracker.Callbacks())
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, xdsServer)
+
+	xdsLn, err := s.listen("xds", s.opts.XDSAddress)
+	if err != nil {
+		return err
+	}
+	httpLn, err := s.listen("http", s.opts.HTTPAddress)
+	if err != nil {
+		return err
+	}
+	debugLn, err := s.listen("debug", s.opts.DebugAddress)
+	if err != nil {
+		return err
+	}
+	close(s.ready)
+	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
+	debugServer := &http.Server{Handler: s.debugHandler(), ReadHeaderTimeout: 5 * time.Second}
+
+	go s.debounce.Run(ctx)
+	errs := make(chan error, 3)
+	go func() { errs <- grpcServer.Serve(xdsLn) }()
+	go func() { errs <- httpServer.Serve(httpLn) }()
+	go func() { errs <- debugServer.Serve(debugLn) }()
+	s.opts.Log.WithFields(logrus.Fields{"xds": xdsLn.Addr().String(), "http": httpLn.Addr().String(), "debug": debugLn.Addr().String()}).Info("spoke server listening")
+
+	select {
+	case <-ctx.Done():
+	case err := <-errs:
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.opts.Log.WithError(err).Error("a listener failed: shutting down")
+		}
+	}
+	s.opts.Log.Info("shutting down: no new streams, open streams get a grace period")
+	stopped := make(chan struct{})
+	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(s.opts.ShutdownGrace):
+		grpcServer.Stop()
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = httpServer.Shutdown(shutdownCtx)
+	_ = debugServer.Shutdown(shutdownCtx)
+	return nil
+}
+
+func (s *Server) listen(name, address string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("listen for %s on %s: %w (is another spoke running? pick another address with the flag)", name, address, err)
+	}
+	s.mu.Lock()
+	s.addresses[name] = ln.Addr().String()
+	s.mu.Unlock()
+	return ln, nil
+}
+
+func (s *Server) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.publisher.Synced() {
+			http.Error(w, "not ready: no full view of the cluster yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// cacheLogger routes go-control-plane's logs into logrus at debug level.
+type cacheLogger struct{ log logrus.FieldLogger }
+
+func (l cacheLogger) Debugf(format string, args ...any) { l.log.Debugf("xds cache: "+format, args...) }
+func (l cacheLogger) Infof(format string, args ...any)  { l.log.Debugf("xds cache: "+format, args...) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.log.Warnf("xds cache: "+format, args...) }
+func (l cacheLogger) Errorf(format string, args ...any) { l.log.Errorf("xds cache: "+format, args...) }

@@ -1,0 +1,248 @@
+package xds
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TypeStatus is what one Envoy has of one resource type.
+type TypeStatus struct {
+	Sent      string    `json:"sent"`
+	Acked     string    `json:"acked"`
+	LastNack  string    `json:"lastNack,omitempty"`
+	NackedAt  time.Time `json:"nackedAt,omitempty"`
+	NackedVer string    `json:"nackedVersion,omitempty"`
+}
+
+// StreamStatus is one connected Envoy.
+type StreamStatus struct {
+	Stream    int64                  `json:"stream"`
+	Proxy     string                 `json:"proxy"`
+	EnvoyID   string                 `json:"envoyID"`
+	Delta     bool                   `json:"delta"`
+	Connected time.Time              `json:"connectedSince"`
+	Types     map[string]*TypeStatus `json:"types"`
+}
+
+// Tracker implements go-control-plane's server callbacks: it maps each stream
+// to its proxy, refuses Envoys without a spoke role, and records per type the
+// version sent, the version ACKed and the last NACK with Envoy's message.
+type Tracker struct {
+	publisher *Publisher
+	metrics   *Metrics
+	log       logrus.FieldLogger
+
+	mu      sync.Mutex
+	streams map[int64]*StreamStatus
+	nonces  map[int64]map[string]string // delta: stream -> nonce -> version
+}
+
+// NewTracker returns a Tracker.
+func NewTracker(p *Publisher, m *Metrics, log logrus.FieldLogger) *Tracker {
+	return &Tracker{publisher: p, metrics: m, log: log, streams: map[int64]*StreamStatus{}, nonces: map[int64]map[string]string{}}
+}
+
+// Status returns every connected Envoy, sorted by proxy then stream.
+func (t *Tracker) Status() []StreamStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]StreamStatus, 0, len(t.streams))
+	for _, s := range t.streams {
+		if s.Proxy == "" {
+			continue
+		}
+		cp := *s
+		cp.Types = map[string]*TypeStatus{}
+		for k, v := range s.Types {
+			v := *v
+			cp.Types[k] = &v
+		}
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Proxy != out[j].Proxy {
+			return out[i].Proxy < out[j].Proxy
+		}
+		return out[i].Stream < out[j].Stream
+	})
+	return out
+}
+
+func (t *Tracker) open(id int64, delta bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.streams[id] = &StreamStatus{Stream: id, Delta: delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
+	return nil
+}
+
+func (t *Tracker) closed(id int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.streams[id]; ok && s.Proxy != "" {
+		t.metrics.connected.WithLabelValues(roleOf(s.Proxy)).Dec()
+		t.log.WithFields(logrus.Fields{"stream": id, "proxy": s.Proxy}).Info("Envoy disconnected")
+	}
+	delete(t.streams, id)
+	delete(t.nonces, id)
+}
+
+// identify binds a stream to its proxy on the first request that names a node.
+func (t *Tracker) identify(id int64, node *corev3.Node) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[id]
+	if !ok || s.Proxy != "" || node == nil {
+		return nil
+	}
+	proxy, err := proxyOf(node)
+	if err != nil {
+		t.log.WithError(err).WithField("stream", id).Error("refusing xDS stream")
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	s.Proxy, s.EnvoyID = proxy.Key(), node.GetId()
+	t.metrics.connected.WithLabelValues(string(proxy.Role)).Inc()
+	fields := logrus.Fields{"stream": id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta}
+	if proxy.Node != "" && !t.publisher.KnowsNode(proxy.Node) {
+		t.log.WithFields(fields).Error("Envoy names a node that is not in the cluster: it gets no config until that node appears")
+		return nil
+	}
+	t.log.WithFields(fields).Info("Envoy connected")
+	return nil
+}
+
+func (t *Tracker) typeStatus(id int64, typeURL string) (*StreamStatus, *TypeStatus) {
+	s, ok := t.streams[id]
+	if !ok {
+		return nil, nil
+	}
+	ts, ok := s.Types[typeURL]
+	if !ok {
+		ts = &TypeStatus{}
+		s.Types[typeURL] = ts
+	}
+	return s, ts
+}
+
+// request records an ACK (a request carrying the nonce of a response and no
+// error) or a NACK (error_detail set; Envoy keeps its last good config).
+func (t *Tracker) request(id int64, typeURL, nonce, version string, errDetail *status.Status) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ts := t.typeStatus(id, typeURL)
+	if s == nil || nonce == "" {
+		return
+	}
+	if errDetail != nil {
+		ts.LastNack, ts.NackedAt, ts.NackedVer = errDetail.Message(), time.Now(), ts.Sent
+		t.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		t.log.WithFields(logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": shortType(typeURL), "rejected": ts.Sent, "keeps": ts.Acked}).
+			Error("Envoy NACKed config: " + errDetail.Message())
+		return
+	}
+	ts.Acked = version
+}
+
+func (t *Tracker) response(id int64, typeURL, version string) {
+	t.mu.Lock()
+	s, ts := t.typeStatus(id, typeURL)
+	if s == nil {
+		t.mu.Unlock()
+		return
+	}
+	ts.Sent = version
+	proxy := s.Proxy
+	t.mu.Unlock()
+	t.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	if at := t.publisher.SetAt(proxy); !at.IsZero() {
+		t.metrics.pushLatency.WithLabelValues(shortType(typeURL)).Observe(time.Since(at).Seconds())
+	}
+}
+
+// Callbacks returns the go-control-plane callbacks bound to this tracker.
+func (t *Tracker) Callbacks() serverCallbacks { return serverCallbacks{t} }
+
+type serverCallbacks struct{ t *Tracker }
+
+func (c serverCallbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	return c.t.open(id, false)
+}
+func (c serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(id) }
+func (c serverCallbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	return c.t.open(id, true)
+}
+func (c serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.t.closed(id) }
+
+func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	if err := c.t.identify(id, req.GetNode()); err != nil {
+		return err
+	}
+	c.t.request(id, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), statusOf(req.GetErrorDetail()))
+	return nil
+}
+
+func (c serverCallbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	c.t.response(id, resp.GetTypeUrl(), resp.GetVersionInfo())
+}
+
+func (c serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	if err := c.t.identify(id, req.GetNode()); err != nil {
+		return err
+	}
+	c.t.mu.Lock()
+	version := c.t.nonces[id][req.GetResponseNonce()]
+	delete(c.t.nonces[id], req.GetResponseNonce())
+	c.t.mu.Unlock()
+	c.t.request(id, req.GetTypeUrl(), req.GetResponseNonce(), version, statusOf(req.GetErrorDetail()))
+	return nil
+}
+
+func (c serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	c.t.mu.Lock()
+	if c.t.nonces[id] == nil {
+		c.t.nonces[id] = map[string]string{}
+	}
+	c.t.nonces[id][resp.GetNonce()] = resp.GetSystemVersionInfo()
+	c.t.mu.Unlock()
+	c.t.response(id, resp.GetTypeUrl(), resp.GetSystemVersionInfo())
+}
+
+func (c serverCallbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, "spoke serves ADS streams only")
+}
+func (c serverCallbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
+}
+
+func statusOf(s interface {
+	GetCode() int32
+	GetMessage() string
+}) *status.Status {
+	if s == nil || (s.GetCode() == 0 && s.GetMessage() == "") {
+		return nil
+	}
+	return status.New(codes.Code(s.GetCode()), s.GetMessage())
+}
+
+func roleOf(key string) string {
+	if key == APIServerKey {
+		return "apiserver"
+	}
+	return "node"
+}
+
+// shortType turns a type URL into a label: "Listener", "Cluster", ...
+func shortType(typeURL string) string {
+	for i := len(typeURL) - 1; i >= 0; i-- {
+		if typeURL[i] == '.' {
+			return typeURL[i+1:]
+		}
+	}
+	return typeURL
+}
