@@ -27,13 +27,15 @@ type ProxyStatus struct {
 func (s *Server) Statuses() []ProxyStatus {
 	var out []ProxyStatus
 	for _, st := range s.tracker.Status() {
-		current := s.publisher.Versions(st.Proxy)
+		current, counts := s.publisher.Versions(st.Proxy)
 		ps := ProxyStatus{StreamStatus: st, States: map[string]string{}, Server: map[string]string{}}
 		for typeURL, v := range current {
 			short := shortType(typeURL)
 			ps.Server[short] = v
 			ts := st.Types[typeURL]
 			switch {
+			case ts == nil && counts[typeURL] == 0:
+				// nothing of this type for this Envoy, and it never asked: not applicable
 			case ts != nil && ts.Acked == v:
 				ps.States[short] = StateSynced
 			case ts != nil && ts.NackedVer == v && ts.LastNack != "":

@@ -36,6 +36,7 @@ type Publisher struct {
 	cluster     model.Cluster
 	fingerprint map[string]uint64            // node name -> hash of its inputs
 	versions    map[string]map[string]string // key -> type URL -> version
+	counts      map[string]map[string]int    // key -> type URL -> resources
 	served      map[string]translator.Resources
 	setAt       map[string]time.Time // key -> when its last snapshot was set
 	problems    map[string]bool
@@ -46,7 +47,7 @@ type Publisher struct {
 func NewPublisher(cache cachev3.SnapshotCache, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
 	return &Publisher{
 		cache: cache, settings: s, issuer: issuer, metrics: m, log: log,
-		fingerprint: map[string]uint64{}, versions: map[string]map[string]string{},
+		fingerprint: map[string]uint64{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
 		served: map[string]translator.Resources{}, setAt: map[string]time.Time{}, problems: map[string]bool{},
 	}
 }
@@ -99,6 +100,7 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 			p.cache.ClearSnapshot(key)
 			delete(p.fingerprint, name)
 			delete(p.versions, key)
+			delete(p.counts, key)
 			delete(p.served, key)
 			st.Removed++
 			p.log.WithField("node", name).Info("node gone: its proxy's snapshot is cleared")
@@ -133,11 +135,11 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		resourcev3.SecretType:   toResources(secrets),
 	}
 	snap := &cachev3.Snapshot{}
-	versions := map[string]string{}
+	versions, counts := map[string]string{}, map[string]int{}
 	changed := false
 	for typeURL, items := range byType {
 		v := contentVersion(items)
-		versions[typeURL] = v
+		versions[typeURL], counts[typeURL] = v, len(items)
 		if p.versions[key][typeURL] != v {
 			changed = true
 		}
@@ -155,7 +157,7 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		p.log.WithError(err).WithField("proxy", key).Error("set snapshot")
 		return false
 	}
-	p.versions[key] = versions
+	p.versions[key], p.counts[key] = versions, counts
 	p.setAt[key] = time.Now()
 	return true
 }
@@ -168,11 +170,12 @@ func (p *Publisher) Served(proxy Proxy) (translator.Resources, map[string]string
 	return res, p.versions[proxy.Key()], ok
 }
 
-// Versions returns the current version of each type for a snapshot key.
-func (p *Publisher) Versions(key string) map[string]string {
+// Versions returns the current version and resource count of each type for a
+// snapshot key.
+func (p *Publisher) Versions(key string) (versions map[string]string, counts map[string]int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.versions[key]
+	return p.versions[key], p.counts[key]
 }
 
 // SetAt returns when key's current snapshot was set (for push latency).

@@ -41,13 +41,20 @@ type Tracker struct {
 	log       logrus.FieldLogger
 
 	mu      sync.Mutex
-	streams map[int64]*StreamStatus
-	nonces  map[int64]map[string]string // delta: stream -> nonce -> version
+	streams map[streamKey]*StreamStatus
+	nonces  map[streamKey]map[string]string // delta: stream -> nonce -> version
+}
+
+// streamKey names a stream: go-control-plane numbers SotW and delta streams
+// with separate counters, so an id alone is ambiguous.
+type streamKey struct {
+	delta bool
+	id    int64
 }
 
 // NewTracker returns a Tracker.
 func NewTracker(p *Publisher, m *Metrics, log logrus.FieldLogger) *Tracker {
-	return &Tracker{publisher: p, metrics: m, log: log, streams: map[int64]*StreamStatus{}, nonces: map[int64]map[string]string{}}
+	return &Tracker{publisher: p, metrics: m, log: log, streams: map[streamKey]*StreamStatus{}, nonces: map[streamKey]map[string]string{}}
 }
 
 // Status returns every connected Envoy, sorted by proxy then stream.
@@ -71,45 +78,48 @@ func (t *Tracker) Status() []StreamStatus {
 		if out[i].Proxy != out[j].Proxy {
 			return out[i].Proxy < out[j].Proxy
 		}
+		if out[i].Delta != out[j].Delta {
+			return !out[i].Delta
+		}
 		return out[i].Stream < out[j].Stream
 	})
 	return out
 }
 
-func (t *Tracker) open(id int64, delta bool) error {
+func (t *Tracker) open(k streamKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.streams[id] = &StreamStatus{Stream: id, Delta: delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
+	t.streams[k] = &StreamStatus{Stream: k.id, Delta: k.delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
 	return nil
 }
 
-func (t *Tracker) closed(id int64) {
+func (t *Tracker) closed(k streamKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, ok := t.streams[id]; ok && s.Proxy != "" {
+	if s, ok := t.streams[k]; ok && s.Proxy != "" {
 		t.metrics.connected.WithLabelValues(roleOf(s.Proxy)).Dec()
-		t.log.WithFields(logrus.Fields{"stream": id, "proxy": s.Proxy}).Info("Envoy disconnected")
+		t.log.WithFields(logrus.Fields{"stream": k.id, "delta": k.delta, "proxy": s.Proxy}).Info("Envoy disconnected")
 	}
-	delete(t.streams, id)
-	delete(t.nonces, id)
+	delete(t.streams, k)
+	delete(t.nonces, k)
 }
 
 // identify binds a stream to its proxy on the first request that names a node.
-func (t *Tracker) identify(id int64, node *corev3.Node) error {
+func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.streams[id]
+	s, ok := t.streams[k]
 	if !ok || s.Proxy != "" || node == nil {
 		return nil
 	}
 	proxy, err := proxyOf(node)
 	if err != nil {
-		t.log.WithError(err).WithField("stream", id).Error("refusing xDS stream")
+		t.log.WithError(err).WithField("stream", k.id).Error("refusing xDS stream")
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	s.Proxy, s.EnvoyID = proxy.Key(), node.GetId()
 	t.metrics.connected.WithLabelValues(string(proxy.Role)).Inc()
-	fields := logrus.Fields{"stream": id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta}
+	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta}
 	if proxy.Node != "" && !t.publisher.KnowsNode(proxy.Node) {
 		t.log.WithFields(fields).Error("Envoy names a node that is not in the cluster: it gets no config until that node appears")
 		return nil
@@ -118,8 +128,8 @@ func (t *Tracker) identify(id int64, node *corev3.Node) error {
 	return nil
 }
 
-func (t *Tracker) typeStatus(id int64, typeURL string) (*StreamStatus, *TypeStatus) {
-	s, ok := t.streams[id]
+func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeStatus) {
+	s, ok := t.streams[k]
 	if !ok {
 		return nil, nil
 	}
@@ -133,10 +143,10 @@ func (t *Tracker) typeStatus(id int64, typeURL string) (*StreamStatus, *TypeStat
 
 // request records an ACK (a request carrying the nonce of a response and no
 // error) or a NACK (error_detail set; Envoy keeps its last good config).
-func (t *Tracker) request(id int64, typeURL, nonce, version string, errDetail *status.Status) {
+func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail *status.Status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ts := t.typeStatus(id, typeURL)
+	s, ts := t.typeStatus(k, typeURL)
 	if s == nil || nonce == "" {
 		return
 	}
@@ -150,9 +160,9 @@ func (t *Tracker) request(id int64, typeURL, nonce, version string, errDetail *s
 	ts.Acked = version
 }
 
-func (t *Tracker) response(id int64, typeURL, version string) {
+func (t *Tracker) response(k streamKey, typeURL, version string) {
 	t.mu.Lock()
-	s, ts := t.typeStatus(id, typeURL)
+	s, ts := t.typeStatus(k, typeURL)
 	if s == nil {
 		t.mu.Unlock()
 		return
@@ -172,46 +182,51 @@ func (t *Tracker) Callbacks() serverCallbacks { return serverCallbacks{t} }
 type serverCallbacks struct{ t *Tracker }
 
 func (c serverCallbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	return c.t.open(id, false)
+	return c.t.open(streamKey{id: id})
 }
-func (c serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(id) }
+func (c serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(streamKey{id: id}) }
 func (c serverCallbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	return c.t.open(id, true)
+	return c.t.open(streamKey{delta: true, id: id})
 }
-func (c serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.t.closed(id) }
+func (c serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	c.t.closed(streamKey{delta: true, id: id})
+}
 
 func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
-	if err := c.t.identify(id, req.GetNode()); err != nil {
+	k := streamKey{id: id}
+	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
-	c.t.request(id, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), statusOf(req.GetErrorDetail()))
+	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), statusOf(req.GetErrorDetail()))
 	return nil
 }
 
 func (c serverCallbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	c.t.response(id, resp.GetTypeUrl(), resp.GetVersionInfo())
+	c.t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetVersionInfo())
 }
 
 func (c serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	if err := c.t.identify(id, req.GetNode()); err != nil {
+	k := streamKey{delta: true, id: id}
+	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
 	c.t.mu.Lock()
-	version := c.t.nonces[id][req.GetResponseNonce()]
-	delete(c.t.nonces[id], req.GetResponseNonce())
+	version := c.t.nonces[k][req.GetResponseNonce()]
+	delete(c.t.nonces[k], req.GetResponseNonce())
 	c.t.mu.Unlock()
-	c.t.request(id, req.GetTypeUrl(), req.GetResponseNonce(), version, statusOf(req.GetErrorDetail()))
+	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), version, statusOf(req.GetErrorDetail()))
 	return nil
 }
 
 func (c serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	k := streamKey{delta: true, id: id}
 	c.t.mu.Lock()
-	if c.t.nonces[id] == nil {
-		c.t.nonces[id] = map[string]string{}
+	if c.t.nonces[k] == nil {
+		c.t.nonces[k] = map[string]string{}
 	}
-	c.t.nonces[id][resp.GetNonce()] = resp.GetSystemVersionInfo()
+	c.t.nonces[k][resp.GetNonce()] = resp.GetSystemVersionInfo()
 	c.t.mu.Unlock()
-	c.t.response(id, resp.GetTypeUrl(), resp.GetSystemVersionInfo())
+	c.t.response(k, resp.GetTypeUrl(), resp.GetSystemVersionInfo())
 }
 
 func (c serverCallbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
