@@ -160,6 +160,15 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	ts.Acked = version
 }
 
+func (t *Tracker) sent(k streamKey, typeURL string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.streams[k]; ok && s.Types[typeURL] != nil {
+		return s.Types[typeURL].Sent
+	}
+	return ""
+}
+
 func (t *Tracker) response(k streamKey, typeURL, version string) {
 	t.mu.Lock()
 	s, ts := t.typeStatus(k, typeURL)
@@ -197,7 +206,17 @@ func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryReq
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
-	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), statusOf(req.GetErrorDetail()))
+	nack := statusOf(req.GetErrorDetail())
+	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), nack)
+	if nack != nil {
+		// A NACK carries the last version Envoy accepted; go-control-plane's
+		// cache would answer it at once with the rejected version again, and
+		// Envoy would NACK again, in a loop. Present the rejected version
+		// instead, so the next push waits for new content.
+		if rejected := c.t.sent(k, req.GetTypeUrl()); rejected != "" {
+			req.VersionInfo = rejected
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,193 @@
+package xds_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/spokeproxy/spoke/xds"
+)
+
+func adsStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+func recvWithin(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, d time.Duration) (*discoveryv3.DiscoveryResponse, error) {
+	t.Helper()
+	type result struct {
+		resp *discoveryv3.DiscoveryResponse
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() { r, err := stream.Recv(); ch <- result{r, err} }()
+	select {
+	case r := <-ch:
+		return r.resp, r.err
+	case <-time.After(d):
+		return nil, nil
+	}
+}
+
+func serverOnExample(t *testing.T) (*xds.Server, string) {
+	raw, err := os.ReadFile("../examples/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := startServer(t, file)
+	deadline := time.Now().Add(5 * time.Second)
+	for !srv.Publisher().Synced() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return srv, file
+}
+
+func nodeProxy(name string) *corev3.Node { return &corev3.Node{Id: name, Cluster: "spoke-node"} }
+
+// TestUnknownRoleGetsNothing: an Envoy whose node.cluster names no spoke role
+// gets a PermissionDenied stream error and no resources.
+func TestUnknownRoleGetsNothing(t *testing.T) {
+	srv, _ := serverOnExample(t)
+	stream := adsStream(t, srv)
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "worker-1", Cluster: "my-gateway"}, TypeUrl: resourcev3.ListenerType})
+	resp, err := recvWithin(t, stream, 5*time.Second)
+	if resp != nil || status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("want PermissionDenied and no response, got %v, %v", resp, err)
+	}
+}
+
+// TestUnknownNodeGetsNothing: a node proxy naming a node that is not in the
+// cluster gets no resources (and the server logs it).
+func TestUnknownNodeGetsNothing(t *testing.T) {
+	srv, _ := serverOnExample(t)
+	stream := adsStream(t, srv)
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("ghost"), TypeUrl: resourcev3.ListenerType})
+	if resp, err := recvWithin(t, stream, 2*time.Second); resp != nil || err != nil {
+		t.Fatalf("want nothing, got %v, %v", resp, err)
+	}
+}
+
+// TestNackKeepsLastGoodAndIsVisible: a NACK is recorded with Envoy's message,
+// counted, and the server neither crashes nor re-pushes the rejected version.
+func TestNackKeepsLastGoodAndIsVisible(t *testing.T) {
+	srv, _ := serverOnExample(t)
+	stream := adsStream(t, srv)
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ClusterType})
+	resp, err := recvWithin(t, stream, 5*time.Second)
+	if err != nil || resp == nil || len(resp.Resources) == 0 {
+		t.Fatalf("no clusters for worker-1: %v %v", resp, err)
+	}
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{
+		TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.Nonce, VersionInfo: "",
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "test: cluster rejected"},
+	})
+	if again, _ := recvWithin(t, stream, time.Second); again != nil {
+		t.Errorf("server re-pushed after a NACK: version %s", again.VersionInfo)
+	}
+	var found bool
+	for _, st := range srv.Statuses() {
+		if st.Proxy == "node/worker-1" && st.States["Cluster"] == xds.StateNacked {
+			found = strings.Contains(st.Types[resourcev3.ClusterType].LastNack, "test: cluster rejected")
+		}
+	}
+	if !found {
+		t.Errorf("NACK not visible in status: %+v", srv.Statuses())
+	}
+	if got := metricValue(t, srv, `spoke_xds_nacks_total{type="Cluster"}`); got != "1" {
+		t.Errorf("spoke_xds_nacks_total{type=Cluster} = %q, want 1", got)
+	}
+}
+
+// TestReconnectWithStaleVersion: an Envoy reconnecting with an old version
+// gets the current config; one reconnecting with the current version is told
+// the same version again (go-control-plane answers every new stream once;
+// versions are content hashes, so Envoy sees nothing new).
+func TestReconnectWithStaleVersion(t *testing.T) {
+	srv, _ := serverOnExample(t)
+	first := adsStream(t, srv)
+	_ = first.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.ListenerType})
+	resp, err := recvWithin(t, first, 5*time.Second)
+	if err != nil || resp == nil {
+		t.Fatalf("no listeners: %v", err)
+	}
+	current := resp.VersionInfo
+
+	stale := adsStream(t, srv)
+	_ = stale.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.ListenerType, VersionInfo: "0000000000000000"})
+	if r, _ := recvWithin(t, stale, 5*time.Second); r == nil || r.VersionInfo != current {
+		t.Errorf("stale reconnect: want version %s, got %v", current, r)
+	}
+	upToDate := adsStream(t, srv)
+	_ = upToDate.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.ListenerType, VersionInfo: current})
+	if r, _ := recvWithin(t, upToDate, 5*time.Second); r != nil && r.VersionInfo != current {
+		t.Errorf("reconnect with the current version got another version: %s", r.VersionInfo)
+	}
+}
+
+// TestPodChangeReachesOnlyItsNode: two node proxies watch routes; a new pod
+// on worker-1 is pushed to worker-1 and nothing is sent to worker-2.
+func TestPodChangeReachesOnlyItsNode(t *testing.T) {
+	srv, file := serverOnExample(t)
+	w1, w2 := adsStream(t, srv), adsStream(t, srv)
+	for name, s := range map[string]discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient{"worker-1": w1, "worker-2": w2} {
+		_ = s.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy(name), TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}})
+		r, err := recvWithin(t, s, 5*time.Second)
+		if err != nil || r == nil {
+			t.Fatalf("%s: no routes: %v", name, err)
+		}
+		_ = s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
+	}
+	raw, _ := os.ReadFile(file)
+	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("late-pod", "worker-1", "10.244.1.99"), 1)
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := recvWithin(t, w1, 5*time.Second)
+	if err != nil || r == nil {
+		t.Fatalf("worker-1 got no push for its new pod: %v", err)
+	}
+	if got := r.String(); !strings.Contains(got, "10.244.1.99:*") {
+		t.Errorf("worker-1's push lacks the new pod")
+	}
+	if r, _ := recvWithin(t, w2, time.Second); r != nil {
+		t.Errorf("worker-2 was pushed (%s) for a pod on worker-1", r.VersionInfo)
+	}
+}
+
+func metricValue(t *testing.T, srv *xds.Server, series string) string {
+	t.Helper()
+	body := httpGet(t, "http://"+srv.Addr("http")+"/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
