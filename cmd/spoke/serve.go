@@ -10,6 +10,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
@@ -17,6 +19,8 @@ import (
 
 type serveOptions struct {
 	source        string
+	kubeconfig    string
+	allowInsecure bool
 	settingsFile  string
 	xdsAddress    string
 	httpAddress   string
@@ -39,7 +43,8 @@ func newServeCommand() *cobra.Command {
 Sources:
   --source file=PATH   a cluster dump in the spoke translate input format,
                        reloaded when its content changes
-  --source kubernetes  watch the cluster (not available yet in this version)
+  --source kubernetes  watch the cluster (in-cluster config, or --kubeconfig);
+                       needs --insecure-allow-kubernetes until xDS is authenticated
 
 Envoys pick their role with node.cluster ("spoke-node" with node.id = node
 name, or "spoke-apiserver"), as printed by spoke bootstrap. Health and metrics:
@@ -52,7 +57,9 @@ in memory at start-up; do not expose --xds-address beyond a test machine.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.source, "source", "file=examples/cluster.yaml", "where the cluster comes from: file=PATH")
+	f.StringVar(&o.source, "source", "file=examples/cluster.yaml", "where the cluster comes from: kubernetes or file=PATH")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster config)")
+	f.BoolVar(&o.allowInsecure, "insecure-allow-kubernetes", false, "serve a real cluster over unauthenticated xDS (development only)")
 	f.StringVar(&o.settingsFile, "config", "", "settings file (YAML); see examples/settings.yaml")
 	f.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:18000", "gRPC ADS listen address")
 	f.StringVar(&o.httpAddress, "http-address", "127.0.0.1:18001", "health and metrics listen address")
@@ -74,9 +81,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	path, ok := strings.CutPrefix(o.source, "file=")
-	if !ok || path == "" {
-		return fmt.Errorf("--source %q: only file=PATH is available in this version", o.source)
+	run, err := o.sourceRunner()
+	if err != nil {
+		return err
 	}
 	log := logrus.WithField("component", "server")
 	log.Warn("DEVELOPMENT MODE: xDS is unauthenticated and the tunnel CA lives in memory; any client that reaches the xDS port gets any node's config and keys")
@@ -90,10 +97,37 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	source := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
-	go source.Run(ctx, srv.Submit)
+	go func() {
+		if err := run(ctx, srv.Submit); err != nil {
+			logrus.WithError(err).Error("source failed: serving the last config; /readyz stays unready if it never synced")
+		}
+	}()
 	go func() {
 		logrus.Infof("look at what it serves: spoke status --server http://%s ; spoke config dump --server http://%s --proxy node/NAME", srv.Addr("debug"), srv.Addr("debug"))
 	}()
 	return srv.Run(ctx)
+}
+
+// sourceRunner returns the chosen source's Run.
+func (o *serveOptions) sourceRunner() (func(context.Context, func(xds.Update)) error, error) {
+	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
+		src := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
+		return func(ctx context.Context, emit func(xds.Update)) error { src.Run(ctx, emit); return nil }, nil
+	}
+	if o.source != "kubernetes" {
+		return nil, fmt.Errorf("--source %q: use kubernetes or file=PATH", o.source)
+	}
+	if !o.allowInsecure {
+		return nil, fmt.Errorf("--source kubernetes would hand every node's config and tunnel keys to any client of the unauthenticated xDS port; pass --insecure-allow-kubernetes to do it anyway (development clusters only)")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config (set --kubeconfig outside a cluster): %w", err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	src := &xds.KubeSource{Client: client, Log: logrus.WithField("component", "kubernetes-source"), MinInterval: 20 * time.Millisecond}
+	return src.Run, nil
 }

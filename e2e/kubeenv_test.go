@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// kubeVersion keys the cached build of kube-apiserver and etcd (e2e/kube/build.sh).
+const kubeVersion = "v1.37.2"
+
+// kubeBinaries returns the cached kube-apiserver and etcd, or skips (fails
+// under SPOKE_REQUIRE_KUBE=1) saying how to build them.
+func kubeBinaries(t *testing.T) (apiserver, etcd string) {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "kube-"+kubeVersion)
+	apiserver, etcd = filepath.Join(dir, "kube-apiserver"), filepath.Join(dir, "etcd")
+	for _, b := range []string{apiserver, etcd} {
+		if _, err := os.Stat(b); err != nil {
+			msg := fmt.Sprintf("%s missing: run `make tools-kube` (builds kube-apiserver %s and etcd from Go modules, ~8 min cold)", b, kubeVersion)
+			if os.Getenv("SPOKE_REQUIRE_KUBE") == "1" {
+				t.Fatal("SPOKE_REQUIRE_KUBE=1: " + msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	return apiserver, etcd
+}
+
+// controlPlane is a real etcd and kube-apiserver on loopback.
+type controlPlane struct {
+	t         *testing.T
+	bin       string
+	args      []string
+	apiserver *exec.Cmd
+	url       string
+	token     string
+	logFile   string
+}
+
+func startControlPlane(t *testing.T) *controlPlane {
+	apiserverBin, etcdBin := kubeBinaries(t)
+	dir := t.TempDir()
+	etcdPort, peerPort := freePort(t), freePort(t)
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
+	startProcess(t, "etcd", filepath.Join(dir, "etcd.log"), etcdBin,
+		"--name", "spoke-test", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort),
+		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peerPort),
+		"--initial-cluster", fmt.Sprintf("spoke-test=http://127.0.0.1:%d", peerPort))
+
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "sa.key")
+	writeTestFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
+	cp := &controlPlane{t: t, bin: apiserverBin, token: "spoke-test-admin-token", logFile: filepath.Join(dir, "apiserver.log")}
+	writeTestFile(t, filepath.Join(dir, "tokens.csv"), []byte(cp.token+",admin,admin,system:masters\n"))
+	port := freePort(t)
+	cp.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	cp.args = []string{
+		"--etcd-servers", etcdURL,
+		"--service-account-issuer", "https://kubernetes.default.svc",
+		"--service-account-key-file", keyFile, "--service-account-signing-key-file", keyFile,
+		"--cert-dir", filepath.Join(dir, "certs"), "--secure-port", fmt.Sprint(port),
+		"--bind-address", "127.0.0.1", "--advertise-address", "192.0.2.10",
+		"--authorization-mode", "RBAC", "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--service-cluster-ip-range", "10.96.0.0/16",
+		// No controller-manager runs, so nothing creates the default ServiceAccount.
+		"--disable-admission-plugins", "ServiceAccount",
+	}
+	cp.start()
+	return cp
+}
+
+func (cp *controlPlane) start() {
+	cp.apiserver = startProcess(cp.t, "kube-apiserver", cp.logFile, cp.bin, cp.args...)
+	cp.waitReady()
+}
+
+// restart kills the apiserver and starts it again on the same etcd and port.
+func (cp *controlPlane) restart() {
+	_ = cp.apiserver.Process.Kill()
+	_ = cp.apiserver.Wait()
+	cp.start()
+}
+
+func (cp *controlPlane) waitReady() {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequest(http.MethodGet, cp.url+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+cp.token)
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(cp.logFile)
+	cp.t.Fatalf("kube-apiserver not ready after 90s; log tail:\n%s", tail(string(log), 3000))
+}
+
+func (cp *controlPlane) client() kubernetes.Interface {
+	cfg := &rest.Config{Host: cp.url, BearerToken: cp.token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 100, Burst: 200}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		cp.t.Fatal(err)
+	}
+	return c
+}
+
+func startProcess(t *testing.T, name, logFile, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	out, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(context.Background(), bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		out.Close()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile)
+			t.Logf("---- %s log tail ----\n%s", name, tail(string(log), 2000))
+		}
+	})
+	return cmd
+}
+
+func writeTestFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
