@@ -34,8 +34,8 @@ tools-kube:
 	bash e2e/kube/build.sh
 
 ## test: everything CI runs; real-Envoy and real-apiserver tests must run
-test: tools fmt-check vet
-	SPOKE_REQUIRE_ENVOY=1 go test -count=1 ./...
+test: tools tools-kube fmt-check vet
+	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 go test -count=1 ./...
 	$(MAKE) fuzz FUZZTIME=20s
 
 fmt-check:

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// out serialises the child's report lines.
+type out struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func (o *out) line(format string, args ...any) {
+	o.mu.Lock()
+	fmt.Fprintf(o.w, format+"\n", args...)
+	o.w.Flush()
+	o.mu.Unlock()
+}
+
+// runClients opens one ADS stream per node, each on its own connection like
+// a real Envoy, subscribes to every type a node proxy uses, ACKs everything,
+// and reports new pod IPs in route pushes (RECV) and pushes that carry no
+// change for this node (EXTRA). It exits when stdin closes.
+func runClients(addr string, cfg config) error {
+	o := &out{w: bufio.NewWriter(os.Stdout)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ready atomic.Int64
+	var synced atomic.Bool
+	for i := 0; i < cfg.nodes; i++ {
+		delta := float64(i%100) < cfg.deltaFraction*100
+		c := &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced}
+		go func() {
+			if err := c.run(ctx, addr, delta); err != nil && ctx.Err() == nil {
+				fmt.Fprintf(os.Stderr, "stream %s: %v\n", c.node, err)
+			}
+		}()
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
+	return nil
+}
+
+type client struct {
+	node   string
+	o      *out
+	ready  *atomic.Int64
+	total  int64
+	synced *atomic.Bool
+	pods   map[string]bool
+	seen   map[string]bool // types received at least once
+}
+
+func (c *client) run(ctx context.Context, addr string, delta bool) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	node := &corev3.Node{Id: c.node, Cluster: translator.ServiceCluster(translator.RoleNode)}
+	s := model.DefaultSettings()
+	names := map[string][]string{
+		resourcev3.ListenerType: nil, resourcev3.ClusterType: nil,
+		resourcev3.RouteType:    {translator.NodeTunnelRoute},
+		resourcev3.EndpointType: {translator.APIServerProxies},
+		resourcev3.SecretType:   {s.Secrets.NodeCertificate, s.Secrets.TunnelCA},
+	}
+	if delta {
+		return c.runDelta(ctx, ads, node, names)
+	}
+	return c.runSotw(ctx, ads, node, names)
+}
+
+func (c *client) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, node *corev3.Node, names map[string][]string) error {
+	stream, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	first := true
+	for typ, n := range names {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: typ, ResourceNames: n}
+		if first {
+			req.Node, first = node, false
+		}
+		if err := stream.Send(req); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		c.observe(resp.TypeUrl, resp.Resources)
+		if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resp.TypeUrl, ResourceNames: names[resp.TypeUrl], VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient, node *corev3.Node, names map[string][]string) error {
+	stream, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	first := true
+	for typ, n := range names {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResourceNamesSubscribe: n}
+		if first {
+			req.Node, first = node, false
+		}
+		if err := stream.Send(req); err != nil {
+			return err
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		var rs []*anypb.Any
+		for _, r := range resp.Resources {
+			rs = append(rs, r.Resource)
+		}
+		c.observe(resp.TypeUrl, rs)
+		if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}); err != nil {
+			return err
+		}
+	}
+}
+
+// observe reports what a push brought this node.
+func (c *client) observe(typeURL string, resources []*anypb.Any) {
+	now := time.Now().UnixNano()
+	if c.seen == nil {
+		c.seen = map[string]bool{}
+	}
+	again := c.seen[typeURL]
+	c.seen[typeURL] = true
+	if typeURL != resourcev3.RouteType {
+		if again && c.synced.Load() { // a first response of a type is never extra
+			c.o.line("EXTRA %s %s", c.node, typeURL)
+		}
+		return
+	}
+	pods := map[string]bool{}
+	for _, r := range resources {
+		rc := new(routev3.RouteConfiguration)
+		if r.UnmarshalTo(rc) != nil {
+			continue
+		}
+		for _, vh := range rc.VirtualHosts {
+			if vh.Name != "pods" {
+				continue
+			}
+			for _, d := range vh.Domains {
+				pods[strings.TrimSuffix(d, ":*")] = true
+			}
+		}
+	}
+	initial := c.pods == nil
+	fresh := 0
+	for ip := range pods {
+		if !initial && !c.pods[ip] {
+			c.o.line("RECV %s %s %d", c.node, ip, now)
+			fresh++
+		}
+	}
+	c.pods = pods
+	switch {
+	case initial:
+		if c.ready.Add(1) == c.total {
+			c.synced.Store(true)
+			c.o.line("READY")
+		}
+	case fresh == 0 && c.synced.Load():
+		c.o.line("EXTRA %s %s", c.node, typeURL)
+	}
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/xds"
+)
+
+type config struct {
+	nodes, podsPerNode, services, churn int
+	duration, holdoff, maxDelay         time.Duration
+	deltaFraction                       float64
+}
+
+// synthetic builds the cluster: node i has pod CIDR 10.(100+i/250).(i%250).0/24.
+func synthetic(cfg config) model.Objects {
+	var objs model.Objects
+	for i := 0; i < cfg.nodes; i++ {
+		name := nodeName(i)
+		objs.Nodes = append(objs.Nodes, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("10.%d.%d.0/24", 100+i/250, i%250)}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("172.%d.%d.10", 16+i/250, i%250)}}},
+		})
+		for p := 0; p < cfg.podsPerNode; p++ {
+			objs.Pods = append(objs.Pods, pod(i, p, p+2))
+		}
+	}
+	for s := 0; s < cfg.services; s++ {
+		objs.Services = append(objs.Services, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("svc-%04d", s)},
+			Spec: corev1.ServiceSpec{ClusterIPs: []string{fmt.Sprintf("10.96.%d.%d", s/250, s%250)},
+				Ports: []corev1.ServicePort{{Port: 443}, {Port: 8080}}},
+		})
+	}
+	objs.EndpointSlices = []*discoveryv1.EndpointSlice{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+		Endpoints:  []discoveryv1.Endpoint{{Addresses: []string{"172.31.0.10"}}, {Addresses: []string{"172.31.0.11"}}, {Addresses: []string{"172.31.0.12"}}},
+	}}
+	return objs
+}
+
+func nodeName(i int) string { return fmt.Sprintf("node-%05d", i) }
+
+func pod(node, slot, host int) *corev1.Pod {
+	ip := fmt.Sprintf("10.%d.%d.%d", 100+node/250, node%250, host)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("pod-%05d-%03d", node, slot)},
+		Spec:       corev1.PodSpec{NodeName: nodeName(node)},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
+	}
+}
+
+func runParent(cfg config) error {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	s := model.DefaultSettings()
+	// The default pod routing would send octet-aligned pod IPs as one prefix
+	// route; node proxies list pod IPs one by one either way, which is what
+	// the clients watch.
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: s, Holdoff: cfg.holdoff, MaxDelay: cfg.maxDelay,
+		CertValidity: 24 * time.Hour, ShutdownGrace: time.Second, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+	objs := synthetic(cfg)
+	srv.Submit(xds.Update{Objects: objs})
+	for !srv.Publisher().Synced() {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	self, _ := os.Executable()
+	child := exec.Command(self, "-child", srv.Addr("xds"), "-nodes", strconv.Itoa(cfg.nodes),
+		"-delta-fraction", strconv.FormatFloat(cfg.deltaFraction, 'f', -1, 64))
+	child.Stderr = os.Stderr
+	stdin, _ := child.StdinPipe()
+	stdout, _ := child.StdoutPipe()
+	start := time.Now()
+	if err := child.Start(); err != nil {
+		return err
+	}
+	events := make(chan string, 4096)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			events <- sc.Text()
+		}
+		close(events)
+	}()
+	for line := range events {
+		if strings.HasPrefix(line, "READY") {
+			break
+		}
+	}
+	allServed := time.Since(start)
+	fmt.Printf("all %d streams served their config in %v\n", cfg.nodes, allServed.Round(time.Millisecond))
+
+	changes := churn(srv, objs, cfg)
+	time.Sleep(2 * time.Second) // let the last changes land
+	rss, goroutines := rssMiB(), runtime.NumGoroutine()
+	stdin.Close()
+	total := len(changes)
+	latencies, unneeded, lost := collect(events, changes)
+	_ = child.Wait()
+	report(cfg, allServed, latencies, unneeded, lost, total, rss, goroutines)
+	return nil
+}
+
+type change struct {
+	node string
+	at   time.Time
+}
+
+// churn replaces one pod (new name, new IP) on a random node, cfg.churn
+// times per second; each change is keyed by the new IP.
+func churn(srv *xds.Server, objs model.Objects, cfg config) map[string]change {
+	changes := map[string]change{}
+	rng := rand.New(rand.NewPCG(7, 11))
+	next := map[int]int{} // node -> next host byte to use
+	tick := time.NewTicker(time.Second / time.Duration(cfg.churn))
+	defer tick.Stop()
+	end := time.Now().Add(cfg.duration)
+	for i := 0; time.Now().Before(end); i++ {
+		<-tick.C
+		n, slot := rng.IntN(cfg.nodes), rng.IntN(cfg.podsPerNode)
+		host := next[n]
+		if host == 0 {
+			host = cfg.podsPerNode + 2
+		}
+		if host > 254 {
+			continue
+		}
+		next[n] = host + 1
+		p := pod(n, slot, host)
+		p.Name = fmt.Sprintf("%s-r%d", p.Name, i)
+		pods := append([]*corev1.Pod(nil), objs.Pods...)
+		pods[n*cfg.podsPerNode+slot] = p
+		objs.Pods = pods
+		changes[p.Status.PodIP] = change{node: nodeName(n), at: time.Now()}
+		srv.Submit(xds.Update{Objects: objs})
+	}
+	return changes
+}
+
+// collect reads the child's "RECV node ip unixnano" and "EXTRA node" lines.
+func collect(events <-chan string, changes map[string]change) (lat []time.Duration, unneeded, wrongNode int) {
+	for line := range events {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 4 && f[0] == "RECV":
+			c, ok := changes[f[2]]
+			if !ok {
+				continue
+			}
+			if c.node != f[1] {
+				wrongNode++
+				continue
+			}
+			ns, _ := strconv.ParseInt(f[3], 10, 64)
+			lat = append(lat, time.Unix(0, ns).Sub(c.at))
+			delete(changes, f[2])
+		case len(f) == 3 && f[0] == "EXTRA":
+			unneeded++
+			fmt.Fprintln(os.Stderr, "unneeded push:", f[1], f[2])
+		}
+	}
+	return lat, unneeded, wrongNode
+}
+
+func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wrong, changes int, rss float64, goroutines int) {
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[int(p*float64(len(lat)-1))]
+	}
+	fmt.Printf("\n| measure | value |\n|---|---|\n")
+	fmt.Printf("| cluster | %d nodes, %d pods, %d Services, %d%% delta streams |\n", cfg.nodes, cfg.nodes*cfg.podsPerNode, cfg.services, int(cfg.deltaFraction*100))
+	fmt.Printf("| time to serve all %d streams at start | %v |\n", cfg.nodes, served.Round(time.Millisecond))
+	fmt.Printf("| pod changes | %d at %d/s |\n", changes, cfg.churn)
+	fmt.Printf("| changes received by the owning stream | %d |\n", len(lat))
+	fmt.Printf("| change -> owning stream p50 | %v |\n", pct(0.50).Round(time.Millisecond))
+	fmt.Printf("| change -> owning stream p99 | %v |\n", pct(0.99).Round(time.Millisecond))
+	fmt.Printf("| pushes to streams that did not need them | %d |\n", unneeded)
+	fmt.Printf("| changes seen by a non-owning stream | %d |\n", wrong)
+	fmt.Printf("| server RSS | %.0f MiB |\n", rss)
+	fmt.Printf("| server goroutines | %d |\n", goroutines)
+}
+
+func rssMiB() float64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
