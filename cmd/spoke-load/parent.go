@@ -36,7 +36,7 @@ func synthetic(cfg config) model.Objects {
 		objs.Nodes = append(objs.Nodes, &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec:       corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("10.%d.%d.0/24", 100+i/250, i%250)}},
-			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("172.%d.%d.10", 16+i/250, i%250)}}},
+			Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("172.%d.%d.10", 16+i/250, i%250)}}},
 		})
 		for p := 0; p < cfg.podsPerNode; p++ {
 			objs.Pods = append(objs.Pods, pod(i, p, p+2))
@@ -223,4 +223,3 @@ func rssMiB() float64 {
 	}
 	return 0
 }
-
