@@ -24,10 +24,10 @@ import (
 // egress socket that takes the apiserver's CONNECTs, the listener that accepts
 // node tunnels, and the cluster that sends each stream into a tunnel.
 func (t *Translator) APIServerProxy() Resources {
-	c, s := t.cluster, t.settings
+	s := t.settings
 	return Resources{
 		Listeners: sortedListeners(handshakeListener(s), egressListener(s)),
-		Routes:    []*routev3.RouteConfiguration{egressRoutes(c, s)},
+		Routes:    []*routev3.RouteConfiguration{egressRoutes(t.egressPlan())},
 		Clusters:  []*clusterv3.Cluster{reverseTunnelCluster(s)},
 		Secrets:   sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
 	}
@@ -51,9 +51,26 @@ func egressListener(s model.Settings) *listenerv3.Listener {
 // virtual host per node (its addresses on any port, its host names, its pods)
 // and one for Service ClusterIP:port pairs, which any node can take. A target
 // in none of them matches no route and gets 404 at once: never a guess.
-func egressRoutes(c *model.Cluster, s model.Settings) *routev3.RouteConfiguration {
-	prefixes := usablePodPrefixes(c, s)
+func egressRoutes(plan []tunnelTargets) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{Name: EgressRoute}
+	for _, p := range plan {
+		rc.VirtualHosts = append(rc.VirtualHosts, tunnelVirtualHost(p.name, p.domains, p.hostID))
+	}
+	return rc
+}
+
+// tunnelTargets is one virtual host of the egress routes before it becomes a
+// proto: which CONNECT targets go into which tunnel.
+type tunnelTargets struct {
+	name, hostID string
+	domains      []string
+}
+
+// egressPlan computes the egress routes' content: everything the apiserver
+// proxy's config depends on besides the settings.
+func egressPlan(c *model.Cluster, s model.Settings) []tunnelTargets {
+	prefixes := usablePodPrefixes(c, s)
+	var plan []tunnelTargets
 	for _, n := range c.Nodes {
 		domains := newDomainSet()
 		for _, ip := range n.IPs {
@@ -73,22 +90,22 @@ func egressRoutes(c *model.Cluster, s model.Settings) *routev3.RouteConfiguratio
 				}
 			}
 		}
-		if vh := tunnelVirtualHost("node/"+n.Name, domains, n.Name); vh != nil {
-			rc.VirtualHosts = append(rc.VirtualHosts, vh)
+		if !domains.empty() {
+			plan = append(plan, tunnelTargets{name: "node/" + n.Name, hostID: n.Name, domains: domains.sorted()})
 		}
 	}
-	if vh := tunnelVirtualHost("services", serviceDomains(c), s.ClusterID); vh != nil {
-		rc.VirtualHosts = append(rc.VirtualHosts, vh)
+	if services := serviceDomains(c); !services.empty() {
+		plan = append(plan, tunnelTargets{name: "services", hostID: s.ClusterID, domains: services.sorted()})
 	}
-	return rc
+	return plan
 }
 
 // tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
 // tunnel of hostID (a node name, or the tunnel cluster id for "any node").
-func tunnelVirtualHost(name string, domains *domainSet, hostID string) *routev3.VirtualHost {
+func tunnelVirtualHost(name string, domains []string, hostID string) *routev3.VirtualHost {
 	route := connectRoute(name, ReverseTunnels, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
-	return connectVirtualHost(name, domains, route)
+	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
 }
 
 func serviceDomains(c *model.Cluster) *domainSet {

@@ -1,6 +1,8 @@
 package translator
 
 import (
+	"fmt"
+	"hash/fnv"
 	"sync"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -18,6 +20,32 @@ type Translator struct {
 
 	servicesOnce sync.Once
 	services     *routev3.VirtualHost
+
+	planOnce sync.Once
+	plan     []tunnelTargets
+}
+
+// egressPlan is computed once per Translator (fingerprint and translation
+// share it).
+func (t *Translator) egressPlan() []tunnelTargets {
+	t.planOnce.Do(func() { t.plan = egressPlan(t.cluster, t.settings) })
+	return t.plan
+}
+
+// APIServerFingerprint hashes everything the apiserver proxy's config depends
+// on, far cheaper than translating it: a pod inside its node's prefix route
+// changes nothing here, so the server can skip the apiserver proxy entirely.
+func (t *Translator) APIServerFingerprint() uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%+v\x00", t.settings)
+	for _, p := range t.egressPlan() {
+		h.Write([]byte(p.name + "\x00" + p.hostID + "\x00"))
+		for _, d := range p.domains {
+			h.Write([]byte(d + "\x00"))
+		}
+		h.Write([]byte{0xff})
+	}
+	return h.Sum64()
 }
 
 // New returns a Translator for c and s; c must not change while it is used.

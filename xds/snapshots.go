@@ -32,15 +32,17 @@ type Publisher struct {
 	metrics  *Metrics
 	log      logrus.FieldLogger
 
-	mu          sync.Mutex
-	cluster     model.Cluster
-	fingerprint map[string]uint64            // node name -> hash of its inputs
-	versions    map[string]map[string]string // key -> type URL -> version
-	counts      map[string]map[string]int    // key -> type URL -> resources
-	served      map[string]translator.Resources
-	setAt       map[string]time.Time // key -> when its last snapshot was set
-	problems    map[string]bool
-	synced      bool
+	mu            sync.Mutex
+	cluster       model.Cluster
+	fingerprint   map[string]uint64 // node name -> hash of its inputs
+	apiserverFP   uint64            // hash of the apiserver proxy's inputs
+	apiserverDone bool
+	versions      map[string]map[string]string // key -> type URL -> version
+	counts        map[string]map[string]int    // key -> type URL -> resources
+	served        map[string]translator.Resources
+	setAt         map[string]time.Time // key -> when its last snapshot was set
+	problems      map[string]bool
+	synced        bool
 }
 
 // NewPublisher returns a Publisher writing to cache.
@@ -70,10 +72,13 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 	tr := translator.New(&p.cluster, p.settings)
 
 	var st UpdateStats
-	if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
-		st.Pushed++
+	if fp := tr.APIServerFingerprint(); !p.apiserverDone || fp != p.apiserverFP {
+		if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
+			st.Pushed++
+		}
+		st.Translated++
+		p.apiserverFP, p.apiserverDone = fp, true
 	}
-	st.Translated++
 	shared := sharedFingerprint(&p.cluster)
 	seen := map[string]bool{}
 	for i := range p.cluster.Nodes {

@@ -34,7 +34,7 @@ type Objects struct {
 // routed safely are left out and reported; Build itself never fails, so one bad
 // object never stops the others.
 func Build(objs Objects, s Settings) (Cluster, []Problem) {
-	b := builder{settings: s}
+	b := builder{settings: s, nodes: map[string]bool{}}
 	for _, n := range objs.Nodes {
 		b.addNode(n)
 	}
@@ -56,6 +56,7 @@ type builder struct {
 	settings Settings
 	cluster  Cluster
 	problems []Problem
+	nodes    map[string]bool // names of the nodes kept so far
 }
 
 func (b *builder) report(object, format string, args ...any) {
@@ -72,7 +73,7 @@ func (b *builder) addNode(n *corev1.Node) {
 		b.report(obj, "skipped: node name equals the tunnel clusterID %q; set another clusterID in the settings", b.settings.ClusterID)
 		return
 	}
-	if _, dup := b.cluster.Node(n.Name); dup {
+	if b.nodes[n.Name] {
 		b.report(obj, "skipped: the input holds this node twice; keep one copy")
 		return
 	}
@@ -100,6 +101,7 @@ func (b *builder) addNode(n *corev1.Node) {
 		node.PodCIDRs = append(node.PodCIDRs, p.Masked())
 	}
 	b.cluster.Nodes = append(b.cluster.Nodes, node)
+	b.nodes[node.Name] = true
 }
 
 func (b *builder) addNodeAddresses(node *Node, addrs []corev1.NodeAddress) {
@@ -176,7 +178,7 @@ func (b *builder) addPod(p *corev1.Pod) {
 	case p.Spec.NodeName == "":
 		return // not scheduled yet
 	}
-	if _, ok := b.cluster.Node(p.Spec.NodeName); !ok {
+	if !b.nodes[p.Spec.NodeName] {
 		b.report(obj, "skipped: node %q is not in the input (or was skipped)", p.Spec.NodeName)
 		return
 	}
@@ -213,13 +215,22 @@ func (b *builder) dropConflictingPodIPs() {
 			nodeIPs[ip.Addr] = n.Name
 		}
 	}
-	podNodes := map[netip.Addr]map[string]bool{}
+	// owner is the first node claiming an IP; claimants lists every node of
+	// the (rare) IPs claimed on more than one node.
+	owner := make(map[netip.Addr]string, len(b.cluster.Pods))
+	claimants := map[netip.Addr]map[string]bool{}
 	for _, p := range b.cluster.Pods {
 		for _, ip := range p.IPs {
-			if podNodes[ip] == nil {
-				podNodes[ip] = map[string]bool{}
+			first, seen := owner[ip]
+			switch {
+			case !seen:
+				owner[ip] = p.NodeName
+			case first != p.NodeName:
+				if claimants[ip] == nil {
+					claimants[ip] = map[string]bool{first: true}
+				}
+				claimants[ip][p.NodeName] = true
 			}
-			podNodes[ip][p.NodeName] = true
 		}
 	}
 	pods := b.cluster.Pods[:0]
@@ -231,8 +242,8 @@ func (b *builder) dropConflictingPodIPs() {
 				b.report(obj, "pod IP %s ignored: it is an address of node %s but the pod is not hostNetwork", ip, owner)
 				continue
 			}
-			if len(podNodes[ip]) > 1 {
-				b.report(obj, "pod IP %s ignored: pods on nodes %s claim it", ip, strings.Join(sortedKeys(podNodes[ip]), ", "))
+			if nodes, shared := claimants[ip]; shared {
+				b.report(obj, "pod IP %s ignored: pods on nodes %s claim it", ip, strings.Join(sortedKeys(nodes), ", "))
 				continue
 			}
 			ips = append(ips, ip)
