@@ -1,0 +1,92 @@
+package xds_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/xds"
+)
+
+// TestGarbageAndAbruptClients: requests without a type, of unknown types, and
+// clients that vanish mid-push get clean errors and leave the server serving.
+func TestGarbageAndAbruptClients(t *testing.T) {
+	srv, _ := serverOnExample(t)
+
+	noType := adsStream(t, srv)
+	_ = noType.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1")})
+	if _, err := recvWithin(t, noType, 5*time.Second); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("request without type: want InvalidArgument, got %v", err)
+	}
+	unknown := adsStream(t, srv)
+	_ = unknown.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: "type.googleapis.com/not.a.Type"})
+	if resp, _ := recvWithin(t, unknown, time.Second); resp != nil && len(resp.Resources) > 0 {
+		t.Errorf("unknown type got resources: %v", resp)
+	}
+
+	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i := 0; i < 50; i++ { // ask, then vanish before reading the answer
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ClusterType})
+		cancel()
+	}
+
+	healthy := adsStream(t, srv)
+	_ = healthy.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.ListenerType})
+	if resp, err := recvWithin(t, healthy, 5*time.Second); err != nil || resp == nil || len(resp.Resources) == 0 {
+		t.Fatalf("server stopped serving after faults: %v %v", resp, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(srv.Statuses()) > 3 && time.Now().Before(deadline) { // noType, unknown, healthy may remain
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(srv.Statuses()); n > 3 {
+		t.Errorf("%d streams tracked after the abrupt clients left; want at most 3", n)
+	}
+}
+
+// TestGracefulShutdown: cancelling the server (SIGTERM in spoke serve) ends
+// Run within the grace period even with streams open, and clients see the
+// stream end.
+func TestGracefulShutdown(t *testing.T) {
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: 500 * time.Millisecond, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Run(ctx); close(done) }()
+	stream := adsStream(t, srv)
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ListenerType})
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of shutdown")
+	}
+	if _, err := recvWithin(t, stream, 5*time.Second); err == nil {
+		t.Error("open stream did not end on shutdown")
+	}
+}
