@@ -77,7 +77,7 @@ func newTopology(t *testing.T) *topology {
 func (tp *topology) startAPIServerProxy() {
 	s := tp.settings
 	res := translator.APIServerProxy(&tp.cluster, s)
-	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, tp.pki.Secrets(tp.t, s, s.Secrets.APIServerCertificate, s.APIServerProxyName), 0)
+	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, tp.pki.Secrets(tp.t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)
 	if err != nil {
 		tp.t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func (tp *topology) startNodeProxy(node, certName string) *envoytest.Process {
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, tp.pki.Secrets(tp.t, s, s.Secrets.NodeCertificate, certName), 0)
+	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, tp.pki.Secrets(tp.t, s, translator.RoleNode, certName), 0)
 	if err != nil {
 		tp.t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestRealEnvoyAcceptsTranslation(t *testing.T) {
 		pki := envoytest.NewPKI(t)
 
 		res := translator.APIServerProxy(&cluster, s)
-		b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, pki.Secrets(t, s, s.Secrets.APIServerCertificate, s.APIServerProxyName), 0)
+		b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, pki.Secrets(t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,7 +40,7 @@ func TestRealEnvoyAcceptsTranslation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, err := envoy.StaticBootstrap(translator.RoleNode, n.Name, res, pki.Secrets(t, s, s.Secrets.NodeCertificate, n.Name), 0)
+			b, err := envoy.StaticBootstrap(translator.RoleNode, n.Name, res, pki.Secrets(t, s, translator.RoleNode, n.Name), 0)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -60,15 +60,11 @@ func startEnvoy(t *testing.T, bin string, srv *xds.Server, role translator.Role,
 // resources, and a file change must reach only the node it concerns.
 func TestRealEnvoysACKEverything(t *testing.T) {
 	bin := envoytest.Binary(t)
-	raw, err := os.ReadFile("../examples/cluster.yaml")
+	srv, file := serverOnExample(t)
+	raw, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(t.TempDir(), "cluster.yaml")
-	if err := os.WriteFile(file, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srv, _ := startServer(t, file)
 	api := startEnvoy(t, bin, srv, translator.RoleAPIServer, "apiserver-test", false)
 	w1 := startEnvoy(t, bin, srv, translator.RoleNode, "worker-1", false)
 	w2 := startEnvoy(t, bin, srv, translator.RoleNode, "worker-2", true)
