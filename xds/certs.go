@@ -72,7 +72,7 @@ func (i *Issuer) CAPEM() []byte { return i.caPEM }
 func (i *Issuer) Certificate(dnsName string) (Certificate, error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if c, ok := i.issued[dnsName]; ok && time.Until(c.Expires) > i.validity/3 {
+	if c, ok := i.issued[dnsName]; ok && !i.due(c) {
 		return c, nil
 	}
 	c, err := i.issue(dnsName)
@@ -82,6 +82,21 @@ func (i *Issuer) Certificate(dnsName string) (Certificate, error) {
 	i.issued[dnsName] = c
 	return c, nil
 }
+
+// NeedsRenewal reports whether dnsName has no certificate yet or is due for
+// a new one, so the server knows to re-publish that proxy's secrets.
+func (i *Issuer) NeedsRenewal(dnsName string) bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	c, ok := i.issued[dnsName]
+	return !ok || i.due(c)
+}
+
+// RenewalCheckInterval is how often the server should look for certificates
+// due for renewal: often enough that none gets near its expiry.
+func (i *Issuer) RenewalCheckInterval() time.Duration { return max(i.validity/20, time.Second) }
+
+func (i *Issuer) due(c Certificate) bool { return time.Until(c.Expires) <= i.validity/3 }
 
 func (i *Issuer) issue(dnsName string) (Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

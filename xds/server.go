@@ -115,6 +115,7 @@ func (s *Server) Run(ctx context.Context) error {
 	debugServer := &http.Server{Handler: s.debugHandler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go s.debounce.Run(ctx)
+	go s.renewCertificates(ctx)
 	errs := make(chan error, 3)
 	go func() { errs <- grpcServer.Serve(xdsLn) }()
 	go func() { errs <- httpServer.Serve(httpLn) }()
@@ -141,6 +142,21 @@ func (s *Server) Run(ctx context.Context) error {
 	_ = httpServer.Shutdown(shutdownCtx)
 	_ = debugServer.Shutdown(shutdownCtx)
 	return nil
+}
+
+// renewCertificates re-publishes proxies whose tunnel certificates are due,
+// well before they expire, even when the cluster does not change.
+func (s *Server) renewCertificates(ctx context.Context) {
+	tick := time.NewTicker(s.publisher.issuer.RenewalCheckInterval())
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			s.publisher.Refresh(ctx)
+		}
+	}
 }
 
 func (s *Server) listen(name, address string) (net.Listener, error) {

@@ -43,6 +43,8 @@ type Publisher struct {
 	setAt         map[string]time.Time // key -> when its last snapshot was set
 	problems      map[string]bool
 	synced        bool
+	lastObjects   model.Objects // the last view, for Refresh
+	lastProblems  []model.Problem
 }
 
 // NewPublisher returns a Publisher writing to cache.
@@ -68,11 +70,11 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 	cluster, problems := model.Build(objs, p.settings)
 	p.reportProblems(append(inputProblems, problems...))
 	p.metrics.observeObjects(objs)
-	p.cluster = cluster
+	p.cluster, p.lastObjects, p.lastProblems = cluster, objs, inputProblems
 	tr := translator.New(&p.cluster, p.settings)
 
 	var st UpdateStats
-	if fp := tr.APIServerFingerprint(); !p.apiserverDone || fp != p.apiserverFP {
+	if fp := tr.APIServerFingerprint(); !p.apiserverDone || fp != p.apiserverFP || p.issuer.NeedsRenewal(p.settings.APIServerProxyName) {
 		if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
 			st.Pushed++
 		}
@@ -85,7 +87,7 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 		n := &p.cluster.Nodes[i]
 		seen[n.Name] = true
 		fp := nodeFingerprint(n, p.cluster.PodsOn(n.Name), shared)
-		if old, ok := p.fingerprint[n.Name]; ok && old == fp {
+		if old, ok := p.fingerprint[n.Name]; ok && old == fp && !p.issuer.NeedsRenewal(n.Name) {
 			continue
 		}
 		res, err := tr.NodeProxy(n.Name)
@@ -116,6 +118,17 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
 		"nodes": len(p.cluster.Nodes), "pods": len(p.cluster.Pods), "took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
 	return st
+}
+
+// Refresh re-applies the last view: proxies whose certificates are due get
+// new ones; nothing else is pushed (unchanged content, unchanged versions).
+func (p *Publisher) Refresh(ctx context.Context) {
+	p.mu.Lock()
+	objs, problems, synced := p.lastObjects, p.lastProblems, p.synced
+	p.mu.Unlock()
+	if synced {
+		p.Update(ctx, objs, problems)
+	}
 }
 
 // publish sets key's snapshot when some type's version changed; it reports

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,4 +77,33 @@ func sameVersions(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestCertificatesRenewWithoutClusterChanges: with short-lived certificates,
+// Refresh re-issues and re-publishes secrets (and only secrets) before they
+// expire, although the cluster did not change.
+func TestCertificatesRenewWithoutClusterChanges(t *testing.T) {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	issuer, err := NewDevelopmentIssuer(3 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), model.DefaultSettings(), issuer, NewMetrics(), log)
+	ctx := context.Background()
+	p.Update(ctx, syntheticObjects(1, 2, 1), nil)
+	before, _ := p.Versions("node/node-00000")
+	p.Refresh(ctx)
+	if now, _ := p.Versions("node/node-00000"); !sameVersions(now, before) {
+		t.Fatal("refresh with fresh certificates changed versions")
+	}
+	time.Sleep(2200 * time.Millisecond) // past two thirds of the 3s validity
+	p.Refresh(ctx)
+	after, _ := p.Versions("node/node-00000")
+	for typ, v := range before {
+		isSecret := strings.HasSuffix(typ, ".Secret")
+		if changed := after[typ] != v; changed != isSecret {
+			t.Errorf("%s: changed=%v, want changed only for secrets", typ, changed)
+		}
+	}
 }
