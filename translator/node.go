@@ -2,6 +2,7 @@ package translator
 
 import (
 	"fmt"
+	"sort"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -196,9 +197,5 @@ func originalDstCluster(s model.Settings) *clusterv3.Cluster {
 }
 
 func sortClusters(cs []*clusterv3.Cluster) {
-	for i := 1; i < len(cs); i++ {
-		for j := i; j > 0 && cs[j].Name < cs[j-1].Name; j-- {
-			cs[j], cs[j-1] = cs[j-1], cs[j]
-		}
-	}
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Name < cs[j].Name })
 }

@@ -25,7 +25,10 @@ type Node struct {
 	HostNames   []string
 	KubeletPort uint32
 	PodCIDRs    []netip.Prefix
-	Ready       bool
+	// Ready is the NodeReady condition. Routing ignores it on purpose: a
+	// NotReady node may still hold a working tunnel (and `kubectl logs` is how
+	// one debugs it); without a tunnel its streams fail fast with 503 anyway.
+	Ready bool
 }
 
 // NodeIP is one IP address of a node with its kind.
