@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -212,5 +214,48 @@ func TestBrokenFileKeepsLastGoodConfig(t *testing.T) {
 	}
 	if got := httpGet(t, "http://"+srv.Addr("http")+"/readyz"); strings.TrimSpace(got) != "ok" {
 		t.Errorf("/readyz after a broken file = %q", got)
+	}
+}
+
+// TestMissingFileKeepsConfigAndRecovers: a cluster file that disappears keeps
+// the last config served and is picked up again when it returns.
+func TestMissingFileKeepsConfigAndRecovers(t *testing.T) {
+	srv, file := serverOnExample(t)
+	raw, _ := os.ReadFile(file)
+	before, _ := srv.Publisher().Versions("node/worker-1")
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if after, _ := srv.Publisher().Versions("node/worker-1"); after[resourcev3.RouteType] != before[resourcev3.RouteType] {
+		t.Error("config changed while the file was missing")
+	}
+	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("back-pod", "worker-1", "10.244.1.98"), 1)
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, _, _ := srv.Publisher().Served(xds.Proxy{Role: "node", Node: "worker-1"})
+		if len(res.Routes) > 0 && strings.Contains(res.Routes[0].String(), "10.244.1.98:*") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file's return was not picked up within 10s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFileSourceBacksOff: polling a missing file backs off, so the log gets
+// a handful of errors per second instead of one per poll (20 at 50 ms).
+func TestFileSourceBacksOff(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	src := &xds.FileSource{Path: filepath.Join(t.TempDir(), "missing.yaml"), Interval: 50 * time.Millisecond, Log: log}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	src.Run(ctx, func(xds.Update) { t.Error("emitted an update for a missing file") })
+	if n := len(hook.AllEntries()); n < 2 || n > 9 {
+		t.Errorf("%d error lines in 1s; want a few (backoff), not one per 50 ms poll", n)
 	}
 }

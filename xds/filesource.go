@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/sirupsen/logrus"
 
 	"github.com/spokeproxy/spoke/translator/input"
@@ -28,16 +29,21 @@ type FileSource struct {
 	Log      logrus.FieldLogger
 }
 
-// Run polls until ctx ends, calling emit for the first good read and each change.
+// Run polls until ctx ends, calling emit for the first good read and each
+// change. While the file cannot be read, polls back off exponentially (up to
+// 30 s) so a missing file does not flood the log.
 func (f *FileSource) Run(ctx context.Context, emit func(Update)) {
 	var last []byte
-	ticker := time.NewTicker(f.Interval)
-	defer ticker.Stop()
+	retry := backoff.NewExponentialBackOff()
+	retry.InitialInterval, retry.MaxInterval, retry.MaxElapsedTime = f.Interval, 30*time.Second, 0
 	for {
+		wait := f.Interval
 		raw, err := os.ReadFile(f.Path)
 		switch {
 		case err != nil:
-			f.Log.WithError(err).WithField("file", f.Path).Error("cannot read the cluster file: serving the last good config")
+			wait = retry.NextBackOff()
+			f.Log.WithError(err).WithFields(logrus.Fields{"file": f.Path, "retry_in": wait.Round(time.Millisecond)}).
+				Error("cannot read the cluster file: serving the last good config")
 		case last == nil || !bytes.Equal(raw, last):
 			var objs model.Objects
 			problems, err := input.Decode(raw, &objs)
@@ -49,10 +55,13 @@ func (f *FileSource) Run(ctx context.Context, emit func(Update)) {
 			}
 			last = raw
 		}
+		if err == nil {
+			retry.Reset()
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-ticker.C:
+		case <-time.After(wait):
 		}
 	}
 }
