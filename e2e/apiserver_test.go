@@ -55,50 +55,54 @@ func TestServeFollowsRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := &corev3.Node{Id: "node-a", Cluster: "spoke-node"}
-	waitFor(t, stream, node, resourcev3.RouteType, "10.244.1.7:*")
+	w := &nodeWatch{t: t, stream: stream, node: &corev3.Node{Id: "node-a", Cluster: "spoke-node"}, subscribed: map[string]bool{}}
+	w.waitFor(resourcev3.RouteType, "10.244.1.7:*")
 	// The apiserver maintains default/kubernetes itself: its advertise address
 	// becomes the node proxies' tunnel endpoint.
-	waitFor(t, stream, nil, resourcev3.EndpointType, "192.0.2.10")
+	w.waitFor(resourcev3.EndpointType, "192.0.2.10")
 
 	cp.restart()
 	createPod(t, client, "web-2", "node-a", "10.244.1.8")
-	waitFor(t, stream, nil, resourcev3.RouteType, "10.244.1.8:*")
+	w.waitFor(resourcev3.RouteType, "10.244.1.8:*")
 
 	if err := client.CoreV1().Pods("default").Delete(ctx, "web-1", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
-	waitForAbsent(t, stream, resourcev3.RouteType, "10.244.1.7:*")
+	w.waitForAbsent(resourcev3.RouteType, "10.244.1.7:*")
 }
 
-// waitFor subscribes (if node is set, on first use) and ACKs responses until
-// one of type typeURL contains want.
-func waitFor(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, node *corev3.Node, typeURL, want string) {
-	t.Helper()
-	waitUntil(t, stream, node, typeURL, func(s string) bool { return strings.Contains(s, want) }, want)
+// nodeWatch is one node proxy's ADS stream, as a minimal Envoy would use it:
+// subscribe to a type on first use, ACK every response.
+type nodeWatch struct {
+	t          *testing.T
+	stream     discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node       *corev3.Node // sent with the first request only
+	subscribed map[string]bool
 }
 
-func waitForAbsent(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, typeURL, gone string) {
-	t.Helper()
-	waitUntil(t, stream, nil, typeURL, func(s string) bool { return !strings.Contains(s, gone) }, "no "+gone)
+func (w *nodeWatch) waitFor(typeURL, want string) {
+	w.t.Helper()
+	w.waitUntil(typeURL, func(s string) bool { return strings.Contains(s, want) }, want)
 }
 
-var subscribed = map[string]bool{}
+func (w *nodeWatch) waitForAbsent(typeURL, gone string) {
+	w.t.Helper()
+	w.waitUntil(typeURL, func(s string) bool { return !strings.Contains(s, gone) }, "no "+gone)
+}
 
-func waitUntil(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, node *corev3.Node, typeURL string, ok func(string) bool, what string) {
+// waitUntil ACKs responses until one of type typeURL satisfies ok.
+func (w *nodeWatch) waitUntil(typeURL string, ok func(string) bool, what string) {
+	t, stream := w.t, w.stream
 	t.Helper()
-	if !subscribed[typeURL] {
-		names := []string(nil)
-		if typeURL == resourcev3.RouteType {
-			names = []string{"node-tunnel"}
+	if !w.subscribed[typeURL] {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: namesFor(typeURL)}
+		if len(w.subscribed) == 0 {
+			req.Node = w.node
 		}
-		if typeURL == resourcev3.EndpointType {
-			names = []string{"apiserver-proxies"}
-		}
-		if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNames: names}); err != nil {
+		if err := stream.Send(req); err != nil {
 			t.Fatal(err)
 		}
-		subscribed[typeURL] = true
+		w.subscribed[typeURL] = true
 	}
 	deadline := time.After(60 * time.Second)
 	for {

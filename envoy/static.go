@@ -108,15 +108,9 @@ func staticSecrets(ts *corev3.TransportSocket) error {
 	if ts == nil {
 		return nil
 	}
-	var msg proto.Message
-	var common *tlsv3.CommonTlsContext
-	down, up := new(tlsv3.DownstreamTlsContext), new(tlsv3.UpstreamTlsContext)
-	if ts.GetTypedConfig().UnmarshalTo(down) == nil {
-		msg, common = down, down.CommonTlsContext
-	} else if ts.GetTypedConfig().UnmarshalTo(up) == nil {
-		msg, common = up, up.CommonTlsContext
-	} else {
-		return fmt.Errorf("transport socket %s is not TLS", ts.Name)
+	msg, common, err := translator.UnpackTLS(ts)
+	if err != nil {
+		return err
 	}
 	for _, s := range common.TlsCertificateSdsSecretConfigs {
 		s.SdsConfig = nil

@@ -2,6 +2,7 @@ package translator
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -106,15 +107,9 @@ func checkSecrets(owner string, ts *corev3.TransportSocket, secrets set[string])
 	if ts == nil {
 		return nil
 	}
-	var common *tlsv3.CommonTlsContext
-	down, up := new(tlsv3.DownstreamTlsContext), new(tlsv3.UpstreamTlsContext)
-	switch {
-	case ts.GetTypedConfig().UnmarshalTo(down) == nil:
-		common = down.CommonTlsContext
-	case ts.GetTypedConfig().UnmarshalTo(up) == nil:
-		common = up.CommonTlsContext
-	default:
-		return []error{fmt.Errorf("%s: transport socket is not TLS", owner)}
+	_, common, err := UnpackTLS(ts)
+	if err != nil {
+		return []error{fmt.Errorf("%s: %w", owner, err)}
 	}
 	names := []string{common.GetValidationContextSdsSecretConfig().GetName(),
 		common.GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName()}
@@ -130,19 +125,44 @@ func checkSecrets(owner string, ts *corev3.TransportSocket, secrets set[string])
 	return errs
 }
 
-// Version is a content hash of the resources: the same input gives the same
-// version, across runs and restarts.
+// UnpackTLS decodes a TLS transport socket (downstream or upstream) and
+// returns the decoded context with its CommonTlsContext.
+func UnpackTLS(ts *corev3.TransportSocket) (proto.Message, *tlsv3.CommonTlsContext, error) {
+	down, up := new(tlsv3.DownstreamTlsContext), new(tlsv3.UpstreamTlsContext)
+	switch {
+	case ts.GetTypedConfig().UnmarshalTo(down) == nil:
+		return down, down.CommonTlsContext, nil
+	case ts.GetTypedConfig().UnmarshalTo(up) == nil:
+		return up, up.CommonTlsContext, nil
+	}
+	return nil, nil, fmt.Errorf("transport socket %q is not TLS", ts.GetName())
+}
+
+// Version is a content hash of the resources and the secret names they
+// reference: the same input gives the same version, across runs and restarts.
 func Version(r Resources) string {
+	return ContentHash(r.all(), r.Secrets...)
+}
+
+// ContentHash hashes messages (deterministically marshalled, each length-
+// prefixed so boundaries cannot shift) and extra strings. The server uses it
+// for per-type xDS versions, translate for the dump's version.
+func ContentHash[T proto.Message](items []T, extra ...string) string {
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}
-	for _, m := range r.all() {
-		b, err := opts.Marshal(m)
+	var n [8]byte
+	for _, it := range items {
+		b, err := opts.Marshal(it)
 		if err != nil {
-			panic("translator: marshal for version: " + err.Error())
+			panic(fmt.Sprintf("translator: marshal %T for a content hash: %v", it, err))
 		}
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
 		h.Write(b)
 	}
-	for _, s := range r.Secrets {
+	for _, s := range extra {
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
 		h.Write([]byte(s))
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]

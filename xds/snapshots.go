@@ -2,9 +2,7 @@ package xds
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"hash/fnv"
 	"sort"
@@ -15,7 +13,6 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
@@ -108,6 +105,7 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 			delete(p.fingerprint, name)
 			delete(p.versions, key)
 			delete(p.counts, key)
+			delete(p.setAt, key)
 			delete(p.served, key)
 			st.Removed++
 			p.log.WithField("node", name).Info("node gone: its proxy's snapshot is cleared")
@@ -156,7 +154,7 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 	versions, counts := map[string]string{}, map[string]int{}
 	changed := false
 	for typeURL, items := range byType {
-		v := contentVersion(items)
+		v := translator.ContentHash(items)
 		versions[typeURL], counts[typeURL] = v, len(items)
 		if p.versions[key][typeURL] != v {
 			changed = true
@@ -229,24 +227,6 @@ func (p *Publisher) reportProblems(problems []model.Problem) {
 	}
 	p.problems = current
 	p.metrics.skippedObjects.Set(float64(len(problems)))
-}
-
-// contentVersion hashes resources deterministically: the same content gives
-// the same version across restarts, so reconnecting Envoys are not re-pushed.
-func contentVersion(items []types.Resource) string {
-	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
-	for _, it := range items {
-		b, err := opts.Marshal(it)
-		if err != nil {
-			panic(fmt.Sprintf("xds: marshal %T: %v", it, err))
-		}
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 func toResources[T types.Resource](items []T) []types.Resource {

@@ -193,7 +193,7 @@ func (b *builder) addPod(p *corev1.Pod) {
 			b.report(obj, "pod IP %q ignored: not an IP address", raw.IP)
 			continue
 		}
-		if !containsAddr(pod.IPs, ip.Unmap()) {
+		if !contains(pod.IPs, ip.Unmap()) {
 			pod.IPs = append(pod.IPs, ip.Unmap())
 		}
 	}
@@ -276,7 +276,7 @@ func (b *builder) addService(svc *corev1.Service) {
 			b.report(obj, "cluster IP %q ignored: not an IP address", raw)
 			continue
 		}
-		if !containsAddr(out.ClusterIPs, ip.Unmap()) {
+		if !contains(out.ClusterIPs, ip.Unmap()) {
 			out.ClusterIPs = append(out.ClusterIPs, ip.Unmap())
 		}
 	}
@@ -403,8 +403,6 @@ func containsIP(ips []NodeIP, a netip.Addr) bool {
 	}
 	return false
 }
-
-func containsAddr(ips []netip.Addr, a netip.Addr) bool { return contains(ips, a) }
 
 func contains[T comparable](xs []T, x T) bool {
 	for _, v := range xs {
