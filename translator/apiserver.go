@@ -69,7 +69,7 @@ type tunnelTargets struct {
 // egressPlan computes the egress routes' content: everything the apiserver
 // proxy's config depends on besides the settings.
 func egressPlan(c *model.Cluster, s model.Settings) []tunnelTargets {
-	prefixes := usablePodPrefixes(c, s)
+	prefixes := RoutablePodPrefixes(c, s)
 	var plan []tunnelTargets
 	for _, n := range c.Nodes {
 		domains := newDomainSet()
@@ -85,7 +85,7 @@ func egressPlan(c *model.Cluster, s model.Settings) []tunnelTargets {
 		}
 		for _, pod := range c.PodsOn(n.Name) {
 			for _, ip := range pod.IPs {
-				if !covered(prefixes[n.Name], ip) {
+				if !CoveredBy(prefixes[n.Name], ip) {
 					domains.add(ipAnyPort(ip))
 				}
 			}
@@ -120,10 +120,11 @@ func serviceDomains(c *model.Cluster) *domainSet {
 	return domains
 }
 
-// usablePodPrefixes returns, per node, the pod CIDRs that may be routed as one
+// RoutablePodPrefixes returns, per node, the pod CIDRs that may be routed as one
 // wildcard domain: octet-aligned (see prefixDomain) and overlapping no other
-// node's CIDR. The pods of other CIDRs are routed one IP at a time.
-func usablePodPrefixes(c *model.Cluster, s model.Settings) map[string][]netip.Prefix {
+// node's CIDR. The pods of other CIDRs are routed one IP at a time, so only
+// their changes touch the apiserver proxy's routes. It reads c.Nodes only.
+func RoutablePodPrefixes(c *model.Cluster, s model.Settings) map[string][]netip.Prefix {
 	out := map[string][]netip.Prefix{}
 	if s.PodRouting != model.PodRoutingAuto {
 		return out
@@ -166,7 +167,8 @@ func prefixesSharedByNodes(c *model.Cluster) map[netip.Prefix]bool {
 	return shared
 }
 
-func covered(prefixes []netip.Prefix, ip netip.Addr) bool {
+// CoveredBy reports whether ip lies in one of prefixes.
+func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool {
 	for _, p := range prefixes {
 		if p.Contains(ip) {
 			return true
@@ -247,4 +249,21 @@ func sortedListeners(ls ...*listenerv3.Listener) []*listenerv3.Listener {
 func sortedStrings(xs ...string) []string {
 	sort.Strings(xs)
 	return xs
+}
+
+// APIServerAffected says whether ch may change the apiserver proxy's config:
+// nodes added, removed or re-addressed, Services, or a pod IP outside its
+// node's prefix routes (such IPs get routes of their own). prefixes are the
+// RoutablePodPrefixes of the nodes, which only a NodeSet change changes.
+// With octet-aligned pod CIDRs, pod churn never touches the apiserver proxy.
+func APIServerAffected(ch model.Changes, prefixes map[string][]netip.Prefix) bool {
+	if ch.Initial || ch.NodeSet || ch.Shared {
+		return true
+	}
+	for _, a := range ch.PodIPs {
+		if !CoveredBy(prefixes[a.Node], a.IP) {
+			return true
+		}
+	}
+	return false
 }

@@ -28,11 +28,18 @@ func (e UnknownNodeError) Error() string {
 // only for this node's kubelet, this node's pods and Service ClusterIP:port
 // pairs. Nothing about other nodes is in it.
 func (t *Translator) NodeProxy(nodeName string) (Resources, error) {
-	c, s := t.cluster, t.settings
-	node, ok := c.Node(nodeName)
+	node, ok := t.cluster.Node(nodeName)
 	if !ok {
 		return Resources{}, UnknownNodeError{Node: nodeName}
 	}
+	return t.NodeProxyOf(node, t.cluster.PodsOn(nodeName)), nil
+}
+
+// NodeProxyOf is NodeProxy for a node and its pods held outside the
+// Translator's cluster (the server's incremental store); Services and
+// apiserver endpoints still come from the cluster, built once per Translator.
+func (t *Translator) NodeProxyOf(node *model.Node, pods []model.Pod) Resources {
+	c, s := t.cluster, t.settings
 	clusters := []*clusterv3.Cluster{apiServerProxiesCluster(s), originalDstCluster(s)}
 	if kc := kubeletCluster(node, s); kc != nil {
 		clusters = append(clusters, kc)
@@ -40,11 +47,11 @@ func (t *Translator) NodeProxy(nodeName string) (Resources, error) {
 	sortClusters(clusters)
 	return Resources{
 		Listeners: []*listenerv3.Listener{reverseTunnelListener(node.Name, s)},
-		Routes:    []*routev3.RouteConfiguration{t.nodeRoutes(node)},
+		Routes:    []*routev3.RouteConfiguration{t.nodeRoutes(node, pods)},
 		Clusters:  clusters,
 		Endpoints: []*endpointv3.ClusterLoadAssignment{apiServerEndpoints(c)},
 		Secrets:   sortedStrings(s.Secrets.NodeCertificate, s.Secrets.TunnelCA),
-	}, nil
+	}
 }
 
 // ReverseTunnelAddress is the rc:// address that makes Envoy dial tunnels:
@@ -73,7 +80,7 @@ func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
 // (any of its addresses or host names, kubelet port only) go to the kubelet
 // cluster; pods (any port) and Services (their ports) to the original
 // destination named by the CONNECT target. Everything else gets 404.
-func (t *Translator) nodeRoutes(node *model.Node) *routev3.RouteConfiguration {
+func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{Name: NodeTunnelRoute}
 	kubelet := newDomainSet()
 	if _, ok := node.KubeletIP(); ok {
@@ -85,7 +92,7 @@ func (t *Translator) nodeRoutes(node *model.Node) *routev3.RouteConfiguration {
 		}
 	}
 	pods := newDomainSet()
-	for _, pod := range t.cluster.PodsOn(node.Name) {
+	for _, pod := range nodePods {
 		for _, ip := range pod.IPs {
 			pods.add(ipAnyPort(ip))
 		}

@@ -32,24 +32,57 @@ type Objects struct {
 
 // Build converts Kubernetes objects into the model. Objects that cannot be
 // routed safely are left out and reported; Build itself never fails, so one bad
-// object never stops the others.
+// object never stops the others. The server keeps the same model up to date
+// one object at a time with a Store; Build is the reference it is tested
+// against.
 func Build(objs Objects, s Settings) (Cluster, []Problem) {
 	b := builder{settings: s, nodes: map[string]bool{}}
 	for _, n := range objs.Nodes {
 		b.addNode(n)
 	}
 	b.dropSharedNodeIPs()
+	seenPods := map[ObjectKey]bool{}
 	for _, p := range objs.Pods {
+		key := ObjectKey{p.Namespace, p.Name}
+		if seenPods[key] {
+			b.report("Pod "+key.String(), "skipped: the input holds this pod twice; keep one copy")
+			continue
+		}
+		seenPods[key] = true
 		b.addPod(p)
 	}
 	b.dropConflictingPodIPs()
+	seenServices := map[ObjectKey]bool{}
 	for _, svc := range objs.Services {
-		b.addService(svc)
+		key := ObjectKey{svc.Namespace, svc.Name}
+		if seenServices[key] {
+			b.report("Service "+key.String(), "skipped: the input holds this Service twice; keep one copy")
+			continue
+		}
+		seenServices[key] = true
+		out, problems, ok := ConvertService(svc)
+		b.problems = append(b.problems, problems...)
+		if ok {
+			b.cluster.Services = append(b.cluster.Services, out)
+		}
 	}
 	b.addAPIServerEndpoints(objs.EndpointSlices)
 	b.sortAll()
 	b.cluster.Index()
 	return b.cluster, b.problems
+}
+
+// ObjectKey names a namespaced object.
+type ObjectKey struct{ Namespace, Name string }
+
+func (k ObjectKey) String() string { return k.Namespace + "/" + k.Name }
+
+// Less orders keys by namespace, then name (the model's pod and Service order).
+func (k ObjectKey) Less(o ObjectKey) bool {
+	if k.Namespace != o.Namespace {
+		return k.Namespace < o.Namespace
+	}
+	return k.Name < o.Name
 }
 
 type builder struct {
@@ -60,33 +93,48 @@ type builder struct {
 }
 
 func (b *builder) report(object, format string, args ...any) {
-	b.problems = append(b.problems, Problem{Object: object, Message: fmt.Sprintf(format, args...)})
+	b.problems = append(b.problems, problem(object, format, args...))
+}
+
+func problem(object, format string, args ...any) Problem {
+	return Problem{Object: object, Message: fmt.Sprintf(format, args...)}
 }
 
 func (b *builder) addNode(n *corev1.Node) {
-	obj := "Node " + n.Name
-	if err := ValidTunnelID(n.Name); err != nil {
-		b.report(obj, "skipped: node name %v; its pods are skipped too", err)
-		return
-	}
-	if n.Name == b.settings.ClusterID {
-		b.report(obj, "skipped: node name equals the tunnel clusterID %q; set another clusterID in the settings", b.settings.ClusterID)
+	node, problems, ok := ConvertNode(n, b.settings)
+	b.problems = append(b.problems, problems...)
+	if !ok {
 		return
 	}
 	if b.nodes[n.Name] {
-		b.report(obj, "skipped: the input holds this node twice; keep one copy")
+		b.report("Node "+n.Name, "skipped: the input holds this node twice; keep one copy")
 		return
 	}
-	node := Node{Name: n.Name, KubeletPort: uint32(n.Status.DaemonEndpoints.KubeletEndpoint.Port), Ready: nodeReady(n)}
+	b.cluster.Nodes = append(b.cluster.Nodes, node)
+	b.nodes[node.Name] = true
+}
+
+// ConvertNode converts one Node on its own, before the checks that need the
+// other nodes (shared addresses). ok is false when the node cannot be
+// routed at all; problems says why, and what else was left out.
+func ConvertNode(n *corev1.Node, s Settings) (node Node, problems []Problem, ok bool) {
+	obj := "Node " + n.Name
+	if err := ValidTunnelID(n.Name); err != nil {
+		return Node{}, []Problem{problem(obj, "skipped: node name %v; its pods are skipped too", err)}, false
+	}
+	if n.Name == s.ClusterID {
+		return Node{}, []Problem{problem(obj, "skipped: node name equals the tunnel clusterID %q; set another clusterID in the settings", s.ClusterID)}, false
+	}
+	node = Node{Name: n.Name, KubeletPort: uint32(n.Status.DaemonEndpoints.KubeletEndpoint.Port), Ready: nodeReady(n)}
 	if node.KubeletPort == 0 || node.KubeletPort > 65535 {
 		node.KubeletPort = DefaultKubeletPort
 	}
-	b.addNodeAddresses(&node, n.Status.Addresses)
+	problems = addNodeAddresses(&node, n.Status.Addresses)
 	switch {
 	case len(node.IPs) == 0 && len(node.HostNames) == 0:
-		b.report(obj, "has no usable addresses in status.addresses: its kubelet cannot be reached (its pods still are)")
+		problems = append(problems, problem(obj, "has no usable addresses in status.addresses: its kubelet cannot be reached (its pods still are)"))
 	case len(node.IPs) == 0:
-		b.report(obj, "has no InternalIP or ExternalIP: its node proxy has no address to dial its kubelet on, so kubelet requests are refused")
+		problems = append(problems, problem(obj, "has no InternalIP or ExternalIP: its node proxy has no address to dial its kubelet on, so kubelet requests are refused"))
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
@@ -95,23 +143,22 @@ func (b *builder) addNode(n *corev1.Node) {
 	for _, c := range cidrs {
 		p, err := netip.ParsePrefix(c)
 		if err != nil {
-			b.report(obj, "pod CIDR %q ignored: %v; its pods are routed by pod IP", c, err)
+			problems = append(problems, problem(obj, "pod CIDR %q ignored: %v; its pods are routed by pod IP", c, err))
 			continue
 		}
 		node.PodCIDRs = append(node.PodCIDRs, p.Masked())
 	}
-	b.cluster.Nodes = append(b.cluster.Nodes, node)
-	b.nodes[node.Name] = true
+	return node, problems, true
 }
 
-func (b *builder) addNodeAddresses(node *Node, addrs []corev1.NodeAddress) {
+func addNodeAddresses(node *Node, addrs []corev1.NodeAddress) (problems []Problem) {
 	obj := "Node " + node.Name
 	for _, a := range addrs {
 		switch AddressKind(a.Type) {
 		case InternalIP, ExternalIP:
 			ip, err := netip.ParseAddr(a.Address)
 			if err != nil || ip.Zone() != "" {
-				b.report(obj, "%s %q ignored: not an IP address", a.Type, a.Address)
+				problems = append(problems, problem(obj, "%s %q ignored: not an IP address", a.Type, a.Address))
 				continue
 			}
 			if !containsIP(node.IPs, ip.Unmap()) {
@@ -120,16 +167,17 @@ func (b *builder) addNodeAddresses(node *Node, addrs []corev1.NodeAddress) {
 		case Hostname, InternalDNS, ExternalDNS:
 			name := strings.ToLower(a.Address)
 			if !validHostName(name) {
-				b.report(obj, "%s %q ignored: not a DNS name", a.Type, a.Address)
+				problems = append(problems, problem(obj, "%s %q ignored: not a DNS name", a.Type, a.Address))
 				continue
 			}
 			if !contains(node.HostNames, name) {
 				node.HostNames = append(node.HostNames, name)
 			}
 		default:
-			b.report(obj, "address type %q ignored: unknown", a.Type)
+			problems = append(problems, problem(obj, "address type %q ignored: unknown", a.Type))
 		}
 	}
+	return problems
 }
 
 // dropSharedNodeIPs removes every IP and host name that two nodes claim: a
@@ -150,7 +198,7 @@ func (b *builder) dropSharedNodeIPs() {
 		ips := n.IPs[:0]
 		for _, ip := range n.IPs {
 			if owners := ipOwners[ip.Addr]; len(owners) > 1 {
-				b.report("Node "+n.Name, "address %s ignored: claimed by nodes %s; fix the nodes' status.addresses", ip.Addr, strings.Join(owners, ", "))
+				b.problems = append(b.problems, sharedAddressProblem(n.Name, ip.Addr.String(), owners))
 				continue
 			}
 			ips = append(ips, ip)
@@ -159,7 +207,7 @@ func (b *builder) dropSharedNodeIPs() {
 		names := n.HostNames[:0]
 		for _, h := range n.HostNames {
 			if owners := nameOwners[h]; len(owners) > 1 {
-				b.report("Node "+n.Name, "host name %s ignored: claimed by nodes %s", h, strings.Join(owners, ", "))
+				b.problems = append(b.problems, sharedHostNameProblem(n.Name, h, owners))
 				continue
 			}
 			names = append(names, h)
@@ -168,21 +216,35 @@ func (b *builder) dropSharedNodeIPs() {
 	}
 }
 
-func (b *builder) addPod(p *corev1.Pod) {
-	obj := "Pod " + p.Namespace + "/" + p.Name
+func sharedAddressProblem(node, addr string, owners []string) Problem {
+	return problem("Node "+node, "address %s ignored: claimed by nodes %s; fix the nodes' status.addresses", addr, sortedJoin(owners))
+}
+
+func sharedHostNameProblem(node, name string, owners []string) Problem {
+	return problem("Node "+node, "host name %s ignored: claimed by nodes %s", name, sortedJoin(owners))
+}
+
+// PodCandidate is one pod converted on its own, before the checks that need
+// its node and the other pods.
+type PodCandidate struct {
+	Pod      Pod       // IPs parsed and deduplicated
+	problems []Problem // unparsable IPs
+	running  bool
+}
+
+// ConvertPod converts one pod. considered is false for pods that never take
+// part in routing: hostNetwork (reached through the node's addresses),
+// finished (their IP may already belong to another pod) and unscheduled ones.
+func ConvertPod(p *corev1.Pod) (c PodCandidate, considered bool) {
 	switch {
-	case p.Spec.HostNetwork:
-		return // shares the node's IPs: reached through the node's addresses
-	case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed:
-		return // finished: its IP may already belong to another pod
-	case p.Spec.NodeName == "":
-		return // not scheduled yet
+	case p.Spec.HostNetwork, p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed, p.Spec.NodeName == "":
+		return PodCandidate{}, false
 	}
-	if !b.nodes[p.Spec.NodeName] {
-		b.report(obj, "skipped: node %q is not in the input (or was skipped)", p.Spec.NodeName)
-		return
+	obj := "Pod " + p.Namespace + "/" + p.Name
+	c = PodCandidate{
+		Pod:     Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil},
+		running: p.Status.Phase == corev1.PodRunning,
 	}
-	pod := Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {
 		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
@@ -190,20 +252,42 @@ func (b *builder) addPod(p *corev1.Pod) {
 	for _, raw := range ips {
 		ip, err := netip.ParseAddr(raw.IP)
 		if err != nil || ip.Zone() != "" {
-			b.report(obj, "pod IP %q ignored: not an IP address", raw.IP)
+			c.problems = append(c.problems, problem(obj, "pod IP %q ignored: not an IP address", raw.IP))
 			continue
 		}
-		if !contains(pod.IPs, ip.Unmap()) {
-			pod.IPs = append(pod.IPs, ip.Unmap())
+		if !contains(c.Pod.IPs, ip.Unmap()) {
+			c.Pod.IPs = append(c.Pod.IPs, ip.Unmap())
 		}
 	}
-	if len(pod.IPs) == 0 {
-		if p.Status.Phase == corev1.PodRunning {
-			b.report(obj, "skipped: Running but status.podIPs is empty")
-		}
-		return // no IP yet (Pending): nothing to route
+	return c, true
+}
+
+// admit says whether the pod is routable once its node is known to exist
+// (nodeKnown) and what to report; address conflicts are checked later.
+func (c PodCandidate) admit(nodeKnown bool) (problems []Problem, routable bool) {
+	obj := "Pod " + c.Pod.Namespace + "/" + c.Pod.Name
+	if !nodeKnown {
+		return []Problem{problem(obj, "skipped: node %q is not in the input (or was skipped)", c.Pod.NodeName)}, false
 	}
-	b.cluster.Pods = append(b.cluster.Pods, pod)
+	if len(c.Pod.IPs) == 0 {
+		if c.running {
+			return append(c.problems, problem(obj, "skipped: Running but status.podIPs is empty")), false
+		}
+		return c.problems, false // no IP yet (Pending): nothing to route
+	}
+	return c.problems, true
+}
+
+func (b *builder) addPod(p *corev1.Pod) {
+	c, considered := ConvertPod(p)
+	if !considered {
+		return
+	}
+	problems, routable := c.admit(b.nodes[c.Pod.NodeName])
+	b.problems = append(b.problems, problems...)
+	if routable {
+		b.cluster.Pods = append(b.cluster.Pods, c.Pod)
+	}
 }
 
 // dropConflictingPodIPs removes pod IPs that a node owns or that pods on two
@@ -235,15 +319,14 @@ func (b *builder) dropConflictingPodIPs() {
 	}
 	pods := b.cluster.Pods[:0]
 	for _, p := range b.cluster.Pods {
-		obj := "Pod " + p.Namespace + "/" + p.Name
 		ips := p.IPs[:0]
 		for _, ip := range p.IPs {
 			if owner, ok := nodeIPs[ip]; ok {
-				b.report(obj, "pod IP %s ignored: it is an address of node %s but the pod is not hostNetwork", ip, owner)
+				b.problems = append(b.problems, podOnNodeIPProblem(p, ip, owner))
 				continue
 			}
 			if nodes, shared := claimants[ip]; shared {
-				b.report(obj, "pod IP %s ignored: pods on nodes %s claim it", ip, strings.Join(sortedKeys(nodes), ", "))
+				b.problems = append(b.problems, sharedPodIPProblem(p, ip, sortedKeys(nodes)))
 				continue
 			}
 			ips = append(ips, ip)
@@ -257,12 +340,22 @@ func (b *builder) dropConflictingPodIPs() {
 	b.cluster.Pods = pods
 }
 
-func (b *builder) addService(svc *corev1.Service) {
+func podOnNodeIPProblem(p Pod, ip netip.Addr, node string) Problem {
+	return problem("Pod "+p.Namespace+"/"+p.Name, "pod IP %s ignored: it is an address of node %s but the pod is not hostNetwork", ip, node)
+}
+
+func sharedPodIPProblem(p Pod, ip netip.Addr, nodes []string) Problem {
+	return problem("Pod "+p.Namespace+"/"+p.Name, "pod IP %s ignored: pods on nodes %s claim it", ip, strings.Join(nodes, ", "))
+}
+
+// ConvertService converts one Service; ok is false when it has nothing a
+// CONNECT could reach (ExternalName, headless, no TCP port).
+func ConvertService(svc *corev1.Service) (out Service, problems []Problem, ok bool) {
 	obj := "Service " + svc.Namespace + "/" + svc.Name
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return
+		return Service{}, nil, false
 	}
-	out := Service{Namespace: svc.Namespace, Name: svc.Name}
+	out = Service{Namespace: svc.Namespace, Name: svc.Name}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
@@ -273,7 +366,7 @@ func (b *builder) addService(svc *corev1.Service) {
 		}
 		ip, err := netip.ParseAddr(raw)
 		if err != nil || ip.Zone() != "" {
-			b.report(obj, "cluster IP %q ignored: not an IP address", raw)
+			problems = append(problems, problem(obj, "cluster IP %q ignored: not an IP address", raw))
 			continue
 		}
 		if !contains(out.ClusterIPs, ip.Unmap()) {
@@ -285,76 +378,97 @@ func (b *builder) addService(svc *corev1.Service) {
 			continue // CONNECT carries TCP only
 		}
 		if port.Port <= 0 || port.Port > 65535 {
-			b.report(obj, "port %d ignored: out of range", port.Port)
+			problems = append(problems, problem(obj, "port %d ignored: out of range", port.Port))
 			continue
 		}
 		if !contains(out.Ports, uint32(port.Port)) {
 			out.Ports = append(out.Ports, uint32(port.Port))
 		}
 	}
-	if len(out.ClusterIPs) == 0 || len(out.Ports) == 0 {
-		return
-	}
-	b.cluster.Services = append(b.cluster.Services, out)
+	return out, problems, len(out.ClusterIPs) > 0 && len(out.Ports) > 0
 }
 
 // addAPIServerEndpoints takes the apiserver proxies from the settings if given,
 // else from the EndpointSlices of default/kubernetes (one proxy per apiserver,
 // reached on the tunnel port, never through a load balancer).
 func (b *builder) addAPIServerEndpoints(slices []*discoveryv1.EndpointSlice) {
-	s := b.settings
-	if len(s.APIServerEndpoints) > 0 {
-		for _, raw := range s.APIServerEndpoints {
-			ep, err := ParseEndpoint(raw, s.TunnelPort)
-			if err != nil {
-				b.report("settings apiServerEndpoints", "%v", err)
-				continue
-			}
-			b.cluster.APIServerEndpoints = appendEndpoint(b.cluster.APIServerEndpoints, ep)
-		}
+	if eps, problems, fromSettings := SettingsEndpoints(b.settings); fromSettings {
+		b.cluster.APIServerEndpoints, b.problems = eps, append(b.problems, problems...)
 		return
 	}
 	for _, slice := range slices {
-		if slice.Namespace != "default" || slice.Labels[discoveryv1.LabelServiceName] != "kubernetes" {
-			continue
-		}
-		for _, e := range slice.Endpoints {
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
-			for _, raw := range e.Addresses {
-				ip, err := netip.ParseAddr(raw)
-				if err != nil {
-					b.report("EndpointSlice default/"+slice.Name, "address %q ignored: not an IP address", raw)
-					continue
-				}
-				b.cluster.APIServerEndpoints = appendEndpoint(b.cluster.APIServerEndpoints, Endpoint{Addr: ip.Unmap(), Port: s.TunnelPort})
-			}
+		eps, problems, _ := SliceEndpoints(slice, b.settings.TunnelPort)
+		b.problems = append(b.problems, problems...)
+		for _, ep := range eps {
+			b.cluster.APIServerEndpoints = appendEndpoint(b.cluster.APIServerEndpoints, ep)
 		}
 	}
 }
 
+// SettingsEndpoints returns the apiserver proxies listed in the settings;
+// fromSettings is false when none are, and EndpointSlices decide.
+func SettingsEndpoints(s Settings) (eps []Endpoint, problems []Problem, fromSettings bool) {
+	for _, raw := range s.APIServerEndpoints {
+		ep, err := ParseEndpoint(raw, s.TunnelPort)
+		if err != nil {
+			problems = append(problems, problem("settings apiServerEndpoints", "%v", err))
+			continue
+		}
+		eps = appendEndpoint(eps, ep)
+	}
+	return eps, problems, len(s.APIServerEndpoints) > 0
+}
+
+// SliceEndpoints returns the ready apiserver addresses of one EndpointSlice
+// of default/kubernetes; relevant is false for every other slice.
+func SliceEndpoints(slice *discoveryv1.EndpointSlice, tunnelPort uint32) (eps []Endpoint, problems []Problem, relevant bool) {
+	if slice.Namespace != "default" || slice.Labels[discoveryv1.LabelServiceName] != "kubernetes" {
+		return nil, nil, false
+	}
+	for _, e := range slice.Endpoints {
+		if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+			continue
+		}
+		for _, raw := range e.Addresses {
+			ip, err := netip.ParseAddr(raw)
+			if err != nil {
+				problems = append(problems, problem("EndpointSlice default/"+slice.Name, "address %q ignored: not an IP address", raw))
+				continue
+			}
+			eps = appendEndpoint(eps, Endpoint{Addr: ip.Unmap(), Port: tunnelPort})
+		}
+	}
+	return eps, problems, true
+}
+
 func (b *builder) sortAll() {
 	c := &b.cluster
-	sort.Slice(c.Nodes, func(i, j int) bool { return c.Nodes[i].Name < c.Nodes[j].Name })
-	sort.Slice(c.Pods, func(i, j int) bool {
-		if c.Pods[i].Namespace != c.Pods[j].Namespace {
-			return c.Pods[i].Namespace < c.Pods[j].Namespace
-		}
-		return c.Pods[i].Name < c.Pods[j].Name
+	sortNodes(c.Nodes)
+	sortPods(c.Pods)
+	sortServices(c.Services)
+	sortEndpoints(c.APIServerEndpoints)
+}
+
+func sortNodes(ns []Node) { sort.Slice(ns, func(i, j int) bool { return ns[i].Name < ns[j].Name }) }
+
+func sortPods(ps []Pod) {
+	sort.Slice(ps, func(i, j int) bool {
+		return ObjectKey{ps[i].Namespace, ps[i].Name}.Less(ObjectKey{ps[j].Namespace, ps[j].Name})
 	})
-	sort.Slice(c.Services, func(i, j int) bool {
-		if c.Services[i].Namespace != c.Services[j].Namespace {
-			return c.Services[i].Namespace < c.Services[j].Namespace
-		}
-		return c.Services[i].Name < c.Services[j].Name
+}
+
+func sortServices(ss []Service) {
+	sort.Slice(ss, func(i, j int) bool {
+		return ObjectKey{ss[i].Namespace, ss[i].Name}.Less(ObjectKey{ss[j].Namespace, ss[j].Name})
 	})
-	sort.Slice(c.APIServerEndpoints, func(i, j int) bool {
-		a, z := c.APIServerEndpoints[i], c.APIServerEndpoints[j]
-		if a.Addr != z.Addr {
-			return a.Addr.Less(z.Addr)
+}
+
+func sortEndpoints(eps []Endpoint) {
+	sort.Slice(eps, func(i, j int) bool {
+		if eps[i].Addr != eps[j].Addr {
+			return eps[i].Addr.Less(eps[j].Addr)
 		}
-		return a.Port < z.Port
+		return eps[i].Port < eps[j].Port
 	})
 }
 
@@ -411,6 +525,12 @@ func contains[T comparable](xs []T, x T) bool {
 		}
 	}
 	return false
+}
+
+func sortedJoin(xs []string) string {
+	xs = append([]string(nil), xs...)
+	sort.Strings(xs)
+	return strings.Join(xs, ", ")
 }
 
 func sortedKeys(m map[string]bool) []string {

@@ -1,0 +1,655 @@
+package model
+
+import (
+	"net/netip"
+	"reflect"
+	"sort"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// Store is the model kept up to date one object at a time: the server's
+// informers (and the diff of a reloaded file) call Set*/Delete*, and
+// TakeChanges says which node proxies, and whether the apiserver proxy, may
+// need new config. A pod change costs O(pods on its node), not O(cluster):
+// the cross-object checks of Build (shared node addresses, pod IPs claimed
+// on two nodes, pod IPs equal to a node's) are kept as indexes.
+//
+// Build is the batch reference: a random-event test holds Store to it.
+// Readers see the model as of the last TakeChanges; writes in between are
+// buffered until the next one.
+type Store struct {
+	settings Settings
+	mu       sync.Mutex
+
+	// What the sources said, converted object by object.
+	nodes       map[string]*storedNode
+	pods        map[ObjectKey]*PodCandidate
+	ignoredPods map[ObjectKey]bool // hostNetwork, finished, unscheduled: counted, never routed
+	podsOn      map[string]map[ObjectKey]bool
+	services    map[ObjectKey]*storedService
+	slices      map[ObjectKey]*storedSlice
+	input       []Problem // the source's own problems (unparsable files, duplicates)
+
+	// Indexes for the cross-object checks.
+	ipOwners   map[netip.Addr]map[string]bool      // address -> routable nodes listing it
+	nameOwners map[string]map[string]bool          // host name -> routable nodes listing it
+	podClaims  map[netip.Addr]map[ObjectKey]string // pod IP -> pods listing it -> their node
+
+	// The model as of the last TakeChanges.
+	views        map[string]*nodeView // node name -> view (routable node and/or problems)
+	withProblems map[string]bool      // views that hold problems
+	shared       Cluster              // Services and APIServerEndpoints only
+	sharedIssues []Problem
+
+	pending     Changes
+	sharedDirty bool
+}
+
+type storedNode struct {
+	node     Node
+	problems []Problem
+	routable bool
+}
+
+type storedService struct {
+	svc      Service
+	problems []Problem
+	ok       bool
+}
+
+type storedSlice struct {
+	endpoints []Endpoint
+	problems  []Problem
+}
+
+// nodeView is one node as Build would output it: its node with shared
+// addresses removed, its routable pods, and every problem filed under it
+// (its own and those of the pods naming it).
+type nodeView struct {
+	node     Node
+	pods     []Pod
+	problems []Problem
+	routable bool
+}
+
+// Changes says what changed since the last TakeChanges.
+type Changes struct {
+	// Nodes whose proxy input (the node, its pods) may have changed; a node
+	// that is gone is listed too.
+	Nodes map[string]bool
+	// NodeSet: a routable node was added, removed or changed its addresses
+	// or pod CIDRs (the apiserver proxy's node routes).
+	NodeSet bool
+	// Shared: Services or apiserver endpoints changed (every node proxy).
+	Shared bool
+	// PodIPs lists pod IPs that appeared, vanished or changed owner, with
+	// every node concerned: the apiserver proxy routes IPs outside a node's
+	// prefix routes one by one.
+	PodIPs []NodeAddress
+	// Initial is set on the first TakeChanges: everything is new.
+	Initial bool
+}
+
+// NodeAddress is an IP address as seen from one node.
+type NodeAddress struct {
+	Node string
+	IP   netip.Addr
+}
+
+// Empty reports whether nothing changed.
+func (c Changes) Empty() bool {
+	return len(c.Nodes) == 0 && !c.NodeSet && !c.Shared && len(c.PodIPs) == 0 && !c.Initial
+}
+
+// NewStore returns an empty Store for settings s.
+func NewStore(s Settings) *Store {
+	return &Store{
+		settings: s, nodes: map[string]*storedNode{}, pods: map[ObjectKey]*PodCandidate{},
+		ignoredPods: map[ObjectKey]bool{}, podsOn: map[string]map[ObjectKey]bool{},
+		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{},
+		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
+		podClaims: map[netip.Addr]map[ObjectKey]string{},
+		views:     map[string]*nodeView{}, withProblems: map[string]bool{},
+		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true,
+	}
+}
+
+// SetNode adds or replaces a node.
+func (s *Store) SetNode(n *corev1.Node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putNode(n.Name, convertStoredNode(n, s.settings))
+}
+
+// DeleteNode removes a node; its pods stay (reported) until they go too.
+func (s *Store) DeleteNode(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putNode(name, nil)
+}
+
+// SetPod adds or replaces a pod.
+func (s *Store) SetPod(p *corev1.Pod) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setPod(p)
+}
+
+func (s *Store) setPod(p *corev1.Pod) {
+	key := ObjectKey{p.Namespace, p.Name}
+	c, considered := ConvertPod(p)
+	if !considered {
+		s.ignoredPods[key] = true
+		s.putPod(key, nil)
+		return
+	}
+	delete(s.ignoredPods, key)
+	s.putPod(key, &c)
+}
+
+// DeletePod removes a pod.
+func (s *Store) DeletePod(namespace, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := ObjectKey{namespace, name}
+	delete(s.ignoredPods, key)
+	s.putPod(key, nil)
+}
+
+// SetService adds or replaces a Service.
+func (s *Store) SetService(svc *corev1.Service) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, problems, ok := ConvertService(svc)
+	s.putService(ObjectKey{svc.Namespace, svc.Name}, &storedService{svc: out, problems: problems, ok: ok})
+}
+
+// DeleteService removes a Service.
+func (s *Store) DeleteService(namespace, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putService(ObjectKey{namespace, name}, nil)
+}
+
+// SetEndpointSlice adds or replaces an EndpointSlice; only those of
+// default/kubernetes are kept.
+func (s *Store) SetEndpointSlice(slice *discoveryv1.EndpointSlice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := ObjectKey{slice.Namespace, slice.Name}
+	eps, problems, relevant := SliceEndpoints(slice, s.settings.TunnelPort)
+	if !relevant {
+		s.putSlice(key, nil)
+		return
+	}
+	s.putSlice(key, &storedSlice{endpoints: eps, problems: problems})
+}
+
+// DeleteEndpointSlice removes an EndpointSlice.
+func (s *Store) DeleteEndpointSlice(namespace, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putSlice(ObjectKey{namespace, name}, nil)
+}
+
+// Replace makes the store hold exactly objs (a reloaded file, a full view):
+// objects that did not change cause no change. Of duplicates the first copy
+// is kept and the others reported, as Build does.
+func (s *Store) Replace(objs Objects, problems []Problem) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.input = append([]Problem(nil), problems...)
+	s.replaceNodes(objs.Nodes)
+	s.replacePods(objs.Pods)
+	s.replaceServices(objs.Services)
+	s.replaceSlices(objs.EndpointSlices)
+}
+
+func (s *Store) replaceNodes(nodes []*corev1.Node) {
+	seen := map[string]bool{}
+	for _, n := range nodes {
+		if seen[n.Name] {
+			s.input = append(s.input, problem("Node "+n.Name, "skipped: the input holds this node twice; keep one copy"))
+			continue
+		}
+		seen[n.Name] = true
+		s.putNode(n.Name, convertStoredNode(n, s.settings))
+	}
+	for name := range s.nodes {
+		if !seen[name] {
+			s.putNode(name, nil)
+		}
+	}
+}
+
+func (s *Store) replacePods(pods []*corev1.Pod) {
+	seen := map[ObjectKey]bool{}
+	for _, p := range pods {
+		key := ObjectKey{p.Namespace, p.Name}
+		if seen[key] {
+			s.input = append(s.input, problem("Pod "+key.String(), "skipped: the input holds this pod twice; keep one copy"))
+			continue
+		}
+		seen[key] = true
+		s.setPod(p)
+	}
+	for key := range s.pods {
+		if !seen[key] {
+			s.putPod(key, nil)
+		}
+	}
+	for key := range s.ignoredPods {
+		if !seen[key] {
+			delete(s.ignoredPods, key)
+		}
+	}
+}
+
+func (s *Store) replaceServices(services []*corev1.Service) {
+	seen := map[ObjectKey]bool{}
+	for _, svc := range services {
+		key := ObjectKey{svc.Namespace, svc.Name}
+		if seen[key] {
+			s.input = append(s.input, problem("Service "+key.String(), "skipped: the input holds this Service twice; keep one copy"))
+			continue
+		}
+		seen[key] = true
+		out, problems, ok := ConvertService(svc)
+		s.putService(key, &storedService{svc: out, problems: problems, ok: ok})
+	}
+	for key := range s.services {
+		if !seen[key] {
+			s.putService(key, nil)
+		}
+	}
+}
+
+func (s *Store) replaceSlices(slices []*discoveryv1.EndpointSlice) {
+	seen := map[ObjectKey]bool{}
+	for _, slice := range slices {
+		key := ObjectKey{slice.Namespace, slice.Name}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		eps, problems, relevant := SliceEndpoints(slice, s.settings.TunnelPort)
+		if relevant {
+			s.putSlice(key, &storedSlice{endpoints: eps, problems: problems})
+		}
+	}
+	for key := range s.slices {
+		if !seen[key] {
+			s.putSlice(key, nil)
+		}
+	}
+}
+
+func convertStoredNode(n *corev1.Node, s Settings) *storedNode {
+	node, problems, ok := ConvertNode(n, s)
+	return &storedNode{node: node, problems: problems, routable: ok}
+}
+
+func (n *storedNode) isRoutable() bool { return n != nil && n.routable }
+
+// putNode records next (nil: deleted) and marks every node whose view it may
+// change: itself, the nodes sharing an old or new address or host name, and
+// the nodes of pods listing one of those addresses.
+func (s *Store) putNode(name string, next *storedNode) {
+	prev := s.nodes[name]
+	if reflect.DeepEqual(prev, next) {
+		return
+	}
+	s.markNode(name)
+	if prev.isRoutable() {
+		s.pending.NodeSet = true
+		s.indexNode(prev, false)
+	}
+	if next == nil {
+		delete(s.nodes, name)
+	} else {
+		s.nodes[name] = next
+	}
+	if next.isRoutable() {
+		s.pending.NodeSet = true
+		s.indexNode(next, true)
+	}
+	if prev.isRoutable() != next.isRoutable() {
+		// Pod IP claims count only on routable nodes.
+		for key := range s.podsOn[name] {
+			for _, ip := range s.pods[key].Pod.IPs {
+				s.markClaimants(ip)
+			}
+		}
+	}
+}
+
+func (s *Store) indexNode(n *storedNode, add bool) {
+	for _, ip := range n.node.IPs {
+		setMember(s.ipOwners, ip.Addr, n.node.Name, add)
+		for owner := range s.ipOwners[ip.Addr] {
+			s.markNode(owner)
+		}
+		s.markClaimants(ip.Addr)
+	}
+	for _, h := range n.node.HostNames {
+		setMember(s.nameOwners, h, n.node.Name, add)
+		for owner := range s.nameOwners[h] {
+			s.markNode(owner)
+		}
+	}
+}
+
+// putPod records next (nil: deleted or never routed) and marks its old and
+// new node and the nodes of every pod listing one of its IPs.
+func (s *Store) putPod(key ObjectKey, next *PodCandidate) {
+	prev := s.pods[key]
+	if reflect.DeepEqual(prev, next) {
+		return
+	}
+	if prev != nil {
+		node := prev.Pod.NodeName
+		delete(s.podsOn[node], key)
+		if len(s.podsOn[node]) == 0 {
+			delete(s.podsOn, node)
+		}
+		for _, ip := range prev.Pod.IPs {
+			s.pending.PodIPs = append(s.pending.PodIPs, NodeAddress{Node: node, IP: ip})
+			delete(s.podClaims[ip], key)
+			if len(s.podClaims[ip]) == 0 {
+				delete(s.podClaims, ip)
+			}
+			s.markClaimants(ip)
+		}
+		s.markNode(node)
+		delete(s.pods, key)
+	}
+	if next != nil {
+		node := next.Pod.NodeName
+		if s.podsOn[node] == nil {
+			s.podsOn[node] = map[ObjectKey]bool{}
+		}
+		s.podsOn[node][key] = true
+		for _, ip := range next.Pod.IPs {
+			if s.podClaims[ip] == nil {
+				s.podClaims[ip] = map[ObjectKey]string{}
+			}
+			s.podClaims[ip][key] = node
+			s.markClaimants(ip)
+		}
+		s.markNode(node)
+		s.pods[key] = next
+	}
+}
+
+func (s *Store) putService(key ObjectKey, next *storedService) {
+	prev := s.services[key]
+	if reflect.DeepEqual(prev, next) {
+		return
+	}
+	s.sharedDirty = true
+	if prev != nil && prev.ok || next != nil && next.ok {
+		s.pending.Shared = true
+	}
+	if next == nil {
+		delete(s.services, key)
+	} else {
+		s.services[key] = next
+	}
+}
+
+func (s *Store) putSlice(key ObjectKey, next *storedSlice) {
+	prev := s.slices[key]
+	if reflect.DeepEqual(prev, next) {
+		return
+	}
+	s.sharedDirty = true
+	if _, _, fromSettings := SettingsEndpoints(s.settings); !fromSettings {
+		s.pending.Shared = true
+	}
+	if next == nil {
+		delete(s.slices, key)
+	} else {
+		s.slices[key] = next
+	}
+}
+
+func (s *Store) markNode(name string) { s.pending.Nodes[name] = true }
+
+// markClaimants marks the nodes of the pods listing ip, and notes the IP for
+// the apiserver proxy.
+func (s *Store) markClaimants(ip netip.Addr) {
+	for _, node := range s.podClaims[ip] {
+		s.markNode(node)
+		s.pending.PodIPs = append(s.pending.PodIPs, NodeAddress{Node: node, IP: ip})
+	}
+}
+
+func setMember[K comparable](m map[K]map[string]bool, k K, member string, add bool) {
+	if add {
+		if m[k] == nil {
+			m[k] = map[string]bool{}
+		}
+		m[k][member] = true
+		return
+	}
+	delete(m[k], member)
+	if len(m[k]) == 0 {
+		delete(m, k)
+	}
+}
+
+// TakeChanges brings the readable model up to date with every write so far
+// and returns what changed since the last call.
+func (s *Store) TakeChanges() Changes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.pending
+	s.pending = Changes{Nodes: map[string]bool{}}
+	for name := range ch.Nodes {
+		v := s.evaluate(name)
+		if !v.routable && len(v.problems) == 0 {
+			delete(s.views, name)
+		} else {
+			s.views[name] = v
+		}
+		if len(v.problems) > 0 {
+			s.withProblems[name] = true
+		} else {
+			delete(s.withProblems, name)
+		}
+	}
+	if s.sharedDirty {
+		s.rebuildShared()
+		s.sharedDirty = false
+	}
+	return ch
+}
+
+// evaluate applies Build's cross-object checks to one node and its pods.
+func (s *Store) evaluate(name string) *nodeView {
+	v := &nodeView{}
+	stored := s.nodes[name]
+	if stored != nil {
+		v.problems = append(v.problems, stored.problems...)
+	}
+	keys := make([]ObjectKey, 0, len(s.podsOn[name]))
+	for key := range s.podsOn[name] {
+		keys = append(keys, key)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
+	if !stored.isRoutable() {
+		for _, key := range keys {
+			problems, _ := s.pods[key].admit(false)
+			v.problems = append(v.problems, problems...)
+		}
+		return v
+	}
+	v.routable = true
+	v.node = stored.node
+	v.node.IPs, v.node.HostNames = nil, nil
+	for _, ip := range stored.node.IPs {
+		if owners := s.ipOwners[ip.Addr]; len(owners) > 1 {
+			v.problems = append(v.problems, sharedAddressProblem(name, ip.Addr.String(), sortedKeys(owners)))
+			continue
+		}
+		v.node.IPs = append(v.node.IPs, ip)
+	}
+	for _, h := range stored.node.HostNames {
+		if owners := s.nameOwners[h]; len(owners) > 1 {
+			v.problems = append(v.problems, sharedHostNameProblem(name, h, sortedKeys(owners)))
+			continue
+		}
+		v.node.HostNames = append(v.node.HostNames, h)
+	}
+	for _, key := range keys {
+		if pod, ok := s.evaluatePod(s.pods[key], v); ok {
+			v.pods = append(v.pods, pod)
+		}
+	}
+	return v
+}
+
+func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
+	problems, routable := c.admit(true)
+	v.problems = append(v.problems, problems...)
+	if !routable {
+		return Pod{}, false
+	}
+	pod := c.Pod
+	pod.IPs = nil
+	for _, ip := range c.Pod.IPs {
+		if owners := s.ipOwners[ip]; len(owners) == 1 {
+			v.problems = append(v.problems, podOnNodeIPProblem(pod, ip, sortedKeys(owners)[0]))
+			continue
+		}
+		if nodes := s.claimingNodes(ip); len(nodes) > 1 {
+			v.problems = append(v.problems, sharedPodIPProblem(pod, ip, nodes))
+			continue
+		}
+		pod.IPs = append(pod.IPs, ip)
+	}
+	return pod, len(pod.IPs) > 0
+}
+
+// claimingNodes lists the routable nodes with a pod listing ip, sorted.
+func (s *Store) claimingNodes(ip netip.Addr) []string {
+	nodes := map[string]bool{}
+	for _, node := range s.podClaims[ip] {
+		if s.nodes[node].isRoutable() {
+			nodes[node] = true
+		}
+	}
+	return sortedKeys(nodes)
+}
+
+func (s *Store) rebuildShared() {
+	s.shared, s.sharedIssues = Cluster{}, nil
+	for _, st := range s.services {
+		s.sharedIssues = append(s.sharedIssues, st.problems...)
+		if st.ok {
+			s.shared.Services = append(s.shared.Services, st.svc)
+		}
+	}
+	sortServices(s.shared.Services)
+	eps, problems, fromSettings := SettingsEndpoints(s.settings)
+	if !fromSettings {
+		for _, slice := range s.slices {
+			problems = append(problems, slice.problems...)
+			for _, ep := range slice.endpoints {
+				eps = appendEndpoint(eps, ep)
+			}
+		}
+	}
+	sortEndpoints(eps)
+	s.shared.APIServerEndpoints, s.sharedIssues = eps, append(s.sharedIssues, problems...)
+}
+
+// NodeView returns a routable node and its routable pods (read-only).
+func (s *Store) NodeView(name string) (Node, []Pod, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.views[name]
+	if !ok || !v.routable {
+		return Node{}, nil, false
+	}
+	return v.node, v.pods, true
+}
+
+// NodeNames lists the routable nodes, sorted.
+func (s *Store) NodeNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for name, v := range s.views {
+		if v.routable {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Shared returns a Cluster holding only the Services and apiserver endpoints
+// (what every node proxy shares; read-only).
+func (s *Store) Shared() Cluster {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+}
+
+// Cluster materializes the whole model, as Build would return it; with
+// withPods false it leaves the pods out (cheap: O(nodes)).
+func (s *Store) Cluster(withPods bool) Cluster {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+	for _, v := range s.views {
+		if !v.routable {
+			continue
+		}
+		c.Nodes = append(c.Nodes, v.node)
+		if withPods {
+			c.Pods = append(c.Pods, v.pods...)
+		}
+	}
+	sortNodes(c.Nodes)
+	sortPods(c.Pods)
+	c.Index()
+	return c
+}
+
+// Problems returns every problem of the current model, sorted.
+func (s *Store) Problems() []Problem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]Problem(nil), s.input...)
+	out = append(out, s.sharedIssues...)
+	for name := range s.withProblems {
+		out = append(out, s.views[name].problems...)
+	}
+	SortProblems(out)
+	return out
+}
+
+// ObjectCounts says how many objects of each kind the sources hold.
+func (s *Store) ObjectCounts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return map[string]int{
+		"nodes": len(s.nodes), "pods": len(s.pods) + len(s.ignoredPods),
+		"services": len(s.services), "endpointslices": len(s.slices),
+	}
+}
+
+// SortProblems orders problems by object, then message.
+func SortProblems(ps []Problem) {
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].Object != ps[j].Object {
+			return ps[i].Object < ps[j].Object
+		}
+		return ps[i].Message < ps[j].Message
+	})
+}
