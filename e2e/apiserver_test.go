@@ -40,8 +40,8 @@ func TestServeFollowsRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Run(ctx) }()
-	src := &xds.KubeSource{Client: client, Log: log.WithField("source", "kubernetes"), MinInterval: 10 * time.Millisecond}
-	go func() { _ = src.Run(ctx, srv.Submit) }()
+	src := &xds.KubeSource{Client: client, Log: log.WithField("source", "kubernetes")}
+	go func() { _ = src.Run(ctx, srv.Sink()) }()
 
 	createNode(t, client, "node-a", "10.0.0.5", "10.244.1.0/24")
 	createPod(t, client, "web-1", "node-a", "10.244.1.7")

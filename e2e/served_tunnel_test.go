@@ -43,7 +43,7 @@ func TestConnectThroughServedConfig(t *testing.T) {
 	defer cancel()
 	go func() { _ = srv.Run(ctx) }()
 	src := &xds.FileSource{Path: file, Interval: 50 * time.Millisecond, Log: log}
-	go src.Run(ctx, srv.Submit)
+	go src.Run(ctx, srv.Sink())
 
 	for _, p := range []struct {
 		role translator.Role

@@ -19,6 +19,7 @@ import (
 
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -254,7 +255,10 @@ func TestFileSourceBacksOff(t *testing.T) {
 	src := &xds.FileSource{Path: filepath.Join(t.TempDir(), "missing.yaml"), Interval: 50 * time.Millisecond, Log: log}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	src.Run(ctx, func(xds.Update) { t.Error("emitted an update for a missing file") })
+	sink := xds.Sink{Store: model.NewStore(model.DefaultSettings()),
+		Changed: func() { t.Error("reported a change for a missing file") },
+		Synced:  func() { t.Error("reported a sync for a missing file") }}
+	src.Run(ctx, sink)
 	if n := len(hook.AllEntries()); n < 2 || n > 9 {
 		t.Errorf("%d error lines in 1s; want a few (backoff), not one per 50 ms poll", n)
 	}

@@ -40,7 +40,7 @@ func startServer(t *testing.T, clusterFile string) (*xds.Server, model.Settings)
 	done := make(chan struct{})
 	go func() { _ = srv.Run(ctx); close(done) }()
 	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
-	go src.Run(ctx, srv.Submit)
+	go src.Run(ctx, srv.Sink())
 	t.Cleanup(func() { cancel(); <-done })
 	return srv, s
 }

@@ -13,14 +13,18 @@ import (
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
-// Update is one full view of the cluster from a source.
-type Update struct {
-	Objects  model.Objects
-	Problems []model.Problem
+// Sink is where sources put what they see: they write objects into Store
+// and call Changed; Synced once their first full view is in (the server
+// publishes nothing before, and reports ready after).
+type Sink struct {
+	Store   *model.Store
+	Changed func()
+	Synced  func()
 }
 
 // FileSource watches a cluster dump (the `spoke translate` input format) and
-// emits an Update whenever its content changes. Polling the content, not
+// replaces the store's content whenever it changes (the store turns that
+// into per-object changes, so an edited pod touches only its node). Polling the content, not
 // inotify, also catches editors' rename-over and Kubernetes' ConfigMap
 // symlink swaps. A file that stops parsing keeps the last good state.
 type FileSource struct {
@@ -29,10 +33,9 @@ type FileSource struct {
 	Log      logrus.FieldLogger
 }
 
-// Run polls until ctx ends, calling emit for the first good read and each
-// change. While the file cannot be read, polls back off exponentially (up to
+// Run polls until ctx ends, loading the first good read and each change. While the file cannot be read, polls back off exponentially (up to
 // 30 s) so a missing file does not flood the log.
-func (f *FileSource) Run(ctx context.Context, emit func(Update)) {
+func (f *FileSource) Run(ctx context.Context, sink Sink) {
 	var last []byte
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval, retry.MaxElapsedTime = f.Interval, 30*time.Second, 0
@@ -51,7 +54,9 @@ func (f *FileSource) Run(ctx context.Context, emit func(Update)) {
 				f.Log.WithError(err).WithField("file", f.Path).Error("cluster file does not parse: serving the last good config")
 			} else {
 				f.Log.WithField("file", f.Path).Info("cluster file loaded")
-				emit(Update{Objects: objs, Problems: problems})
+				sink.Store.Replace(objs, problems)
+				sink.Synced()
+				sink.Changed()
 			}
 			last = raw
 		}

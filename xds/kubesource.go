@@ -3,125 +3,104 @@ package xds
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-
-	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // KubeSource watches Nodes, Pods, Services and the EndpointSlices of
-// default/kubernetes with informers. Objects are stripped to the fields the
-// model reads before they are cached (memory at 150,000 pods). Informers
-// relist and re-watch with backoff on errors and apiserver restarts; the last
-// view stays served meanwhile.
+// default/kubernetes with informers and writes each event into the store, so
+// an update costs what the event touched. Objects are stripped to the fields
+// the model reads before they are cached (memory at 150,000 pods). Informers
+// relist and re-watch with backoff on errors and apiserver restarts (a relist
+// replays unchanged objects, which the store ignores, and tombstones for
+// objects deleted meanwhile); the last view stays served meanwhile.
 type KubeSource struct {
 	Client kubernetes.Interface
 	Log    logrus.FieldLogger
-	// MinInterval spaces full views: events arriving faster are folded into
-	// the next view (the server's debounce coalesces further).
-	MinInterval time.Duration
 }
 
-// Run emits a full view after the first sync and after every change.
-func (k *KubeSource) Run(ctx context.Context, emit func(Update)) error {
+// Run writes events into sink until ctx ends; it reports Synced once every
+// informer has listed.
+func (k *KubeSource) Run(ctx context.Context, sink Sink) error {
 	all := informers.NewSharedInformerFactory(k.Client, 0)
 	apiservers := informers.NewSharedInformerFactoryWithOptions(k.Client, 0,
 		informers.WithNamespace(metav1.NamespaceDefault),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = discoveryv1.LabelServiceName + "=kubernetes"
 		}))
-	nodes, pods, services := all.Core().V1().Nodes(), all.Core().V1().Pods(), all.Core().V1().Services()
-	slices := apiservers.Discovery().V1().EndpointSlices()
-
-	changed := make(chan struct{}, 1)
-	notify := func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
+	st := sink.Store
+	informersByName := map[string]struct {
+		informer cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+	}{
+		"nodes":    {all.Core().V1().Nodes().Informer(), handle(st.SetNode, func(n *corev1.Node) { st.DeleteNode(n.Name) }, sink.Changed)},
+		"pods":     {all.Core().V1().Pods().Informer(), handle(st.SetPod, func(p *corev1.Pod) { st.DeletePod(p.Namespace, p.Name) }, sink.Changed)},
+		"services": {all.Core().V1().Services().Informer(), handle(st.SetService, func(s *corev1.Service) { st.DeleteService(s.Namespace, s.Name) }, sink.Changed)},
+		"endpointslices": {apiservers.Discovery().V1().EndpointSlices().Informer(), handle(st.SetEndpointSlice,
+			func(s *discoveryv1.EndpointSlice) { st.DeleteEndpointSlice(s.Namespace, s.Name) }, sink.Changed)},
 	}
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { notify() },
-		UpdateFunc: func(any, any) { notify() },
-		DeleteFunc: func(any) { notify() },
-	}
-	for name, inf := range map[string]cache.SharedIndexInformer{
-		"nodes": nodes.Informer(), "pods": pods.Informer(), "services": services.Informer(), "endpointslices": slices.Informer(),
-	} {
-		if err := inf.SetTransform(strip); err != nil {
+	for name, inf := range informersByName {
+		if err := inf.informer.SetTransform(strip); err != nil {
 			return fmt.Errorf("informer %s: %w", name, err)
 		}
 		resource := name
-		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		if err := inf.informer.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 			k.Log.WithError(err).WithField("resource", resource).Warn("watch failed; client-go relists with backoff, the last config stays served")
 		}); err != nil {
 			return fmt.Errorf("informer %s: %w", name, err)
 		}
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		if _, err := inf.informer.AddEventHandler(inf.handler); err != nil {
 			return fmt.Errorf("informer %s: %w", name, err)
 		}
 	}
 	all.Start(ctx.Done())
 	apiservers.Start(ctx.Done())
 	k.Log.Info("waiting for the first full list of nodes, pods, services and endpointslices")
-	for typ, ok := range all.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer for %v never synced (is the apiserver reachable, and does RBAC allow list/watch?)", typ)
-		}
-	}
-	for typ, ok := range apiservers.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer for %v never synced", typ)
+	for _, factory := range []informers.SharedInformerFactory{all, apiservers} {
+		for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("informer for %v never synced (is the apiserver reachable, and does RBAC allow list/watch?)", typ)
+			}
 		}
 	}
 	k.Log.Info("cluster synced")
-	for {
-		objs, err := listAll(nodes.Lister().List, pods.Lister().List, services.Lister().List, slices.Lister().List)
-		if err != nil {
-			k.Log.WithError(err).Error("list from informer caches")
-		} else {
-			emit(Update{Objects: objs})
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		}
-		select { // let a burst of events land before listing again
-		case <-ctx.Done():
-			return nil
-		case <-time.After(k.MinInterval):
-		}
-	}
+	sink.Synced()
+	<-ctx.Done()
+	return nil
 }
 
-func listAll(
-	nodes func(labels.Selector) ([]*corev1.Node, error),
-	pods func(labels.Selector) ([]*corev1.Pod, error),
-	services func(labels.Selector) ([]*corev1.Service, error),
-	slices func(labels.Selector) ([]*discoveryv1.EndpointSlice, error),
-) (model.Objects, error) {
-	var objs model.Objects
-	var err error
-	if objs.Nodes, err = nodes(labels.Everything()); err != nil {
-		return objs, err
+// handle turns informer events into store writes. Deletions may arrive as
+// tombstones (the watch missed the delete; a relist found the object gone).
+func handle[T any](set, del func(T), changed func()) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if o, ok := obj.(T); ok {
+				set(o)
+				changed()
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if o, ok := obj.(T); ok {
+				set(o)
+				changed()
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if o, ok := obj.(T); ok {
+				del(o)
+				changed()
+			}
+		},
 	}
-	if objs.Pods, err = pods(labels.Everything()); err != nil {
-		return objs, err
-	}
-	if objs.Services, err = services(labels.Everything()); err != nil {
-		return objs, err
-	}
-	objs.EndpointSlices, err = slices(labels.Everything())
-	return objs, err
 }
 
 // strip keeps only what model.Build reads. It runs before an object enters

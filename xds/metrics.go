@@ -3,8 +3,6 @@ package xds
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-
-	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // Metrics are the server's Prometheus metrics, on their own registry so
@@ -47,7 +45,7 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 12),
 		}),
 		watchedObjects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "spoke_watched_objects", Help: "Kubernetes objects in the last update, by kind.",
+			Name: "spoke_watched_objects", Help: "Kubernetes objects the sources hold, by kind.",
 		}, []string{"kind"}),
 		skippedObjects: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "spoke_skipped_objects", Help: "Objects (or parts) left out of the config in the last update; see the server log.",
@@ -59,9 +57,8 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) observeObjects(objs model.Objects) {
-	m.watchedObjects.WithLabelValues("Node").Set(float64(len(objs.Nodes)))
-	m.watchedObjects.WithLabelValues("Pod").Set(float64(len(objs.Pods)))
-	m.watchedObjects.WithLabelValues("Service").Set(float64(len(objs.Services)))
-	m.watchedObjects.WithLabelValues("EndpointSlice").Set(float64(len(objs.EndpointSlices)))
+func (m *Metrics) observeObjects(counts map[string]int) {
+	for kind, n := range counts {
+		m.watchedObjects.WithLabelValues(kind).Set(float64(n))
+	}
 }

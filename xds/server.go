@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -35,15 +36,20 @@ type Options struct {
 	Log           logrus.FieldLogger
 }
 
-// Server is `spoke serve`: sources feed Submit, the debouncer coalesces,
-// the publisher sets snapshots, go-control-plane serves them.
+// Server is `spoke serve`: sources write into the model store and nudge
+// the debouncer, which coalesces; the publisher sets the snapshots that
+// changed, go-control-plane serves them.
 type Server struct {
 	opts      Options
 	cache     cachev3.SnapshotCache
+	store     *model.Store
 	metrics   *Metrics
 	publisher *Publisher
 	tracker   *Tracker
-	debounce  *Debouncer[Update]
+	debounce  *Debouncer[struct{}]
+	// sourceSynced: nothing is published before a source has delivered its
+	// first full view (a half-listed cluster would strip Envoys' routes).
+	sourceSynced atomic.Bool
 
 	mu        sync.Mutex
 	addresses map[string]string // listener name -> bound address
@@ -61,17 +67,30 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, metrics: NewMetrics(), addresses: map[string]string{}, ready: make(chan struct{})}
 	s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{opts.Log})
-	s.publisher = NewPublisher(s.cache, opts.Settings, issuer, s.metrics, opts.Log)
+	s.store = model.NewStore(opts.Settings)
+	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
 	s.tracker = NewTracker(s.publisher, s.metrics, opts.Log)
-	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, u Update, waited time.Duration) {
+	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, _ struct{}, waited time.Duration) {
+		if !s.sourceSynced.Load() {
+			return
+		}
 		s.metrics.debounceSeconds.Observe(waited.Seconds())
-		s.publisher.Update(ctx, u.Objects, u.Problems)
+		s.publisher.Apply(ctx)
 	})
 	return s, nil
 }
 
-// Submit hands the server a new full view of the cluster.
-func (s *Server) Submit(u Update) { s.debounce.Submit(u) }
+// Sink is what sources write to.
+func (s *Server) Sink() Sink {
+	return Sink{
+		Store:   s.store,
+		Changed: func() { s.debounce.Submit(struct{}{}) },
+		Synced: func() {
+			s.sourceSynced.Store(true)
+			s.debounce.Submit(struct{}{})
+		},
+	}
+}
 
 // Publisher exposes the snapshot state (for tests and the debug API).
 func (s *Server) Publisher() *Publisher { return s.publisher }

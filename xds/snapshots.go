@@ -2,9 +2,7 @@ package xds
 
 import (
 	"context"
-	"encoding/binary"
-	"fmt"
-	"hash/fnv"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -18,37 +16,39 @@ import (
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
-// Publisher turns cluster updates into per-proxy snapshots. A node proxy's
-// snapshot is re-translated only when its inputs (its node, its pods, the
-// Services, the apiserver endpoints) changed, and a type is pushed only when
-// its content hash changed: a pod change reaches only its node's Envoy.
+// Publisher turns the store's changes into per-proxy snapshots. Only the
+// node proxies the store names as changed are re-translated, the apiserver
+// proxy only when translator.APIServerAffected says its routes may have
+// changed (and its route plan really did), and a type is pushed only when its
+// content hash changed: a pod change reaches only its node's Envoy.
 type Publisher struct {
 	cache    cachev3.SnapshotCache
+	store    *model.Store
 	settings model.Settings
 	issuer   *Issuer
 	metrics  *Metrics
 	log      logrus.FieldLogger
 
 	mu            sync.Mutex
-	cluster       model.Cluster
-	fingerprint   map[string]uint64 // node name -> hash of its inputs
-	apiserverFP   uint64            // hash of the apiserver proxy's inputs
+	shared        model.Cluster          // Services and apiserver endpoints
+	base          *translator.Translator // over shared: the Services vhost is built once
+	prefixes      map[string][]netip.Prefix
+	apiserverFP   uint64 // hash of the apiserver proxy's route plan
 	apiserverDone bool
+	nodes         map[string]bool              // node proxies with a snapshot
 	versions      map[string]map[string]string // key -> type URL -> version
 	counts        map[string]map[string]int    // key -> type URL -> resources
 	served        map[string]translator.Resources
 	setAt         map[string]time.Time // key -> when its last snapshot was set
 	problems      map[string]bool
 	synced        bool
-	lastObjects   model.Objects // the last view, for Refresh
-	lastProblems  []model.Problem
 }
 
-// NewPublisher returns a Publisher writing to cache.
-func NewPublisher(cache cachev3.SnapshotCache, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
+// NewPublisher returns a Publisher reading store and writing to cache.
+func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
 	return &Publisher{
-		cache: cache, settings: s, issuer: issuer, metrics: m, log: log,
-		fingerprint: map[string]uint64{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
+		cache: cache, store: store, settings: s, issuer: issuer, metrics: m, log: log,
+		nodes: map[string]bool{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
 		served: map[string]translator.Resources{}, setAt: map[string]time.Time{}, problems: map[string]bool{},
 	}
 }
@@ -58,51 +58,62 @@ type UpdateStats struct {
 	Translated, Pushed, Removed int
 }
 
-// Update translates objs and sets the snapshots that changed. Objects the
-// model rejects are logged (once each) and counted, never fatal.
-func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblems []model.Problem) UpdateStats {
+// Apply publishes what changed in the store since the last Apply. Objects
+// the model rejects are logged (once each) and counted, never fatal.
+func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 	start := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	cluster, problems := model.Build(objs, p.settings)
-	p.reportProblems(append(inputProblems, problems...))
-	p.metrics.observeObjects(objs)
-	p.cluster, p.lastObjects, p.lastProblems = cluster, objs, inputProblems
-	tr := translator.New(&p.cluster, p.settings)
-
+	ch := p.store.TakeChanges()
 	var st UpdateStats
-	if fp := tr.APIServerFingerprint(); !p.apiserverDone || fp != p.apiserverFP || p.issuer.NeedsRenewal(p.settings.APIServerProxyName) {
-		if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
-			st.Pushed++
-		}
-		st.Translated++
-		p.apiserverFP, p.apiserverDone = fp, true
+	if ch.Empty() && p.synced {
+		return st
 	}
-	shared := sharedFingerprint(&p.cluster)
-	seen := map[string]bool{}
-	for i := range p.cluster.Nodes {
-		n := &p.cluster.Nodes[i]
-		seen[n.Name] = true
-		fp := nodeFingerprint(n, p.cluster.PodsOn(n.Name), shared)
-		if old, ok := p.fingerprint[n.Name]; ok && old == fp && !p.issuer.NeedsRenewal(n.Name) {
-			continue
-		}
-		res, err := tr.NodeProxy(n.Name)
-		if err != nil {
-			p.log.WithError(err).WithField("node", n.Name).Error("translate node proxy")
-			continue
-		}
-		st.Translated++
-		if p.publish(ctx, Proxy{Role: translator.RoleNode, Node: n.Name}, res) {
-			st.Pushed++
-		}
-		p.fingerprint[n.Name] = fp
+	p.reportProblems(p.store.Problems())
+	p.metrics.observeObjects(p.store.ObjectCounts())
+	if ch.Shared || p.base == nil {
+		p.shared = p.store.Shared()
+		p.base = translator.New(&p.shared, p.settings)
 	}
-	for name := range p.fingerprint {
-		if !seen[name] {
-			key := Proxy{Role: translator.RoleNode, Node: name}.Key()
+	targets := ch.Nodes
+	if ch.Shared || ch.Initial {
+		targets = map[string]bool{}
+		for _, name := range p.store.NodeNames() {
+			targets[name] = true
+		}
+		for name := range p.nodes {
+			targets[name] = true
+		}
+	}
+	for _, name := range sortedNames(targets) {
+		p.publishNode(ctx, name, &st)
+	}
+	// Node proxies first: the apiserver proxy's translation is O(cluster)
+	// and no node proxy waits for it.
+	affected := translator.APIServerAffected(ch, p.prefixes)
+	if ch.NodeSet || p.prefixes == nil {
+		nodesOnly := p.store.Cluster(false)
+		p.prefixes = translator.RoutablePodPrefixes(&nodesOnly, p.settings)
+	}
+	if affected || !p.apiserverDone {
+		p.publishAPIServer(ctx, false, &st)
+	}
+	p.synced = true
+	p.metrics.translationSeconds.Observe(time.Since(start).Seconds())
+	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
+		"took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
+	return st
+}
+
+// publishNode translates one node proxy from the store, or clears its
+// snapshot when the node is gone (or no longer routable).
+func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStats) {
+	node, pods, ok := p.store.NodeView(name)
+	key := Proxy{Role: translator.RoleNode, Node: name}.Key()
+	if !ok {
+		if p.nodes[name] {
 			p.cache.ClearSnapshot(key)
-			delete(p.fingerprint, name)
+			delete(p.nodes, name)
 			delete(p.versions, key)
 			delete(p.counts, key)
 			delete(p.setAt, key)
@@ -110,23 +121,60 @@ func (p *Publisher) Update(ctx context.Context, objs model.Objects, inputProblem
 			st.Removed++
 			p.log.WithField("node", name).Info("node gone: its proxy's snapshot is cleared")
 		}
+		return
 	}
-	p.synced = true
-	p.metrics.translationSeconds.Observe(time.Since(start).Seconds())
-	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
-		"nodes": len(p.cluster.Nodes), "pods": len(p.cluster.Pods), "took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
-	return st
+	st.Translated++
+	if p.publish(ctx, Proxy{Role: translator.RoleNode, Node: name}, p.base.NodeProxyOf(&node, pods)) {
+		st.Pushed++
+	}
+	p.nodes[name] = true
 }
 
-// Refresh re-applies the last view: proxies whose certificates are due get
-// new ones; nothing else is pushed (unchanged content, unchanged versions).
+// publishAPIServer re-translates the apiserver proxy when its route plan
+// changed (or force: its certificate is due).
+func (p *Publisher) publishAPIServer(ctx context.Context, force bool, st *UpdateStats) {
+	full := p.store.Cluster(true)
+	tr := translator.New(&full, p.settings)
+	fp := tr.APIServerFingerprint()
+	if p.apiserverDone && fp == p.apiserverFP && !force {
+		return
+	}
+	st.Translated++
+	if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
+		st.Pushed++
+	}
+	p.apiserverFP, p.apiserverDone = fp, true
+}
+
+// Refresh re-publishes the proxies whose tunnel certificates are due (new
+// certificates; nothing else changes, so only secrets are pushed).
 func (p *Publisher) Refresh(ctx context.Context) {
 	p.mu.Lock()
-	objs, problems, synced := p.lastObjects, p.lastProblems, p.synced
-	p.mu.Unlock()
-	if synced {
-		p.Update(ctx, objs, problems)
+	defer p.mu.Unlock()
+	if !p.synced {
+		return
 	}
+	var st UpdateStats
+	for _, name := range sortedNames(p.nodes) {
+		if p.issuer.NeedsRenewal(name) {
+			p.publishNode(ctx, name, &st)
+		}
+	}
+	if p.issuer.NeedsRenewal(p.settings.APIServerProxyName) {
+		p.publishAPIServer(ctx, true, &st)
+	}
+	if st.Pushed > 0 {
+		p.log.WithField("proxies", st.Pushed).Info("tunnel certificates renewed")
+	}
+}
+
+func sortedNames(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // publish sets key's snapshot when some type's version changed; it reports
@@ -203,9 +251,7 @@ func (p *Publisher) SetAt(key string) time.Time {
 
 // KnowsNode reports whether node is in the current model.
 func (p *Publisher) KnowsNode(node string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, ok := p.cluster.Node(node)
+	_, _, ok := p.store.NodeView(node)
 	return ok
 }
 
@@ -235,42 +281,4 @@ func toResources[T types.Resource](items []T) []types.Resource {
 		out[i] = it
 	}
 	return out
-}
-
-// sharedFingerprint hashes the inputs every node proxy shares.
-func sharedFingerprint(c *model.Cluster) uint64 {
-	h := fnv.New64a()
-	for _, s := range c.Services {
-		fmt.Fprint(h, s.Namespace, "/", s.Name, s.ClusterIPs, s.Ports, ";")
-	}
-	for _, ep := range c.APIServerEndpoints {
-		fmt.Fprint(h, ep.Addr, ep.Port, ";")
-	}
-	return h.Sum64()
-}
-
-// nodeFingerprint hashes everything a node proxy's config depends on.
-func nodeFingerprint(n *model.Node, pods []model.Pod, shared uint64) uint64 {
-	h := fnv.New64a()
-	var buf [8]byte
-	binary.BigEndian.PutUint64(buf[:], shared)
-	h.Write(buf[:])
-	h.Write([]byte(n.Name))
-	for _, ip := range n.IPs {
-		h.Write(ip.Addr.AsSlice())
-	}
-	names := append([]string(nil), n.HostNames...)
-	sort.Strings(names)
-	for _, name := range names {
-		h.Write([]byte(name + ","))
-	}
-	binary.BigEndian.PutUint64(buf[:], uint64(n.KubeletPort))
-	h.Write(buf[:])
-	for _, pod := range pods {
-		h.Write([]byte(pod.Namespace + "/" + pod.Name))
-		for _, ip := range pod.IPs {
-			h.Write(ip.AsSlice())
-		}
-	}
-	return h.Sum64()
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,18 +10,33 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/translator/model/modeltest"
 )
 
-func newTestPublisher(t *testing.T) *Publisher {
+// testPublisher is a Publisher with its store; update replaces the store's
+// content with objs (as the file source does) and applies the changes.
+type testPublisher struct {
+	*Publisher
+	store *model.Store
+}
+
+func (p testPublisher) update(ctx context.Context, objs model.Objects) UpdateStats {
+	p.store.Replace(objs, nil)
+	return p.Apply(ctx)
+}
+
+func newTestPublisher(t testing.TB, certValidity time.Duration) testPublisher {
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	issuer, err := NewDevelopmentIssuer(time.Hour)
+	issuer, err := NewDevelopmentIssuer(certValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), model.DefaultSettings(), issuer, NewMetrics(), log)
+	store := model.NewStore(model.DefaultSettings())
+	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, NewMetrics(), log), store}
 }
 
 // TestUpdateTouchesOnlyWhatChanged: a pod change re-translates only its
@@ -28,13 +44,13 @@ func newTestPublisher(t *testing.T) *Publisher {
 // node's prefix route); a node address change touches that node and the
 // apiserver proxy; an identical update touches nothing.
 func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
-	p := newTestPublisher(t)
+	p := newTestPublisher(t, time.Hour)
 	ctx := context.Background()
 	objs := syntheticObjects(3, 4, 2)
-	if st := p.Update(ctx, objs, nil); st.Translated != 4 || st.Pushed != 4 {
+	if st := p.update(ctx, objs); st.Translated != 4 || st.Pushed != 4 {
 		t.Fatalf("first update: %+v, want 4 translated and pushed (apiserver + 3 nodes)", st)
 	}
-	if st := p.Update(ctx, objs, nil); st != (UpdateStats{}) {
+	if st := p.update(ctx, objs); st != (UpdateStats{}) {
 		t.Errorf("identical update: %+v, want nothing", st)
 	}
 	apiBefore, _ := p.Versions(APIServerKey)
@@ -43,7 +59,7 @@ func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
 	pod := *objs.Pods[1] // on node-00000
 	pod.Status.PodIP = "10.100.0.77"
 	objs.Pods[1] = &pod
-	if st := p.Update(ctx, objs, nil); st.Translated != 1 || st.Pushed != 1 {
+	if st := p.update(ctx, objs); st.Translated != 1 || st.Pushed != 1 {
 		t.Errorf("pod change: %+v, want only its node", st)
 	}
 	if after, _ := p.Versions(APIServerKey); !sameVersions(after, apiBefore) {
@@ -57,12 +73,12 @@ func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
 	node.Status.Addresses = append(node.Status.Addresses[:0:0], node.Status.Addresses...)
 	node.Status.Addresses[0].Address = "172.16.2.99"
 	objs.Nodes[2] = &node
-	if st := p.Update(ctx, objs, nil); st.Translated != 2 || st.Pushed != 2 {
+	if st := p.update(ctx, objs); st.Translated != 2 || st.Pushed != 2 {
 		t.Errorf("node address change: %+v, want that node and the apiserver proxy", st)
 	}
 
 	objs.Nodes = objs.Nodes[:2]
-	if st := p.Update(ctx, objs, nil); st.Removed != 1 {
+	if st := p.update(ctx, objs); st.Removed != 1 {
 		t.Errorf("node removal: %+v, want one snapshot removed", st)
 	}
 }
@@ -83,15 +99,9 @@ func sameVersions(a, b map[string]string) bool {
 // Refresh re-issues and re-publishes secrets (and only secrets) before they
 // expire, although the cluster did not change.
 func TestCertificatesRenewWithoutClusterChanges(t *testing.T) {
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	issuer, err := NewDevelopmentIssuer(3 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), model.DefaultSettings(), issuer, NewMetrics(), log)
+	p := newTestPublisher(t, 3*time.Second)
 	ctx := context.Background()
-	p.Update(ctx, syntheticObjects(1, 2, 1), nil)
+	p.update(ctx, syntheticObjects(1, 2, 1))
 	before, _ := p.Versions("node/node-00000")
 	p.Refresh(ctx)
 	if now, _ := p.Versions("node/node-00000"); !sameVersions(now, before) {
@@ -106,4 +116,44 @@ func TestCertificatesRenewWithoutClusterChanges(t *testing.T) {
 			t.Errorf("%s: changed=%v, want changed only for secrets", typ, changed)
 		}
 	}
+}
+
+// TestPublisherMatchesFullTranslation drives the publisher with random
+// object events (conflicting addresses, pods on missing nodes, Services,
+// apiserver endpoints) and checks after each batch that what it serves every
+// proxy equals a full translation of model.Build on the same objects, and
+// that proxies of nodes Build does not route have no snapshot.
+func TestPublisherMatchesFullTranslation(t *testing.T) {
+	for seed := uint64(1); seed <= 10; seed++ {
+		p := newTestPublisher(t, time.Hour)
+		u := modeltest.NewUniverse(seed)
+		ctx := context.Background()
+		for batch := 0; batch < 100; batch++ {
+			u.Steps(p.store, 3)
+			p.Apply(ctx)
+			want, _ := model.Build(u.View(), p.settings)
+			served, _, ok := p.Served(Proxy{Role: translator.RoleAPIServer})
+			if !ok || !sameResources(served, translator.APIServerProxy(&want, p.settings)) {
+				t.Fatalf("seed %d batch %d: apiserver proxy differs from a full translation", seed, batch)
+			}
+			for _, name := range []string{"n0", "n1", "n2", "n3", "n4", "bad:name", "gone"} {
+				served, _, ok := p.Served(Proxy{Role: translator.RoleNode, Node: name})
+				full, err := translator.NodeProxy(&want, p.settings, name)
+				if ok != (err == nil) {
+					t.Fatalf("seed %d batch %d: node %s served=%v, Build routes it=%v", seed, batch, name, ok, err == nil)
+				}
+				if ok && !sameResources(served, full) {
+					t.Fatalf("seed %d batch %d: node %s differs from a full translation", seed, batch, name)
+				}
+			}
+		}
+	}
+}
+
+func sameResources(a, b translator.Resources) bool {
+	return translator.ContentHash(toResources(a.Listeners)) == translator.ContentHash(toResources(b.Listeners)) &&
+		translator.ContentHash(toResources(a.Routes)) == translator.ContentHash(toResources(b.Routes)) &&
+		translator.ContentHash(toResources(a.Clusters)) == translator.ContentHash(toResources(b.Clusters)) &&
+		translator.ContentHash(toResources(a.Endpoints)) == translator.ContentHash(toResources(b.Endpoints)) &&
+		fmt.Sprint(a.Secrets) == fmt.Sprint(b.Secrets)
 }

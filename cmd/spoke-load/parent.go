@@ -85,8 +85,9 @@ func runParent(cfg config) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = srv.Run(ctx) }()
-	objs := synthetic(cfg)
-	srv.Submit(xds.Update{Objects: objs})
+	sink := srv.Sink()
+	sink.Store.Replace(synthetic(cfg), nil) // the generated objects are garbage after this
+	sink.Synced()
 	for !srv.Publisher().Synced() {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -117,7 +118,7 @@ func runParent(cfg config) error {
 	allServed := time.Since(start)
 	fmt.Printf("all %d streams served their config in %v\n", cfg.nodes, allServed.Round(time.Millisecond))
 
-	changes := churn(srv, objs, cfg)
+	changes := churn(sink, cfg)
 	time.Sleep(2 * time.Second) // let the last changes land
 	rss, goroutines := rssMiB(), runtime.NumGoroutine()
 	stdin.Close()
@@ -134,11 +135,13 @@ type change struct {
 }
 
 // churn replaces one pod (new name, new IP) on a random node, cfg.churn
-// times per second; each change is keyed by the new IP.
-func churn(srv *xds.Server, objs model.Objects, cfg config) map[string]change {
+// times per second, the way informer events arrive (delete + add); each
+// change is keyed by the new IP.
+func churn(sink xds.Sink, cfg config) map[string]change {
 	changes := map[string]change{}
 	rng := rand.New(rand.NewPCG(7, 11))
-	next := map[int]int{} // node -> next host byte to use
+	next := map[int]int{}        // node -> next host byte to use
+	names := map[[2]int]string{} // node, slot -> current pod name if replaced
 	tick := time.NewTicker(time.Second / time.Duration(cfg.churn))
 	defer tick.Stop()
 	end := time.Now().Add(cfg.duration)
@@ -154,12 +157,16 @@ func churn(srv *xds.Server, objs model.Objects, cfg config) map[string]change {
 		}
 		next[n] = host + 1
 		p := pod(n, slot, host)
+		old, ok := names[[2]int{n, slot}]
+		if !ok {
+			old = p.Name
+		}
 		p.Name = fmt.Sprintf("%s-r%d", p.Name, i)
-		pods := append([]*corev1.Pod(nil), objs.Pods...)
-		pods[n*cfg.podsPerNode+slot] = p
-		objs.Pods = pods
+		names[[2]int{n, slot}] = p.Name
 		changes[p.Status.PodIP] = change{node: nodeName(n), at: time.Now()}
-		srv.Submit(xds.Update{Objects: objs})
+		sink.Store.DeletePod(p.Namespace, old)
+		sink.Store.SetPod(p)
+		sink.Changed()
 	}
 	return changes
 }

@@ -26,7 +26,7 @@ func TestStatusAndConfigDump(t *testing.T) {
 	defer cancel()
 	go func() { _ = srv.Run(ctx) }()
 	src := &xds.FileSource{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}
-	go src.Run(ctx, srv.Submit)
+	go src.Run(ctx, srv.Sink())
 	for !srv.Publisher().Synced() {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -98,7 +98,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go func() {
-		if err := run(ctx, srv.Submit); err != nil {
+		if err := run(ctx, srv.Sink()); err != nil {
 			logrus.WithError(err).Error("source failed: serving the last config; /readyz stays unready if it never synced")
 		}
 	}()
@@ -109,10 +109,10 @@ func (o *serveOptions) run(ctx context.Context) error {
 }
 
 // sourceRunner returns the chosen source's Run.
-func (o *serveOptions) sourceRunner() (func(context.Context, func(xds.Update)) error, error) {
+func (o *serveOptions) sourceRunner() (func(context.Context, xds.Sink) error, error) {
 	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
 		src := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
-		return func(ctx context.Context, emit func(xds.Update)) error { src.Run(ctx, emit); return nil }, nil
+		return func(ctx context.Context, sink xds.Sink) error { src.Run(ctx, sink); return nil }, nil
 	}
 	if o.source != "kubernetes" {
 		return nil, fmt.Errorf("--source %q: use kubernetes or file=PATH", o.source)
@@ -128,6 +128,6 @@ func (o *serveOptions) sourceRunner() (func(context.Context, func(xds.Update)) e
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	src := &xds.KubeSource{Client: client, Log: logrus.WithField("component", "kubernetes-source"), MinInterval: 20 * time.Millisecond}
+	src := &xds.KubeSource{Client: client, Log: logrus.WithField("component", "kubernetes-source")}
 	return src.Run, nil
 }

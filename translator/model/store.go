@@ -639,8 +639,8 @@ func (s *Store) ObjectCounts() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return map[string]int{
-		"nodes": len(s.nodes), "pods": len(s.pods) + len(s.ignoredPods),
-		"services": len(s.services), "endpointslices": len(s.slices),
+		"Node": len(s.nodes), "Pod": len(s.pods) + len(s.ignoredPods),
+		"Service": len(s.services), "EndpointSlice": len(s.slices),
 	}
 }
 

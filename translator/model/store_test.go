@@ -2,151 +2,13 @@ package model_test
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"reflect"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/translator/model/modeltest"
 )
-
-// universe draws random objects from small pools, so that conflicts (shared
-// node addresses, pod IPs on two nodes, pod IPs equal to node IPs, pods on
-// missing or invalid nodes) happen often.
-type universe struct {
-	rng     *rand.Rand
-	objects map[string]any // kind/key -> object
-}
-
-func (u *universe) pick(xs ...string) string { return xs[u.rng.IntN(len(xs))] }
-
-func (u *universe) some(xs ...string) []string {
-	var out []string
-	for n := u.rng.IntN(3); n > 0; n-- {
-		out = append(out, u.pick(xs...))
-	}
-	return out
-}
-
-func (u *universe) node() *corev1.Node {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: u.pick("n0", "n1", "n2", "n3", "n4", "bad:name", "spoke-nodes")}}
-	for _, ip := range u.some("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "not-an-ip") {
-		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeAddressType(u.pick("InternalIP", "ExternalIP")), Address: ip})
-	}
-	for _, h := range u.some("h1", "h2", "Bad_Name") {
-		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: h})
-	}
-	n.Spec.PodCIDRs = u.some("10.244.0.0/24", "10.244.1.0/24", "10.244.0.0/16", "fd10:1::/64", "bogus")
-	n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(u.rng.IntN(2) * 10255)
-	return n
-}
-
-func (u *universe) pod() *corev1.Pod {
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: u.pick("a", "b"), Name: u.pick("p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7")},
-		Spec:       corev1.PodSpec{NodeName: u.pick("n0", "n1", "n2", "n3", "n4", "", "gone", "bad:name"), HostNetwork: u.rng.IntN(8) == 0},
-		Status:     corev1.PodStatus{Phase: corev1.PodPhase(u.pick("Running", "Running", "Pending", "Succeeded"))},
-	}
-	for _, ip := range u.some("10.244.0.5", "10.244.1.5", "10.244.0.6", "10.0.0.1", "fd10:1::5", "junk") {
-		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
-	}
-	if u.rng.IntN(6) == 0 {
-		p.DeletionTimestamp = &metav1.Time{}
-	}
-	return p
-}
-
-func (u *universe) service() *corev1.Service {
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: u.pick("s0", "s1", "s2")}}
-	svc.Spec.ClusterIPs = u.some("10.96.0.1", "10.96.0.2", "None", "bad")
-	for _, port := range []int32{443, 8080, 0} {
-		if u.rng.IntN(2) == 0 {
-			svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Port: port, Protocol: corev1.Protocol(u.pick("TCP", "UDP", ""))})
-		}
-	}
-	if u.rng.IntN(8) == 0 {
-		svc.Spec.Type = corev1.ServiceTypeExternalName
-	}
-	return svc
-}
-
-func (u *universe) slice() *discoveryv1.EndpointSlice {
-	s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: u.pick("default", "kube-system"), Name: u.pick("k0", "k1")}}
-	s.Labels = map[string]string{discoveryv1.LabelServiceName: u.pick("kubernetes", "kubernetes", "other")}
-	ready := u.rng.IntN(4) != 0
-	s.Endpoints = []discoveryv1.Endpoint{{Addresses: u.some("172.31.0.1", "172.31.0.2", "nope"), Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}
-	return s
-}
-
-// step applies one random set or delete to the store and to the universe.
-func (u *universe) step(s *model.Store) {
-	del := u.rng.IntN(4) == 0
-	switch u.rng.IntN(10) {
-	case 0, 1:
-		n := u.node()
-		key := "node/" + n.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteNode(n.Name)
-			return
-		}
-		u.objects[key] = n
-		s.SetNode(n)
-	case 2, 3, 4, 5, 6:
-		p := u.pod()
-		key := "pod/" + p.Namespace + "/" + p.Name
-		if del {
-			delete(u.objects, key)
-			s.DeletePod(p.Namespace, p.Name)
-			return
-		}
-		u.objects[key] = p
-		s.SetPod(p)
-	case 7, 8:
-		svc := u.service()
-		key := "svc/" + svc.Namespace + "/" + svc.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteService(svc.Namespace, svc.Name)
-			return
-		}
-		u.objects[key] = svc
-		s.SetService(svc)
-	default:
-		sl := u.slice()
-		key := "slice/" + sl.Namespace + "/" + sl.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteEndpointSlice(sl.Namespace, sl.Name)
-			return
-		}
-		u.objects[key] = sl
-		s.SetEndpointSlice(sl)
-	}
-}
-
-// view collects the objects for Build, in random order: Build's result must
-// not depend on it (and Store has no order).
-func (u *universe) view() model.Objects {
-	var objs model.Objects
-	for _, o := range u.objects {
-		switch o := o.(type) {
-		case *corev1.Node:
-			objs.Nodes = append(objs.Nodes, o)
-		case *corev1.Pod:
-			objs.Pods = append(objs.Pods, o)
-		case *corev1.Service:
-			objs.Services = append(objs.Services, o)
-		case *discoveryv1.EndpointSlice:
-			objs.EndpointSlices = append(objs.EndpointSlices, o)
-		}
-	}
-	return objs
-}
 
 // TestStoreMatchesBuild applies thousands of random object events to a Store
 // and checks, after each batch, that its model and problems equal Build's on
@@ -156,16 +18,14 @@ func TestStoreMatchesBuild(t *testing.T) {
 	for seed := uint64(1); seed <= 20; seed++ {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			settings := model.DefaultSettings()
-			u := &universe{rng: rand.New(rand.NewPCG(seed, 99)), objects: map[string]any{}}
+			u := modeltest.NewUniverse(seed)
 			s := model.NewStore(settings)
 			var before model.Cluster
 			beforePlan := translator.New(&before, settings).APIServerFingerprint()
 			for batch := 0; batch < 150; batch++ {
-				for n := 1 + u.rng.IntN(3); n > 0; n-- {
-					u.step(s)
-				}
+				u.Steps(s, 3)
 				ch := s.TakeChanges()
-				want, wantProblems := model.Build(u.view(), settings)
+				want, wantProblems := model.Build(u.View(), settings)
 				got := s.Cluster(true)
 				if !sameModel(got, want) {
 					t.Fatalf("batch %d: store model differs from Build\nstore: %+v\nbuild: %+v", batch, describe(got), describe(want))
@@ -225,20 +85,20 @@ func describe(c model.Cluster) []string {
 // TestStoreReplaceIsQuietWhenNothingChanged: reloading the same file, or an
 // informer relist that delivers unchanged objects, changes nothing.
 func TestStoreReplaceIsQuietWhenNothingChanged(t *testing.T) {
-	u := &universe{rng: rand.New(rand.NewPCG(5, 5)), objects: map[string]any{}}
+	u := modeltest.NewUniverse(5)
 	s := model.NewStore(model.DefaultSettings())
 	for i := 0; i < 200; i++ {
-		u.step(s)
+		u.Step(s)
 	}
 	s.TakeChanges()
-	s.Replace(u.view(), nil)
+	s.Replace(u.View(), nil)
 	if ch := s.TakeChanges(); !ch.Empty() {
 		t.Fatalf("replacing with the same objects reported changes: %+v", ch)
 	}
-	objs := u.view()
+	objs := u.View()
 	objs.Pods = nil
 	s.Replace(objs, nil)
-	if ch := s.TakeChanges(); len(ch.Nodes) == 0 && len(u.view().Pods) > 0 {
+	if ch := s.TakeChanges(); len(ch.Nodes) == 0 && len(u.View().Pods) > 0 {
 		t.Fatalf("dropping every pod reported no node change")
 	}
 }
