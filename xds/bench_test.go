@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"runtime"
 	"testing"
 	"time"
@@ -59,6 +60,7 @@ func BenchmarkUpdateOnePodChanged(b *testing.B) {
 		old := objs.Pods[i%len(objs.Pods)]
 		pod := *old
 		pod.Name += "-x"
+		pod.Status.PodIP = movedIP(old.Status.PodIP)
 		objs.Pods[i%len(objs.Pods)] = &pod
 		p.store.DeletePod(old.Namespace, old.Name)
 		p.store.SetPod(&pod)
@@ -77,9 +79,19 @@ func BenchmarkUpdateFullView(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		pod := *objs.Pods[i%len(objs.Pods)]
 		pod.Name += "-x"
+		pod.Status.PodIP = movedIP(pod.Status.PodIP)
 		objs.Pods[i%len(objs.Pods)] = &pod
-		p.update(ctx, objs)
+		if st := p.update(ctx, objs); st.Pushed != 1 {
+			b.Fatalf("one pod change pushed %d proxies, want 1", st.Pushed)
+		}
 	}
+}
+
+// movedIP flips the top bit of the last octet: a new IP in the same /24.
+func movedIP(ip string) string {
+	a := netip.MustParseAddr(ip).As4()
+	a[3] ^= 0x80
+	return netip.AddrFrom4(a).String()
 }
 
 // BenchmarkServedStateMemory reports the heap the server holds for 5,000

@@ -20,9 +20,11 @@ func main() {
 	flag.IntVar(&cfg.services, "services", 1000, "Services (two ports each)")
 	flag.IntVar(&cfg.churn, "churn", 100, "pod changes per second")
 	flag.DurationVar(&cfg.duration, "duration", 30e9, "how long to churn")
-	flag.DurationVar(&cfg.holdoff, "debounce", 100e6, "server debounce holdoff")
-	flag.DurationVar(&cfg.maxDelay, "debounce-max", 500e6, "server debounce maximum delay")
+	flag.DurationVar(&cfg.holdoff, "debounce", 10e6, "server debounce holdoff (spoke serve's default)")
+	flag.DurationVar(&cfg.maxDelay, "debounce-max", 50e6, "server debounce maximum delay (spoke serve's default)")
+	flag.Int64Var(&cfg.memoryLimit, "server-memory-limit", 0, "GOMEMLIMIT for the server process only, in bytes (0: Go's default)")
 	flag.Float64Var(&cfg.deltaFraction, "delta-fraction", 0.5, "share of streams using delta xDS")
+	flag.StringVar(&cfg.memProfile, "memprofile", "", "write the server's heap profile here at the end (go tool pprof)")
 	child := flag.String("child", "", "internal: run the clients against this xDS address")
 	flag.Parse()
 	var err error

@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +28,8 @@ type config struct {
 	nodes, podsPerNode, services, churn int
 	duration, holdoff, maxDelay         time.Duration
 	deltaFraction                       float64
+	memProfile                          string
+	memoryLimit                         int64
 }
 
 // synthetic builds the cluster: node i has pod CIDR 10.(100+i/250).(i%250).0/24.
@@ -68,6 +72,9 @@ func pod(node, slot, host int) *corev1.Pod {
 }
 
 func runParent(cfg config) error {
+	if cfg.memoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.memoryLimit) // as GOMEMLIMIT on spoke serve; the child keeps Go's default
+	}
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
 	s := model.DefaultSettings()
@@ -121,11 +128,19 @@ func runParent(cfg config) error {
 	changes := churn(sink, cfg)
 	time.Sleep(2 * time.Second) // let the last changes land
 	rss, goroutines := rssMiB(), runtime.NumGoroutine()
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	heap := memUse{heap: float64(mem.HeapInuse) / (1 << 20), stacks: float64(mem.StackInuse) / (1 << 20)}
+	if cfg.memProfile != "" {
+		if err := writeHeapProfile(cfg.memProfile); err != nil {
+			return err
+		}
+	}
 	stdin.Close()
 	total := len(changes)
 	latencies, unneeded, lost := collect(events, changes)
 	_ = child.Wait()
-	report(cfg, allServed, latencies, unneeded, lost, total, rss, goroutines)
+	report(cfg, allServed, latencies, unneeded, lost, total, rss, heap, goroutines)
 	return nil
 }
 
@@ -196,7 +211,7 @@ func collect(events <-chan string, changes map[string]change) (lat []time.Durati
 	return lat, unneeded, wrongNode
 }
 
-func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wrong, changes int, rss float64, goroutines int) {
+func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wrong, changes int, rss float64, heap memUse, goroutines int) {
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) time.Duration {
 		if len(lat) == 0 {
@@ -213,8 +228,24 @@ func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wro
 	fmt.Printf("| change -> owning stream p99 | %v |\n", pct(0.99).Round(time.Millisecond))
 	fmt.Printf("| pushes to streams that did not need them | %d |\n", unneeded)
 	fmt.Printf("| changes seen by a non-owning stream | %d |\n", wrong)
-	fmt.Printf("| server RSS | %.0f MiB |\n", rss)
+	limit := "none"
+	if cfg.memoryLimit > 0 {
+		limit = fmt.Sprintf("%d MiB", cfg.memoryLimit>>20)
+	}
+	fmt.Printf("| server RSS (GOMEMLIMIT %s) | %.0f MiB |\n", limit, rss)
+	fmt.Printf("| of which Go heap in use / goroutine stacks | %.0f MiB / %.0f MiB |\n", heap.heap, heap.stacks)
 	fmt.Printf("| server goroutines | %d |\n", goroutines)
+}
+
+type memUse struct{ heap, stacks float64 }
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.WriteHeapProfile(f)
 }
 
 func rssMiB() float64 {

@@ -36,7 +36,7 @@ type Store struct {
 	// Indexes for the cross-object checks.
 	ipOwners   map[netip.Addr]map[string]bool      // address -> routable nodes listing it
 	nameOwners map[string]map[string]bool          // host name -> routable nodes listing it
-	podClaims  map[netip.Addr]map[ObjectKey]string // pod IP -> pods listing it -> their node
+	podClaims  map[netip.Addr][]podClaim       // pod IP -> pods listing it (almost always one)
 
 	// The model as of the last TakeChanges.
 	views        map[string]*nodeView // node name -> view (routable node and/or problems)
@@ -111,7 +111,7 @@ func NewStore(s Settings) *Store {
 		ignoredPods: map[ObjectKey]bool{}, podsOn: map[string]map[ObjectKey]bool{},
 		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{},
 		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
-		podClaims: map[netip.Addr]map[ObjectKey]string{},
+		podClaims: map[netip.Addr][]podClaim{},
 		views:     map[string]*nodeView{}, withProblems: map[string]bool{},
 		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true,
 	}
@@ -357,10 +357,7 @@ func (s *Store) putPod(key ObjectKey, next *PodCandidate) {
 		}
 		for _, ip := range prev.Pod.IPs {
 			s.pending.PodIPs = append(s.pending.PodIPs, NodeAddress{Node: node, IP: ip})
-			delete(s.podClaims[ip], key)
-			if len(s.podClaims[ip]) == 0 {
-				delete(s.podClaims, ip)
-			}
+			s.removeClaim(ip, key)
 			s.markClaimants(ip)
 		}
 		s.markNode(node)
@@ -373,10 +370,7 @@ func (s *Store) putPod(key ObjectKey, next *PodCandidate) {
 		}
 		s.podsOn[node][key] = true
 		for _, ip := range next.Pod.IPs {
-			if s.podClaims[ip] == nil {
-				s.podClaims[ip] = map[ObjectKey]string{}
-			}
-			s.podClaims[ip][key] = node
+			s.podClaims[ip] = append(s.podClaims[ip], podClaim{pod: key, node: node})
 			s.markClaimants(ip)
 		}
 		s.markNode(node)
@@ -421,10 +415,32 @@ func (s *Store) markNode(name string) { s.pending.Nodes[name] = true }
 // markClaimants marks the nodes of the pods listing ip, and notes the IP for
 // the apiserver proxy.
 func (s *Store) markClaimants(ip netip.Addr) {
-	for _, node := range s.podClaims[ip] {
-		s.markNode(node)
-		s.pending.PodIPs = append(s.pending.PodIPs, NodeAddress{Node: node, IP: ip})
+	for _, c := range s.podClaims[ip] {
+		s.markNode(c.node)
+		s.pending.PodIPs = append(s.pending.PodIPs, NodeAddress{Node: c.node, IP: ip})
 	}
+}
+
+// podClaim is one pod listing an IP. A slice of them per IP, not a map:
+// 150,000 IPs with one claim each would otherwise cost a map apiece.
+type podClaim struct {
+	pod  ObjectKey
+	node string
+}
+
+func (s *Store) removeClaim(ip netip.Addr, key ObjectKey) {
+	claims := s.podClaims[ip]
+	for i, c := range claims {
+		if c.pod == key {
+			claims = append(claims[:i:i], claims[i+1:]...)
+			break
+		}
+	}
+	if len(claims) == 0 {
+		delete(s.podClaims, ip)
+		return
+	}
+	s.podClaims[ip] = claims
 }
 
 func setMember[K comparable](m map[K]map[string]bool, k K, member string, add bool) {
@@ -537,9 +553,9 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 // claimingNodes lists the routable nodes with a pod listing ip, sorted.
 func (s *Store) claimingNodes(ip netip.Addr) []string {
 	nodes := map[string]bool{}
-	for _, node := range s.podClaims[ip] {
-		if s.nodes[node].isRoutable() {
-			nodes[node] = true
+	for _, c := range s.podClaims[ip] {
+		if s.nodes[c.node].isRoutable() {
+			nodes[c.node] = true
 		}
 	}
 	return sortedKeys(nodes)
