@@ -34,9 +34,9 @@ type Store struct {
 	input       []Problem // the source's own problems (unparsable files, duplicates)
 
 	// Indexes for the cross-object checks.
-	ipOwners   map[netip.Addr]map[string]bool      // address -> routable nodes listing it
-	nameOwners map[string]map[string]bool          // host name -> routable nodes listing it
-	podClaims  map[netip.Addr][]podClaim       // pod IP -> pods listing it (almost always one)
+	ipOwners   map[netip.Addr]map[string]bool // address -> routable nodes listing it
+	nameOwners map[string]map[string]bool     // host name -> routable nodes listing it
+	podClaims  map[netip.Addr][]podClaim      // pod IP -> pods listing it (almost always one)
 
 	// The model as of the last TakeChanges.
 	views        map[string]*nodeView // node name -> view (routable node and/or problems)
