@@ -10,9 +10,9 @@ export SPOKE_ENVOY := $(ENVOY)
 
 .PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz
 
-## run: serve the bundled example cluster over xDS (file source; Ctrl-C stops)
+## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
-	./bin/spoke serve --source file=examples/cluster.yaml
+	./bin/spoke serve --source file=examples/cluster.yaml --insecure-xds
 
 ## translate: print the example's config for the apiserver proxy and one node proxy
 translate: build

@@ -29,7 +29,7 @@ func startServer(t *testing.T, clusterFile string) (*xds.Server, model.Settings)
 	log := logrus.New()
 	log.SetLevel(logrus.InfoLevel)
 	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: s, Holdoff: 20 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
 		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
 	})

@@ -17,6 +17,7 @@ type Metrics struct {
 	debounceSeconds    prometheus.Histogram
 	watchedObjects     *prometheus.GaugeVec
 	skippedObjects     prometheus.Gauge
+	denied             *prometheus.CounterVec
 }
 
 // NewMetrics registers every metric.
@@ -50,8 +51,11 @@ func NewMetrics() *Metrics {
 		skippedObjects: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "spoke_skipped_objects", Help: "Objects (or parts) left out of the config in the last update; see the server log.",
 		}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed).",
+		}, []string{"reason"}),
 	}
-	m.Registry.MustRegister(m.connected, m.pushes, m.pushLatency, m.nacks, m.translationSeconds,
+	m.Registry.MustRegister(m.denied, m.connected, m.pushes, m.pushLatency, m.nacks, m.translationSeconds,
 		m.debounceSeconds, m.watchedObjects, m.skippedObjects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -2,12 +2,15 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -16,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/spokeproxy/spoke/translator/model"
@@ -23,7 +27,18 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	XDSAddress   string // gRPC ADS, e.g. ":18000"
+	XDSAddress string // gRPC ADS for node proxies over TLS, e.g. ":18000"
+	// XDSSocket is a Unix socket for the apiserver proxy: a connection on it
+	// is the apiserver role (created mode 0600; put it in a directory only
+	// the apiserver proxy can reach). Empty: none.
+	XDSSocket string
+	// TLS secures XDSAddress. Nil is allowed only with Insecure.
+	TLS *TLSOptions
+	// Insecure serves XDSAddress in plaintext and believes each Envoy's
+	// claimed role and node: local development only.
+	Insecure bool
+	// Issuer holds the tunnel CA; nil generates a development CA in memory.
+	Issuer       *Issuer
 	HTTPAddress  string // /healthz, /readyz, /metrics
 	DebugAddress string // /debug/status, /debug/config; localhost by default
 	Settings     model.Settings
@@ -51,6 +66,8 @@ type Server struct {
 	// first full view (a half-listed cluster would strip Envoys' routes).
 	sourceSynced atomic.Bool
 
+	tlsConfig *tls.Config // nil: insecure plaintext
+
 	mu        sync.Mutex
 	addresses map[string]string // listener name -> bound address
 	ready     chan struct{}
@@ -61,11 +78,24 @@ func NewServer(opts Options) (*Server, error) {
 	if err := opts.Settings.Validate(); err != nil {
 		return nil, fmt.Errorf("settings: %w", err)
 	}
-	issuer, err := NewDevelopmentIssuer(opts.CertValidity)
-	if err != nil {
-		return nil, err
+	issuer := opts.Issuer
+	if issuer == nil {
+		var err error
+		if issuer, err = NewDevelopmentIssuer(opts.CertValidity); err != nil {
+			return nil, err
+		}
 	}
 	s := &Server{opts: opts, metrics: NewMetrics(), addresses: map[string]string{}, ready: make(chan struct{})}
+	switch {
+	case opts.TLS != nil:
+		cfg, err := serverTLS(*opts.TLS, issuer, s.metrics, opts.Log)
+		if err != nil {
+			return nil, err
+		}
+		s.tlsConfig = cfg
+	case !opts.Insecure:
+		return nil, fmt.Errorf("the xDS port needs TLS options (a client CA for node certificates), or the explicit insecure development mode")
+	}
 	s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{opts.Log})
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
@@ -109,17 +139,35 @@ func (s *Server) Addr(name string) string {
 // Run serves until ctx ends, then stops accepting and gives open streams
 // ShutdownGrace to finish.
 func (s *Server) Run(ctx context.Context) error {
-	grpcServer := grpc.NewServer(
+	xdsServer := serverv3.NewServer(ctx, s.cache, s.tracker.Callbacks())
+	grpcOptions := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(16),
-	)
-	xdsServer := serverv3.NewServer(ctx, s.cache, s.tracker.Callbacks())
+	}
+	tcpOptions := grpcOptions
+	if s.tlsConfig != nil {
+		tcpOptions = append(tcpOptions, grpc.Creds(credentials.NewTLS(s.tlsConfig)))
+	} else {
+		s.opts.Log.Warn("INSECURE xDS: plaintext, and every Envoy gets the config and tunnel keys of whatever node it claims to be; local development only")
+	}
+	grpcServer := grpc.NewServer(tcpOptions...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, xdsServer)
+	socketServer := grpc.NewServer(grpcOptions...)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(socketServer, xdsServer)
 
 	xdsLn, err := s.listen("xds", s.opts.XDSAddress)
 	if err != nil {
 		return err
+	}
+	var socketLn net.Listener
+	if s.opts.XDSSocket != "" {
+		if socketLn, err = listenPrivateSocket(s.opts.XDSSocket); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.addresses["socket"] = s.opts.XDSSocket
+		s.mu.Unlock()
 	}
 	httpLn, err := s.listen("http", s.opts.HTTPAddress)
 	if err != nil {
@@ -135,8 +183,11 @@ func (s *Server) Run(ctx context.Context) error {
 
 	go s.debounce.Run(ctx)
 	go s.renewCertificates(ctx)
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	go func() { errs <- grpcServer.Serve(xdsLn) }()
+	if socketLn != nil {
+		go func() { errs <- socketServer.Serve(socketLn) }()
+	}
 	go func() { errs <- httpServer.Serve(httpLn) }()
 	go func() { errs <- debugServer.Serve(debugLn) }()
 	s.opts.Log.WithFields(logrus.Fields{"xds": xdsLn.Addr().String(), "http": httpLn.Addr().String(), "debug": debugLn.Addr().String()}).Info("spoke server listening")
@@ -150,11 +201,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.opts.Log.Info("shutting down: no new streams, open streams get a grace period")
 	stopped := make(chan struct{})
-	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	go func() { grpcServer.GracefulStop(); socketServer.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-time.After(s.opts.ShutdownGrace):
 		grpcServer.Stop()
+		socketServer.Stop()
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -176,6 +228,27 @@ func (s *Server) renewCertificates(ctx context.Context) {
 			s.publisher.Refresh(ctx)
 		}
 	}
+}
+
+// umaskMu serializes the process-wide umask change of listenPrivateSocket.
+var umaskMu sync.Mutex
+
+// listenPrivateSocket creates a Unix socket with mode 0600 from the start
+// (umask, not chmod after the fact: a connection accepted in between would
+// be the apiserver role).
+func listenPrivateSocket(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove the stale xDS socket %s: %w", path, err)
+	}
+	umaskMu.Lock()
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	umaskMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("listen on the xDS socket %s: %w (does its directory exist?)", path, err)
+	}
+	return ln, nil
 }
 
 func (s *Server) listen(name, address string) (net.Listener, error) {

@@ -35,9 +35,10 @@ type Publisher struct {
 	prefixes      map[string][]netip.Prefix
 	apiserverFP   uint64 // hash of the apiserver proxy's route plan
 	apiserverDone bool
-	nodes         map[string]bool              // node proxies with a snapshot
-	versions      map[string]map[string]string // key -> type URL -> version
-	counts        map[string]map[string]int    // key -> type URL -> resources
+	nodes         map[string]bool                       // node proxies with a snapshot
+	versions      map[string]map[string]string          // key -> type URL -> version
+	counts        map[string]map[string]int             // key -> type URL -> resources
+	names         map[string]map[string]map[string]bool // key -> type URL -> resource names
 	served        map[string]translator.Resources
 	setAt         map[string]time.Time // key -> when its last snapshot was set
 	problems      map[string]bool
@@ -49,6 +50,7 @@ func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Setti
 	return &Publisher{
 		cache: cache, store: store, settings: s, issuer: issuer, metrics: m, log: log,
 		nodes: map[string]bool{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
+		names:  map[string]map[string]map[string]bool{},
 		served: map[string]translator.Resources{}, setAt: map[string]time.Time{}, problems: map[string]bool{},
 	}
 }
@@ -116,6 +118,7 @@ func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStat
 			delete(p.nodes, name)
 			delete(p.versions, key)
 			delete(p.counts, key)
+			delete(p.names, key)
 			delete(p.setAt, key)
 			delete(p.served, key)
 			st.Removed++
@@ -199,11 +202,15 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		resourcev3.SecretType:   toResources(secrets),
 	}
 	snap := &cachev3.Snapshot{}
-	versions, counts := map[string]string{}, map[string]int{}
+	versions, counts, names := map[string]string{}, map[string]int{}, map[string]map[string]bool{}
 	changed := false
 	for typeURL, items := range byType {
 		v := translator.ContentHash(items)
 		versions[typeURL], counts[typeURL] = v, len(items)
+		names[typeURL] = map[string]bool{}
+		for _, item := range items {
+			names[typeURL][cachev3.GetResourceName(item)] = true
+		}
 		if p.versions[key][typeURL] != v {
 			changed = true
 		}
@@ -221,7 +228,7 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		p.log.WithError(err).WithField("proxy", key).Error("set snapshot")
 		return false
 	}
-	p.versions[key], p.counts[key] = versions, counts
+	p.versions[key], p.counts[key], p.names[key] = versions, counts, names
 	p.setAt[key] = time.Now()
 	return true
 }
@@ -232,6 +239,14 @@ func (p *Publisher) Served(proxy Proxy) (translator.Resources, map[string]string
 	defer p.mu.Unlock()
 	res, ok := p.served[proxy.Key()]
 	return res, p.versions[proxy.Key()], ok
+}
+
+// ResourceNames returns the names of the resources of typeURL that key's
+// snapshot holds.
+func (p *Publisher) ResourceNames(key, typeURL string) map[string]bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.names[key][typeURL]
 }
 
 // Versions returns the current version and resource count of each type for a

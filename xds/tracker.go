@@ -30,11 +30,19 @@ type StreamStatus struct {
 	Delta     bool                   `json:"delta"`
 	Connected time.Time              `json:"connectedSince"`
 	Types     map[string]*TypeStatus `json:"types"`
+	// Authenticated says how the identity was established (certificate
+	// subject, local socket, or insecure plaintext).
+	Authenticated string `json:"authenticated"`
+
+	identity Identity
+	refused  map[string]bool // resource names already reported as refused
 }
 
-// Tracker implements go-control-plane's server callbacks: it maps each stream
-// to its proxy, refuses Envoys without a spoke role, and records per type the
-// version sent, the version ACKed and the last NACK with Envoy's message.
+// Tracker implements go-control-plane's server callbacks: it authenticates
+// each stream from its connection, holds the Envoy to that identity (a node
+// id or role that differs is refused), refuses requests for resources the
+// Envoy's config does not hold, and records per type the version sent, the
+// version ACKed and the last NACK with Envoy's message.
 type Tracker struct {
 	publisher *Publisher
 	metrics   *Metrics
@@ -86,10 +94,17 @@ func (t *Tracker) Status() []StreamStatus {
 	return out
 }
 
-func (t *Tracker) open(k streamKey) error {
+func (t *Tracker) open(ctx context.Context, k streamKey) error {
+	id, err := authenticate(ctx)
+	if err != nil {
+		t.metrics.denied.WithLabelValues("unauthenticated").Inc()
+		t.log.WithError(err).WithField("stream", k.id).Error("refusing unauthenticated xDS stream")
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.streams[k] = &StreamStatus{Stream: k.id, Delta: k.delta, Connected: time.Now(), Types: map[string]*TypeStatus{}}
+	t.streams[k] = &StreamStatus{Stream: k.id, Delta: k.delta, Connected: time.Now(), Types: map[string]*TypeStatus{},
+		Authenticated: id.Subject, identity: id, refused: map[string]bool{}}
 	return nil
 }
 
@@ -104,28 +119,81 @@ func (t *Tracker) closed(k streamKey) {
 	delete(t.nonces, k)
 }
 
-// identify binds a stream to its proxy on the first request that names a node.
+// identify checks every request that names a node against the stream's
+// identity, and binds the stream to its proxy on the first one. An Envoy
+// claiming another node or role than its credentials say is refused and the
+// stream closed: the snapshot key derives from the claim, so it must never
+// differ from the identity.
 func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[k]
-	if !ok || s.Proxy != "" || node == nil {
+	if !ok || node == nil {
 		return nil
 	}
-	proxy, err := proxyOf(node)
+	claimed, err := proxyOf(node)
 	if err != nil {
-		t.log.WithError(err).WithField("stream", k.id).Error("refusing xDS stream")
+		t.metrics.denied.WithLabelValues("no_role").Inc()
+		t.log.WithError(err).WithFields(logrus.Fields{"stream": k.id, "authenticated": s.Authenticated}).Error("refusing xDS stream")
 		return status.Error(codes.PermissionDenied, err.Error())
 	}
-	s.Proxy, s.EnvoyID = proxy.Key(), node.GetId()
-	t.metrics.connected.WithLabelValues(string(proxy.Role)).Inc()
-	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta}
-	if proxy.Node != "" && !t.publisher.KnowsNode(proxy.Node) {
+	want := s.identity.Proxy
+	if s.identity.Insecure {
+		want = claimed // plaintext development mode: the claim is all there is
+	}
+	if s.Proxy != "" && s.Proxy != want.Key() {
+		want = Proxy{} // an identity never changes within a stream
+	}
+	if claimed != want {
+		t.metrics.denied.WithLabelValues("identity_mismatch").Inc()
+		t.log.WithFields(logrus.Fields{"stream": k.id, "claims": claimed.Key(), "envoy": node.GetId(), "authenticated": s.Authenticated}).
+			Error("refusing xDS stream: the Envoy claims another node or role than its credentials prove")
+		return status.Errorf(codes.PermissionDenied, "node %q (%s) does not match the authenticated identity (%s)", node.GetId(), node.GetCluster(), s.Authenticated)
+	}
+	if s.Proxy != "" {
+		return nil
+	}
+	s.Proxy, s.EnvoyID = claimed.Key(), node.GetId()
+	t.metrics.connected.WithLabelValues(string(claimed.Role)).Inc()
+	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta, "authenticated": s.Authenticated}
+	if claimed.Node != "" && !t.publisher.KnowsNode(claimed.Node) {
 		t.log.WithFields(fields).Error("Envoy names a node that is not in the cluster: it gets no config until that node appears")
 		return nil
 	}
 	t.log.WithFields(fields).Info("Envoy connected")
 	return nil
+}
+
+// checkNames reports (once per name and stream) requested resources that
+// are not in the Envoy's config: they are never served (the snapshot is the
+// authenticated proxy's), but asking is worth a log line and a metric.
+func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
+	if len(names) == 0 {
+		return
+	}
+	t.mu.Lock()
+	s, ok := t.streams[k]
+	if !ok || s.Proxy == "" {
+		t.mu.Unlock()
+		return
+	}
+	proxy := s.Proxy
+	t.mu.Unlock()
+	allowed := t.publisher.ResourceNames(proxy, typeURL)
+	for _, name := range names {
+		if allowed[name] || name == "*" {
+			continue
+		}
+		t.mu.Lock()
+		first := !s.refused[typeURL+"/"+name]
+		s.refused[typeURL+"/"+name] = true
+		t.mu.Unlock()
+		if first {
+			t.metrics.denied.WithLabelValues("resource_not_allowed").Inc()
+			t.log.WithFields(logrus.Fields{"proxy": proxy, "type": shortType(typeURL), "resource": name, "authenticated": s.Authenticated}).
+				Warn("refused: the Envoy asked for a resource that is not in its config")
+		}
+	}
 }
 
 func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeStatus) {
@@ -190,12 +258,12 @@ func (t *Tracker) Callbacks() serverCallbacks { return serverCallbacks{t} }
 
 type serverCallbacks struct{ t *Tracker }
 
-func (c serverCallbacks) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	return c.t.open(streamKey{id: id})
+func (c serverCallbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.t.open(ctx, streamKey{id: id})
 }
 func (c serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(streamKey{id: id}) }
-func (c serverCallbacks) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	return c.t.open(streamKey{delta: true, id: id})
+func (c serverCallbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.t.open(ctx, streamKey{delta: true, id: id})
 }
 func (c serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 	c.t.closed(streamKey{delta: true, id: id})
@@ -206,6 +274,7 @@ func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryReq
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
+	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNames())
 	nack := statusOf(req.GetErrorDetail())
 	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), nack)
 	if nack != nil {
@@ -229,6 +298,7 @@ func (c serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDi
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
+	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNamesSubscribe())
 	c.t.mu.Lock()
 	version := c.t.nonces[k][req.GetResponseNonce()]
 	delete(c.t.nonces[k], req.GetResponseNonce())

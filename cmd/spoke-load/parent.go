@@ -82,7 +82,7 @@ func runParent(cfg config) error {
 	// route; node proxies list pod IPs one by one either way, which is what
 	// the clients watch.
 	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: s, Holdoff: cfg.holdoff, MaxDelay: cfg.maxDelay,
 		CertValidity: 24 * time.Hour, ShutdownGrace: time.Second, Log: log,
 	})

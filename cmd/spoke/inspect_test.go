@@ -15,7 +15,7 @@ import (
 // TestStatusAndConfigDump runs the inspection commands against a live server.
 func TestStatusAndConfigDump(t *testing.T) {
 	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
 		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
 	})

@@ -20,9 +20,9 @@ import (
 type serveOptions struct {
 	source        string
 	kubeconfig    string
-	allowInsecure bool
 	settingsFile  string
 	xdsAddress    string
+	xdsSocket     string
 	httpAddress   string
 	debugAddress  string
 	holdoff       time.Duration
@@ -31,6 +31,13 @@ type serveOptions struct {
 	certValidity  time.Duration
 	shutdownGrace time.Duration
 	logFormat     string
+
+	tls             xds.TLSOptions
+	tunnelCACert    string
+	tunnelCAKey     string
+	tunnelCASecret  string
+	insecureXDS     bool
+	insecureCluster bool
 }
 
 func newServeCommand() *cobra.Command {
@@ -43,31 +50,51 @@ func newServeCommand() *cobra.Command {
 Sources:
   --source file=PATH   a cluster dump in the spoke translate input format,
                        reloaded when its content changes
-  --source kubernetes  watch the cluster (in-cluster config, or --kubeconfig);
-                       needs --insecure-allow-kubernetes until xDS is authenticated
+  --source kubernetes  watch the cluster (in-cluster config, or --kubeconfig)
 
-Envoys pick their role with node.cluster ("spoke-node" with node.id = node
-name, or "spoke-apiserver"), as printed by spoke bootstrap. Health and metrics:
-/healthz, /readyz, /metrics on --http-address. Inspection (spoke status,
-spoke config dump) uses --debug-address, which should stay on localhost.
+Authentication (the default is secure):
+  node proxies   connect to --xds-address over TLS 1.3 with a client
+                 certificate signed by --client-ca-file that names their node
+                 (kubelet client certificates: CN system:node:<name>,
+                 O system:nodes). They get that node's config and nothing else.
+  apiserver      connects to --xds-socket, a Unix socket created mode 0600:
+  proxies        the file system is the credential (same host, same user).
+  --insecure-xds plaintext, every Envoy believed: local development only, and
+                 refused with --source kubernetes unless
+                 --insecure-allow-kubernetes is given too.
 
-Development mode: xDS is not authenticated yet and the tunnel CA is generated
-in memory at start-up; do not expose --xds-address beyond a test machine.`,
+The tunnel CA that issues every tunnel certificate over SDS comes from
+--tunnel-ca-cert-file/--tunnel-ca-key-file or --tunnel-ca-secret NAMESPACE/NAME
+(a kubernetes.io/tls Secret); with the file source and neither, a development
+CA is generated in memory (tunnels then break at every restart).
+
+Health and metrics: /healthz, /readyz, /metrics on --http-address. Inspection
+(spoke status, spoke config dump) uses --debug-address, which should stay on
+localhost.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.source, "source", "file=examples/cluster.yaml", "where the cluster comes from: kubernetes or file=PATH")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster config)")
-	f.BoolVar(&o.allowInsecure, "insecure-allow-kubernetes", false, "serve a real cluster over unauthenticated xDS (development only)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes and --tunnel-ca-secret (default: in-cluster config)")
 	f.StringVar(&o.settingsFile, "config", "", "settings file (YAML); see examples/settings.yaml")
-	f.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:18000", "gRPC ADS listen address")
+	f.StringVar(&o.xdsAddress, "xds-address", "127.0.0.1:18000", "gRPC ADS listen address for node proxies (TLS)")
+	f.StringVar(&o.xdsSocket, "xds-socket", "", "Unix socket for the apiserver proxy's ADS, e.g. /var/run/spoke/xds.sock")
+	f.StringVar(&o.tls.ClientCAFile, "client-ca-file", "", "CA bundle that signs node proxies' client certificates (the cluster CA for kubelet certificates)")
+	f.StringVar(&o.tls.CertFile, "tls-cert-file", "", "xDS serving certificate (default: issued from the tunnel CA for --xds-server-name)")
+	f.StringVar(&o.tls.KeyFile, "tls-private-key-file", "", "key of --tls-cert-file")
+	f.StringSliceVar(&o.tls.ServerNames, "xds-server-name", []string{"spoke-server"}, "names (DNS or IP) of the self-issued xDS serving certificate")
+	f.StringVar(&o.tunnelCACert, "tunnel-ca-cert-file", "", "tunnel CA certificate (PEM)")
+	f.StringVar(&o.tunnelCAKey, "tunnel-ca-key-file", "", "tunnel CA private key (PEM)")
+	f.StringVar(&o.tunnelCASecret, "tunnel-ca-secret", "", "tunnel CA as a kubernetes.io/tls Secret, NAMESPACE/NAME")
+	f.BoolVar(&o.insecureXDS, "insecure-xds", false, "plaintext xDS that believes every Envoy's claimed identity (local development only)")
+	f.BoolVar(&o.insecureCluster, "insecure-allow-kubernetes", false, "allow --insecure-xds with --source kubernetes (never on a real cluster)")
 	f.StringVar(&o.httpAddress, "http-address", "127.0.0.1:18001", "health and metrics listen address")
 	f.StringVar(&o.debugAddress, "debug-address", "127.0.0.1:18002", "debug API listen address (spoke status, spoke config)")
 	f.DurationVar(&o.holdoff, "debounce", 10*time.Millisecond, "quiet time that ends a burst of changes")
 	f.DurationVar(&o.maxDelay, "debounce-max", 50*time.Millisecond, "longest a change waits in a burst")
 	f.DurationVar(&o.pollInterval, "file-poll", 500*time.Millisecond, "how often the file source checks its file")
-	f.DurationVar(&o.certValidity, "cert-validity", 24*time.Hour, "lifetime of issued tunnel certificates")
+	f.DurationVar(&o.certValidity, "cert-validity", 24*time.Hour, "lifetime of issued tunnel certificates (renewed after two thirds)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long open streams get on SIGTERM")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -81,17 +108,32 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	run, err := o.sourceRunner()
+	log := logrus.WithField("component", "server")
+	opts := xds.Options{
+		XDSAddress: o.xdsAddress, XDSSocket: o.xdsSocket, HTTPAddress: o.httpAddress, DebugAddress: o.debugAddress,
+		Settings: settings, Holdoff: o.holdoff, MaxDelay: o.maxDelay, CertValidity: o.certValidity,
+		ShutdownGrace: o.shutdownGrace, Log: log, Insecure: o.insecureXDS,
+	}
+	if err := o.checkInsecure(); err != nil {
+		return err
+	}
+	if !o.insecureXDS {
+		opts.TLS = &o.tls
+	}
+	var client kubernetes.Interface
+	if o.source == "kubernetes" || o.tunnelCASecret != "" {
+		if client, err = o.kubeClient(); err != nil {
+			return err
+		}
+	}
+	if opts.Issuer, err = o.tunnelCA(ctx, client); err != nil {
+		return err
+	}
+	run, err := o.sourceRunner(client)
 	if err != nil {
 		return err
 	}
-	log := logrus.WithField("component", "server")
-	log.Warn("DEVELOPMENT MODE: xDS is unauthenticated and the tunnel CA lives in memory; any client that reaches the xDS port gets any node's config and keys")
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: o.xdsAddress, HTTPAddress: o.httpAddress, DebugAddress: o.debugAddress,
-		Settings: settings, Holdoff: o.holdoff, MaxDelay: o.maxDelay, CertValidity: o.certValidity,
-		ShutdownGrace: o.shutdownGrace, Log: log,
-	})
+	srv, err := xds.NewServer(opts)
 	if err != nil {
 		return err
 	}
@@ -108,18 +150,46 @@ func (o *serveOptions) run(ctx context.Context) error {
 	return srv.Run(ctx)
 }
 
-// sourceRunner returns the chosen source's Run.
-func (o *serveOptions) sourceRunner() (func(context.Context, xds.Sink) error, error) {
-	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
-		src := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
-		return func(ctx context.Context, sink xds.Sink) error { src.Run(ctx, sink); return nil }, nil
+// checkInsecure refuses plaintext xDS in front of a real cluster unless a
+// second flag insists.
+func (o *serveOptions) checkInsecure() error {
+	if !o.insecureXDS {
+		if o.tls.ClientCAFile == "" {
+			return fmt.Errorf("xDS is authenticated by default: pass --client-ca-file (the CA of node client certificates, e.g. /etc/kubernetes/pki/ca.crt), or --insecure-xds for local development")
+		}
+		return nil
 	}
-	if o.source != "kubernetes" {
-		return nil, fmt.Errorf("--source %q: use kubernetes or file=PATH", o.source)
+	if o.source == "kubernetes" && !o.insecureCluster {
+		return fmt.Errorf("--insecure-xds with --source kubernetes would hand every node's config and tunnel keys to any client of the xDS port; add --insecure-allow-kubernetes to do it anyway (development clusters only)")
 	}
-	if !o.allowInsecure {
-		return nil, fmt.Errorf("--source kubernetes would hand every node's config and tunnel keys to any client of the unauthenticated xDS port; pass --insecure-allow-kubernetes to do it anyway (development clusters only)")
+	logrus.Warn("INSECURE MODE (--insecure-xds): xDS is plaintext and unauthenticated; any client that reaches the xDS port gets any node's config and tunnel keys")
+	return nil
+}
+
+// tunnelCA loads the tunnel CA from files or a Secret; only the file source
+// may fall back to an in-memory development CA.
+func (o *serveOptions) tunnelCA(ctx context.Context, client kubernetes.Interface) (*xds.Issuer, error) {
+	switch {
+	case o.tunnelCACert != "" || o.tunnelCAKey != "":
+		if o.tunnelCACert == "" || o.tunnelCAKey == "" || o.tunnelCASecret != "" {
+			return nil, fmt.Errorf("tunnel CA: give --tunnel-ca-cert-file and --tunnel-ca-key-file together, or --tunnel-ca-secret alone")
+		}
+		return xds.LoadIssuerFiles(o.tunnelCACert, o.tunnelCAKey, o.certValidity)
+	case o.tunnelCASecret != "":
+		ns, name, ok := strings.Cut(o.tunnelCASecret, "/")
+		if !ok || ns == "" || name == "" {
+			return nil, fmt.Errorf("--tunnel-ca-secret %q: want NAMESPACE/NAME", o.tunnelCASecret)
+		}
+		return xds.LoadIssuerSecret(ctx, client, ns, name, o.certValidity)
+	case o.source == "kubernetes":
+		return nil, fmt.Errorf("--source kubernetes needs a tunnel CA every server replica shares: --tunnel-ca-secret NAMESPACE/NAME or --tunnel-ca-cert-file/--tunnel-ca-key-file")
+	default:
+		logrus.Warn("development tunnel CA generated in memory: every restart invalidates all tunnel certificates")
+		return nil, nil
 	}
+}
+
+func (o *serveOptions) kubeClient() (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config (set --kubeconfig outside a cluster): %w", err)
@@ -127,6 +197,18 @@ func (o *serveOptions) sourceRunner() (func(context.Context, xds.Sink) error, er
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+// sourceRunner returns the chosen source's Run.
+func (o *serveOptions) sourceRunner(client kubernetes.Interface) (func(context.Context, xds.Sink) error, error) {
+	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
+		src := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
+		return func(ctx context.Context, sink xds.Sink) error { src.Run(ctx, sink); return nil }, nil
+	}
+	if o.source != "kubernetes" {
+		return nil, fmt.Errorf("--source %q: use kubernetes or file=PATH", o.source)
 	}
 	src := &xds.KubeSource{Client: client, Log: logrus.WithField("component", "kubernetes-source")}
 	return src.Run, nil
