@@ -1,0 +1,401 @@
+package xds_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/xds"
+	"github.com/spokeproxy/spoke/xds/xdstest"
+)
+
+// secureEnv is a server with authenticated xDS on the example cluster: node
+// proxies present kubelet-like certificates from clusterCA; the apiserver
+// proxy uses the Unix socket.
+type secureEnv struct {
+	srv       *xds.Server
+	clusterCA *xdstest.CA
+	tunnelCA  []byte // signs the xDS serving certificate (no --tls-cert-file)
+	dir       string
+	caFile    string
+	log       *logtest.Hook
+}
+
+func startSecureServer(t *testing.T) *secureEnv {
+	t.Helper()
+	dir := t.TempDir()
+	raw, err := os.ReadFile("../examples/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterFile := xdstest.WriteFile(t, dir, "cluster.yaml", raw)
+	env := &secureEnv{clusterCA: xdstest.NewCA(t, "test cluster CA"), dir: dir}
+	env.caFile = xdstest.WriteFile(t, dir, "client-ca.crt", env.clusterCA.CertPEM)
+	issuer, err := xds.NewDevelopmentIssuer(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.tunnelCA = issuer.CAPEM()
+	log := logrus.New()
+	log.SetLevel(logrus.DebugLevel)
+	env.log = logtest.NewLocal(log)
+	s := model.DefaultSettings()
+	env.srv, err = xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
+		TLS:      &xds.TLSOptions{ClientCAFile: env.caFile, ServerNames: []string{"spoke-server"}, ReloadInterval: 100 * time.Millisecond},
+		Settings: s, Holdoff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = env.srv.Run(ctx); close(done) }()
+	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
+	go src.Run(ctx, env.srv.Sink())
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for !env.srv.Publisher().Synced() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return env
+}
+
+// dial opens an ADS stream over TLS presenting certPEM/keyPEM (none if
+// nil); a refused handshake shows as an error here or on the first Recv.
+func (e *secureEnv) dial(t *testing.T, certPEM, keyPEM []byte) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, error) {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(e.tunnelCA)
+	cfg := &tls.Config{RootCAs: roots, ServerName: "spoke-server", MinVersion: tls.VersionTLS13}
+	if certPEM != nil {
+		pair, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return openStream(t, e.srv.Addr("xds"), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+}
+
+func openStream(t *testing.T, target string, opts ...grpc.DialOption) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, error) {
+	t.Helper()
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+}
+
+type adsStreamClient = discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+
+// mustStream fails the test when the stream could not be opened:
+// mustStream(t)(env.dial(...)).
+func mustStream(t *testing.T) func(adsStreamClient, error) adsStreamClient {
+	return func(stream adsStreamClient, err error) adsStreamClient {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("open ADS stream: %v", err)
+		}
+		return stream
+	}
+}
+
+// expectNothing sends a listener request as node and checks that no
+// resource comes back; it returns the error that ended the stream (nil if
+// it stayed open).
+func expectNothing(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, openErr error, node *corev3.Node) error {
+	t.Helper()
+	if openErr != nil {
+		return openErr
+	}
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType})
+	resp, err := recvWithin(t, stream, 3*time.Second)
+	if resp != nil {
+		t.Fatalf("got %d resources, want none", len(resp.Resources))
+	}
+	return err
+}
+
+// TestXDSRefusesClientsWithoutANodeCertificate: no certificate, a
+// certificate from a foreign CA (even naming a real node), a cluster-CA
+// certificate that names no node, an expired kubelet certificate and a
+// plaintext client all get nothing; each is logged and counted.
+func TestXDSRefusesClientsWithoutANodeCertificate(t *testing.T) {
+	env := startSecureServer(t)
+	foreign := xdstest.NewCA(t, "foreign CA")
+	fCert, fKey := foreign.KubeletClient(t, "worker-1")
+	adminCert, adminKey := env.clusterCA.Client(t, pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}}, time.Now().Add(time.Hour))
+	oldCert, oldKey := env.clusterCA.Client(t, pkix.Name{CommonName: "system:node:worker-1", Organization: []string{"system:nodes"}}, time.Now().Add(-time.Minute))
+	type dialed struct {
+		stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+		err    error
+	}
+	dial := func(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, err error) dialed {
+		return dialed{s, err}
+	}
+	cases := map[string]dialed{
+		"no certificate":      dial(env.dial(t, nil, nil)),
+		"foreign CA":          dial(env.dial(t, fCert, fKey)),
+		"no node in the name": dial(env.dial(t, adminCert, adminKey)),
+		"expired":             dial(env.dial(t, oldCert, oldKey)),
+		"plaintext":           dial(openStream(t, env.srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))),
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if err := expectNothing(t, c.stream, c.err, nodeProxy("worker-1")); err == nil {
+				t.Error("the stream stayed open; want a transport error")
+			}
+		})
+	}
+	if n := metricNumber(t, env.srv, `spoke_xds_denied_total{reason="client_certificate"}`); n < 3 {
+		t.Errorf("spoke_xds_denied_total{reason=client_certificate} = %v, want >= 3 (foreign, no node, expired)", n)
+	}
+}
+
+// TestNodeCertificateDecidesTheNode: worker-1's certificate claiming
+// worker-2, or the apiserver role, is refused and the stream closed; a
+// stream that starts as worker-1 cannot switch to worker-2 later.
+func TestNodeCertificateDecidesTheNode(t *testing.T) {
+	env := startSecureServer(t)
+	cert, key := env.clusterCA.KubeletClient(t, "worker-1")
+	for name, claim := range map[string]*corev3.Node{
+		"another node":        nodeProxy("worker-2"),
+		"the apiserver":       {Id: "worker-1", Cluster: "spoke-apiserver"},
+		"a node id lookalike": nodeProxy("worker-1 "),
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := expectNothing(t, mustStream(t)(env.dial(t, cert, key)), nil, claim)
+			if status.Code(err) != codes.PermissionDenied {
+				t.Errorf("want PermissionDenied, got %v", err)
+			}
+		})
+	}
+	t.Run("switch mid-stream", func(t *testing.T) {
+		stream := mustStream(t)(env.dial(t, cert, key))
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ClusterType})
+		if resp, err := recvWithin(t, stream, 5*time.Second); err != nil || resp == nil {
+			t.Fatalf("worker-1 got no clusters with its own certificate: %v", err)
+		}
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.ListenerType})
+		resp, err := recvWithin(t, stream, 3*time.Second)
+		if resp != nil || status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("switching to worker-2: want PermissionDenied and nothing, got %v, %v", resp, err)
+		}
+	})
+	if !logged(env.log, "claims another node or role") {
+		t.Error("the refusals were not logged")
+	}
+}
+
+// TestNodeGetsOnlyItsOwnResources: worker-1, authenticated, asks for every
+// resource and secret name (its own and made-up ones); everything it gets
+// is worker-1's: its tunnel certificate names worker-1 only, and no response
+// mentions worker-2 or its addresses. The foreign names are logged.
+func TestNodeGetsOnlyItsOwnResources(t *testing.T) {
+	env := startSecureServer(t)
+	cert, key := env.clusterCA.KubeletClient(t, "worker-1")
+	stream := mustStream(t)(env.dial(t, cert, key))
+	var all strings.Builder
+	for _, typeURL := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.RouteType, resourcev3.EndpointType, resourcev3.SecretType} {
+		names := []string{translator.NodeTunnelRoute, translator.APIServerProxies, "spoke-tunnel-node", "spoke-tunnel-ca", "spoke-tunnel-apiserver", translator.EgressRoute, "node/worker-2", "worker-2"}
+		if typeURL == resourcev3.ListenerType || typeURL == resourcev3.ClusterType {
+			names = nil // wildcard: everything this Envoy may have
+		}
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: typeURL, ResourceNames: names})
+		resp, err := recvWithin(t, stream, 5*time.Second)
+		if err != nil || resp == nil {
+			t.Fatalf("%s: no response: %v", typeURL, err)
+		}
+		for _, r := range resp.Resources {
+			all.WriteString(r.String())
+			if typeURL != resourcev3.SecretType {
+				continue
+			}
+			secret := &tlsv3.Secret{}
+			if err := r.UnmarshalTo(secret); err != nil {
+				t.Fatal(err)
+			}
+			if secret.GetName() == "spoke-tunnel-apiserver" {
+				t.Fatal("a node proxy received the apiserver proxy's secret")
+			}
+			if c := secret.GetTlsCertificate(); c != nil {
+				leaf := parseLeaf(t, c.GetCertificateChain().GetInlineBytes())
+				if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "worker-1" {
+					t.Fatalf("worker-1's tunnel certificate names %v", leaf.DNSNames)
+				}
+			}
+		}
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce})
+	}
+	for _, foreign := range []string{"worker-2", "10.0.0.12", "10.244.2."} {
+		if strings.Contains(all.String(), foreign) {
+			t.Errorf("worker-1's responses mention %q", foreign)
+		}
+	}
+	if n := metricNumber(t, env.srv, `spoke_xds_denied_total{reason="resource_not_allowed"}`); n < 3 {
+		t.Errorf("refused resource names counted %v times, want >= 3", n)
+	}
+}
+
+// TestAPIServerRoleOnlyOnTheSocket: the Unix socket gives the apiserver
+// role (and only it); it is created mode 0600 so other local users cannot
+// connect (checked as uid 65534 when the test runs as root).
+func TestAPIServerRoleOnlyOnTheSocket(t *testing.T) {
+	env := startSecureServer(t)
+	socket := "unix://" + env.srv.Addr("socket")
+	stream := mustStream(t)(openStream(t, socket, grpc.WithTransportCredentials(insecure.NewCredentials())))
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "apiserver-1", Cluster: "spoke-apiserver"}, TypeUrl: resourcev3.ListenerType})
+	if resp, err := recvWithin(t, stream, 5*time.Second); err != nil || resp == nil || len(resp.Resources) == 0 {
+		t.Fatalf("the apiserver proxy got no listeners over the socket: %v", err)
+	}
+	claimNode := mustStream(t)(openStream(t, socket, grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err := expectNothing(t, claimNode, nil, nodeProxy("worker-1")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a node claim over the apiserver socket: want PermissionDenied, got %v", err)
+	}
+	info, err := os.Stat(env.srv.Addr("socket"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := info.Mode().Perm(); mode != 0o600 {
+		t.Errorf("socket mode %o, want 600", mode)
+	}
+	if os.Geteuid() != 0 {
+		t.Log("not root: cannot check that another uid is refused (the mode check above still holds)")
+		return
+	}
+	if err := os.Chmod(env.dir, 0o755); err != nil { // let uid 65534 reach the socket file itself
+		t.Fatal(err)
+	}
+	out, err := connectAs(t, 65534, env.srv.Addr("socket"))
+	if err == nil || !strings.Contains(out, "permission denied") {
+		t.Fatalf("uid 65534 connecting to the socket: want permission denied, got err=%v %s", err, out)
+	}
+}
+
+// connectAs runs a copy of this test binary as uid, which only dials the
+// Unix socket (see init) and reports the error.
+func connectAs(t *testing.T, uid uint32, socket string) (string, error) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "spoke-connect-as")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	raw, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "connect")
+	if err := os.WriteFile(bin, raw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"SPOKE_TEST_DIAL_UNIX=" + socket}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// init turns the test binary into a socket dialer for connectAs.
+func init() {
+	if path := os.Getenv("SPOKE_TEST_DIAL_UNIX"); path != "" {
+		conn, err := net.Dial("unix", path)
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		conn.Close()
+		os.Exit(0)
+	}
+}
+
+// TestClientCARotation: the client CA file is re-read when it changes: a
+// certificate from the new CA is accepted without a restart and one from
+// the old CA is then refused.
+func TestClientCARotation(t *testing.T) {
+	env := startSecureServer(t)
+	oldCert, oldKey := env.clusterCA.KubeletClient(t, "worker-1")
+	next := xdstest.NewCA(t, "next cluster CA")
+	xdstest.WriteFile(t, env.dir, "client-ca.crt", next.CertPEM)
+	time.Sleep(300 * time.Millisecond) // past the reload interval
+	newCert, newKey := next.KubeletClient(t, "worker-1")
+	stream := mustStream(t)(env.dial(t, newCert, newKey))
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ClusterType})
+	if resp, err := recvWithin(t, stream, 5*time.Second); err != nil || resp == nil {
+		t.Fatalf("certificate from the rotated CA refused: %v", err)
+	}
+	oldStream, openErr := env.dial(t, oldCert, oldKey)
+	if err := expectNothing(t, oldStream, openErr, nodeProxy("worker-1")); err == nil {
+		t.Error("certificate from the replaced CA still accepted")
+	}
+}
+
+func metricNumber(t *testing.T, srv *xds.Server, series string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(metricValue(t, srv, series), 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+func parseLeaf(t *testing.T, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		t.Fatal("no PEM certificate")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func logged(hook *logtest.Hook, fragment string) bool {
+	for _, e := range hook.AllEntries() {
+		if strings.Contains(e.Message, fragment) {
+			return true
+		}
+	}
+	return false
+}
