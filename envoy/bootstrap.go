@@ -3,6 +3,8 @@ package envoy
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -12,9 +14,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"sigs.k8s.io/yaml"
 
 	"github.com/spokeproxy/spoke/translator"
 )
@@ -27,8 +34,16 @@ type BootstrapOptions struct {
 	Role translator.Role
 	// NodeID is the node name for node proxies; any stable id for apiserver proxies.
 	NodeID string
-	// XDSAddress is the spoke server's gRPC address, host:port (host may be a DNS name).
+	// XDSAddress is the spoke server's gRPC address, host:port (host may be a
+	// DNS name), for node proxies (over TLS unless Insecure).
 	XDSAddress string
+	// XDSSocket is the server's Unix socket, for the apiserver proxy (the
+	// socket's file mode is its credential); it replaces XDSAddress.
+	XDSSocket string
+	// TLS authenticates a node proxy to the server and the server to it.
+	TLS *XDSClientTLS
+	// Insecure connects to XDSAddress in plaintext (spoke serve --insecure-xds).
+	Insecure bool
 	// AdminPort is the admin API port; admin listens on 127.0.0.1 only.
 	AdminPort uint32
 	// Delta selects incremental xDS (DELTA_GRPC) instead of state-of-the-world.
@@ -37,20 +52,33 @@ type BootstrapOptions struct {
 	MaxDownstreamConnections uint64
 }
 
+// XDSClientTLS is how a node proxy reaches the server over TLS.
+type XDSClientTLS struct {
+	// ClientSDSFile is the file-based SDS resource naming the client
+	// certificate files (see ClientCertificateSDS); Envoy watches it and the
+	// certificate files, so a kubelet rotation is picked up without restart.
+	ClientSDSFile string
+	// ServerCAFile verifies the server's certificate, which must carry
+	// ServerName as a DNS SAN.
+	ServerCAFile string
+	ServerName   string
+}
+
+// ClientCertificateName is the SDS secret the bootstrap's xDS cluster uses.
+const ClientCertificateName = "spoke-xds-client"
+
 // Bootstrap returns the static bootstrap of a role: node identity, ADS to the
-// spoke server, the role's reverse-tunnel extension (it cannot come over xDS),
-// admin on localhost, and a connection cap. Everything else comes over ADS.
+// spoke server (TLS with a rotating client certificate for node proxies, a
+// Unix socket for the apiserver proxy), the role's reverse-tunnel extension
+// (it cannot come over xDS), admin on localhost, and a connection cap.
+// Everything else comes over ADS.
 func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if o.NodeID == "" {
 		return nil, fmt.Errorf("node id is empty: for a node proxy pass the node name (--node-name, e.g. from the downward API spec.nodeName)")
 	}
-	host, portText, err := net.SplitHostPort(o.XDSAddress)
+	xds, err := xdsCluster(o)
 	if err != nil {
-		return nil, fmt.Errorf("xds address %q: want host:port: %w", o.XDSAddress, err)
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return nil, fmt.Errorf("xds address %q: bad port", o.XDSAddress)
+		return nil, err
 	}
 	apiType := corev3.ApiConfigSource_GRPC
 	if o.Delta {
@@ -72,7 +100,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			LdsConfig: ads,
 			CdsConfig: ads,
 		},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xdsCluster(host, uint32(port))}},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
 		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: o.AdminPort},
 		}}}},
@@ -82,7 +110,11 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 
 // xdsCluster reaches the server over HTTP/2 with keepalive, so a dead server
 // is noticed and Envoy reconnects (keeping its last config meanwhile).
-func xdsCluster(host string, port uint32) *clusterv3.Cluster {
+func xdsCluster(o BootstrapOptions) (*clusterv3.Cluster, error) {
+	address, dnsResolved, err := xdsAddress(o)
+	if err != nil {
+		return nil, err
+	}
 	protocol := &httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
@@ -90,24 +122,102 @@ func xdsCluster(host string, port uint32) *clusterv3.Cluster {
 			}},
 		}},
 	}
-	return &clusterv3.Cluster{
+	discovery := clusterv3.Cluster_STATIC
+	if dnsResolved {
+		discovery = clusterv3.Cluster_STRICT_DNS
+	}
+	c := &clusterv3.Cluster{
 		Name:                 XDSCluster,
 		ConnectTimeout:       durationpb.New(2 * time.Second),
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(protocol),
 		},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: XDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
-				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-					Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-						Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
-					}}},
-				}},
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: address}},
 			}}}},
 		},
 	}
+	if o.TLS != nil {
+		c.TransportSocket = &corev3.TransportSocket{
+			Name:       "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(xdsClientTLS(*o.TLS))},
+		}
+	}
+	return c, nil
+}
+
+// xdsAddress is the Unix socket (apiserver proxy) or host:port (node proxy:
+// TLS required unless Insecure).
+func xdsAddress(o BootstrapOptions) (address *corev3.Address, dnsResolved bool, err error) {
+	if o.XDSSocket != "" {
+		if o.TLS != nil {
+			return nil, false, fmt.Errorf("the xDS socket needs no TLS: the socket's file mode is the credential")
+		}
+		return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSSocket}}}, false, nil
+	}
+	if o.TLS == nil && !o.Insecure {
+		return nil, false, fmt.Errorf("xDS over TCP needs TLS (a client certificate and the server's CA), or the explicit insecure mode of a development server")
+	}
+	host, portText, err := net.SplitHostPort(o.XDSAddress)
+	if err != nil {
+		return nil, false, fmt.Errorf("xds address %q: want host:port: %w", o.XDSAddress, err)
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return nil, false, fmt.Errorf("xds address %q: bad port", o.XDSAddress)
+	}
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}, net.ParseIP(host) == nil, nil
+}
+
+// xdsClientTLS presents the client certificate from file-based SDS and
+// verifies the server's certificate name; ALPN h2 because gRPC servers
+// require it.
+func xdsClientTLS(t XDSClientTLS) *tlsv3.UpstreamTlsContext {
+	fileSDS := &corev3.ConfigSource{
+		ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{PathConfigSource: &corev3.PathConfigSource{
+			Path:             t.ClientSDSFile,
+			WatchedDirectory: &corev3.WatchedDirectory{Path: filepath.Dir(t.ClientSDSFile)},
+		}},
+	}
+	return &tlsv3.UpstreamTlsContext{
+		Sni: t.ServerName,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams: &tlsv3.TlsParameters{
+				TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+				TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+			},
+			AlpnProtocols:                  []string{"h2"},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: ClientCertificateName, SdsConfig: fileSDS}},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.ServerCAFile}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_DNS,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: t.ServerName}},
+				}},
+			}},
+		},
+	}
+}
+
+// ClientCertificateSDS is the content of XDSClientTLS.ClientSDSFile: one
+// TLS certificate read from files (a kubelet keeps cert and key in one
+// file, kubelet-client-current.pem, a symlink it swaps on rotation; Envoy
+// watches the parent directories and re-reads both).
+func ClientCertificateSDS(certFile, keyFile string) *discoveryv3.DiscoveryResponse {
+	secret := &tlsv3.Secret{
+		Name: ClientCertificateName,
+		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: certFile}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: keyFile}},
+		}},
+	}
+	return &discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{mustAny(secret)}}
 }
 
 func connectionCap(max uint64) *overloadv3.OverloadManager {
@@ -120,4 +230,21 @@ func connectionCap(max uint64) *overloadv3.OverloadManager {
 			&connlimitv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(max)},
 		)},
 	}}}
+}
+
+// WriteClientSDSFile writes ClientCertificateSDS(certFile, keyFile) as YAML
+// to path, atomically (Envoy watches the directory).
+func WriteClientSDSFile(path, certFile, keyFile string) error {
+	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ClientCertificateSDS(certFile, keyFile))
+	if err != nil {
+		return err
+	}
+	if raw, err = yaml.JSONToYAML(raw); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
+		return fmt.Errorf("write the client certificate SDS file: %w", err)
+	}
+	return os.Rename(tmp, path)
 }

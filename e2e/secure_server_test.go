@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/spokeproxy/spoke/envoy"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/xds"
+	"github.com/spokeproxy/spoke/xds/xdstest"
+)
+
+// secureServer is spoke serve as deployed: TLS xDS for node proxies
+// (kubelet-like client certificates from clusterCA), a Unix socket for the
+// apiserver proxy, tunnel certificates from issuer.
+type secureServer struct {
+	srv       *xds.Server
+	issuer    *xds.Issuer
+	clusterCA *xdstest.CA
+	dir       string
+	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
+	logs      *syncLog
+}
+
+func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValidity time.Duration) *secureServer {
+	t.Helper()
+	dir := t.TempDir()
+	issuer, err := xds.NewDevelopmentIssuer(certValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &secureServer{issuer: issuer, clusterCA: xdstest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &syncLog{}}
+	s.serverCA = xdstest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
+	log := logrus.New()
+	log.SetLevel(logrus.DebugLevel)
+	log.SetOutput(s.logs)
+	s.srv, err = xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
+		TLS:         &xds.TLSOptions{ClientCAFile: xdstest.WriteFile(t, dir, "client-ca.crt", s.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
+		HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: tp.settings, Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: certValidity, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.srv.Run(ctx); close(done) }()
+	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
+	go src.Run(ctx, s.srv.Sink())
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.logs.String())
+		}
+	})
+	return s
+}
+
+// startAPIServerProxy runs an apiserver proxy on the server's socket.
+func (s *secureServer) startAPIServerProxy(t *testing.T, bin, id string) *envoytest.Process {
+	t.Helper()
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: id, XDSSocket: s.srv.Addr("socket")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envoytest.Start(t, bin, "served-"+id, b)
+}
+
+// startNodeProxy runs a node proxy with a kubelet-like client certificate
+// for node, kept as a kubelet keeps it: one PEM file with cert and key.
+func (s *secureServer) startNodeProxy(t *testing.T, bin, node string, delta bool) *envoytest.Process {
+	t.Helper()
+	certPEM, keyPEM := s.clusterCA.KubeletClient(t, node)
+	return s.startNodeProxyWith(t, bin, node, delta, certPEM, keyPEM)
+}
+
+func (s *secureServer) startNodeProxyWith(t *testing.T, bin, node string, delta bool, certPEM, keyPEM []byte) *envoytest.Process {
+	t.Helper()
+	pki := filepath.Join(s.dir, "kubelet-"+node)
+	if err := os.MkdirAll(pki, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kubeletPEM := xdstest.WriteFile(t, pki, "kubelet-client-current.pem", certPEM, keyPEM)
+	sdsDir := filepath.Join(s.dir, "envoy-"+node)
+	if err := os.MkdirAll(sdsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sdsFile := filepath.Join(sdsDir, "xds-client-sds.yaml")
+	if err := envoy.WriteClientSDSFile(sdsFile, kubeletPEM, kubeletPEM); err != nil {
+		t.Fatal(err)
+	}
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
+		Role: translator.RoleNode, NodeID: node, XDSAddress: s.srv.Addr("xds"), Delta: delta,
+		TLS: &envoy.XDSClientTLS{ClientSDSFile: sdsFile, ServerCAFile: s.serverCA, ServerName: "spoke-server"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envoytest.Start(t, bin, "served-"+node, b)
+}
+
+// syncLog collects the server's log lines (written from many goroutines).
+type syncLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
