@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -12,61 +14,118 @@ import (
 	"github.com/spokeproxy/spoke/translator"
 )
 
+type bootstrapOptions struct {
+	role, nodeName, output, outputDir string
+	clientCert, clientKey             string
+	tls                               envoy.XDSClientTLS
+	o                                 envoy.BootstrapOptions
+}
+
 func newBootstrapCommand() *cobra.Command {
-	var (
-		role, nodeName, output string
-		o                      envoy.BootstrapOptions
-	)
+	var b bootstrapOptions
 	cmd := &cobra.Command{
 		Use:   "bootstrap --role node|apiserver",
-		Short: "Print the static Envoy bootstrap of a role",
+		Short: "Print (or write) the static Envoy bootstrap of a role",
 		Long: `Print the static bootstrap an Envoy of this role starts with: its node
 identity, ADS to the spoke server, the role's reverse-tunnel bootstrap extension
 (it cannot arrive over xDS), admin on 127.0.0.1 only, and a connection cap.
 Everything else (listeners, routes, clusters, endpoints, secrets) comes over ADS.
 
-For node proxies --node-name is the Kubernetes node name (in a DaemonSet, from
-the downward API: spec.nodeName).`,
-		Example: "  spoke bootstrap --role node --node-name worker-1 --xds-address spoke.kube-system.svc:18000 > envoy.yaml",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch role {
-			case "node":
-				o.Role, o.NodeID = translator.RoleNode, nodeName
-			case "apiserver":
-				o.Role = translator.RoleAPIServer
-				if o.NodeID = nodeName; o.NodeID == "" {
-					host, _ := os.Hostname()
-					o.NodeID = "apiserver-" + host
-				}
-			default:
-				return fmt.Errorf("--role %q: use node or apiserver", role)
-			}
-			b, err := envoy.Bootstrap(o)
-			if err != nil {
-				return err
-			}
-			raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(b)
-			if err != nil {
-				return err
-			}
-			if output == "yaml" {
-				if raw, err = yaml.JSONToYAML(raw); err != nil {
-					return err
-				}
-			}
-			_, err = cmd.OutOrStdout().Write(raw)
-			return err
-		},
+Node proxies reach --xds-address over TLS 1.3. They authenticate with the
+kubelet's client certificate (--client-cert/--client-key; kubelet keeps both in
+kubelet-client-current.pem and rotates it), read through a file-based SDS
+resource that Envoy watches, so rotations need no restart: --output-dir writes
+envoy.yaml and that SDS file (xds-client-sds.yaml). The server's certificate is
+verified against --server-ca and must name --server-name. --node-name is the
+Kubernetes node name (in a DaemonSet, from the downward API: spec.nodeName).
+
+Apiserver proxies connect to the server's Unix socket (--xds-socket); the
+socket's file mode is their credential.
+
+--insecure connects in plaintext to a server run with --insecure-xds (local
+development only).`,
+		Example: `  spoke bootstrap --role node --node-name worker-1 --xds-address spoke.kube-system.svc:18000 --output-dir /etc/envoy
+  spoke bootstrap --role apiserver --xds-socket /var/run/spoke/xds.sock > envoy.yaml
+  spoke bootstrap --role node --node-name worker-1 --insecure > envoy.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd.OutOrStdout()) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&role, "role", "", "node or apiserver")
-	f.StringVar(&nodeName, "node-name", "", "node name (node role); Envoy id (apiserver role, default apiserver-<hostname>)")
-	f.StringVar(&o.XDSAddress, "xds-address", "127.0.0.1:18000", "spoke server gRPC address, host:port")
-	f.Uint32Var(&o.AdminPort, "admin-port", 9901, "Envoy admin port (listens on 127.0.0.1)")
-	f.BoolVar(&o.Delta, "delta", false, "use incremental (delta) xDS")
-	f.Uint64Var(&o.MaxDownstreamConnections, "max-connections", 50000, "cap on accepted downstream connections")
-	f.StringVarP(&output, "output", "o", "yaml", "yaml or json")
+	f.StringVar(&b.role, "role", "", "node or apiserver")
+	f.StringVar(&b.nodeName, "node-name", "", "node name (node role); Envoy id (apiserver role, default apiserver-<hostname>)")
+	f.StringVar(&b.o.XDSAddress, "xds-address", "127.0.0.1:18000", "spoke server gRPC address, host:port (node role)")
+	f.StringVar(&b.o.XDSSocket, "xds-socket", "/var/run/spoke/xds.sock", "spoke server Unix socket (apiserver role)")
+	f.StringVar(&b.clientCert, "client-cert", "/var/lib/kubelet/pki/kubelet-client-current.pem", "node client certificate file (node role)")
+	f.StringVar(&b.clientKey, "client-key", "/var/lib/kubelet/pki/kubelet-client-current.pem", "its private key file (may be the same file)")
+	f.StringVar(&b.tls.ServerCAFile, "server-ca", "/etc/spoke/xds-ca.crt", "CA that signs the server's xDS certificate (node role)")
+	f.StringVar(&b.tls.ServerName, "server-name", "spoke-server", "DNS name the server's certificate must carry (node role)")
+	f.StringVar(&b.outputDir, "output-dir", "", "write envoy.yaml (and, for node proxies, xds-client-sds.yaml) here instead of printing")
+	f.BoolVar(&b.o.Insecure, "insecure", false, "plaintext TCP to a server run with --insecure-xds (development only)")
+	f.Uint32Var(&b.o.AdminPort, "admin-port", 9901, "Envoy admin port (listens on 127.0.0.1)")
+	f.BoolVar(&b.o.Delta, "delta", false, "use incremental (delta) xDS")
+	f.Uint64Var(&b.o.MaxDownstreamConnections, "max-connections", 50000, "cap on accepted downstream connections")
+	f.StringVarP(&b.output, "output", "o", "yaml", "yaml or json")
 	_ = cmd.MarkFlagRequired("role")
 	return cmd
+}
+
+func (b *bootstrapOptions) run(stdout io.Writer) error {
+	o := b.o
+	switch b.role {
+	case "node":
+		o.Role, o.NodeID, o.XDSSocket = translator.RoleNode, b.nodeName, ""
+		if !o.Insecure {
+			if b.outputDir == "" {
+				return fmt.Errorf("a node proxy's bootstrap comes with a file-based SDS resource for its rotating client certificate: pass --output-dir (or --insecure for a development server)")
+			}
+			sdsFile, err := filepath.Abs(filepath.Join(b.outputDir, "xds-client-sds.yaml"))
+			if err != nil {
+				return err
+			}
+			b.tls.ClientSDSFile = sdsFile
+			o.TLS = &b.tls
+		}
+	case "apiserver":
+		o.Role = translator.RoleAPIServer
+		if o.Insecure {
+			o.XDSSocket = "" // plaintext TCP to a development server
+		}
+		if o.NodeID = b.nodeName; o.NodeID == "" {
+			host, _ := os.Hostname()
+			o.NodeID = "apiserver-" + host
+		}
+	default:
+		return fmt.Errorf("--role %q: use node or apiserver", b.role)
+	}
+	bootstrap, err := envoy.Bootstrap(o)
+	if err != nil {
+		return err
+	}
+	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(bootstrap)
+	if err != nil {
+		return err
+	}
+	if b.output == "yaml" {
+		if raw, err = yaml.JSONToYAML(raw); err != nil {
+			return err
+		}
+	}
+	if b.outputDir == "" {
+		_, err = stdout.Write(raw)
+		return err
+	}
+	if err := os.MkdirAll(b.outputDir, 0o755); err != nil {
+		return fmt.Errorf("create --output-dir: %w", err)
+	}
+	if o.TLS != nil {
+		if err := envoy.WriteClientSDSFile(o.TLS.ClientSDSFile, b.clientCert, b.clientKey); err != nil {
+			return err
+		}
+	}
+	path := filepath.Join(b.outputDir, "envoy."+b.output)
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		return fmt.Errorf("write the bootstrap: %w", err)
+	}
+	_, err = fmt.Fprintln(stdout, "wrote", path)
+	return err
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,16 +51,36 @@ func TestStatusAndConfigDump(t *testing.T) {
 }
 
 func TestBootstrapCommand(t *testing.T) {
-	out, _, err := runSpoke("bootstrap", "--role", "node", "--node-name", "worker-1", "--delta")
+	dir := t.TempDir()
+	if _, _, err := runSpoke("bootstrap", "--role", "node", "--node-name", "worker-1", "--delta", "--output-dir", dir,
+		"--client-cert", "/pki/kubelet.pem", "--client-key", "/pki/kubelet.pem", "--server-ca", "/etc/spoke/ca.crt"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.ReadFile(filepath.Join(dir, "envoy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"downstream_socket_interface", "DELTA_GRPC", "id: worker-1", "cluster: spoke-node", "address: 127.0.0.1"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("bootstrap lacks %q", want)
+	for _, want := range []string{"downstream_socket_interface", "DELTA_GRPC", "id: worker-1", "cluster: spoke-node", "address: 127.0.0.1",
+		"envoy.transport_sockets.tls", "TLSv1_3", "filename: /etc/spoke/ca.crt", "exact: spoke-server", "xds-client-sds.yaml", "- h2"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("node bootstrap lacks %q", want)
 		}
 	}
-	if _, _, err := runSpoke("bootstrap", "--role", "node"); err == nil || !strings.Contains(err.Error(), "node name") {
-		t.Errorf("node role without a name: want an error, got %v", err)
+	sds, err := os.ReadFile(filepath.Join(dir, "xds-client-sds.yaml"))
+	if err != nil || !strings.Contains(string(sds), "filename: /pki/kubelet.pem") {
+		t.Errorf("SDS file for the client certificate: %s %v", sds, err)
+	}
+	api, _, err := runSpoke("bootstrap", "--role", "apiserver", "--xds-socket", "/run/spoke/xds.sock")
+	if err != nil || !strings.Contains(api, "path: /run/spoke/xds.sock") || strings.Contains(api, "transport_socket") {
+		t.Errorf("apiserver bootstrap should use the socket without TLS: %v\n%s", err, api)
+	}
+	for _, args := range [][]string{
+		{"bootstrap", "--role", "node", "--insecure"},                        // no node name
+		{"bootstrap", "--role", "node", "--node-name", "worker-1"},           // TLS needs --output-dir
+		{"bootstrap", "--role", "gateway", "--node-name", "x", "--insecure"}, // unknown role
+	} {
+		if _, _, err := runSpoke(args...); err == nil {
+			t.Errorf("%v: want an error", args)
+		}
 	}
 }
