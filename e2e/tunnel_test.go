@@ -55,7 +55,10 @@ type topology struct {
 	apiProxy *envoytest.Process
 }
 
-func newTopology(t *testing.T) *topology {
+func newTopology(t *testing.T) *topology { return newTopologyWith(t, nil) }
+
+// newTopologyWith lets a test change the settings before the model is built.
+func newTopologyWith(t *testing.T, tweak func(*model.Settings)) *topology {
 	bin := envoytest.Binary(t)
 	port := freePort(t)
 	s := model.DefaultSettings()
@@ -63,6 +66,9 @@ func newTopology(t *testing.T) *topology {
 	s.TunnelListenAddress = "127.0.0.1"
 	s.TunnelPort = uint32(freePort(t))
 	s.APIServerEndpoints = []string{fmt.Sprintf("127.0.0.1:%d", s.TunnelPort)}
+	if tweak != nil {
+		tweak(&s)
+	}
 	var objs model.Objects
 	if _, err := input.Decode([]byte(fmt.Sprintf(clusterTemplate, port, port)), &objs); err != nil {
 		t.Fatal(err)

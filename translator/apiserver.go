@@ -204,10 +204,7 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 		Name:    HandshakeListener,
 		Address: socketAddress(s.TunnelListenAddress, s.TunnelPort),
 		FilterChains: []*listenerv3.FilterChain{{
-			TransportSocket: &corev3.TransportSocket{
-				Name:       "envoy.transport_sockets.tls",
-				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(tls)},
-			},
+			TransportSocket: tlsTransportSocket(tls),
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.reverse_tunnel",
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(tunnel)},
@@ -217,7 +214,10 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 }
 
 // reverseTunnelCluster sends each stream over HTTP/2 into a tunnel of the host
-// its route names (route metadata, see HostIDFormat).
+// its route names (route metadata, see HostIDFormat). The tunnel's own TLS
+// ends with the handshake (Envoy then uses the raw socket), so the HTTP/2
+// inside gets a second TLS layer: this end is its client, with the apiserver
+// proxy's certificate, and accepts only a tunnel-CA certificate.
 func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 	protocol := &httpv3.HttpProtocolOptions{
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
@@ -238,6 +238,13 @@ func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(protocol),
 		},
+		TransportSocket: tlsTransportSocket(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      tls13(),
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.APIServerCertificate)},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{
+				ValidationContextSdsSecretConfig: sdsSecret(s.Secrets.TunnelCA),
+			},
+		}}),
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -72,7 +73,40 @@ func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
 			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
 			ResolverName:  "envoy.resolvers.reverse_connection",
 		}}},
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(hcm)}}},
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters:         []*listenerv3.Filter{hcmFilter(hcm)},
+			TransportSocket: tunnelDataTLS(s),
+		}},
+	}
+}
+
+// tunnelDataTLS is the server end of the second TLS layer inside each
+// tunnel (the handshake's TLS does not cover the data): this node's tunnel
+// certificate, and only the apiserver proxy's certificate is accepted.
+func tunnelDataTLS(s model.Settings) *corev3.TransportSocket {
+	return tlsTransportSocket(&tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      tls13(),
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.NodeCertificate)},
+			ValidationContextType:          apiServerProxyValidation(s),
+		},
+	})
+}
+
+// apiServerProxyValidation accepts a tunnel-CA certificate naming the
+// apiserver proxy, and nothing else.
+func apiServerProxyValidation(s model.Settings) *tlsv3.CommonTlsContext_CombinedValidationContext {
+	return &tlsv3.CommonTlsContext_CombinedValidationContext{
+		CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_DNS,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s.APIServerProxyName}},
+				}},
+			},
+			ValidationContextSdsSecretConfig: sdsSecret(s.Secrets.TunnelCA),
+		},
 	}
 }
 
@@ -126,17 +160,7 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		CommonTlsContext: &tlsv3.CommonTlsContext{
 			TlsParams:                      tls13(),
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sdsSecret(s.Secrets.NodeCertificate)},
-			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
-				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-					DefaultValidationContext: &tlsv3.CertificateValidationContext{
-						MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-							SanType: tlsv3.SubjectAltNameMatcher_DNS,
-							Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s.APIServerProxyName}},
-						}},
-					},
-					ValidationContextSdsSecretConfig: sdsSecret(s.Secrets.TunnelCA),
-				},
-			},
+			ValidationContextType:          apiServerProxyValidation(s),
 		},
 	}
 	return &clusterv3.Cluster{
@@ -144,10 +168,7 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		ConnectTimeout:       dur(s.ConnectTimeout),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
-		TransportSocket: &corev3.TransportSocket{
-			Name:       "envoy.transport_sockets.tls",
-			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(tls)},
-		},
+		TransportSocket:      tlsTransportSocket(tls),
 	}
 }
 

@@ -67,3 +67,10 @@ func tls13() *tlsv3.TlsParameters {
 		TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
 	}
 }
+
+func tlsTransportSocket(ctx proto.Message) *corev3.TransportSocket {
+	return &corev3.TransportSocket{
+		Name:       "envoy.transport_sockets.tls",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)},
+	}
+}
