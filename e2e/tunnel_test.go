@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/translator"
@@ -93,16 +95,19 @@ func (tp *topology) startAPIServerProxy() {
 // startNodeProxy runs the node proxy of node, presenting a tunnel certificate
 // for certName (node itself, unless a test plays an impostor).
 func (tp *topology) startNodeProxy(node, certName string) *envoytest.Process {
-	s := tp.settings
-	res, err := translator.NodeProxy(&tp.cluster, s, node)
+	return tp.startNodeProxyWith(node, "node-proxy-"+node+"-cert-"+certName, tp.pki.Secrets(tp.t, tp.settings, translator.RoleNode, certName))
+}
+
+func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secret) *envoytest.Process {
+	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, tp.pki.Secrets(tp.t, s, translator.RoleNode, certName), 0)
+	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, secrets, 0)
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	return envoytest.Start(tp.t, tp.bin, "node-proxy-"+node+"-cert-"+certName, b)
+	return envoytest.Start(tp.t, tp.bin, name, b)
 }
 
 // TestConnectThroughReverseTunnels sends the apiserver's CONNECTs into the
@@ -179,6 +184,29 @@ func TestTunnelHandshakeBoundToCertificate(t *testing.T) {
 		t.Errorf("the impostor's handshake was not refused with 403; its log:\n%s", grepLines(impostor.Log(), "reverse_tunnel"))
 	}
 
+	tp.startNodeProxy("node-b", "node-b")
+	waitForTunnel(t, tp.settings.EgressSocketPath, target)
+}
+
+// TestExpiredTunnelCertificateRefused: node-b's proxy with an expired
+// tunnel certificate (right CA, right name) gets no tunnel; the apiserver
+// proxy's TLS refuses it. With a valid certificate node-b then works.
+func TestExpiredTunnelCertificateRefused(t *testing.T) {
+	tp := newTopology(t)
+	serve(t, "127.1.2.7", tp.port, "node-b/pod web-b")
+	tp.startAPIServerProxy()
+	tp.startNodeProxyWith("node-b", "node-b-expired", tp.pki.ExpiredSecrets(t, tp.settings, translator.RoleNode, "node-b"))
+	target := fmt.Sprintf("127.1.2.7:%d", tp.port)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, status := roundTrip(t, tp.settings.EgressSocketPath, target); status == http.StatusOK {
+			t.Fatalf("CONNECT %s succeeded through a tunnel with an expired certificate", target)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if n := tp.apiProxy.StatSum(".ssl.fail_verify_error"); n == 0 {
+		t.Errorf("the apiserver proxy recorded no certificate verification failure; stats:\n%s", tp.apiProxy.Stats("ssl."))
+	}
 	tp.startNodeProxy("node-b", "node-b")
 	waitForTunnel(t, tp.settings.EgressSocketPath, target)
 }

@@ -30,17 +30,40 @@ func Binary(t testing.TB) string {
 	return bin
 }
 
-// PKI is a throwaway tunnel CA: the server's own development issuer.
-type PKI struct{ issuer *xds.Issuer }
+// PKI is a throwaway tunnel CA, issuing through the server's own Issuer.
+type PKI struct {
+	issuer        *xds.Issuer
+	caCert, caKey []byte
+}
 
 // NewPKI makes a fresh CA.
 func NewPKI(t testing.TB) *PKI {
 	t.Helper()
-	issuer, err := xds.NewDevelopmentIssuer(24 * time.Hour)
+	caCert, caKey, err := xds.GenerateCA("test tunnel CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &PKI{issuer: issuer}
+	issuer, err := xds.NewIssuer(caCert, caKey, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &PKI{issuer: issuer, caCert: caCert, caKey: caKey}
+}
+
+// ExpiredSecrets is Secrets with a certificate from the same CA that has
+// already expired (issued for one second; this waits it out).
+func (p *PKI) ExpiredSecrets(t testing.TB, s model.Settings, role translator.Role, dnsName string) []*tlsv3.Secret {
+	t.Helper()
+	short, err := xds.NewIssuer(p.caCert, p.caKey, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := short.Certificate(dnsName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(cert.Expires) + 100*time.Millisecond)
+	return translator.Secrets(s, role, cert.CertPEM, cert.KeyPEM, p.issuer.CAPEM())
 }
 
 // Secrets returns the static secrets a role's translated config references:

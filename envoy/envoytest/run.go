@@ -102,6 +102,34 @@ func (p *Process) Stat(name string) int {
 	return -1
 }
 
+// Stats returns the /stats lines containing fragment (for failure messages).
+func (p *Process) Stats(fragment string) string {
+	body, _ := p.Get("/stats")
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.Contains(line, fragment) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// StatSum adds up every counter or gauge whose name ends with suffix (the
+// same stat across listeners or clusters).
+func (p *Process) StatSum(suffix string) int {
+	body, _ := p.Get("/stats")
+	total := 0
+	for _, line := range strings.Split(body, "\n") {
+		if k, val, ok := strings.Cut(line, ": "); ok && strings.HasSuffix(k, suffix) {
+			var v int
+			if _, err := fmt.Sscanf(val, "%d", &v); err == nil {
+				total += v
+			}
+		}
+	}
+	return total
+}
+
 // Log returns everything Envoy has printed so far.
 func (p *Process) Log() string { return p.log.String() }
 

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRotationKeepsTunnelsWorking: with 6-second tunnel certificates (renewed
+// after two thirds), a CONNECT stream opened before the first rotation keeps
+// echoing every 200 ms through two rotations and past the first
+// certificate's expiry, new CONNECTs keep working, and the node proxy
+// really switched certificates (its serial changes in Envoy's /certs).
+func TestRotationKeepsTunnelsWorking(t *testing.T) {
+	tp := newTopology(t)
+	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+	file := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf(clusterTemplate, tp.port, tp.port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	validity := 6 * time.Second
+	sec := startSecureServer(t, tp, file, validity)
+	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
+	node := sec.startNodeProxy(t, tp.bin, "node-a", false)
+	target := fmt.Sprintf("127.1.1.7:%d", tp.port)
+	sock := tp.settings.EgressSocketPath
+	waitForTunnel(t, sock, target)
+	firstSerials := tunnelSerials(t, node.Get)
+
+	long := openConnect(t, sock, target)
+	defer long.Close()
+	lines := bufio.NewReader(long)
+	end := time.Now().Add(2*validity + time.Second) // two renewals, and past the first expiry
+	for i := 0; time.Now().Before(end); i++ {
+		_ = long.SetDeadline(time.Now().Add(3 * time.Second))
+		fmt.Fprintf(long, "tick %d\n", i)
+		got, err := lines.ReadString('\n')
+		if err != nil || got != fmt.Sprintf("node-a/pod web-a: tick %d\n", i) {
+			t.Fatalf("the long-lived stream broke at tick %d (%.1fs): %q %v", i, float64(i)*0.2, got, err)
+		}
+		if i%5 == 0 {
+			if got, status := roundTrip(t, sock, target); status != http.StatusOK || got != "node-a/pod web-a" {
+				t.Fatalf("a new CONNECT failed at tick %d: %d %q", i, status, got)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if now := tunnelSerials(t, node.Get); now == firstSerials {
+		t.Fatalf("the node proxy still uses its first tunnel certificate (serials %s): no rotation happened", now)
+	}
+}
+
+// openConnect returns an established CONNECT stream to target.
+func openConnect(t *testing.T, socket, target string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	}
+	return conn
+}
+
+var serialField = regexp.MustCompile(`"serial_number":\s*"([0-9a-f]+)"`)
+
+// tunnelSerials lists the serial numbers of the certificates Envoy holds
+// (its /certs admin page), CA included.
+func tunnelSerials(t *testing.T, get func(string) (string, error)) string {
+	t.Helper()
+	body, err := get("/certs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, m := range serialField.FindAllStringSubmatch(body, -1) {
+		serials = append(serials, m[1])
+	}
+	if len(serials) == 0 {
+		t.Fatalf("no certificates in /certs: %s", body)
+	}
+	return strings.Join(serials, ",")
+}
