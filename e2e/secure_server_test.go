@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/sirupsen/logrus"
 
 	"github.com/spokeproxy/spoke/envoy"
@@ -87,12 +88,29 @@ func (s *secureServer) startNodeProxy(t *testing.T, bin, node string, delta bool
 
 func (s *secureServer) startNodeProxyWith(t *testing.T, bin, node string, delta bool, certPEM, keyPEM []byte) *envoytest.Process {
 	t.Helper()
-	pki := filepath.Join(s.dir, "kubelet-"+node)
+	return s.startNode(t, bin, node, delta, certPEM, keyPEM, envoytest.Start)
+}
+
+// startOutsider runs a node proxy that should get no config (it never
+// becomes ready).
+func (s *secureServer) startOutsider(t *testing.T, bin, node string, certPEM, keyPEM []byte) *envoytest.Process {
+	t.Helper()
+	return s.startNode(t, bin, node, false, certPEM, keyPEM, envoytest.StartUnready)
+}
+
+func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, certPEM, keyPEM []byte,
+	start func(testing.TB, string, string, *bootstrapv3.Bootstrap) *envoytest.Process) *envoytest.Process {
+	t.Helper()
+	dir, err := os.MkdirTemp(s.dir, "node-"+node+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pki := filepath.Join(dir, "kubelet-pki")
 	if err := os.MkdirAll(pki, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	kubeletPEM := xdstest.WriteFile(t, pki, "kubelet-client-current.pem", certPEM, keyPEM)
-	sdsDir := filepath.Join(s.dir, "envoy-"+node)
+	sdsDir := filepath.Join(dir, "envoy")
 	if err := os.MkdirAll(sdsDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +125,7 @@ func (s *secureServer) startNodeProxyWith(t *testing.T, bin, node string, delta 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return envoytest.Start(t, bin, "served-"+node, b)
+	return start(t, bin, "served-"+node, b)
 }
 
 // syncLog collects the server's log lines (written from many goroutines).

@@ -27,9 +27,22 @@ type Process struct {
 	log   *syncBuffer
 }
 
-// Start runs Envoy on b (whose admin port should be 0) with one worker and
-// stops it when the test ends. Its log is printed if the test fails.
+// Start runs Envoy on b (whose admin port should be 0) with one worker,
+// waits until it is ready and stops it when the test ends. Its log is
+// printed if the test fails.
 func Start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
+	t.Helper()
+	return start(t, bin, name, b, true)
+}
+
+// StartUnready is Start for an Envoy expected never to become ready (one
+// that should get no config): it returns once the admin API answers.
+func StartUnready(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
+	t.Helper()
+	return start(t, bin, name, b, false)
+}
+
+func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool) *Process {
 	t.Helper()
 	dir := t.TempDir()
 	path, err := envoy.WriteBootstrap(dir, b)
@@ -55,7 +68,8 @@ func Start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
 	for time.Now().Before(deadline) {
 		if raw, err := os.ReadFile(adminFile); err == nil && len(raw) > 0 {
 			p.Admin = strings.TrimSpace(string(raw))
-			if _, err := p.Get("/ready"); err == nil {
+			body, err := p.Get("/ready")
+			if err == nil || !ready && body != "" {
 				return p
 			}
 		}
