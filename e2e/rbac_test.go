@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+
+	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/xds"
+)
+
+const serverAccount = "system:serviceaccount:spoke-system:spoke-server"
+
+// TestManifestRBACIsExactlyEnough applies manifests/rbac.yaml to a real
+// kube-apiserver (RBAC authorization) and acts as the spoke-server
+// ServiceAccount: the Kubernetes source syncs and follows a new node, the
+// tunnel CA Secret loads; everything else tried here is Forbidden (other
+// Secrets, listing Secrets, writes, EndpointSlices outside default,
+// ConfigMaps, get on nodes).
+func TestManifestRBACIsExactlyEnough(t *testing.T) {
+	cp := startControlPlane(t)
+	admin := cp.client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	applyManifest(t, admin, "../manifests/rbac.yaml")
+	caCert, caKey, err := xds.GenerateCA("e2e tunnel CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]map[string][]byte{
+		"spoke-tunnel-ca": {corev1.TLSCertKey: caCert, corev1.TLSPrivateKeyKey: caKey},
+		"other":           {corev1.TLSCertKey: caCert, corev1.TLSPrivateKeyKey: caKey},
+	} {
+		secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "spoke-system"}, Type: corev1.SecretTypeTLS, Data: data}
+		if _, err := admin.CoreV1().Secrets("spoke-system").Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sa := cp.clientAs(serverAccount)
+
+	if _, err := xds.LoadIssuerSecret(ctx, sa, "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
+		t.Fatalf("the server account cannot load the tunnel CA: %v", err)
+	}
+	log := logrus.New()
+	srcLog, hook := logtest.NewNullLogger()
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Run(ctx) }()
+	src := &xds.KubeSource{Client: sa, Log: srcLog}
+	go func() { _ = src.Run(ctx, srv.Sink()) }()
+	waitFor(t, 30*time.Second, "the source to sync as the server account", srv.Publisher().Synced)
+	// Changes after the first list prove the watches are allowed too.
+	createNode(t, admin, "node-rbac", "10.0.0.9", "10.244.9.0/24")
+	waitFor(t, 10*time.Second, "the new node to reach the model", func() bool { return srv.Publisher().KnowsNode("node-rbac") })
+	createPod(t, admin, "web-rbac", "node-rbac", "10.244.9.7")
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "hook", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8443}}}}
+	if _, err := admin.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes-extra", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.1.2.3"}}},
+	}
+	if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the pod, the Service and the new apiserver endpoint to reach node-rbac's config", func() bool {
+		res, _, ok := srv.Publisher().Served(xds.Proxy{Role: translator.RoleNode, Node: "node-rbac"})
+		if !ok || len(res.Routes) == 0 || len(res.Endpoints) == 0 {
+			return false
+		}
+		routes, eps := res.Routes[0].String(), res.Endpoints[0].String()
+		return strings.Contains(routes, "10.244.9.7:*") && strings.Contains(routes, ":8443") && strings.Contains(eps, "10.1.2.3")
+	})
+
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Errorf("the source logged %q (%v): a list or watch the manifest does not allow?", e.Message, e.Data)
+		}
+	}
+
+	forbidden := map[string]func() error{
+		"get another Secret": func() error {
+			_, err := sa.CoreV1().Secrets("spoke-system").Get(ctx, "other", metav1.GetOptions{})
+			return err
+		},
+		"list Secrets": func() error {
+			_, err := sa.CoreV1().Secrets("spoke-system").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"update the tunnel CA": func() error {
+			s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "spoke-tunnel-ca", Namespace: "spoke-system"}, Type: corev1.SecretTypeTLS}
+			_, err := sa.CoreV1().Secrets("spoke-system").Update(ctx, s, metav1.UpdateOptions{})
+			return err
+		},
+		"create a pod": func() error {
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "default"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "x", Image: "x"}}}}
+			_, err := sa.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{})
+			return err
+		},
+		"delete a node": func() error {
+			return sa.CoreV1().Nodes().Delete(ctx, "node-rbac", metav1.DeleteOptions{})
+		},
+		"get a node": func() error {
+			_, err := sa.CoreV1().Nodes().Get(ctx, "node-rbac", metav1.GetOptions{})
+			return err
+		},
+		"list EndpointSlices in kube-system": func() error {
+			_, err := sa.DiscoveryV1().EndpointSlices("kube-system").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"list ConfigMaps": func() error {
+			_, err := sa.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+			return err
+		},
+	}
+	for what, try := range forbidden {
+		if err := try(); !apierrors.IsForbidden(err) {
+			t.Errorf("%s as %s: want Forbidden, got %v", what, serverAccount, err)
+		}
+	}
+}
+
+// applyManifest creates every object of a multi-document YAML file.
+func applyManifest(t *testing.T, c kubernetes.Interface, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		if strings.TrimSpace(stripComments(doc)) == "" {
+			continue
+		}
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if err := create(ctx, c, obj); err != nil {
+			t.Fatalf("%s: create %T: %v", path, obj, err)
+		}
+	}
+}
+
+func create(ctx context.Context, c kubernetes.Interface, obj runtime.Object) error {
+	var err error
+	switch o := obj.(type) {
+	case *corev1.Namespace:
+		_, err = c.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+	case *corev1.ServiceAccount:
+		_, err = c.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.ClusterRole:
+		_, err = c.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.ClusterRoleBinding:
+		_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.Role:
+		_, err = c.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	case *rbacv1.RoleBinding:
+		_, err = c.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+	default:
+		t := obj.GetObjectKind().GroupVersionKind()
+		return apierrors.NewBadRequest("applyManifest does not know " + t.String())
+	}
+	return err
+}
+
+func stripComments(doc string) string {
+	var out []string
+	for _, l := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// clientAs is the admin client impersonating user (admin is system:masters).
+func (cp *controlPlane) clientAs(user string) kubernetes.Interface {
+	cfg := &rest.Config{Host: cp.url, BearerToken: cp.token, TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+		Impersonate: rest.ImpersonationConfig{UserName: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:spoke-system", "system:authenticated"}}}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		cp.t.Fatal(err)
+	}
+	return c
+}
