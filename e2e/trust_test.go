@@ -12,6 +12,7 @@ import (
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds/xdstest"
 )
 
@@ -160,5 +161,37 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestEgressSocketOnlyForItsUser: the apiserver proxy's CONNECT socket, as
+// the real Envoy creates it from the translated listener, has mode 0600, and
+// another local user (uid 65534) cannot connect even when the directory
+// lets it reach the file; only the socket's owner (the apiserver's user)
+// can.
+func TestEgressSocketOnlyForItsUser(t *testing.T) {
+	dir, err := os.MkdirTemp("", "spoke-egress")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tp := newTopologyWith(t, func(s *model.Settings) { s.EgressSocketPath = filepath.Join(dir, "egress.sock") })
+	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+	tp.startAPIServerProxy()
+	tp.startNodeProxy("node-a", "node-a")
+	waitForTunnel(t, tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port))
+	info, err := os.Stat(tp.settings.EgressSocketPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mode := info.Mode().Perm(); mode != 0o600 {
+		t.Errorf("egress socket mode %o, want 600", mode)
+	}
+	out, err := xdstest.DialUnixAs(t, 65534, tp.settings.EgressSocketPath)
+	if err == nil || !strings.Contains(out, "permission denied") {
+		t.Fatalf("uid 65534 connecting to the egress socket: want permission denied, got err=%v %s", err, out)
 	}
 }
