@@ -44,7 +44,7 @@ func newStatusCommand() *cobra.Command {
 func printStatus(w io.Writer, rows []xds.ProxyStatus) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	types := []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"}
-	fmt.Fprintln(tw, "PROXY\tENVOY\tXDS\tCONNECTED\tLDS\tRDS\tCDS\tEDS\tSDS")
+	fmt.Fprintln(tw, "PROXY\tENVOY\tXDS\tCONNECTED\tLDS\tRDS\tCDS\tEDS\tSDS\tAUTHENTICATED")
 	var nacks []string
 	for _, r := range rows {
 		mode := "sotw"
@@ -59,6 +59,7 @@ func printStatus(w io.Writer, rows []xds.ProxyStatus) error {
 			}
 			fields = append(fields, state)
 		}
+		fields = append(fields, r.Authenticated)
 		fmt.Fprintln(tw, strings.Join(fields, "\t"))
 		for typeURL, ts := range r.Types {
 			if ts.LastNack != "" {
