@@ -114,13 +114,12 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 	if err := os.MkdirAll(sdsDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	sdsFile := filepath.Join(sdsDir, "xds-client-sds.yaml")
-	if err := envoy.WriteClientSDSFile(sdsFile, kubeletPEM, kubeletPEM); err != nil {
+	if err := envoy.WriteSDSFiles(sdsDir, kubeletPEM, kubeletPEM, s.serverCA); err != nil {
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
 		Role: translator.RoleNode, NodeID: node, XDSAddress: s.srv.Addr("xds"), Delta: delta,
-		TLS: &envoy.XDSClientTLS{ClientSDSFile: sdsFile, ServerCAFile: s.serverCA, ServerName: "spoke-server"},
+		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {
 		t.Fatal(err)

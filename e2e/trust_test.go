@@ -85,13 +85,12 @@ func TestKubeletClientCertificateRotation(t *testing.T) {
 	if err := os.MkdirAll(sdsDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	sdsFile := filepath.Join(sdsDir, "xds-client-sds.yaml")
-	if err := envoy.WriteClientSDSFile(sdsFile, current, current); err != nil {
+	if err := envoy.WriteSDSFiles(sdsDir, current, current, sec.serverCA); err != nil {
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
 		Role: translator.RoleNode, NodeID: "node-a", XDSAddress: sec.srv.Addr("xds"),
-		TLS: &envoy.XDSClientTLS{ClientSDSFile: sdsFile, ServerCAFile: sec.serverCA, ServerName: "spoke-server"},
+		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -114,30 +113,31 @@ func TestKubeletClientCertificateRotation(t *testing.T) {
 }
 
 // xdsClientSerial returns the serial of the client certificate of Envoy's
-// xDS connection: in /certs, the context whose CA is the file xds-ca.crt
-// (file-based SDS shows the certificate itself as inline).
+// xDS connection: in /certs, the certificate without any SAN (a kubelet
+// client certificate names its node in the CN; tunnel certificates carry a
+// DNS SAN). File-based SDS shows every certificate as inline.
 func xdsClientSerial(t *testing.T, p *envoytest.Process) string {
 	t.Helper()
 	body, err := p.Get("/certs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	type cert struct {
-		Path         string `json:"path"`
-		SerialNumber string `json:"serial_number"`
-	}
 	var certs struct {
 		Certificates []struct {
-			CACert    []cert `json:"ca_cert"`
-			CertChain []cert `json:"cert_chain"`
+			CertChain []struct {
+				SerialNumber string            `json:"serial_number"`
+				SANs         []json.RawMessage `json:"subject_alt_names"`
+			} `json:"cert_chain"`
 		} `json:"certificates"`
 	}
 	if err := json.Unmarshal([]byte(body), &certs); err != nil {
 		t.Fatalf("/certs: %v\n%s", err, body)
 	}
 	for _, c := range certs.Certificates {
-		if len(c.CACert) == 1 && strings.HasSuffix(c.CACert[0].Path, "xds-ca.crt") && len(c.CertChain) == 1 {
-			return c.CertChain[0].SerialNumber
+		for _, link := range c.CertChain {
+			if len(link.SANs) == 0 {
+				return link.SerialNumber
+			}
 		}
 	}
 	t.Fatalf("no xDS client certificate in /certs:\n%s", body)

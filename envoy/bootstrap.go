@@ -54,18 +54,24 @@ type BootstrapOptions struct {
 
 // XDSClientTLS is how a node proxy reaches the server over TLS.
 type XDSClientTLS struct {
-	// ClientSDSFile is the file-based SDS resource naming the client
-	// certificate files (see ClientCertificateSDS); Envoy watches it and the
-	// certificate files, so a kubelet rotation is picked up without restart.
-	ClientSDSFile string
-	// ServerCAFile verifies the server's certificate, which must carry
-	// ServerName as a DNS SAN.
-	ServerCAFile string
-	ServerName   string
+	// SDSDir holds the file-based SDS resources naming the client
+	// certificate files and the server CA file (see WriteSDSFiles); Envoy
+	// watches them and those files, so a kubelet rotation is picked up
+	// without restart.
+	SDSDir string
+	// ServerName must be a DNS SAN of the server's certificate.
+	ServerName string
 }
 
-// ClientCertificateName is the SDS secret the bootstrap's xDS cluster uses.
-const ClientCertificateName = "spoke-xds-client"
+// The file-based SDS secrets of the bootstrap's xDS cluster, one per file
+// (Envoy's file SDS takes exactly one secret per file): the client
+// certificate and the CA that signs the server's certificate.
+const (
+	ClientCertificateName = "spoke-xds-client"
+	ServerCAName          = "spoke-xds-server-ca"
+	ClientSDSFile         = "xds-client-sds.yaml"
+	ServerCASDSFile       = "xds-server-ca-sds.yaml"
+)
 
 // Bootstrap returns the static bootstrap of a role: node identity, ADS to the
 // spoke server (TLS with a rotating client certificate for node proxies, a
@@ -174,16 +180,18 @@ func xdsAddress(o BootstrapOptions) (address *corev3.Address, dnsResolved bool, 
 	}}}, net.ParseIP(host) == nil, nil
 }
 
-// xdsClientTLS presents the client certificate from file-based SDS and
-// verifies the server's certificate name; ALPN h2 because gRPC servers
-// require it.
+// xdsClientTLS presents the client certificate and trusts the server CA,
+// both from file-based SDS (re-read when the files change), and checks the
+// server's certificate name; ALPN h2 because gRPC servers require it.
 func xdsClientTLS(t XDSClientTLS) *tlsv3.UpstreamTlsContext {
-	fileSDS := &corev3.ConfigSource{
-		ResourceApiVersion: corev3.ApiVersion_V3,
-		ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{PathConfigSource: &corev3.PathConfigSource{
-			Path:             t.ClientSDSFile,
-			WatchedDirectory: &corev3.WatchedDirectory{Path: filepath.Dir(t.ClientSDSFile)},
-		}},
+	fileSDS := func(file string) *corev3.ConfigSource {
+		return &corev3.ConfigSource{
+			ResourceApiVersion: corev3.ApiVersion_V3,
+			ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{PathConfigSource: &corev3.PathConfigSource{
+				Path:             filepath.Join(t.SDSDir, file),
+				WatchedDirectory: &corev3.WatchedDirectory{Path: t.SDSDir},
+			}},
+		}
 	}
 	return &tlsv3.UpstreamTlsContext{
 		Sni: t.ServerName,
@@ -193,33 +201,68 @@ func xdsClientTLS(t XDSClientTLS) *tlsv3.UpstreamTlsContext {
 				TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
 			},
 			AlpnProtocols:                  []string{"h2"},
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: ClientCertificateName, SdsConfig: fileSDS}},
-			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.ServerCAFile}},
-				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-					SanType: tlsv3.SubjectAltNameMatcher_DNS,
-					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: t.ServerName}},
-				}},
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: ClientCertificateName, SdsConfig: fileSDS(ClientSDSFile)}},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+						SanType: tlsv3.SubjectAltNameMatcher_DNS,
+						Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: t.ServerName}},
+					}},
+				},
+				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: ServerCAName, SdsConfig: fileSDS(ServerCASDSFile)},
 			}},
 		},
 	}
 }
 
-// ClientCertificateSDS is the content of XDSClientTLS.ClientSDSFile: one
-// TLS certificate read from files (a kubelet keeps cert and key in one
-// file, kubelet-client-current.pem, a symlink it swaps on rotation; Envoy
-// watches the parent directories and re-reads both).
-func ClientCertificateSDS(certFile, keyFile string) *discoveryv3.DiscoveryResponse {
-	secret := &tlsv3.Secret{
+// ClientCertificateSecret is the client certificate read from files (a
+// kubelet keeps cert and key in one file, kubelet-client-current.pem, a
+// symlink it swaps on rotation; Envoy watches the parent directories and
+// re-reads them).
+func ClientCertificateSecret(certFile, keyFile string) *tlsv3.Secret {
+	return &tlsv3.Secret{
 		Name: ClientCertificateName,
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: certFile}},
 			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: keyFile}},
 		}},
 	}
-	return &discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{mustAny(secret)}}
 }
 
+// ServerCASecret trusts the CA in serverCAFile for the server's certificate.
+func ServerCASecret(serverCAFile string) *tlsv3.Secret {
+	return &tlsv3.Secret{
+		Name: ServerCAName,
+		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: serverCAFile}},
+		}},
+	}
+}
+
+// WriteSDSFiles writes the two file-based SDS resources into dir,
+// atomically (Envoy watches the directory).
+func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
+	for file, secret := range map[string]*tlsv3.Secret{
+		ClientSDSFile:   ClientCertificateSecret(certFile, keyFile),
+		ServerCASDSFile: ServerCASecret(serverCAFile),
+	} {
+		raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{mustAny(secret)}})
+		if err != nil {
+			return err
+		}
+		if raw, err = yaml.JSONToYAML(raw); err != nil {
+			return err
+		}
+		path := filepath.Join(dir, file)
+		if err := os.WriteFile(path+".tmp", raw, 0o644); err != nil {
+			return fmt.Errorf("write the SDS file %s: %w", path, err)
+		}
+		if err := os.Rename(path+".tmp", path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 func connectionCap(max uint64) *overloadv3.OverloadManager {
 	if max == 0 {
 		max = 50000
@@ -230,21 +273,4 @@ func connectionCap(max uint64) *overloadv3.OverloadManager {
 			&connlimitv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(max)},
 		)},
 	}}}
-}
-
-// WriteClientSDSFile writes ClientCertificateSDS(certFile, keyFile) as YAML
-// to path, atomically (Envoy watches the directory).
-func WriteClientSDSFile(path, certFile, keyFile string) error {
-	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(ClientCertificateSDS(certFile, keyFile))
-	if err != nil {
-		return err
-	}
-	if raw, err = yaml.JSONToYAML(raw); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, raw, 0o644); err != nil {
-		return fmt.Errorf("write the client certificate SDS file: %w", err)
-	}
-	return os.Rename(tmp, path)
 }

@@ -16,7 +16,7 @@ import (
 
 type bootstrapOptions struct {
 	role, nodeName, output, outputDir string
-	clientCert, clientKey             string
+	clientCert, clientKey, serverCA   string
 	tls                               envoy.XDSClientTLS
 	o                                 envoy.BootstrapOptions
 }
@@ -35,8 +35,9 @@ Node proxies reach --xds-address over TLS 1.3. They authenticate with the
 kubelet's client certificate (--client-cert/--client-key; kubelet keeps both in
 kubelet-client-current.pem and rotates it), read through a file-based SDS
 resource that Envoy watches, so rotations need no restart: --output-dir writes
-envoy.yaml and that SDS file (xds-client-sds.yaml). The server's certificate is
-verified against --server-ca and must name --server-name. --node-name is the
+envoy.yaml and the SDS files (xds-client-sds.yaml, xds-server-ca-sds.yaml).
+The server's certificate is verified against --server-ca (read through SDS,
+so it may rotate too) and must name --server-name. --node-name is the
 Kubernetes node name (in a DaemonSet, from the downward API: spec.nodeName).
 
 Apiserver proxies connect to the server's Unix socket (--xds-socket); the
@@ -57,7 +58,7 @@ development only).`,
 	f.StringVar(&b.o.XDSSocket, "xds-socket", "/var/run/spoke/xds.sock", "spoke server Unix socket (apiserver role)")
 	f.StringVar(&b.clientCert, "client-cert", "/var/lib/kubelet/pki/kubelet-client-current.pem", "node client certificate file (node role)")
 	f.StringVar(&b.clientKey, "client-key", "/var/lib/kubelet/pki/kubelet-client-current.pem", "its private key file (may be the same file)")
-	f.StringVar(&b.tls.ServerCAFile, "server-ca", "/etc/spoke/xds-ca.crt", "CA that signs the server's xDS certificate (node role)")
+	f.StringVar(&b.serverCA, "server-ca", "/etc/spoke/xds-ca.crt", "CA that signs the server's xDS certificate (node role)")
 	f.StringVar(&b.tls.ServerName, "server-name", "spoke-server", "DNS name the server's certificate must carry (node role)")
 	f.StringVar(&b.outputDir, "output-dir", "", "write envoy.yaml (and, for node proxies, xds-client-sds.yaml) here instead of printing")
 	f.BoolVar(&b.o.Insecure, "insecure", false, "plaintext TCP to a server run with --insecure-xds (development only)")
@@ -78,11 +79,11 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 			if b.outputDir == "" {
 				return fmt.Errorf("a node proxy's bootstrap comes with a file-based SDS resource for its rotating client certificate: pass --output-dir (or --insecure for a development server)")
 			}
-			sdsFile, err := filepath.Abs(filepath.Join(b.outputDir, "xds-client-sds.yaml"))
+			dir, err := filepath.Abs(b.outputDir)
 			if err != nil {
 				return err
 			}
-			b.tls.ClientSDSFile = sdsFile
+			b.tls.SDSDir = dir
 			o.TLS = &b.tls
 		}
 	case "apiserver":
@@ -118,7 +119,7 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 		return fmt.Errorf("create --output-dir: %w", err)
 	}
 	if o.TLS != nil {
-		if err := envoy.WriteClientSDSFile(o.TLS.ClientSDSFile, b.clientCert, b.clientKey); err != nil {
+		if err := envoy.WriteSDSFiles(o.TLS.SDSDir, b.clientCert, b.clientKey, b.serverCA); err != nil {
 			return err
 		}
 	}

@@ -61,7 +61,7 @@ func TestBootstrapCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"downstream_socket_interface", "DELTA_GRPC", "id: worker-1", "cluster: spoke-node", "address: 127.0.0.1",
-		"envoy.transport_sockets.tls", "TLSv1_3", "filename: /etc/spoke/ca.crt", "exact: spoke-server", "xds-client-sds.yaml", "- h2"} {
+		"envoy.transport_sockets.tls", "TLSv1_3", "spoke-xds-server-ca", "exact: spoke-server", "xds-client-sds.yaml", "- h2"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("node bootstrap lacks %q", want)
 		}
@@ -69,6 +69,9 @@ func TestBootstrapCommand(t *testing.T) {
 	sds, err := os.ReadFile(filepath.Join(dir, "xds-client-sds.yaml"))
 	if err != nil || !strings.Contains(string(sds), "filename: /pki/kubelet.pem") {
 		t.Errorf("SDS file for the client certificate: %s %v", sds, err)
+	}
+	if ca, err := os.ReadFile(filepath.Join(dir, "xds-server-ca-sds.yaml")); err != nil || !strings.Contains(string(ca), "filename: /etc/spoke/ca.crt") {
+		t.Errorf("SDS file for the server CA: %s %v", ca, err)
 	}
 	api, _, err := runSpoke("bootstrap", "--role", "apiserver", "--xds-socket", "/run/spoke/xds.sock")
 	if err != nil || !strings.Contains(api, "path: /run/spoke/xds.sock") || strings.Contains(api, "transport_socket") {
