@@ -42,13 +42,20 @@ func (o *out) line(format string, args ...any) {
 // change for this node (EXTRA). It exits when stdin closes.
 func runClients(addr string, cfg config) error {
 	o := &out{w: bufio.NewWriter(os.Stdout)}
+	var signer *clientSigner
+	if cfg.tlsDir != "" {
+		var err error
+		if signer, err = loadClientSigner(cfg.tlsDir); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ready atomic.Int64
 	var synced atomic.Bool
 	for i := 0; i < cfg.nodes; i++ {
 		delta := float64(i%100) < cfg.deltaFraction*100
-		c := &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced}
+		c := &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced, signer: signer}
 		go func() {
 			if err := c.run(ctx, addr, delta); err != nil && ctx.Err() == nil {
 				fmt.Fprintf(os.Stderr, "stream %s: %v\n", c.node, err)
@@ -67,10 +74,18 @@ type client struct {
 	synced *atomic.Bool
 	pods   map[string]bool
 	seen   map[string]bool // types received at least once
+	signer *clientSigner   // nil: plaintext
 }
 
 func (c *client) run(ctx context.Context, addr string, delta bool) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if c.signer != nil {
+		var err error
+		if creds, err = c.signer.credentials(c.node); err != nil {
+			return err
+		}
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
@@ -178,11 +193,16 @@ func (c *client) observe(typeURL string, resources []*anypb.Any) {
 		}
 	}
 	initial := c.pods == nil
-	fresh := 0
+	fresh, gone := 0, 0
 	for ip := range pods {
 		if !initial && !c.pods[ip] {
 			c.o.line("RECV %s %s %d", c.node, ip, now)
 			fresh++
+		}
+	}
+	for ip := range c.pods {
+		if !pods[ip] {
+			gone++ // a deletion applied before its replacement arrived: a needed push
 		}
 	}
 	c.pods = pods
@@ -192,7 +212,7 @@ func (c *client) observe(typeURL string, resources []*anypb.Any) {
 			c.synced.Store(true)
 			c.o.line("READY")
 		}
-	case fresh == 0 && c.synced.Load():
+	case fresh == 0 && gone == 0 && c.synced.Load():
 		c.o.line("EXTRA %s %s", c.node, typeURL)
 	}
 }

@@ -25,6 +25,8 @@ func main() {
 	flag.Int64Var(&cfg.memoryLimit, "server-memory-limit", 0, "GOMEMLIMIT for the server process only, in bytes (0: Go's default)")
 	flag.Float64Var(&cfg.deltaFraction, "delta-fraction", 0.5, "share of streams using delta xDS")
 	flag.StringVar(&cfg.memProfile, "memprofile", "", "write the server's heap profile here at the end (go tool pprof)")
+	flag.BoolVar(&cfg.tls, "tls", true, "authenticated xDS as deployed (TLS 1.3, one client certificate per node); false: plaintext")
+	flag.StringVar(&cfg.tlsDir, "tls-dir", "", "internal: the child's certificate directory")
 	child := flag.String("child", "", "internal: run the clients against this xDS address")
 	flag.Parse()
 	var err error

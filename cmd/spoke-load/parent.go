@@ -30,6 +30,8 @@ type config struct {
 	deltaFraction                       float64
 	memProfile                          string
 	memoryLimit                         int64
+	tls                                 bool
+	tlsDir                              string
 }
 
 // synthetic builds the cluster: node i has pod CIDR 10.(100+i/250).(i%250).0/24.
@@ -81,11 +83,23 @@ func runParent(cfg config) error {
 	// The default pod routing would send octet-aligned pod IPs as one prefix
 	// route; node proxies list pod IPs one by one either way, which is what
 	// the clients watch.
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+	opts := xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: !cfg.tls, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: s, Holdoff: cfg.holdoff, MaxDelay: cfg.maxDelay,
 		CertValidity: 24 * time.Hour, ShutdownGrace: time.Second, Log: log,
-	})
+	}
+	if cfg.tls {
+		dir, err := os.MkdirTemp("", "spoke-load")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if opts.TLS, opts.Issuer, err = parentTLS(dir); err != nil {
+			return err
+		}
+		cfg.tlsDir = dir
+	}
+	srv, err := xds.NewServer(opts)
 	if err != nil {
 		return err
 	}
@@ -101,7 +115,7 @@ func runParent(cfg config) error {
 
 	self, _ := os.Executable()
 	child := exec.Command(self, "-child", srv.Addr("xds"), "-nodes", strconv.Itoa(cfg.nodes),
-		"-delta-fraction", strconv.FormatFloat(cfg.deltaFraction, 'f', -1, 64))
+		"-delta-fraction", strconv.FormatFloat(cfg.deltaFraction, 'f', -1, 64), "-tls-dir", cfg.tlsDir)
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
 	stdout, _ := child.StdoutPipe()
@@ -220,7 +234,11 @@ func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wro
 		return lat[int(p*float64(len(lat)-1))]
 	}
 	fmt.Printf("\n| measure | value |\n|---|---|\n")
-	fmt.Printf("| cluster | %d nodes, %d pods, %d Services, %d%% delta streams |\n", cfg.nodes, cfg.nodes*cfg.podsPerNode, cfg.services, int(cfg.deltaFraction*100))
+	security := "TLS 1.3, a client certificate per node"
+	if !cfg.tls {
+		security = "plaintext (-tls=false)"
+	}
+	fmt.Printf("| cluster | %d nodes, %d pods, %d Services, %d%% delta streams, xDS %s |\n", cfg.nodes, cfg.nodes*cfg.podsPerNode, cfg.services, int(cfg.deltaFraction*100), security)
 	fmt.Printf("| time to serve all %d streams at start | %v |\n", cfg.nodes, served.Round(time.Millisecond))
 	fmt.Printf("| pod changes | %d at %d/s |\n", changes, cfg.churn)
 	fmt.Printf("| changes received by the owning stream | %d |\n", len(lat))
