@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,7 +26,7 @@ type secureServer struct {
 	clusterCA *xdstest.CA
 	dir       string
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
-	logs      *syncLog
+	logs      *envoytest.LogBuffer
 }
 
 func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValidity time.Duration) *secureServer {
@@ -38,7 +36,7 @@ func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValid
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &secureServer{issuer: issuer, clusterCA: xdstest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &syncLog{}}
+	s := &secureServer{issuer: issuer, clusterCA: xdstest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{}}
 	s.serverCA = xdstest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
 	log := logrus.New()
 	log.SetLevel(logrus.DebugLevel)
@@ -125,22 +123,4 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 		t.Fatal(err)
 	}
 	return start(t, bin, "served-"+node, b)
-}
-
-// syncLog collects the server's log lines (written from many goroutines).
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

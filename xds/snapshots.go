@@ -2,8 +2,9 @@ package xds
 
 import (
 	"context"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -87,7 +88,7 @@ func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 			targets[name] = true
 		}
 	}
-	for _, name := range sortedNames(targets) {
+	for _, name := range slices.Sorted(maps.Keys(targets)) {
 		p.publishNode(ctx, name, &st)
 	}
 	// Node proxies first: the apiserver proxy's translation is O(cluster)
@@ -158,7 +159,7 @@ func (p *Publisher) Refresh(ctx context.Context) {
 		return
 	}
 	var st UpdateStats
-	for _, name := range sortedNames(p.nodes) {
+	for _, name := range slices.Sorted(maps.Keys(p.nodes)) {
 		if p.issuer.NeedsRenewal(name) {
 			p.publishNode(ctx, name, &st)
 		}
@@ -169,15 +170,6 @@ func (p *Publisher) Refresh(ctx context.Context) {
 	if st.Pushed > 0 {
 		p.log.WithField("proxies", st.Pushed).Info("tunnel certificates renewed")
 	}
-}
-
-func sortedNames(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // publish sets key's snapshot when some type's version changed; it reports

@@ -24,7 +24,7 @@ type Process struct {
 	Name  string
 	Admin string // host:port of the admin API
 	cmd   *exec.Cmd
-	log   *syncBuffer
+	log   *LogBuffer
 }
 
 // Start runs Envoy on b (whose admin port should be 0) with one worker,
@@ -50,7 +50,7 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool)
 		t.Fatal(err)
 	}
 	adminFile := filepath.Join(dir, "admin-address")
-	p := &Process{Name: name, log: &syncBuffer{}}
+	p := &Process{Name: name, log: &LogBuffer{}}
 	p.cmd = exec.Command(bin, "-c", path, "--concurrency", "1", "--disable-hot-restart",
 		"--admin-address-path", adminFile, "--log-level", "info", "--component-log-level", "connection:debug")
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -155,18 +155,20 @@ func (p *Process) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-type syncBuffer struct {
+// LogBuffer collects output written from many goroutines (a process, a
+// logger) for tests to read.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *LogBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

@@ -2,7 +2,9 @@ package model
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -326,7 +328,7 @@ func (b *builder) dropConflictingPodIPs() {
 				continue
 			}
 			if nodes, shared := claimants[ip]; shared {
-				b.problems = append(b.problems, sharedPodIPProblem(p, ip, sortedKeys(nodes)))
+				b.problems = append(b.problems, sharedPodIPProblem(p, ip, slices.Sorted(maps.Keys(nodes))))
 				continue
 			}
 			ips = append(ips, ip)
@@ -531,13 +533,4 @@ func sortedJoin(xs []string) string {
 	xs = append([]string(nil), xs...)
 	sort.Strings(xs)
 	return strings.Join(xs, ", ")
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -1,8 +1,10 @@
 package model
 
 import (
+	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 
@@ -508,14 +510,14 @@ func (s *Store) evaluate(name string) *nodeView {
 	v.node.IPs, v.node.HostNames = nil, nil
 	for _, ip := range stored.node.IPs {
 		if owners := s.ipOwners[ip.Addr]; len(owners) > 1 {
-			v.problems = append(v.problems, sharedAddressProblem(name, ip.Addr.String(), sortedKeys(owners)))
+			v.problems = append(v.problems, sharedAddressProblem(name, ip.Addr.String(), slices.Sorted(maps.Keys(owners))))
 			continue
 		}
 		v.node.IPs = append(v.node.IPs, ip)
 	}
 	for _, h := range stored.node.HostNames {
 		if owners := s.nameOwners[h]; len(owners) > 1 {
-			v.problems = append(v.problems, sharedHostNameProblem(name, h, sortedKeys(owners)))
+			v.problems = append(v.problems, sharedHostNameProblem(name, h, slices.Sorted(maps.Keys(owners))))
 			continue
 		}
 		v.node.HostNames = append(v.node.HostNames, h)
@@ -538,7 +540,7 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 	pod.IPs = nil
 	for _, ip := range c.Pod.IPs {
 		if owners := s.ipOwners[ip]; len(owners) == 1 {
-			v.problems = append(v.problems, podOnNodeIPProblem(pod, ip, sortedKeys(owners)[0]))
+			v.problems = append(v.problems, podOnNodeIPProblem(pod, ip, slices.Sorted(maps.Keys(owners))[0]))
 			continue
 		}
 		if nodes := s.claimingNodes(ip); len(nodes) > 1 {
@@ -558,7 +560,7 @@ func (s *Store) claimingNodes(ip netip.Addr) []string {
 			nodes[c.node] = true
 		}
 	}
-	return sortedKeys(nodes)
+	return slices.Sorted(maps.Keys(nodes))
 }
 
 func (s *Store) rebuildShared() {
