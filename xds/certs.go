@@ -41,6 +41,7 @@ type Issuer struct {
 	caPEM    []byte
 	validity time.Duration
 	issued   map[string]Certificate
+	reserved map[string]string // name -> what it identifies; never a node's
 }
 
 // NewIssuer issues from the CA in caCertPEM/caKeyPEM (PEM; the key PKCS#8,
@@ -67,7 +68,7 @@ func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, err
 	if validity <= 0 {
 		return nil, fmt.Errorf("certificate validity must be positive")
 	}
-	return &Issuer{caCert: cert, caKey: key, validity: validity, issued: map[string]Certificate{},
+	return &Issuer{caCert: cert, caKey: key, validity: validity, issued: map[string]Certificate{}, reserved: map[string]string{},
 		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
 }
 
@@ -163,6 +164,28 @@ func (i *Issuer) Certificate(dnsName string) (Certificate, error) {
 	}
 	i.issued[dnsName] = c
 	return c, nil
+}
+
+// Reserve keeps names for what they identify (the apiserver proxy, the xDS
+// server): NodeCertificate refuses them, so a node named like one can never
+// hold a certificate that others trust as that one.
+func (i *Issuer) Reserve(what string, names ...string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for _, n := range names {
+		i.reserved[n] = what
+	}
+}
+
+// NodeCertificate is Certificate for a node proxy; reserved names are refused.
+func (i *Issuer) NodeCertificate(node string) (Certificate, error) {
+	i.mu.Lock()
+	what, taken := i.reserved[node]
+	i.mu.Unlock()
+	if taken {
+		return Certificate{}, fmt.Errorf("node name %q is reserved for %s: no tunnel certificate is issued for it; rename the node or change that name", node, what)
+	}
+	return i.Certificate(node)
 }
 
 // NeedsRenewal reports whether dnsName has no certificate yet or is due for

@@ -86,8 +86,12 @@ func NewServer(opts Options) (*Server, error) {
 		}
 	}
 	s := &Server{opts: opts, metrics: NewMetrics(), addresses: map[string]string{}, ready: make(chan struct{})}
+	issuer.Reserve("the apiserver proxy", opts.Settings.APIServerProxyName)
 	switch {
 	case opts.TLS != nil:
+		if opts.TLS.CertFile == "" {
+			issuer.Reserve("the xDS server", opts.TLS.ServerNames...)
+		}
 		cfg, err := serverTLS(*opts.TLS, issuer, s.metrics, opts.Log)
 		if err != nil {
 			return nil, err

@@ -176,11 +176,11 @@ func (p *Publisher) Refresh(ctx context.Context) {
 // whether it did.
 func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Resources) bool {
 	key := proxy.Key()
-	certName := p.settings.APIServerProxyName
+	certificate := func() (Certificate, error) { return p.issuer.Certificate(p.settings.APIServerProxyName) }
 	if proxy.Role == translator.RoleNode {
-		certName = proxy.Node
+		certificate = func() (Certificate, error) { return p.issuer.NodeCertificate(proxy.Node) }
 	}
-	cert, err := p.issuer.Certificate(certName)
+	cert, err := certificate()
 	if err != nil {
 		p.log.WithError(err).WithField("proxy", key).Error("no tunnel certificate: keeping the last snapshot")
 		return false

@@ -157,3 +157,27 @@ func sameResources(a, b translator.Resources) bool {
 		translator.ContentHash(toResources(a.Endpoints)) == translator.ContentHash(toResources(b.Endpoints)) &&
 		fmt.Sprint(a.Secrets) == fmt.Sprint(b.Secrets)
 }
+
+// TestReservedNodeNamesGetNoCertificate: a node named like the xDS server's
+// self-issued certificate would, with a tunnel certificate for that name,
+// pass as the xDS server to other node proxies: it gets no certificate and
+// no snapshot; the other nodes are unaffected.
+func TestReservedNodeNamesGetNoCertificate(t *testing.T) {
+	p := newTestPublisher(t, time.Hour)
+	p.issuer.Reserve("the xDS server", "spoke-server")
+	objs := syntheticObjects(2, 1, 1)
+	impostor := *objs.Nodes[1]
+	impostor.Name = "spoke-server"
+	objs.Nodes[1] = &impostor
+	objs.Pods[1].Spec.NodeName = "spoke-server"
+	p.update(context.Background(), objs)
+	if v, _ := p.Versions("node/spoke-server"); len(v) != 0 {
+		t.Errorf("the node named like the xDS server got a snapshot: %v", v)
+	}
+	if !p.issuer.NeedsRenewal("spoke-server") {
+		t.Error("a tunnel certificate was issued for the reserved name")
+	}
+	if v, _ := p.Versions("node/node-00000"); len(v) == 0 {
+		t.Error("the other node got nothing")
+	}
+}

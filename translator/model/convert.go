@@ -127,6 +127,11 @@ func ConvertNode(n *corev1.Node, s Settings) (node Node, problems []Problem, ok 
 	if n.Name == s.ClusterID {
 		return Node{}, []Problem{problem(obj, "skipped: node name equals the tunnel clusterID %q; set another clusterID in the settings", s.ClusterID)}, false
 	}
+	if n.Name == s.APIServerProxyName {
+		// Its tunnel certificate would carry the apiserver proxy's name, which
+		// node proxies trust as the apiserver proxy.
+		return Node{}, []Problem{problem(obj, "skipped: node name equals the apiserver proxy's certificate name %q; set another apiServerProxyName in the settings", s.APIServerProxyName)}, false
+	}
 	node = Node{Name: n.Name, KubeletPort: uint32(n.Status.DaemonEndpoints.KubeletEndpoint.Port), Ready: nodeReady(n)}
 	if node.KubeletPort == 0 || node.KubeletPort > 65535 {
 		node.KubeletPort = DefaultKubeletPort
