@@ -1,0 +1,225 @@
+package model
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+)
+
+// The read side of Store: TakeChanges re-evaluates the nodes the writes
+// marked, applying Build's cross-object checks to each, and the readers
+// return what the last TakeChanges computed.
+
+// TakeChanges brings the readable model up to date with every write so far
+// and returns what changed since the last call.
+func (s *Store) TakeChanges() Changes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.pending
+	s.pending = Changes{Nodes: map[string]bool{}}
+	for name := range ch.Nodes {
+		v := s.evaluate(name)
+		if !v.routable && len(v.problems) == 0 {
+			delete(s.views, name)
+		} else {
+			s.views[name] = v
+		}
+		if len(v.problems) > 0 {
+			s.withProblems[name] = true
+		} else {
+			delete(s.withProblems, name)
+		}
+	}
+	if s.sharedDirty {
+		s.rebuildShared()
+		s.sharedDirty = false
+	}
+	return ch
+}
+
+// evaluate applies Build's cross-object checks to one node and its pods.
+func (s *Store) evaluate(name string) *nodeView {
+	v := &nodeView{}
+	stored := s.nodes[name]
+	if stored != nil {
+		v.problems = append(v.problems, stored.problems...)
+	}
+	keys := make([]ObjectKey, 0, len(s.podsOn[name]))
+	for key := range s.podsOn[name] {
+		keys = append(keys, key)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
+	if !stored.isRoutable() {
+		for _, key := range keys {
+			problems, _ := s.pods[key].admit(false)
+			v.problems = append(v.problems, problems...)
+		}
+		return v
+	}
+	v.routable = true
+	v.node = stored.node
+	v.node.IPs, v.node.HostNames = nil, nil
+	for _, ip := range stored.node.IPs {
+		if owners := s.ipOwners[ip.Addr]; len(owners) > 1 {
+			v.problems = append(v.problems, sharedAddressProblem(name, ip.Addr.String(), slices.Sorted(maps.Keys(owners))))
+			continue
+		}
+		v.node.IPs = append(v.node.IPs, ip)
+	}
+	for _, h := range stored.node.HostNames {
+		if owners := s.nameOwners[h]; len(owners) > 1 {
+			v.problems = append(v.problems, sharedHostNameProblem(name, h, slices.Sorted(maps.Keys(owners))))
+			continue
+		}
+		v.node.HostNames = append(v.node.HostNames, h)
+	}
+	for _, key := range keys {
+		if pod, ok := s.evaluatePod(s.pods[key], v); ok {
+			v.pods = append(v.pods, pod)
+		}
+	}
+	return v
+}
+
+func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
+	problems, routable := c.admit(true)
+	v.problems = append(v.problems, problems...)
+	if !routable {
+		return Pod{}, false
+	}
+	pod := c.Pod
+	pod.IPs = nil
+	for _, ip := range c.Pod.IPs {
+		if owners := s.ipOwners[ip]; len(owners) == 1 {
+			v.problems = append(v.problems, podOnNodeIPProblem(pod, ip, slices.Sorted(maps.Keys(owners))[0]))
+			continue
+		}
+		if nodes := s.claimingNodes(ip); len(nodes) > 1 {
+			v.problems = append(v.problems, sharedPodIPProblem(pod, ip, nodes))
+			continue
+		}
+		pod.IPs = append(pod.IPs, ip)
+	}
+	return pod, len(pod.IPs) > 0
+}
+
+// claimingNodes lists the routable nodes with a pod listing ip, sorted.
+func (s *Store) claimingNodes(ip netip.Addr) []string {
+	nodes := map[string]bool{}
+	for _, c := range s.podClaims[ip] {
+		if s.nodes[c.node].isRoutable() {
+			nodes[c.node] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(nodes))
+}
+
+func (s *Store) rebuildShared() {
+	s.shared, s.sharedIssues = Cluster{}, nil
+	for _, st := range s.services {
+		s.sharedIssues = append(s.sharedIssues, st.problems...)
+		if st.ok {
+			s.shared.Services = append(s.shared.Services, st.svc)
+		}
+	}
+	sortServices(s.shared.Services)
+	eps, problems, fromSettings := SettingsEndpoints(s.settings)
+	if !fromSettings {
+		for _, slice := range s.slices {
+			problems = append(problems, slice.problems...)
+			for _, ep := range slice.endpoints {
+				eps = appendEndpoint(eps, ep)
+			}
+		}
+	}
+	sortEndpoints(eps)
+	s.shared.APIServerEndpoints, s.sharedIssues = eps, append(s.sharedIssues, problems...)
+}
+
+// NodeView returns a routable node and its routable pods (read-only).
+func (s *Store) NodeView(name string) (Node, []Pod, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.views[name]
+	if !ok || !v.routable {
+		return Node{}, nil, false
+	}
+	return v.node, v.pods, true
+}
+
+// NodeNames lists the routable nodes, sorted.
+func (s *Store) NodeNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for name, v := range s.views {
+		if v.routable {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Shared returns a Cluster holding only the Services and apiserver endpoints
+// (what every node proxy shares; read-only).
+func (s *Store) Shared() Cluster {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+}
+
+// Cluster materializes the whole model, as Build would return it; with
+// withPods false it leaves the pods out (cheap: O(nodes)).
+func (s *Store) Cluster(withPods bool) Cluster {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+	for _, v := range s.views {
+		if !v.routable {
+			continue
+		}
+		c.Nodes = append(c.Nodes, v.node)
+		if withPods {
+			c.Pods = append(c.Pods, v.pods...)
+		}
+	}
+	sortNodes(c.Nodes)
+	sortPods(c.Pods)
+	c.Index()
+	return c
+}
+
+// Problems returns every problem of the current model, sorted.
+func (s *Store) Problems() []Problem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]Problem(nil), s.input...)
+	out = append(out, s.sharedIssues...)
+	for name := range s.withProblems {
+		out = append(out, s.views[name].problems...)
+	}
+	SortProblems(out)
+	return out
+}
+
+// ObjectCounts says how many objects of each kind the sources hold.
+func (s *Store) ObjectCounts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return map[string]int{
+		"Node": len(s.nodes), "Pod": len(s.pods) + len(s.ignoredPods),
+		"Service": len(s.services), "EndpointSlice": len(s.slices),
+	}
+}
+
+// SortProblems orders problems by object, then message.
+func SortProblems(ps []Problem) {
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].Object != ps[j].Object {
+			return ps[i].Object < ps[j].Object
+		}
+		return ps[i].Message < ps[j].Message
+	})
+}
