@@ -8,7 +8,7 @@ PYTHON ?= python3
 
 export SPOKE_ENVOY := $(ENVOY)
 
-.PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz
+.PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz race
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -36,7 +36,12 @@ tools-kube:
 ## test: everything CI runs; real-Envoy and real-apiserver tests must run
 test: tools tools-kube fmt-check vet
 	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 go test -count=1 ./...
+	$(MAKE) race
 	$(MAKE) fuzz FUZZTIME=20s
+
+## race: the concurrent parts (server, incremental model) under the race detector
+race:
+	SPOKE_REQUIRE_ENVOY=1 go test -race -count=1 ./xds/... ./translator/model/...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
