@@ -109,7 +109,9 @@ func NewServer(opts Options) (*Server, error) {
 			return
 		}
 		s.metrics.debounceSeconds.Observe(waited.Seconds())
-		s.publisher.Apply(ctx)
+		if st := s.publisher.Apply(ctx); st.Backlog > 0 {
+			s.debounce.Submit(struct{}{}) // the rest after the next holdoff, behind newer changes
+		}
 	})
 	return s, nil
 }

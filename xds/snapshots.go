@@ -30,27 +30,29 @@ type Publisher struct {
 	metrics  *Metrics
 	log      logrus.FieldLogger
 
-	mu            sync.Mutex
-	shared        model.Cluster          // Services and apiserver endpoints
-	base          *translator.Translator // over shared: the Services vhost is built once
-	prefixes      map[string][]netip.Prefix
-	apiserverFP   uint64 // hash of the apiserver proxy's route plan
-	apiserverDone bool
-	nodes         map[string]bool                       // node proxies with a snapshot
-	versions      map[string]map[string]string          // key -> type URL -> version
-	counts        map[string]map[string]int             // key -> type URL -> resources
-	names         map[string]map[string]map[string]bool // key -> type URL -> resource names
-	served        map[string]translator.Resources
-	setAt         map[string]time.Time // key -> when its last snapshot was set
-	problems      map[string]bool
-	synced        bool
+	mu             sync.Mutex
+	shared         model.Cluster          // Services and apiserver endpoints
+	base           *translator.Translator // over shared: the Services vhost is built once
+	prefixes       map[string][]netip.Prefix
+	apiserverFP    uint64 // hash of the apiserver proxy's route plan
+	apiserverDone  bool
+	apiserverDirty bool                                  // its routes may have changed; not yet re-translated
+	nodes          map[string]bool                       // node proxies with a snapshot
+	backlog        map[string]bool                       // node proxies waiting for a change that concerns all
+	versions       map[string]map[string]string          // key -> type URL -> version
+	counts         map[string]map[string]int             // key -> type URL -> resources
+	names          map[string]map[string]map[string]bool // key -> type URL -> resource names
+	served         map[string]translator.Resources
+	setAt          map[string]time.Time // key -> when its last snapshot was set
+	problems       map[string]bool
+	synced         bool
 }
 
 // NewPublisher returns a Publisher reading store and writing to cache.
 func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
 	return &Publisher{
 		cache: cache, store: store, settings: s, issuer: issuer, metrics: m, log: log,
-		nodes: map[string]bool{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
+		nodes: map[string]bool{}, backlog: map[string]bool{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
 		names:  map[string]map[string]map[string]bool{},
 		served: map[string]translator.Resources{}, setAt: map[string]time.Time{}, problems: map[string]bool{},
 	}
@@ -59,53 +61,83 @@ func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Setti
 // UpdateStats says what one update did.
 type UpdateStats struct {
 	Translated, Pushed, Removed int
+	// Backlog is how many node proxies still wait for a Services/endpoints
+	// change (or the first load): call Apply again.
+	Backlog int
 }
 
-// Apply publishes what changed in the store since the last Apply. Objects
-// the model rejects are logged (once each) and counted, never fatal.
+// BacklogChunk bounds the work of one Apply beyond the node proxies whose
+// own inputs changed: that many node proxies waiting for a change that
+// concerns all of them (Services, apiserver endpoints), or the apiserver
+// proxy, which costs about as much. Re-translating all 5,000 node proxies
+// takes ~0.8 s; a pod change arriving meanwhile waits for one chunk only.
+const BacklogChunk = 250
+
+// Apply publishes what changed in the store since the last Apply: first the
+// node proxies whose own inputs changed, then either the apiserver proxy (if
+// its routes may have changed) or up to BacklogChunk node proxies of the
+// backlog. UpdateStats.Backlog says whether to call again. Objects the model
+// rejects are logged (once each) and counted, never fatal.
 func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 	start := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	ch := p.store.TakeChanges()
 	var st UpdateStats
-	if ch.Empty() && p.synced {
+	if ch.Empty() && len(p.backlog) == 0 && !p.apiserverDirty {
 		return st
 	}
 	p.reportProblems(p.store.Problems())
 	p.metrics.observeObjects(p.store.ObjectCounts())
+	p.takeChanges(ch)
+	for _, name := range slices.Sorted(maps.Keys(ch.Nodes)) {
+		p.publishNode(ctx, name, &st)
+		delete(p.backlog, name)
+	}
+	budget := BacklogChunk
+	if p.apiserverDirty {
+		p.publishAPIServer(ctx, false, &st)
+		p.apiserverDirty, budget = false, 0
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.backlog)) {
+		if budget == 0 {
+			break
+		}
+		p.publishNode(ctx, name, &st)
+		delete(p.backlog, name)
+		budget--
+	}
+	st.Backlog = len(p.backlog)
+	p.synced = p.synced || len(p.backlog) == 0 // ready once every proxy has its first config
+	p.metrics.translationSeconds.Observe(time.Since(start).Seconds())
+	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
+		"backlog": st.Backlog, "took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
+	return st
+}
+
+// takeChanges records what ch means for the work ahead: a new shared
+// translator and every node proxy in the backlog when Services or endpoints
+// changed, the apiserver proxy when its routes may have changed.
+func (p *Publisher) takeChanges(ch model.Changes) {
 	if ch.Shared || p.base == nil {
 		p.shared = p.store.Shared()
 		p.base = translator.New(&p.shared, p.settings)
 	}
-	targets := ch.Nodes
 	if ch.Shared || ch.Initial {
-		targets = map[string]bool{}
 		for _, name := range p.store.NodeNames() {
-			targets[name] = true
+			p.backlog[name] = true
 		}
 		for name := range p.nodes {
-			targets[name] = true
+			p.backlog[name] = true
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(targets)) {
-		p.publishNode(ctx, name, &st)
+	if translator.APIServerAffected(ch, p.prefixes) || !p.apiserverDone {
+		p.apiserverDirty = true
 	}
-	// Node proxies first: the apiserver proxy's translation is O(cluster)
-	// and no node proxy waits for it.
-	affected := translator.APIServerAffected(ch, p.prefixes)
 	if ch.NodeSet || p.prefixes == nil {
 		nodesOnly := p.store.Cluster(false)
 		p.prefixes = translator.RoutablePodPrefixes(&nodesOnly, p.settings)
 	}
-	if affected || !p.apiserverDone {
-		p.publishAPIServer(ctx, false, &st)
-	}
-	p.synced = true
-	p.metrics.translationSeconds.Observe(time.Since(start).Seconds())
-	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
-		"took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
-	return st
 }
 
 // publishNode translates one node proxy from the store, or clears its
