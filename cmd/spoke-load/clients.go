@@ -67,14 +67,15 @@ func runClients(addr string, cfg config) error {
 }
 
 type client struct {
-	node   string
-	o      *out
-	ready  *atomic.Int64
-	total  int64
-	synced *atomic.Bool
-	pods   map[string]bool
-	seen   map[string]bool // types received at least once
-	signer *clientSigner   // nil: plaintext
+	node     string
+	o        *out
+	ready    *atomic.Int64
+	total    int64
+	synced   *atomic.Bool
+	pods     map[string]bool
+	seen     map[string]bool // types received at least once
+	services string          // the Service domains last received
+	signer   *clientSigner   // nil: plaintext
 }
 
 func (c *client) run(ctx context.Context, addr string, delta bool) error {
@@ -177,21 +178,25 @@ func (c *client) observe(typeURL string, resources []*anypb.Any) {
 		}
 		return
 	}
-	pods := map[string]bool{}
+	pods, services := map[string]bool{}, ""
 	for _, r := range resources {
 		rc := new(routev3.RouteConfiguration)
 		if r.UnmarshalTo(rc) != nil {
 			continue
 		}
 		for _, vh := range rc.VirtualHosts {
-			if vh.Name != "pods" {
-				continue
-			}
-			for _, d := range vh.Domains {
-				pods[strings.TrimSuffix(d, ":*")] = true
+			switch vh.Name {
+			case "pods":
+				for _, d := range vh.Domains {
+					pods[strings.TrimSuffix(d, ":*")] = true
+				}
+			case "services":
+				services = strings.Join(vh.Domains, ",")
 			}
 		}
 	}
+	servicesChanged := c.services != "" && services != c.services
+	c.services = services
 	initial := c.pods == nil
 	fresh, gone := 0, 0
 	for ip := range pods {
@@ -212,7 +217,7 @@ func (c *client) observe(typeURL string, resources []*anypb.Any) {
 			c.synced.Store(true)
 			c.o.line("READY")
 		}
-	case fresh == 0 && gone == 0 && c.synced.Load():
+	case fresh == 0 && gone == 0 && !servicesChanged && c.synced.Load():
 		c.o.line("EXTRA %s %s", c.node, typeURL)
 	}
 }

@@ -22,6 +22,7 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 30e9, "how long to churn")
 	flag.DurationVar(&cfg.holdoff, "debounce", 10e6, "server debounce holdoff (spoke serve's default)")
 	flag.DurationVar(&cfg.maxDelay, "debounce-max", 50e6, "server debounce maximum delay (spoke serve's default)")
+	flag.DurationVar(&cfg.serviceEvery, "service-every", 0, "change a Service this often (each change concerns every node proxy); 0: never")
 	flag.Int64Var(&cfg.memoryLimit, "server-memory-limit", 0, "GOMEMLIMIT for the server process only, in bytes (0: Go's default)")
 	flag.Float64Var(&cfg.deltaFraction, "delta-fraction", 0.5, "share of streams using delta xDS")
 	flag.StringVar(&cfg.memProfile, "memprofile", "", "write the server's heap profile here at the end (go tool pprof)")

@@ -30,6 +30,7 @@ type config struct {
 	deltaFraction                       float64
 	memProfile                          string
 	memoryLimit                         int64
+	serviceEvery                        time.Duration
 	tls                                 bool
 	tlsDir                              string
 }
@@ -173,6 +174,11 @@ func churn(sink xds.Sink, cfg config) map[string]change {
 	names := map[[2]int]string{} // node, slot -> current pod name if replaced
 	tick := time.NewTicker(time.Second / time.Duration(cfg.churn))
 	defer tick.Stop()
+	if cfg.serviceEvery > 0 {
+		stop := make(chan struct{})
+		defer close(stop)
+		go churnServices(sink, cfg, stop)
+	}
 	end := time.Now().Add(cfg.duration)
 	for i := 0; time.Now().Before(end); i++ {
 		<-tick.C
@@ -198,6 +204,26 @@ func churn(sink xds.Sink, cfg config) map[string]change {
 		sink.Changed()
 	}
 	return changes
+}
+
+// churnServices changes one Service's port every cfg.serviceEvery: every
+// node proxy's routes change, a rollout the server spreads over several
+// updates while pod changes keep flowing.
+func churnServices(sink xds.Sink, cfg config, stop <-chan struct{}) {
+	tick := time.NewTicker(cfg.serviceEvery)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		sink.Store.SetService(&corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "svc-0000"},
+			Spec:       corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.0"}, Ports: []corev1.ServicePort{{Port: int32(9000 + i%2)}, {Port: 8080}}},
+		})
+		sink.Changed()
+	}
 }
 
 // collect reads the child's "RECV node ip unixnano" and "EXTRA node" lines.
@@ -241,6 +267,9 @@ func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wro
 	fmt.Printf("| cluster | %d nodes, %d pods, %d Services, %d%% delta streams, xDS %s |\n", cfg.nodes, cfg.nodes*cfg.podsPerNode, cfg.services, int(cfg.deltaFraction*100), security)
 	fmt.Printf("| time to serve all %d streams at start | %v |\n", cfg.nodes, served.Round(time.Millisecond))
 	fmt.Printf("| pod changes | %d at %d/s |\n", changes, cfg.churn)
+	if cfg.serviceEvery > 0 {
+		fmt.Printf("| Service changes (each re-translates all %d node proxies) | one every %v |\n", cfg.nodes, cfg.serviceEvery)
+	}
 	fmt.Printf("| changes received by the owning stream | %d |\n", len(lat))
 	fmt.Printf("| change -> owning stream p50 | %v |\n", pct(0.50).Round(time.Millisecond))
 	fmt.Printf("| change -> owning stream p99 | %v |\n", pct(0.99).Round(time.Millisecond))
