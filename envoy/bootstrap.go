@@ -215,11 +215,11 @@ func xdsClientTLS(t XDSClientTLS) *tlsv3.UpstreamTlsContext {
 	}
 }
 
-// ClientCertificateSecret is the client certificate read from files (a
+// clientCertificateSecret is the client certificate read from files (a
 // kubelet keeps cert and key in one file, kubelet-client-current.pem, a
 // symlink it swaps on rotation; Envoy watches the parent directories and
 // re-reads them).
-func ClientCertificateSecret(certFile, keyFile string) *tlsv3.Secret {
+func clientCertificateSecret(certFile, keyFile string) *tlsv3.Secret {
 	return &tlsv3.Secret{
 		Name: ClientCertificateName,
 		Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
@@ -229,8 +229,8 @@ func ClientCertificateSecret(certFile, keyFile string) *tlsv3.Secret {
 	}
 }
 
-// ServerCASecret trusts the CA in serverCAFile for the server's certificate.
-func ServerCASecret(serverCAFile string) *tlsv3.Secret {
+// serverCASecret trusts the CA in serverCAFile for the server's certificate.
+func serverCASecret(serverCAFile string) *tlsv3.Secret {
 	return &tlsv3.Secret{
 		Name: ServerCAName,
 		Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
@@ -243,8 +243,8 @@ func ServerCASecret(serverCAFile string) *tlsv3.Secret {
 // atomically (Envoy watches the directory).
 func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
 	for file, secret := range map[string]*tlsv3.Secret{
-		ClientSDSFile:   ClientCertificateSecret(certFile, keyFile),
-		ServerCASDSFile: ServerCASecret(serverCAFile),
+		ClientSDSFile:   clientCertificateSecret(certFile, keyFile),
+		ServerCASDSFile: serverCASecret(serverCAFile),
 	} {
 		raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{mustAny(secret)}})
 		if err != nil {

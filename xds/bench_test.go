@@ -46,16 +46,23 @@ func syntheticObjects(nodes, podsPerNode, services int) model.Objects {
 	return objs
 }
 
+// publisherAtScale is a publisher that has published a 5,000-node /
+// 150,000-pod / 1,000-Service cluster, and that cluster's objects.
+func publisherAtScale(b *testing.B) (testPublisher, model.Objects) {
+	objs := syntheticObjects(5000, 30, 1000)
+	p := newTestPublisher(b, time.Hour)
+	p.update(context.Background(), objs)
+	return p, objs
+}
+
 // BenchmarkUpdateOnePodChanged: one pod is replaced (deleted, and created
 // under a new name) in a 5,000-node / 150,000-pod cluster; reports the cost
 // of one update from the store write to the snapshot being set, the server's
 // unit of work. BenchmarkUpdateFullView is the same change through a full
 // view (Replace), the cost of a file reload, as a baseline.
 func BenchmarkUpdateOnePodChanged(b *testing.B) {
-	objs := syntheticObjects(5000, 30, 1000)
-	p := newTestPublisher(b, time.Hour)
+	p, objs := publisherAtScale(b)
 	ctx := context.Background()
-	p.update(ctx, objs)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		old := objs.Pods[i%len(objs.Pods)]
@@ -72,10 +79,8 @@ func BenchmarkUpdateOnePodChanged(b *testing.B) {
 }
 
 func BenchmarkUpdateFullView(b *testing.B) {
-	objs := syntheticObjects(5000, 30, 1000)
-	p := newTestPublisher(b, time.Hour)
+	p, objs := publisherAtScale(b)
 	ctx := context.Background()
-	p.update(ctx, objs)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		pod := *objs.Pods[i%len(objs.Pods)]
@@ -116,10 +121,8 @@ func BenchmarkServedStateMemory(b *testing.B) {
 // 5,000-node / 150,000-pod cluster: every node proxy's routes change, so
 // this is the server's most expensive routine update.
 func BenchmarkUpdateServiceChanged(b *testing.B) {
-	objs := syntheticObjects(5000, 30, 1000)
-	p := newTestPublisher(b, time.Hour)
+	p, objs := publisherAtScale(b)
 	ctx := context.Background()
-	p.update(ctx, objs)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		svc := *objs.Services[0]
@@ -138,10 +141,8 @@ func BenchmarkUpdateServiceChanged(b *testing.B) {
 // node had its new snapshot: what a pod change waits while all 5,000 node
 // proxies get the new Service. The rest of the rollout is drained untimed.
 func BenchmarkPodChangeDuringServiceRollout(b *testing.B) {
-	objs := syntheticObjects(5000, 30, 1000)
-	p := newTestPublisher(b, time.Hour)
+	p, objs := publisherAtScale(b)
 	ctx := context.Background()
-	p.update(ctx, objs)
 	var toPod time.Duration
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
