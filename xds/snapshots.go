@@ -5,6 +5,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,25 +38,27 @@ type Publisher struct {
 	prefixes       map[string][]netip.Prefix
 	apiserverFP    uint64 // hash of the apiserver proxy's route plan
 	apiserverDone  bool
-	apiserverDirty bool                                  // its routes may have changed; not yet re-translated
-	nodes          map[string]bool                       // node proxies with a snapshot
-	backlog        map[string]bool                       // node proxies waiting for a change that concerns all
-	versions       map[string]map[string]string          // key -> type URL -> version
-	counts         map[string]map[string]int             // key -> type URL -> resources
-	names          map[string]map[string]map[string]bool // key -> type URL -> resource names
-	served         map[string]translator.Resources
-	setAt          map[string]time.Time // key -> when its last snapshot was set
+	apiserverDirty bool                       // its routes may have changed; not yet re-translated
+	backlog        map[string]bool            // node names waiting for a change that concerns all
+	published      map[string]*publishedState // snapshot key -> what it was last sent
 	problems       map[string]bool
 	synced         bool
+}
+
+// publishedState is what one proxy's snapshot holds.
+type publishedState struct {
+	res      translator.Resources       // secrets by name only
+	versions map[string]string          // type URL -> version (content hash)
+	counts   map[string]int             // type URL -> resources
+	names    map[string]map[string]bool // type URL -> resource names
+	setAt    time.Time                  // for push latency
 }
 
 // NewPublisher returns a Publisher reading store and writing to cache.
 func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
 	return &Publisher{
 		cache: cache, store: store, settings: s, issuer: issuer, metrics: m, log: log,
-		nodes: map[string]bool{}, backlog: map[string]bool{}, versions: map[string]map[string]string{}, counts: map[string]map[string]int{},
-		names:  map[string]map[string]map[string]bool{},
-		served: map[string]translator.Resources{}, setAt: map[string]time.Time{}, problems: map[string]bool{},
+		backlog: map[string]bool{}, published: map[string]*publishedState{}, problems: map[string]bool{},
 	}
 }
 
@@ -127,7 +131,7 @@ func (p *Publisher) takeChanges(ch model.Changes) {
 		for _, name := range p.store.NodeNames() {
 			p.backlog[name] = true
 		}
-		for name := range p.nodes {
+		for _, name := range p.publishedNodes() {
 			p.backlog[name] = true
 		}
 	}
@@ -146,14 +150,9 @@ func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStat
 	node, pods, ok := p.store.NodeView(name)
 	key := Proxy{Role: translator.RoleNode, Node: name}.Key()
 	if !ok {
-		if p.nodes[name] {
+		if p.published[key] != nil {
 			p.cache.ClearSnapshot(key)
-			delete(p.nodes, name)
-			delete(p.versions, key)
-			delete(p.counts, key)
-			delete(p.names, key)
-			delete(p.setAt, key)
-			delete(p.served, key)
+			delete(p.published, key)
 			st.Removed++
 			p.log.WithField("node", name).Info("node gone: its proxy's snapshot is cleared")
 		}
@@ -163,7 +162,6 @@ func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStat
 	if p.publish(ctx, Proxy{Role: translator.RoleNode, Node: name}, p.base.NodeProxyOf(&node, pods)) {
 		st.Pushed++
 	}
-	p.nodes[name] = true
 }
 
 // publishAPIServer re-translates the apiserver proxy when its route plan
@@ -191,7 +189,7 @@ func (p *Publisher) Refresh(ctx context.Context) {
 		return
 	}
 	var st UpdateStats
-	for _, name := range slices.Sorted(maps.Keys(p.nodes)) {
+	for _, name := range p.publishedNodes() {
 		if p.issuer.NeedsRenewal(name) {
 			p.publishNode(ctx, name, &st)
 		}
@@ -226,21 +224,20 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		resourcev3.SecretType:   toResources(secrets),
 	}
 	snap := &cachev3.Snapshot{}
-	versions, counts, names := map[string]string{}, map[string]int{}, map[string]map[string]bool{}
-	changed := false
+	next := &publishedState{res: res, versions: map[string]string{}, counts: map[string]int{}, names: map[string]map[string]bool{}}
+	changed := p.published[key] == nil
 	for typeURL, items := range byType {
 		v := translator.ContentHash(items)
-		versions[typeURL], counts[typeURL] = v, len(items)
-		names[typeURL] = map[string]bool{}
+		next.versions[typeURL], next.counts[typeURL] = v, len(items)
+		next.names[typeURL] = map[string]bool{}
 		for _, item := range items {
-			names[typeURL][cachev3.GetResourceName(item)] = true
+			next.names[typeURL][cachev3.GetResourceName(item)] = true
 		}
-		if p.versions[key][typeURL] != v {
+		if !changed && p.published[key].versions[typeURL] != v {
 			changed = true
 		}
 		snap.Resources[cachev3.GetResponseType(typeURL)] = cachev3.NewResources(v, items)
 	}
-	p.served[key] = res
 	if !changed {
 		return false
 	}
@@ -252,17 +249,32 @@ func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Res
 		p.log.WithError(err).WithField("proxy", key).Error("set snapshot")
 		return false
 	}
-	p.versions[key], p.counts[key], p.names[key] = versions, counts, names
-	p.setAt[key] = time.Now()
+	next.setAt = time.Now()
+	p.published[key] = next
 	return true
+}
+
+// publishedNodes lists the nodes whose proxies have a snapshot, sorted.
+func (p *Publisher) publishedNodes() []string {
+	var names []string
+	for key := range p.published {
+		if name, ok := strings.CutPrefix(key, "node/"); ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 // Served returns what the server serves proxy (secrets excluded) and its versions.
 func (p *Publisher) Served(proxy Proxy) (translator.Resources, map[string]string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	res, ok := p.served[proxy.Key()]
-	return res, p.versions[proxy.Key()], ok
+	st, ok := p.published[proxy.Key()]
+	if !ok {
+		return translator.Resources{}, nil, false
+	}
+	return st.res, st.versions, true
 }
 
 // ResourceNames returns the names of the resources of typeURL that key's
@@ -270,7 +282,10 @@ func (p *Publisher) Served(proxy Proxy) (translator.Resources, map[string]string
 func (p *Publisher) ResourceNames(key, typeURL string) map[string]bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.names[key][typeURL]
+	if st, ok := p.published[key]; ok {
+		return st.names[typeURL]
+	}
+	return nil
 }
 
 // Versions returns the current version and resource count of each type for a
@@ -278,14 +293,20 @@ func (p *Publisher) ResourceNames(key, typeURL string) map[string]bool {
 func (p *Publisher) Versions(key string) (versions map[string]string, counts map[string]int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.versions[key], p.counts[key]
+	if st, ok := p.published[key]; ok {
+		return st.versions, st.counts
+	}
+	return nil, nil
 }
 
 // SetAt returns when key's current snapshot was set (for push latency).
 func (p *Publisher) SetAt(key string) time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.setAt[key]
+	if st, ok := p.published[key]; ok {
+		return st.setAt
+	}
+	return time.Time{}
 }
 
 // KnowsNode reports whether node is in the current model.
