@@ -43,10 +43,11 @@ func ParseProxy(s string) (Proxy, error) {
 	return Proxy{}, fmt.Errorf(`proxy %q: want "apiserver" or "node/NAME"`, s)
 }
 
-// proxyOf maps a connecting Envoy to its proxy by node.cluster, which
+// proxyOf maps a connecting Envoy's claim to its proxy by node.cluster, which
 // `spoke bootstrap` sets ("spoke-node" with node.id = node name, or
-// "spoke-apiserver"). Authentication binding the identity to a certificate
-// comes with the trust work; until then this is the Envoy's own claim.
+// "spoke-apiserver"). The Tracker refuses every request whose claim differs
+// from the stream's authenticated identity (auth.go), so the claim can key
+// the snapshot cache.
 func proxyOf(node *corev3.Node) (Proxy, error) {
 	switch node.GetCluster() {
 	case translator.ServiceCluster(translator.RoleNode):
@@ -62,8 +63,9 @@ func proxyOf(node *corev3.Node) (Proxy, error) {
 	}
 }
 
-// nodeHash keys the snapshot cache by proxy; an Envoy with no role gets the
-// empty key, which never holds a snapshot.
+// nodeHash keys the snapshot cache by proxy (the claim, checked against the
+// identity before go-control-plane sees the request); an Envoy with no role
+// gets the empty key, which never holds a snapshot.
 type nodeHash struct{}
 
 func (nodeHash) ID(node *corev3.Node) string {
