@@ -30,18 +30,7 @@ func TestServeFollowsRealAPIServer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	log := logrus.New()
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 20 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Run(ctx) }()
-	src := &xds.KubeSource{Client: client, Log: log.WithField("source", "kubernetes")}
-	go func() { _ = src.Run(ctx, srv.Sink()) }()
+	srv := startKubeServer(ctx, t, client, logrus.New().WithField("source", "kubernetes"))
 
 	createNode(t, client, "node-a", "10.0.0.5", "10.244.1.0/24")
 	createPod(t, client, "web-1", "node-a", "10.244.1.7")
@@ -173,4 +162,22 @@ func createPod(t *testing.T, c kubernetes.Interface, name, node, ip string) {
 	if _, err := c.CoreV1().Pods("default").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("pod status: %v", err)
 	}
+}
+
+// startKubeServer runs a spoke server (plaintext xDS: these tests are about
+// the Kubernetes source) fed by informers on client, logging to srcLog.
+func startKubeServer(ctx context.Context, t *testing.T, client kubernetes.Interface, srcLog logrus.FieldLogger) *xds.Server {
+	t.Helper()
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New().WithField("test", t.Name()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Run(ctx) }()
+	src := &xds.KubeSource{Client: client, Log: srcLog}
+	go func() { _ = src.Run(ctx, srv.Sink()) }()
+	return srv
 }

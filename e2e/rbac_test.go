@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/spokeproxy/spoke/translator"
-	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -56,19 +55,8 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	if _, err := xds.LoadIssuerSecret(ctx, sa, "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
 		t.Fatalf("the server account cannot load the tunnel CA: %v", err)
 	}
-	log := logrus.New()
 	srcLog, hook := logtest.NewNullLogger()
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Run(ctx) }()
-	src := &xds.KubeSource{Client: sa, Log: srcLog}
-	go func() { _ = src.Run(ctx, srv.Sink()) }()
+	srv := startKubeServer(ctx, t, sa, srcLog)
 	waitFor(t, 30*time.Second, "the source to sync as the server account", srv.Publisher().Synced)
 	// Changes after the first list prove the watches are allowed too.
 	createNode(t, admin, "node-rbac", "10.0.0.9", "10.244.9.0/24")

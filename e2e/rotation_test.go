@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -21,10 +19,7 @@ import (
 func TestRotationKeepsTunnelsWorking(t *testing.T) {
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
-	file := filepath.Join(t.TempDir(), "cluster.yaml")
-	if err := os.WriteFile(file, []byte(fmt.Sprintf(clusterTemplate, tp.port, tp.port)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	file := writeCluster(t, tp)
 	validity := 6 * time.Second
 	sec := startSecureServer(t, tp, file, validity)
 	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")

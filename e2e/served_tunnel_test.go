@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -22,10 +20,7 @@ func TestConnectThroughServedConfig(t *testing.T) {
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 	serve(t, "127.1.2.7", tp.port, "node-b/pod web-b")
 	serve(t, "127.0.1.1", tp.port, "node-a/kubelet")
-	file := filepath.Join(t.TempDir(), "cluster.yaml")
-	if err := os.WriteFile(file, []byte(fmt.Sprintf(clusterTemplate, tp.port, tp.port)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	file := writeCluster(t, tp)
 	sec := startSecureServer(t, tp, file, time.Hour)
 	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
 	sec.startNodeProxy(t, tp.bin, "node-a", false)

@@ -1,8 +1,12 @@
 package model
 
 import (
+	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -117,25 +121,45 @@ func NewStore(s Settings) *Store {
 }
 
 // SetNode adds or replaces a node.
-func (s *Store) SetNode(n *corev1.Node) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.putNode(n.Name, convertStoredNode(n, s.settings))
-}
+func (s *Store) SetNode(n *corev1.Node) { s.locked(func() { s.setNode(n) }) }
 
 // DeleteNode removes a node; its pods stay (reported) until they go too.
-func (s *Store) DeleteNode(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.putNode(name, nil)
-}
+func (s *Store) DeleteNode(name string) { s.locked(func() { s.putNode(name, nil) }) }
 
 // SetPod adds or replaces a pod.
-func (s *Store) SetPod(p *corev1.Pod) {
+func (s *Store) SetPod(p *corev1.Pod) { s.locked(func() { s.setPod(p) }) }
+
+// DeletePod removes a pod.
+func (s *Store) DeletePod(namespace, name string) {
+	s.locked(func() { s.deletePod(ObjectKey{namespace, name}) })
+}
+
+// SetService adds or replaces a Service.
+func (s *Store) SetService(svc *corev1.Service) { s.locked(func() { s.setService(svc) }) }
+
+// DeleteService removes a Service.
+func (s *Store) DeleteService(namespace, name string) {
+	s.locked(func() { s.putService(ObjectKey{namespace, name}, nil) })
+}
+
+// SetEndpointSlice adds or replaces an EndpointSlice; only those of
+// default/kubernetes are kept.
+func (s *Store) SetEndpointSlice(slice *discoveryv1.EndpointSlice) {
+	s.locked(func() { s.setSlice(slice) })
+}
+
+// DeleteEndpointSlice removes an EndpointSlice.
+func (s *Store) DeleteEndpointSlice(namespace, name string) {
+	s.locked(func() { s.putSlice(ObjectKey{namespace, name}, nil) })
+}
+
+func (s *Store) locked(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.setPod(p)
+	f()
 }
+
+func (s *Store) setNode(n *corev1.Node) { s.putNode(n.Name, convertStoredNode(n, s.settings)) }
 
 func (s *Store) setPod(p *corev1.Pod) {
 	key := ObjectKey{p.Namespace, p.Name}
@@ -149,49 +173,24 @@ func (s *Store) setPod(p *corev1.Pod) {
 	s.putPod(key, &c)
 }
 
-// DeletePod removes a pod.
-func (s *Store) DeletePod(namespace, name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	key := ObjectKey{namespace, name}
+func (s *Store) deletePod(key ObjectKey) {
 	delete(s.ignoredPods, key)
 	s.putPod(key, nil)
 }
 
-// SetService adds or replaces a Service.
-func (s *Store) SetService(svc *corev1.Service) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (s *Store) setService(svc *corev1.Service) {
 	out, problems, ok := ConvertService(svc)
 	s.putService(ObjectKey{svc.Namespace, svc.Name}, &storedService{svc: out, problems: problems, ok: ok})
 }
 
-// DeleteService removes a Service.
-func (s *Store) DeleteService(namespace, name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.putService(ObjectKey{namespace, name}, nil)
-}
-
-// SetEndpointSlice adds or replaces an EndpointSlice; only those of
-// default/kubernetes are kept.
-func (s *Store) SetEndpointSlice(slice *discoveryv1.EndpointSlice) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func (s *Store) setSlice(slice *discoveryv1.EndpointSlice) {
 	key := ObjectKey{slice.Namespace, slice.Name}
 	eps, problems, relevant := SliceEndpoints(slice, s.settings.TunnelPort)
 	if !relevant {
-		s.putSlice(key, nil)
+		s.putSlice(key, nil) // e.g. its service-name label changed
 		return
 	}
 	s.putSlice(key, &storedSlice{endpoints: eps, problems: problems})
-}
-
-// DeleteEndpointSlice removes an EndpointSlice.
-func (s *Store) DeleteEndpointSlice(namespace, name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.putSlice(ObjectKey{namespace, name}, nil)
 }
 
 // Replace makes the store hold exactly objs (a reloaded file, a full view):
@@ -201,89 +200,46 @@ func (s *Store) Replace(objs Objects, problems []Problem) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.input = append([]Problem(nil), problems...)
-	s.replaceNodes(objs.Nodes)
-	s.replacePods(objs.Pods)
-	s.replaceServices(objs.Services)
-	s.replaceSlices(objs.EndpointSlices)
+	nodeName := func(n *corev1.Node) string { return n.Name }
+	replaceKind(s, "node", objs.Nodes, nodeName, s.setNode, slices.Collect(maps.Keys(s.nodes)), func(name string) { s.putNode(name, nil) })
+	pods := slices.Collect(maps.Keys(s.pods))
+	pods = append(pods, slices.Collect(maps.Keys(s.ignoredPods))...)
+	replaceKind(s, "pod", objs.Pods, objectKey[*corev1.Pod], s.setPod, pods, s.deletePod)
+	replaceKind(s, "Service", objs.Services, objectKey[*corev1.Service], s.setService,
+		slices.Collect(maps.Keys(s.services)), func(k ObjectKey) { s.putService(k, nil) })
+	replaceKind(s, "", objs.EndpointSlices, objectKey[*discoveryv1.EndpointSlice], s.setSlice,
+		slices.Collect(maps.Keys(s.slices)), func(k ObjectKey) { s.putSlice(k, nil) })
 }
 
-func (s *Store) replaceNodes(nodes []*corev1.Node) {
-	seen := map[string]bool{}
-	for _, n := range nodes {
-		if seen[n.Name] {
-			s.input = append(s.input, problem("Node "+n.Name, "skipped: the input holds this node twice; keep one copy"))
-			continue
-		}
-		seen[n.Name] = true
-		s.putNode(n.Name, convertStoredNode(n, s.settings))
-	}
-	for name := range s.nodes {
-		if !seen[name] {
-			s.putNode(name, nil)
-		}
-	}
-}
-
-func (s *Store) replacePods(pods []*corev1.Pod) {
-	seen := map[ObjectKey]bool{}
-	for _, p := range pods {
-		key := ObjectKey{p.Namespace, p.Name}
+// replaceKind sets every object of one kind (the first of duplicates,
+// reporting the others unless kind is empty) and deletes the held keys the
+// objects no longer name.
+func replaceKind[T any, K comparable](s *Store, kind string, objs []T, keyOf func(T) K, set func(T), held []K, del func(K)) {
+	seen := map[K]bool{}
+	for _, o := range objs {
+		key := keyOf(o)
 		if seen[key] {
-			s.input = append(s.input, problem("Pod "+key.String(), "skipped: the input holds this pod twice; keep one copy"))
+			if kind != "" {
+				s.input = append(s.input, problem(fmt.Sprintf("%s %v", strings.ToUpper(kind[:1])+kind[1:], key),
+					"skipped: the input holds this %s twice; keep one copy", kind))
+			}
 			continue
 		}
 		seen[key] = true
-		s.setPod(p)
+		set(o)
 	}
-	for key := range s.pods {
+	for _, key := range held {
 		if !seen[key] {
-			s.putPod(key, nil)
-		}
-	}
-	for key := range s.ignoredPods {
-		if !seen[key] {
-			delete(s.ignoredPods, key)
+			del(key)
 		}
 	}
 }
 
-func (s *Store) replaceServices(services []*corev1.Service) {
-	seen := map[ObjectKey]bool{}
-	for _, svc := range services {
-		key := ObjectKey{svc.Namespace, svc.Name}
-		if seen[key] {
-			s.input = append(s.input, problem("Service "+key.String(), "skipped: the input holds this Service twice; keep one copy"))
-			continue
-		}
-		seen[key] = true
-		out, problems, ok := ConvertService(svc)
-		s.putService(key, &storedService{svc: out, problems: problems, ok: ok})
-	}
-	for key := range s.services {
-		if !seen[key] {
-			s.putService(key, nil)
-		}
-	}
-}
-
-func (s *Store) replaceSlices(slices []*discoveryv1.EndpointSlice) {
-	seen := map[ObjectKey]bool{}
-	for _, slice := range slices {
-		key := ObjectKey{slice.Namespace, slice.Name}
-		if seen[key] {
-			continue
-		}
-		seen[key] = true
-		eps, problems, relevant := SliceEndpoints(slice, s.settings.TunnelPort)
-		if relevant {
-			s.putSlice(key, &storedSlice{endpoints: eps, problems: problems})
-		}
-	}
-	for key := range s.slices {
-		if !seen[key] {
-			s.putSlice(key, nil)
-		}
-	}
+func objectKey[T interface {
+	GetNamespace() string
+	GetName() string
+}](o T) ObjectKey {
+	return ObjectKey{o.GetNamespace(), o.GetName()}
 }
 
 func convertStoredNode(n *corev1.Node, s Settings) *storedNode {

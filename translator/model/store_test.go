@@ -5,6 +5,9 @@ import (
 	"reflect"
 	"testing"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/translator/model/modeltest"
@@ -100,5 +103,30 @@ func TestStoreReplaceIsQuietWhenNothingChanged(t *testing.T) {
 	s.Replace(objs, nil)
 	if ch := s.TakeChanges(); len(ch.Nodes) == 0 && len(u.View().Pods) > 0 {
 		t.Fatalf("dropping every pod reported no node change")
+	}
+}
+
+// TestStoreReplaceDropsASliceThatStopsCounting: a reloaded file in which the
+// apiserver's EndpointSlice lost its service-name label no longer feeds the
+// apiserver endpoints (it did before Replace shared the Set path).
+func TestStoreReplaceDropsASliceThatStopsCounting(t *testing.T) {
+	slice := func(label string) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "k", Labels: map[string]string{discoveryv1.LabelServiceName: label}},
+			Endpoints:  []discoveryv1.Endpoint{{Addresses: []string{"172.31.0.1"}}},
+		}
+	}
+	s := model.NewStore(model.DefaultSettings())
+	s.Replace(model.Objects{EndpointSlices: []*discoveryv1.EndpointSlice{slice("kubernetes")}}, nil)
+	s.TakeChanges()
+	if eps := s.Shared().APIServerEndpoints; len(eps) != 1 {
+		t.Fatalf("want the slice's endpoint, got %v", eps)
+	}
+	s.Replace(model.Objects{EndpointSlices: []*discoveryv1.EndpointSlice{slice("other")}}, nil)
+	if ch := s.TakeChanges(); !ch.Shared {
+		t.Error("relabelling the slice changed nothing shared")
+	}
+	if eps := s.Shared().APIServerEndpoints; len(eps) != 0 {
+		t.Errorf("the relabelled slice still feeds %v", eps)
 	}
 }
