@@ -39,9 +39,9 @@ test: tools tools-kube fmt-check vet
 	$(MAKE) race
 	$(MAKE) fuzz FUZZTIME=20s
 
-## race: the concurrent parts (server, incremental model) under the race detector
+## race: the concurrent parts (server, tracker, sources, file reloads, incremental model) under the race detector
 race:
-	SPOKE_REQUIRE_ENVOY=1 go test -race -count=1 ./xds/... ./translator/model/...
+	SPOKE_REQUIRE_ENVOY=1 go test -race -count=1 ./xds/... ./status/... ./source/... ./auth/... ./pki/... ./translator/model/...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -177,7 +178,7 @@ func startKubeServer(ctx context.Context, t *testing.T, client kubernetes.Interf
 		t.Fatal(err)
 	}
 	go func() { _ = srv.Run(ctx) }()
-	src := &xds.KubeSource{Client: client, Log: srcLog}
+	src := &source.Kubernetes{Client: client, Log: srcLog}
 	go func() { _ = src.Run(ctx, srv.Sink()) }()
 	return srv
 }

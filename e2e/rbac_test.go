@@ -19,8 +19,9 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/translator"
-	"github.com/spokeproxy/spoke/xds"
 )
 
 const serverAccount = "system:serviceaccount:spoke-system:spoke-server"
@@ -37,7 +38,7 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	applyManifest(t, admin, "../manifests/rbac.yaml")
-	caCert, caKey, err := xds.GenerateCA("e2e tunnel CA")
+	caCert, caKey, err := pki.GenerateCA("e2e tunnel CA")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	}
 	sa := cp.clientAs(serverAccount)
 
-	if _, err := xds.LoadIssuerSecret(ctx, sa, "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
+	if _, err := pki.LoadIssuerSecret(ctx, sa, "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
 		t.Fatalf("the server account cannot load the tunnel CA: %v", err)
 	}
 	srcLog, hook := logtest.NewNullLogger()
@@ -75,7 +76,7 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the pod, the Service and the new apiserver endpoint to reach node-rbac's config", func() bool {
-		res, _, ok := srv.Publisher().Served(xds.Proxy{Role: translator.RoleNode, Node: "node-rbac"})
+		res, _, ok := srv.Publisher().Served(auth.Proxy{Role: translator.RoleNode, Node: "node-rbac"})
 		if !ok || len(res.Routes) == 0 || len(res.Endpoints) == 0 {
 			return false
 		}

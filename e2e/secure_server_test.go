@@ -10,11 +10,14 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/xds"
-	"github.com/spokeproxy/spoke/xds/xdstest"
 )
 
 // secureServer is spoke serve as deployed: TLS xDS for node proxies
@@ -22,8 +25,8 @@ import (
 // apiserver proxy, tunnel certificates from issuer.
 type secureServer struct {
 	srv       *xds.Server
-	issuer    *xds.Issuer
-	clusterCA *xdstest.CA
+	issuer    *pki.Issuer
+	clusterCA *authtest.CA
 	dir       string
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
 	logs      *envoytest.LogBuffer
@@ -32,18 +35,18 @@ type secureServer struct {
 func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValidity time.Duration) *secureServer {
 	t.Helper()
 	dir := t.TempDir()
-	issuer, err := xds.NewDevelopmentIssuer(certValidity)
+	issuer, err := pki.NewDevelopmentIssuer(certValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &secureServer{issuer: issuer, clusterCA: xdstest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{}}
-	s.serverCA = xdstest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
+	s := &secureServer{issuer: issuer, clusterCA: authtest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{}}
+	s.serverCA = authtest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
 	log := logrus.New()
 	log.SetLevel(logrus.DebugLevel)
 	log.SetOutput(s.logs)
 	s.srv, err = xds.NewServer(xds.Options{
 		XDSAddress: "127.0.0.1:0", XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
-		TLS:         &xds.TLSOptions{ClientCAFile: xdstest.WriteFile(t, dir, "client-ca.crt", s.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
+		TLS:         &auth.TLSOptions{ClientCAFile: authtest.WriteFile(t, dir, "client-ca.crt", s.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
 		HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: tp.settings, Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
 		CertValidity: certValidity, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
@@ -54,7 +57,7 @@ func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValid
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = s.srv.Run(ctx); close(done) }()
-	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
+	src := &source.File{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
 	go src.Run(ctx, s.srv.Sink())
 	t.Cleanup(func() {
 		cancel()
@@ -107,7 +110,7 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 	if err := os.MkdirAll(pki, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	kubeletPEM := xdstest.WriteFile(t, pki, "kubelet-client-current.pem", certPEM, keyPEM)
+	kubeletPEM := authtest.WriteFile(t, pki, "kubelet-client-current.pem", certPEM, keyPEM)
 	sdsDir := filepath.Join(dir, "envoy")
 	if err := os.MkdirAll(sdsDir, 0o700); err != nil {
 		t.Fatal(err)

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
-	"github.com/spokeproxy/spoke/xds/xdstest"
 )
 
 // TestRealEnvoyWithoutValidIdentityGetsNothing: real node Envoys whose
@@ -24,7 +24,7 @@ func TestRealEnvoyWithoutValidIdentityGetsNothing(t *testing.T) {
 	tp := newTopology(t)
 	file := writeCluster(t, tp)
 	sec := startSecureServer(t, tp, file, time.Hour)
-	foreign := xdstest.NewCA(t, "foreign CA")
+	foreign := authtest.NewCA(t, "foreign CA")
 	fCert, fKey := foreign.KubeletClient(t, "node-a")
 	aCert, aKey := sec.clusterCA.KubeletClient(t, "node-a")
 	outsiders := map[string]*envoytest.Process{
@@ -70,7 +70,7 @@ func TestKubeletClientCertificateRotation(t *testing.T) {
 	current := filepath.Join(pki, "kubelet-client-current.pem")
 	rotate := func(stamp string) {
 		cert, key := sec.clusterCA.KubeletClient(t, "node-a")
-		target := xdstest.WriteFile(t, pki, "kubelet-client-"+stamp+".pem", cert, key)
+		target := authtest.WriteFile(t, pki, "kubelet-client-"+stamp+".pem", cert, key)
 		tmp := current + ".tmp"
 		_ = os.Remove(tmp)
 		if err := os.Symlink(target, tmp); err != nil {
@@ -190,7 +190,7 @@ func TestEgressSocketOnlyForItsUser(t *testing.T) {
 	if mode := info.Mode().Perm(); mode != 0o600 {
 		t.Errorf("egress socket mode %o, want 600", mode)
 	}
-	out, err := xdstest.DialUnixAs(t, 65534, tp.settings.EgressSocketPath)
+	out, err := authtest.DialUnixAs(t, 65534, tp.settings.EgressSocketPath)
 	if err == nil || !strings.Contains(out, "permission denied") {
 		t.Fatalf("uid 65534 connecting to the egress socket: want permission denied, got err=%v %s", err, out)
 	}

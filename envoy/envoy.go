@@ -1,6 +1,9 @@
 // Package envoy knows the Envoy that spoke targets: the pinned version, where
 // its binary is, how to build the bootstrap around translated resources, and
 // how to have the real binary check a config.
+//
+// envoy builds bootstraps from translator output; it never talks to the
+// xDS server or the cluster.
 package envoy
 
 import (

@@ -1,6 +1,10 @@
 // Package translator turns the model into Envoy resources for the two spoke
 // roles. Everything here is a pure function of (model.Cluster, model.Settings):
 // the same input always gives the same resources in the same order.
+//
+// Only translator builds Envoy protos. It imports no gRPC, no client-go and
+// nothing of spoke's runtime (sources, xds, auth, pki, status): it can run
+// offline (`spoke translate`) and be tested with golden files alone.
 package translator
 
 import (

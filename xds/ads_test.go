@@ -15,10 +15,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
+	grpcstatus "google.golang.org/grpc/status"
 
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/source"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -81,7 +84,7 @@ func TestUnknownRoleGetsNothing(t *testing.T) {
 	stream := adsStream(t, srv)
 	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "worker-1", Cluster: "my-gateway"}, TypeUrl: resourcev3.ListenerType})
 	resp, err := recvWithin(t, stream, 5*time.Second)
-	if resp != nil || status.Code(err) != codes.PermissionDenied {
+	if resp != nil || grpcstatus.Code(err) != codes.PermissionDenied {
 		t.Fatalf("want PermissionDenied and no response, got %v, %v", resp, err)
 	}
 }
@@ -116,7 +119,7 @@ func TestNackKeepsLastGoodAndIsVisible(t *testing.T) {
 	}
 	var found bool
 	for _, st := range srv.Statuses() {
-		if st.Proxy == "node/worker-1" && st.States["Cluster"] == xds.StateNacked {
+		if st.Proxy == "node/worker-1" && st.States["Cluster"] == status.StateNacked {
 			found = strings.Contains(st.Types[resourcev3.ClusterType].LastNack, "test: cluster rejected")
 		}
 	}
@@ -237,7 +240,7 @@ func TestMissingFileKeepsConfigAndRecovers(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		res, _, _ := srv.Publisher().Served(xds.Proxy{Role: "node", Node: "worker-1"})
+		res, _, _ := srv.Publisher().Served(auth.Proxy{Role: "node", Node: "worker-1"})
 		if len(res.Routes) > 0 && strings.Contains(res.Routes[0].String(), "10.244.1.98:*") {
 			return
 		}
@@ -252,10 +255,10 @@ func TestMissingFileKeepsConfigAndRecovers(t *testing.T) {
 // a handful of errors per second instead of one per poll (20 at 50 ms).
 func TestFileSourceBacksOff(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
-	src := &xds.FileSource{Path: filepath.Join(t.TempDir(), "missing.yaml"), Interval: 50 * time.Millisecond, Log: log}
+	src := &source.File{Path: filepath.Join(t.TempDir(), "missing.yaml"), Interval: 50 * time.Millisecond, Log: log}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	sink := xds.Sink{Store: model.NewStore(model.DefaultSettings()),
+	sink := source.Sink{Store: model.NewStore(model.DefaultSettings()),
 		Changed: func() { t.Error("reported a change for a missing file") },
 		Synced:  func() { t.Error("reported a sync for a missing file") }}
 	src.Run(ctx, sink)

@@ -25,10 +25,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
-	"github.com/spokeproxy/spoke/xds/xdstest"
 )
 
 // secureEnv is a server with authenticated xDS on the example cluster: node
@@ -36,7 +39,7 @@ import (
 // proxy uses the Unix socket.
 type secureEnv struct {
 	srv       *xds.Server
-	clusterCA *xdstest.CA
+	clusterCA *authtest.CA
 	tunnelCA  []byte // signs the xDS serving certificate (no --tls-cert-file)
 	dir       string
 	caFile    string
@@ -50,10 +53,10 @@ func startSecureServer(t *testing.T) *secureEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clusterFile := xdstest.WriteFile(t, dir, "cluster.yaml", raw)
-	env := &secureEnv{clusterCA: xdstest.NewCA(t, "test cluster CA"), dir: dir}
-	env.caFile = xdstest.WriteFile(t, dir, "client-ca.crt", env.clusterCA.CertPEM)
-	issuer, err := xds.NewDevelopmentIssuer(time.Hour)
+	clusterFile := authtest.WriteFile(t, dir, "cluster.yaml", raw)
+	env := &secureEnv{clusterCA: authtest.NewCA(t, "test cluster CA"), dir: dir}
+	env.caFile = authtest.WriteFile(t, dir, "client-ca.crt", env.clusterCA.CertPEM)
+	issuer, err := pki.NewDevelopmentIssuer(time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +78,7 @@ func startSecureServer(t *testing.T) *secureEnv {
 	env.srv, err = xds.NewServer(xds.Options{
 		XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		XDSSocket: filepath.Join(socketDir, "xds.sock"), Issuer: issuer,
-		TLS:      &xds.TLSOptions{ClientCAFile: env.caFile, ServerNames: []string{"spoke-server"}, ReloadInterval: 100 * time.Millisecond},
+		TLS:      &auth.TLSOptions{ClientCAFile: env.caFile, ServerNames: []string{"spoke-server"}, ReloadInterval: 100 * time.Millisecond},
 		Settings: s, Holdoff: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond,
 		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log,
 	})
@@ -85,7 +88,7 @@ func startSecureServer(t *testing.T) *secureEnv {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = env.srv.Run(ctx); close(done) }()
-	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
+	src := &source.File{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
 	go src.Run(ctx, env.srv.Sink())
 	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(5 * time.Second)
@@ -160,7 +163,7 @@ func expectNothing(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_S
 // plaintext client all get nothing; each is logged and counted.
 func TestXDSRefusesClientsWithoutANodeCertificate(t *testing.T) {
 	env := startSecureServer(t)
-	foreign := xdstest.NewCA(t, "foreign CA")
+	foreign := authtest.NewCA(t, "foreign CA")
 	fCert, fKey := foreign.KubeletClient(t, "worker-1")
 	adminCert, adminKey := env.clusterCA.Client(t, pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}}, time.Now().Add(time.Hour))
 	oldCert, oldKey := env.clusterCA.Client(t, pkix.Name{CommonName: "system:node:worker-1", Organization: []string{"system:nodes"}}, time.Now().Add(-time.Minute))
@@ -297,7 +300,7 @@ func TestAPIServerRoleOnlyOnTheSocket(t *testing.T) {
 	if mode := info.Mode().Perm(); mode != 0o600 {
 		t.Errorf("socket mode %o, want 600", mode)
 	}
-	out, err := xdstest.DialUnixAs(t, 65534, env.srv.Addr("socket"))
+	out, err := authtest.DialUnixAs(t, 65534, env.srv.Addr("socket"))
 	if err == nil || !strings.Contains(out, "permission denied") {
 		t.Fatalf("uid 65534 connecting to the socket: want permission denied, got err=%v %s", err, out)
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/source"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
@@ -39,7 +41,7 @@ func startServer(t *testing.T, clusterFile string) (*xds.Server, model.Settings)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = srv.Run(ctx); close(done) }()
-	src := &xds.FileSource{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
+	src := &source.File{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
 	go src.Run(ctx, srv.Sink())
 	t.Cleanup(func() { cancel(); <-done })
 	return srv, s
@@ -138,7 +140,7 @@ func sentVersions(srv *xds.Server, proxy string) string {
 func waitSynced(t *testing.T, srv *xds.Server, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	var last []xds.ProxyStatus
+	var last []status.ProxyStatus
 	for time.Now().Before(deadline) {
 		last = srv.Statuses()
 		if len(last) == n && allSynced(last) {
@@ -149,13 +151,13 @@ func waitSynced(t *testing.T, srv *xds.Server, n int) {
 	t.Fatalf("Envoys not all SYNCED after 20s: %+v", last)
 }
 
-func allSynced(rows []xds.ProxyStatus) bool {
+func allSynced(rows []status.ProxyStatus) bool {
 	for _, r := range rows {
 		if len(r.States) < 4 { // the apiserver proxy has no endpoints (EDS) to sync
 			return false
 		}
 		for _, state := range r.States {
-			if state != xds.StateSynced {
+			if state != status.StateSynced {
 				return false
 			}
 		}

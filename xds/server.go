@@ -1,3 +1,12 @@
+// Package xds is spoke's xDS runtime: it turns what the sources write into
+// the model Store into per-Envoy snapshots (the Publisher, coalesced by a
+// Debouncer) and serves them over ADS, state-of-the-world and delta, on a
+// TLS port for node proxies and a local Unix socket for the apiserver
+// proxy, with health, metrics and the debug API beside it.
+//
+// Only this package imports go-control-plane's cache and server. Who an
+// Envoy is comes from auth, tunnel certificates from pki, ACK/NACK tracking
+// and the debug API from status, and Envoy resources from translator.
 package xds
 
 import (
@@ -13,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -22,6 +32,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/metrics"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/source"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
@@ -33,12 +48,12 @@ type Options struct {
 	// the apiserver proxy can reach). Empty: none.
 	XDSSocket string
 	// TLS secures XDSAddress. Nil is allowed only with Insecure.
-	TLS *TLSOptions
+	TLS *auth.TLSOptions
 	// Insecure serves XDSAddress in plaintext and believes each Envoy's
 	// claimed role and node: local development only.
 	Insecure bool
 	// Issuer holds the tunnel CA; nil generates a development CA in memory.
-	Issuer       *Issuer
+	Issuer       *pki.Issuer
 	HTTPAddress  string // /healthz, /readyz, /metrics
 	DebugAddress string // /debug/status, /debug/config; localhost by default
 	Settings     model.Settings
@@ -58,9 +73,9 @@ type Server struct {
 	opts      Options
 	cache     cachev3.SnapshotCache
 	store     *model.Store
-	metrics   *Metrics
+	metrics   *metrics.Metrics
 	publisher *Publisher
-	tracker   *Tracker
+	tracker   *status.Tracker
 	debounce  *Debouncer[struct{}]
 	// sourceSynced: nothing is published before a source has delivered its
 	// first full view (a half-listed cluster would strip Envoys' routes).
@@ -81,18 +96,19 @@ func NewServer(opts Options) (*Server, error) {
 	issuer := opts.Issuer
 	if issuer == nil {
 		var err error
-		if issuer, err = NewDevelopmentIssuer(opts.CertValidity); err != nil {
+		if issuer, err = pki.NewDevelopmentIssuer(opts.CertValidity); err != nil {
 			return nil, err
 		}
 	}
-	s := &Server{opts: opts, metrics: NewMetrics(), addresses: map[string]string{}, ready: make(chan struct{})}
+	s := &Server{opts: opts, metrics: metrics.New(), addresses: map[string]string{}, ready: make(chan struct{})}
 	issuer.Reserve("the apiserver proxy", opts.Settings.APIServerProxyName)
 	switch {
 	case opts.TLS != nil:
 		if opts.TLS.CertFile == "" {
 			issuer.Reserve("the xDS server", opts.TLS.ServerNames...)
 		}
-		cfg, err := serverTLS(*opts.TLS, issuer, s.metrics, opts.Log)
+		refused := func(error) { s.metrics.Denied.WithLabelValues("client_certificate").Inc() }
+		cfg, err := auth.ServerTLS(*opts.TLS, issuer, refused, opts.Log)
 		if err != nil {
 			return nil, err
 		}
@@ -103,12 +119,12 @@ func NewServer(opts Options) (*Server, error) {
 	s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{opts.Log})
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
-	s.tracker = NewTracker(s.publisher, s.metrics, opts.Log)
+	s.tracker = status.NewTracker(s.publisher, s.metrics, opts.Log)
 	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, _ struct{}, waited time.Duration) {
 		if !s.sourceSynced.Load() {
 			return
 		}
-		s.metrics.debounceSeconds.Observe(waited.Seconds())
+		s.metrics.DebounceSeconds.Observe(waited.Seconds())
 		if st := s.publisher.Apply(ctx); st.Backlog > 0 {
 			s.debounce.Submit(struct{}{}) // the rest after the next holdoff, behind newer changes
 		}
@@ -117,8 +133,8 @@ func NewServer(opts Options) (*Server, error) {
 }
 
 // Sink is what sources write to.
-func (s *Server) Sink() Sink {
-	return Sink{
+func (s *Server) Sink() source.Sink {
+	return source.Sink{
 		Store:   s.store,
 		Changed: func() { s.debounce.Submit(struct{}{}) },
 		Synced: func() {
@@ -132,7 +148,11 @@ func (s *Server) Sink() Sink {
 func (s *Server) Publisher() *Publisher { return s.publisher }
 
 // Tracker exposes the per-Envoy ACK/NACK state.
-func (s *Server) Tracker() *Tracker { return s.tracker }
+func (s *Server) Tracker() *status.Tracker { return s.tracker }
+
+// Statuses are the rows of `spoke status`: what each connected Envoy ACKed
+// against what the server holds for it.
+func (s *Server) Statuses() []status.ProxyStatus { return s.tracker.Statuses() }
 
 // Addr returns the bound address of "xds", "http" or "debug" once Run listens.
 func (s *Server) Addr(name string) string {
@@ -185,7 +205,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	close(s.ready)
 	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
-	debugServer := &http.Server{Handler: s.debugHandler(), ReadHeaderTimeout: 5 * time.Second}
+	debugServer := &http.Server{Handler: s.tracker.DebugHandler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go s.debounce.Run(ctx)
 	go s.renewCertificates(ctx)
@@ -280,6 +300,19 @@ func (s *Server) httpHandler() http.Handler {
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// nodeHash keys the snapshot cache by proxy (the claim, which the tracker
+// checks against the identity before go-control-plane sees the request); an
+// Envoy with no role gets the empty key, which never holds a snapshot.
+type nodeHash struct{}
+
+func (nodeHash) ID(node *corev3.Node) string {
+	p, err := auth.ProxyOf(node)
+	if err != nil {
+		return ""
+	}
+	return p.Key()
 }
 
 // cacheLogger routes go-control-plane's logs into logrus at debug level.

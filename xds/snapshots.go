@@ -15,6 +15,9 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/metrics"
+	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -28,8 +31,8 @@ type Publisher struct {
 	cache    cachev3.SnapshotCache
 	store    *model.Store
 	settings model.Settings
-	issuer   *Issuer
-	metrics  *Metrics
+	issuer   *pki.Issuer
+	metrics  *metrics.Metrics
 	log      logrus.FieldLogger
 
 	mu             sync.Mutex
@@ -55,7 +58,7 @@ type publishedState struct {
 }
 
 // NewPublisher returns a Publisher reading store and writing to cache.
-func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Settings, issuer *Issuer, m *Metrics, log logrus.FieldLogger) *Publisher {
+func NewPublisher(cache cachev3.SnapshotCache, store *model.Store, s model.Settings, issuer *pki.Issuer, m *metrics.Metrics, log logrus.FieldLogger) *Publisher {
 	return &Publisher{
 		cache: cache, store: store, settings: s, issuer: issuer, metrics: m, log: log,
 		backlog: map[string]bool{}, published: map[string]*publishedState{}, problems: map[string]bool{},
@@ -92,7 +95,7 @@ func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 		return st
 	}
 	p.reportProblems(p.store.Problems())
-	p.metrics.observeObjects(p.store.ObjectCounts())
+	p.metrics.ObserveObjects(p.store.ObjectCounts())
 	p.takeChanges(ch)
 	for _, name := range slices.Sorted(maps.Keys(ch.Nodes)) {
 		p.publishNode(ctx, name, &st)
@@ -113,7 +116,7 @@ func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 	}
 	st.Backlog = len(p.backlog)
 	p.synced = p.synced || len(p.backlog) == 0 // ready once every proxy has its first config
-	p.metrics.translationSeconds.Observe(time.Since(start).Seconds())
+	p.metrics.TranslationSeconds.Observe(time.Since(start).Seconds())
 	p.log.WithFields(logrus.Fields{"translated": st.Translated, "pushed": st.Pushed, "removed": st.Removed,
 		"backlog": st.Backlog, "took": time.Since(start).Round(time.Microsecond)}).Debug("update applied")
 	return st
@@ -148,7 +151,7 @@ func (p *Publisher) takeChanges(ch model.Changes) {
 // snapshot when the node is gone (or no longer routable).
 func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStats) {
 	node, pods, ok := p.store.NodeView(name)
-	key := Proxy{Role: translator.RoleNode, Node: name}.Key()
+	key := auth.Proxy{Role: translator.RoleNode, Node: name}.Key()
 	if !ok {
 		if p.published[key] != nil {
 			p.cache.ClearSnapshot(key)
@@ -159,7 +162,7 @@ func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStat
 		return
 	}
 	st.Translated++
-	if p.publish(ctx, Proxy{Role: translator.RoleNode, Node: name}, p.base.NodeProxyOf(&node, pods)) {
+	if p.publish(ctx, auth.Proxy{Role: translator.RoleNode, Node: name}, p.base.NodeProxyOf(&node, pods)) {
 		st.Pushed++
 	}
 }
@@ -174,7 +177,7 @@ func (p *Publisher) publishAPIServer(ctx context.Context, force bool, st *Update
 		return
 	}
 	st.Translated++
-	if p.publish(ctx, Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
+	if p.publish(ctx, auth.Proxy{Role: translator.RoleAPIServer}, tr.APIServerProxy()) {
 		st.Pushed++
 	}
 	p.apiserverFP, p.apiserverDone = fp, true
@@ -204,11 +207,11 @@ func (p *Publisher) Refresh(ctx context.Context) {
 
 // publish sets key's snapshot when some type's version changed; it reports
 // whether it did.
-func (p *Publisher) publish(ctx context.Context, proxy Proxy, res translator.Resources) bool {
+func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translator.Resources) bool {
 	key := proxy.Key()
-	certificate := func() (Certificate, error) { return p.issuer.Certificate(p.settings.APIServerProxyName) }
+	certificate := func() (pki.Certificate, error) { return p.issuer.Certificate(p.settings.APIServerProxyName) }
 	if proxy.Role == translator.RoleNode {
-		certificate = func() (Certificate, error) { return p.issuer.NodeCertificate(proxy.Node) }
+		certificate = func() (pki.Certificate, error) { return p.issuer.NodeCertificate(proxy.Node) }
 	}
 	cert, err := certificate()
 	if err != nil {
@@ -267,7 +270,7 @@ func (p *Publisher) publishedNodes() []string {
 }
 
 // Served returns what the server serves proxy (secrets excluded) and its versions.
-func (p *Publisher) Served(proxy Proxy) (translator.Resources, map[string]string, bool) {
+func (p *Publisher) Served(proxy auth.Proxy) (translator.Resources, map[string]string, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st, ok := p.published[proxy.Key()]
@@ -332,7 +335,7 @@ func (p *Publisher) reportProblems(problems []model.Problem) {
 		}
 	}
 	p.problems = current
-	p.metrics.skippedObjects.Set(float64(len(problems)))
+	p.metrics.SkippedObjects.Set(float64(len(problems)))
 }
 
 func toResources[T types.Resource](items []T) []types.Resource {

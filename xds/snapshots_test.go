@@ -10,6 +10,9 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/metrics"
+	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/translator/model/modeltest"
@@ -45,12 +48,12 @@ func newTestPublisher(t testing.TB, certValidity time.Duration) testPublisher {
 	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	issuer, err := NewDevelopmentIssuer(certValidity)
+	issuer, err := pki.NewDevelopmentIssuer(certValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	store := model.NewStore(model.DefaultSettings())
-	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, NewMetrics(), log), store}
+	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, metrics.New(), log), store}
 }
 
 // TestUpdateTouchesOnlyWhatChanged: a pod change re-translates only its
@@ -67,7 +70,7 @@ func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
 	if st := p.update(ctx, objs); st != (UpdateStats{}) {
 		t.Errorf("identical update: %+v, want nothing", st)
 	}
-	apiBefore, _ := p.Versions(APIServerKey)
+	apiBefore, _ := p.Versions(auth.APIServerKey)
 	n1Before, _ := p.Versions("node/node-00001")
 
 	pod := *objs.Pods[1] // on node-00000
@@ -76,7 +79,7 @@ func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
 	if st := p.update(ctx, objs); st.Translated != 1 || st.Pushed != 1 {
 		t.Errorf("pod change: %+v, want only its node", st)
 	}
-	if after, _ := p.Versions(APIServerKey); !sameVersions(after, apiBefore) {
+	if after, _ := p.Versions(auth.APIServerKey); !sameVersions(after, apiBefore) {
 		t.Error("the apiserver proxy changed for a pod inside a prefix route")
 	}
 	if after, _ := p.Versions("node/node-00001"); !sameVersions(after, n1Before) {
@@ -146,12 +149,12 @@ func TestPublisherMatchesFullTranslation(t *testing.T) {
 			u.Steps(p.store, 3)
 			p.drain(ctx)
 			want, _ := model.Build(u.View(), p.settings)
-			served, _, ok := p.Served(Proxy{Role: translator.RoleAPIServer})
+			served, _, ok := p.Served(auth.Proxy{Role: translator.RoleAPIServer})
 			if !ok || !sameResources(served, translator.APIServerProxy(&want, p.settings)) {
 				t.Fatalf("seed %d batch %d: apiserver proxy differs from a full translation", seed, batch)
 			}
 			for _, name := range []string{"n0", "n1", "n2", "n3", "n4", "bad:name", "gone"} {
-				served, _, ok := p.Served(Proxy{Role: translator.RoleNode, Node: name})
+				served, _, ok := p.Served(auth.Proxy{Role: translator.RoleNode, Node: name})
 				full, err := translator.NodeProxy(&want, p.settings, name)
 				if ok != (err == nil) {
 					t.Fatalf("seed %d batch %d: node %s served=%v, Build routes it=%v", seed, batch, name, ok, err == nil)

@@ -20,6 +20,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -167,7 +168,7 @@ type change struct {
 // churn replaces one pod (new name, new IP) on a random node, cfg.churn
 // times per second, the way informer events arrive (delete + add); each
 // change is keyed by the new IP.
-func churn(sink xds.Sink, cfg config) map[string]change {
+func churn(sink source.Sink, cfg config) map[string]change {
 	changes := map[string]change{}
 	rng := rand.New(rand.NewPCG(7, 11))
 	next := map[int]int{}        // node -> next host byte to use
@@ -209,7 +210,7 @@ func churn(sink xds.Sink, cfg config) map[string]change {
 // churnServices changes one Service's port every cfg.serviceEvery: every
 // node proxy's routes change, a rollout the server spreads over several
 // updates while pod changes keep flowing.
-func churnServices(sink xds.Sink, cfg config, stop <-chan struct{}) {
+func churnServices(sink source.Sink, cfg config, stop <-chan struct{}) {
 	tick := time.NewTicker(cfg.serviceEvery)
 	defer tick.Stop()
 	for i := 0; ; i++ {

@@ -15,9 +15,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/pki"
 	"google.golang.org/grpc/credentials"
-
-	"github.com/spokeproxy/spoke/xds"
 )
 
 // The load runs with authenticated xDS, as deployed: the parent makes a
@@ -33,12 +33,12 @@ const (
 )
 
 // parentTLS writes the files and returns the server's TLS options and issuer.
-func parentTLS(dir string) (*xds.TLSOptions, *xds.Issuer, error) {
-	caCert, caKey, err := xds.GenerateCA("spoke-load cluster CA")
+func parentTLS(dir string) (*auth.TLSOptions, *pki.Issuer, error) {
+	caCert, caKey, err := pki.GenerateCA("spoke-load cluster CA")
 	if err != nil {
 		return nil, nil, err
 	}
-	issuer, err := xds.NewDevelopmentIssuer(24 * time.Hour)
+	issuer, err := pki.NewDevelopmentIssuer(24 * time.Hour)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -47,7 +47,7 @@ func parentTLS(dir string) (*xds.TLSOptions, *xds.Issuer, error) {
 			return nil, nil, err
 		}
 	}
-	return &xds.TLSOptions{ClientCAFile: filepath.Join(dir, clusterCACert), ServerNames: []string{serverName}}, issuer, nil
+	return &auth.TLSOptions{ClientCAFile: filepath.Join(dir, clusterCACert), ServerNames: []string{serverName}}, issuer, nil
 }
 
 // clientCredentials signs a kubelet-like certificate for node and returns

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/spokeproxy/spoke/xds"
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/status"
 )
 
 const defaultDebugServer = "http://127.0.0.1:18002"
@@ -30,7 +30,7 @@ func newStatusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var rows []xds.ProxyStatus
+			var rows []status.ProxyStatus
 			if err := json.Unmarshal(body, &rows); err != nil {
 				return fmt.Errorf("unexpected answer from %s: %w", server, err)
 			}
@@ -41,7 +41,7 @@ func newStatusCommand() *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, rows []xds.ProxyStatus) error {
+func printStatus(w io.Writer, rows []status.ProxyStatus) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	types := []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"}
 	fmt.Fprintln(tw, "PROXY\tENVOY\tXDS\tCONNECTED\tLDS\tRDS\tCDS\tEDS\tSDS\tAUTHENTICATED")
@@ -85,7 +85,7 @@ func newConfigCommand() *cobra.Command {
 		Short: "Print what the server serves one Envoy, as an Envoy ConfigDump (secrets by name only)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := xds.ParseProxy(proxy); err != nil {
+			if _, err := auth.ParseProxy(proxy); err != nil {
 				return err
 			}
 			q := url.Values{"proxy": {proxy}, "output": {output}}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -27,7 +28,7 @@ func TestStatusAndConfigDump(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = srv.Run(ctx) }()
-	src := &xds.FileSource{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}
+	src := &source.File{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}
 	go src.Run(ctx, srv.Sink())
 	for !srv.Publisher().Synced() {
 		time.Sleep(10 * time.Millisecond)

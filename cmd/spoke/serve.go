@@ -15,6 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -34,7 +37,7 @@ type serveOptions struct {
 	shutdownGrace time.Duration
 	logFormat     string
 
-	tls             xds.TLSOptions
+	tls             auth.TLSOptions
 	tunnelCACert    string
 	tunnelCAKey     string
 	tunnelCASecret  string
@@ -184,19 +187,19 @@ func (o *serveOptions) checkInsecure() error {
 
 // tunnelCA loads the tunnel CA from files or a Secret; only the file source
 // may fall back to an in-memory development CA.
-func (o *serveOptions) tunnelCA(ctx context.Context, client kubernetes.Interface) (*xds.Issuer, error) {
+func (o *serveOptions) tunnelCA(ctx context.Context, client kubernetes.Interface) (*pki.Issuer, error) {
 	switch {
 	case o.tunnelCACert != "" || o.tunnelCAKey != "":
 		if o.tunnelCACert == "" || o.tunnelCAKey == "" || o.tunnelCASecret != "" {
 			return nil, fmt.Errorf("tunnel CA: give --tunnel-ca-cert-file and --tunnel-ca-key-file together, or --tunnel-ca-secret alone")
 		}
-		return xds.LoadIssuerFiles(o.tunnelCACert, o.tunnelCAKey, o.certValidity)
+		return pki.LoadIssuerFiles(o.tunnelCACert, o.tunnelCAKey, o.certValidity)
 	case o.tunnelCASecret != "":
 		ns, name, ok := strings.Cut(o.tunnelCASecret, "/")
 		if !ok || ns == "" || name == "" {
 			return nil, fmt.Errorf("--tunnel-ca-secret %q: want NAMESPACE/NAME", o.tunnelCASecret)
 		}
-		return xds.LoadIssuerSecret(ctx, client, ns, name, o.certValidity)
+		return pki.LoadIssuerSecret(ctx, client, ns, name, o.certValidity)
 	case o.source == "kubernetes":
 		return nil, fmt.Errorf("--source kubernetes needs a tunnel CA every server replica shares: --tunnel-ca-secret NAMESPACE/NAME or --tunnel-ca-cert-file/--tunnel-ca-key-file")
 	default:
@@ -218,14 +221,14 @@ func (o *serveOptions) kubeClient() (kubernetes.Interface, error) {
 }
 
 // sourceRunner returns the chosen source's Run.
-func (o *serveOptions) sourceRunner(client kubernetes.Interface) (func(context.Context, xds.Sink) error, error) {
+func (o *serveOptions) sourceRunner(client kubernetes.Interface) (func(context.Context, source.Sink) error, error) {
 	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
-		src := &xds.FileSource{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
-		return func(ctx context.Context, sink xds.Sink) error { src.Run(ctx, sink); return nil }, nil
+		src := &source.File{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
+		return func(ctx context.Context, sink source.Sink) error { src.Run(ctx, sink); return nil }, nil
 	}
 	if o.source != "kubernetes" {
 		return nil, fmt.Errorf("--source %q: use kubernetes or file=PATH", o.source)
 	}
-	src := &xds.KubeSource{Client: client, Log: logrus.WithField("component", "kubernetes-source")}
+	src := &source.Kubernetes{Client: client, Log: logrus.WithField("component", "kubernetes-source")}
 	return src.Run, nil
 }

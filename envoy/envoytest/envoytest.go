@@ -11,9 +11,9 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/spokeproxy/spoke/envoy"
+	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
-	"github.com/spokeproxy/spoke/xds"
 )
 
 // Binary returns the Envoy binary or skips the test saying what is missing.
@@ -32,18 +32,18 @@ func Binary(t testing.TB) string {
 
 // PKI is a throwaway tunnel CA, issuing through the server's own Issuer.
 type PKI struct {
-	issuer        *xds.Issuer
+	issuer        *pki.Issuer
 	caCert, caKey []byte
 }
 
 // NewPKI makes a fresh CA.
 func NewPKI(t testing.TB) *PKI {
 	t.Helper()
-	caCert, caKey, err := xds.GenerateCA("test tunnel CA")
+	caCert, caKey, err := pki.GenerateCA("test tunnel CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	issuer, err := xds.NewIssuer(caCert, caKey, 24*time.Hour)
+	issuer, err := pki.NewIssuer(caCert, caKey, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func NewPKI(t testing.TB) *PKI {
 // already expired (issued for one second; this waits it out).
 func (p *PKI) ExpiredSecrets(t testing.TB, s model.Settings, role translator.Role, dnsName string) []*tlsv3.Secret {
 	t.Helper()
-	short, err := xds.NewIssuer(p.caCert, p.caKey, time.Second)
+	short, err := pki.NewIssuer(p.caCert, p.caKey, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

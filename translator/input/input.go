@@ -1,5 +1,6 @@
 // Package input decodes cluster dumps: what `kubectl get ... -o yaml|json`
 // prints (a v1 List), multi-document YAML, or single objects, in YAML or JSON.
+// It imports the model and the Kubernetes API types only.
 package input
 
 import (

@@ -1,5 +1,8 @@
 // Package model holds the plain Go view of a cluster that the translator needs.
 // It knows nothing about Envoy; conversion from Kubernetes objects lives in convert.go.
+// Store is the incremental form the server keeps, fed object by object.
+//
+// model imports the Kubernetes API types, never Envoy, gRPC or client-go.
 package model
 
 import "net/netip"

@@ -1,4 +1,4 @@
-package xds_test
+package pki_test
 
 import (
 	"crypto/x509"
@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spokeproxy/spoke/xds"
-	"github.com/spokeproxy/spoke/xds/xdstest"
+	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/pki"
 )
 
 // TestTunnelCAFromFiles: a CA from PEM files issues certificates with
@@ -17,12 +17,12 @@ import (
 // another certificate or garbage are refused with a clear error.
 func TestTunnelCAFromFiles(t *testing.T) {
 	dir := t.TempDir()
-	caCert, caKey, err := xds.GenerateCA("file tunnel CA")
+	caCert, caKey, err := pki.GenerateCA("file tunnel CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile := xdstest.WriteFile(t, dir, "ca.crt", caCert), xdstest.WriteFile(t, dir, "ca.key", caKey)
-	issuer, err := xds.LoadIssuerFiles(certFile, keyFile, time.Hour)
+	certFile, keyFile := authtest.WriteFile(t, dir, "ca.crt", caCert), authtest.WriteFile(t, dir, "ca.key", caKey)
+	issuer, err := pki.LoadIssuerFiles(certFile, keyFile, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +47,8 @@ func TestTunnelCAFromFiles(t *testing.T) {
 		t.Errorf("issued certificate does not chain to the file CA: %v", err)
 	}
 
-	other, otherKey, _ := xds.GenerateCA("another CA")
-	leafOnly := xdstest.NewCA(t, "x")
+	other, otherKey, _ := pki.GenerateCA("another CA")
+	leafOnly := authtest.NewCA(t, "x")
 	notCA, notCAKey := leafOnly.KubeletClient(t, "n")
 	for name, files := range map[string][2][]byte{
 		"key of another CA":   {caCert, otherKey},
@@ -56,13 +56,13 @@ func TestTunnelCAFromFiles(t *testing.T) {
 		"garbage certificate": {[]byte("hello"), caKey},
 		"garbage key":         {other, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")},
 	} {
-		c := xdstest.WriteFile(t, dir, "bad.crt", files[0])
-		k := xdstest.WriteFile(t, dir, "bad.key", files[1])
-		if _, err := xds.LoadIssuerFiles(c, k, time.Hour); err == nil || !strings.Contains(err.Error(), "tunnel CA") {
+		c := authtest.WriteFile(t, dir, "bad.crt", files[0])
+		k := authtest.WriteFile(t, dir, "bad.key", files[1])
+		if _, err := pki.LoadIssuerFiles(c, k, time.Hour); err == nil || !strings.Contains(err.Error(), "tunnel CA") {
 			t.Errorf("%s: want a tunnel CA error, got %v", name, err)
 		}
 	}
-	if _, err := xds.LoadIssuerFiles(filepath.Join(dir, "missing.crt"), keyFile, time.Hour); err == nil {
+	if _, err := pki.LoadIssuerFiles(filepath.Join(dir, "missing.crt"), keyFile, time.Hour); err == nil {
 		t.Error("missing file: want an error")
 	}
 }

@@ -1,4 +1,4 @@
-package xds
+package source
 
 import (
 	"context"
@@ -13,21 +13,21 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// KubeSource watches Nodes, Pods, Services and the EndpointSlices of
+// Kubernetes watches Nodes, Pods, Services and the EndpointSlices of
 // default/kubernetes with informers and writes each event into the store, so
 // an update costs what the event touched. Objects are stripped to the fields
 // the model reads before they are cached (memory at 150,000 pods). Informers
 // relist and re-watch with backoff on errors and apiserver restarts (a relist
 // replays unchanged objects, which the store ignores, and tombstones for
 // objects deleted meanwhile); the last view stays served meanwhile.
-type KubeSource struct {
+type Kubernetes struct {
 	Client kubernetes.Interface
 	Log    logrus.FieldLogger
 }
 
 // Run writes events into sink until ctx ends; it reports Synced once every
 // informer has listed.
-func (k *KubeSource) Run(ctx context.Context, sink Sink) error {
+func (k *Kubernetes) Run(ctx context.Context, sink Sink) error {
 	all := informers.NewSharedInformerFactory(k.Client, 0)
 	apiservers := informers.NewSharedInformerFactoryWithOptions(k.Client, 0,
 		informers.WithNamespace(metav1.NamespaceDefault),

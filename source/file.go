@@ -1,4 +1,4 @@
-package xds
+package source
 
 import (
 	"bytes"
@@ -13,21 +13,12 @@ import (
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
-// Sink is where sources put what they see: they write objects into Store
-// and call Changed; Synced once their first full view is in (the server
-// publishes nothing before, and reports ready after).
-type Sink struct {
-	Store   *model.Store
-	Changed func()
-	Synced  func()
-}
-
-// FileSource watches a cluster dump (the `spoke translate` input format) and
+// File watches a cluster dump (the `spoke translate` input format) and
 // replaces the store's content whenever it changes (the store turns that
 // into per-object changes, so an edited pod touches only its node). Polling the content, not
 // inotify, also catches editors' rename-over and Kubernetes' ConfigMap
 // symlink swaps. A file that stops parsing keeps the last good state.
-type FileSource struct {
+type File struct {
 	Path     string
 	Interval time.Duration
 	Log      logrus.FieldLogger
@@ -35,7 +26,7 @@ type FileSource struct {
 
 // Run polls until ctx ends, loading the first good read and each change. While the file cannot be read, polls back off exponentially (up to
 // 30 s) so a missing file does not flood the log.
-func (f *FileSource) Run(ctx context.Context, sink Sink) {
+func (f *File) Run(ctx context.Context, sink Sink) {
 	var last []byte
 	retry := backoff.NewExponentialBackOff()
 	retry.InitialInterval, retry.MaxInterval, retry.MaxElapsedTime = f.Interval, 30*time.Second, 0

@@ -1,4 +1,4 @@
-package xds
+package status
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/translator"
 )
 
@@ -24,10 +25,10 @@ type ProxyStatus struct {
 }
 
 // Statuses joins what each Envoy ACKed with what the server holds for it.
-func (s *Server) Statuses() []ProxyStatus {
+func (t *Tracker) Statuses() []ProxyStatus {
 	var out []ProxyStatus
-	for _, st := range s.tracker.Status() {
-		current, counts := s.publisher.Versions(st.Proxy)
+	for _, st := range t.Status() {
+		current, counts := t.published.Versions(st.Proxy)
 		ps := ProxyStatus{StreamStatus: st, States: map[string]string{}, Server: map[string]string{}}
 		for typeURL, v := range current {
 			short := shortType(typeURL)
@@ -49,19 +50,22 @@ func (s *Server) Statuses() []ProxyStatus {
 	return out
 }
 
-func (s *Server) debugHandler() http.Handler {
+// DebugHandler serves /debug/status (the rows of `spoke status`) and
+// /debug/config?proxy=KEY (what the server serves one Envoy, as an Envoy
+// ConfigDump with secrets by name only).
+func (t *Tracker) DebugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(s.Statuses())
+		_ = json.NewEncoder(w).Encode(t.Statuses())
 	})
 	mux.HandleFunc("/debug/config", func(w http.ResponseWriter, r *http.Request) {
-		proxy, err := ParseProxy(r.URL.Query().Get("proxy"))
+		proxy, err := auth.ParseProxy(r.URL.Query().Get("proxy"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		res, versions, ok := s.publisher.Served(proxy)
+		res, versions, ok := t.published.Served(proxy)
 		if !ok {
 			http.Error(w, "no config for "+proxy.Key()+": not in the cluster, or the server has not synced yet", http.StatusNotFound)
 			return

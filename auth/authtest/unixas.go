@@ -1,4 +1,4 @@
-package xdstest
+package authtest
 
 import (
 	"fmt"

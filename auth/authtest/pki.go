@@ -1,7 +1,7 @@
-// Package xdstest holds test helpers for the xDS trust rules: a cluster CA
+// Package authtest holds test helpers for the trust rules: a cluster CA
 // that signs kubelet-like client certificates, and files to hand them to
 // servers and Envoys.
-package xdstest
+package authtest
 
 import (
 	"crypto"
@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spokeproxy/spoke/xds"
+	"github.com/spokeproxy/spoke/pki"
 )
 
 // CA is a certificate authority for tests (a cluster CA, a foreign CA).
@@ -30,7 +30,7 @@ type CA struct {
 // NewCA makes a fresh CA.
 func NewCA(t testing.TB, commonName string) *CA {
 	t.Helper()
-	certPEM, keyPEM, err := xds.GenerateCA(commonName)
+	certPEM, keyPEM, err := pki.GenerateCA(commonName)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,13 @@
-// Package xds is spoke's runtime: it turns cluster updates into per-Envoy
-// snapshots and serves them over ADS (state-of-the-world and delta), tracks
-// what each Envoy has ACKed or NACKed, and exposes health, metrics and a debug
-// API. Only this package imports go-control-plane's cache and server.
-package xds
+// Package auth decides who an Envoy is. A node proxy is the node its
+// verified kubelet client certificate names (CN system:node:<name>,
+// O system:nodes); a stream on the server's local Unix socket is the
+// apiserver proxy; plaintext TCP exists only in the explicit insecure mode.
+// Proxy names the config an Envoy receives and is the key everything else
+// (snapshots, status) uses.
+//
+// auth reads certificates and the Envoy node an xDS request names; it never
+// builds Envoy resources and never imports the Kubernetes client.
+package auth
 
 import (
 	"fmt"
@@ -43,12 +48,12 @@ func ParseProxy(s string) (Proxy, error) {
 	return Proxy{}, fmt.Errorf(`proxy %q: want "apiserver" or "node/NAME"`, s)
 }
 
-// proxyOf maps a connecting Envoy's claim to its proxy by node.cluster, which
+// ProxyOf maps a connecting Envoy's claim to its proxy by node.cluster, which
 // `spoke bootstrap` sets ("spoke-node" with node.id = node name, or
-// "spoke-apiserver"). The Tracker refuses every request whose claim differs
-// from the stream's authenticated identity (auth.go), so the claim can key
-// the snapshot cache.
-func proxyOf(node *corev3.Node) (Proxy, error) {
+// "spoke-apiserver"). The status tracker refuses every request whose claim
+// differs from the stream's authenticated identity, so the claim can key the
+// snapshot cache.
+func ProxyOf(node *corev3.Node) (Proxy, error) {
 	switch node.GetCluster() {
 	case translator.ServiceCluster(translator.RoleNode):
 		if node.GetId() == "" {
@@ -61,17 +66,4 @@ func proxyOf(node *corev3.Node) (Proxy, error) {
 		return Proxy{}, fmt.Errorf("Envoy %q names no spoke role: node.cluster is %q, want %q or %q (use spoke bootstrap)",
 			node.GetId(), node.GetCluster(), translator.ServiceCluster(translator.RoleNode), translator.ServiceCluster(translator.RoleAPIServer))
 	}
-}
-
-// nodeHash keys the snapshot cache by proxy (the claim, checked against the
-// identity before go-control-plane sees the request); an Envoy with no role
-// gets the empty key, which never holds a snapshot.
-type nodeHash struct{}
-
-func (nodeHash) ID(node *corev3.Node) string {
-	p, err := proxyOf(node)
-	if err != nil {
-		return ""
-	}
-	return p.Key()
 }

@@ -1,4 +1,12 @@
-package xds
+// Package pki is spoke's tunnel certificate authority: it loads the tunnel
+// CA (files, a Kubernetes Secret, or a development CA made in memory) and
+// issues the short-lived certificates node and apiserver proxies use for
+// their tunnels, renewing them before they expire.
+//
+// It may import the Kubernetes API client (to read the CA Secret), never
+// Envoy, gRPC or the rest of spoke: it hands out PEM bytes, and what goes
+// into an Envoy resource is the translator's job.
+package pki
 
 import (
 	"context"
@@ -6,6 +14,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -203,9 +212,18 @@ func (i *Issuer) RenewalCheckInterval() time.Duration { return max(i.validity/20
 
 func (i *Issuer) due(c Certificate) bool { return time.Until(c.Expires) <= i.validity/3 }
 
-// ServingCertificate returns the xDS port's own certificate for names (DNS
-// names or IPs), renewed like tunnel certificates.
-func (i *Issuer) ServingCertificate(names []string) (Certificate, error) {
+// ServingKeyPair returns the xDS port's own certificate for names (DNS
+// names or IPs), renewed like tunnel certificates, ready for crypto/tls.
+func (i *Issuer) ServingKeyPair(names []string) (*tls.Certificate, error) {
+	c, err := i.servingCertificate(names)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(c.CertPEM, c.KeyPEM)
+	return &pair, err
+}
+
+func (i *Issuer) servingCertificate(names []string) (Certificate, error) {
 	key := "xds-serving:" + fmt.Sprint(names)
 	i.mu.Lock()
 	defer i.mu.Unlock()

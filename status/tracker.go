@@ -1,4 +1,13 @@
-package xds
+// Package status knows what each connected Envoy has: it implements
+// go-control-plane's server callbacks to authenticate every ADS stream (with
+// auth), hold the Envoy to that identity, and record per resource type the
+// version sent, the version ACKed and the last NACK. It joins that with what
+// the server publishes into the rows of `spoke status`, and serves the debug
+// API.
+//
+// status reads the published config through the Published interface; it
+// never imports the xDS server, its cache, or a source.
+package status
 
 import (
 	"context"
@@ -9,8 +18,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/sirupsen/logrus"
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/metrics"
+	"github.com/spokeproxy/spoke/translator"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	grpcstatus "google.golang.org/grpc/status"
 )
 
 // TypeStatus is what one Envoy has of one resource type.
@@ -34,7 +46,7 @@ type StreamStatus struct {
 	// subject, local socket, or insecure plaintext).
 	Authenticated string `json:"authenticated"`
 
-	identity Identity
+	identity auth.Identity
 	refused  map[string]bool // resource names already reported as refused
 }
 
@@ -44,8 +56,8 @@ type StreamStatus struct {
 // Envoy's config does not hold, and records per type the version sent, the
 // version ACKed and the last NACK with Envoy's message.
 type Tracker struct {
-	publisher *Publisher
-	metrics   *Metrics
+	published Published
+	metrics   *metrics.Metrics
 	log       logrus.FieldLogger
 
 	mu      sync.Mutex
@@ -60,9 +72,24 @@ type streamKey struct {
 	id    int64
 }
 
-// NewTracker returns a Tracker.
-func NewTracker(p *Publisher, m *Metrics, log logrus.FieldLogger) *Tracker {
-	return &Tracker{publisher: p, metrics: m, log: log, streams: map[streamKey]*StreamStatus{}, nonces: map[streamKey]map[string]string{}}
+// Published is what the tracker and the debug API read of the config the
+// server publishes, per snapshot key (auth.Proxy.Key).
+type Published interface {
+	// KnowsNode reports whether node is in the current model.
+	KnowsNode(node string) bool
+	// ResourceNames lists the names of typeURL resources key's snapshot holds.
+	ResourceNames(key, typeURL string) map[string]bool
+	// SetAt is when key's current snapshot was set (for push latency).
+	SetAt(key string) time.Time
+	// Versions gives the current version and resource count per type.
+	Versions(key string) (versions map[string]string, counts map[string]int)
+	// Served is what proxy is served (secrets by name only) and its versions.
+	Served(proxy auth.Proxy) (translator.Resources, map[string]string, bool)
+}
+
+// NewTracker returns a Tracker reading p.
+func NewTracker(p Published, m *metrics.Metrics, log logrus.FieldLogger) *Tracker {
+	return &Tracker{published: p, metrics: m, log: log, streams: map[streamKey]*StreamStatus{}, nonces: map[streamKey]map[string]string{}}
 }
 
 // Status returns every connected Envoy, sorted by proxy then stream.
@@ -95,11 +122,11 @@ func (t *Tracker) Status() []StreamStatus {
 }
 
 func (t *Tracker) open(ctx context.Context, k streamKey) error {
-	id, err := authenticate(ctx)
+	id, err := auth.Authenticate(ctx)
 	if err != nil {
-		t.metrics.denied.WithLabelValues("unauthenticated").Inc()
+		t.metrics.Denied.WithLabelValues("unauthenticated").Inc()
 		t.log.WithError(err).WithField("stream", k.id).Error("refusing unauthenticated xDS stream")
-		return status.Error(codes.Unauthenticated, err.Error())
+		return grpcstatus.Error(codes.Unauthenticated, err.Error())
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -112,7 +139,7 @@ func (t *Tracker) closed(k streamKey) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.streams[k]; ok && s.Proxy != "" {
-		t.metrics.connected.WithLabelValues(roleOf(s.Proxy)).Dec()
+		t.metrics.Connected.WithLabelValues(roleOf(s.Proxy)).Dec()
 		t.log.WithFields(logrus.Fields{"stream": k.id, "delta": k.delta, "proxy": s.Proxy}).Info("Envoy disconnected")
 	}
 	delete(t.streams, k)
@@ -131,32 +158,32 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 	if !ok || node == nil {
 		return nil
 	}
-	claimed, err := proxyOf(node)
+	claimed, err := auth.ProxyOf(node)
 	if err != nil {
-		t.metrics.denied.WithLabelValues("no_role").Inc()
+		t.metrics.Denied.WithLabelValues("no_role").Inc()
 		t.log.WithError(err).WithFields(logrus.Fields{"stream": k.id, "authenticated": s.Authenticated}).Error("refusing xDS stream")
-		return status.Error(codes.PermissionDenied, err.Error())
+		return grpcstatus.Error(codes.PermissionDenied, err.Error())
 	}
 	want := s.identity.Proxy
 	if s.identity.Insecure {
 		want = claimed // plaintext development mode: the claim is all there is
 	}
 	if s.Proxy != "" && s.Proxy != want.Key() {
-		want = Proxy{} // an identity never changes within a stream
+		want = auth.Proxy{} // an identity never changes within a stream
 	}
 	if claimed != want {
-		t.metrics.denied.WithLabelValues("identity_mismatch").Inc()
+		t.metrics.Denied.WithLabelValues("identity_mismatch").Inc()
 		t.log.WithFields(logrus.Fields{"stream": k.id, "claims": claimed.Key(), "envoy": node.GetId(), "authenticated": s.Authenticated}).
 			Error("refusing xDS stream: the Envoy claims another node or role than its credentials prove")
-		return status.Errorf(codes.PermissionDenied, "node %q (%s) does not match the authenticated identity (%s)", node.GetId(), node.GetCluster(), s.Authenticated)
+		return grpcstatus.Errorf(codes.PermissionDenied, "node %q (%s) does not match the authenticated identity (%s)", node.GetId(), node.GetCluster(), s.Authenticated)
 	}
 	if s.Proxy != "" {
 		return nil
 	}
 	s.Proxy, s.EnvoyID = claimed.Key(), node.GetId()
-	t.metrics.connected.WithLabelValues(string(claimed.Role)).Inc()
+	t.metrics.Connected.WithLabelValues(string(claimed.Role)).Inc()
 	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta, "authenticated": s.Authenticated}
-	if claimed.Node != "" && !t.publisher.KnowsNode(claimed.Node) {
+	if claimed.Node != "" && !t.published.KnowsNode(claimed.Node) {
 		t.log.WithFields(fields).Error("Envoy names a node that is not in the cluster: it gets no config until that node appears")
 		return nil
 	}
@@ -179,7 +206,7 @@ func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 	}
 	proxy := s.Proxy
 	t.mu.Unlock()
-	allowed := t.publisher.ResourceNames(proxy, typeURL)
+	allowed := t.published.ResourceNames(proxy, typeURL)
 	for _, name := range names {
 		if allowed[name] || name == "*" {
 			continue
@@ -189,7 +216,7 @@ func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 		s.refused[typeURL+"/"+name] = true
 		t.mu.Unlock()
 		if first {
-			t.metrics.denied.WithLabelValues("resource_not_allowed").Inc()
+			t.metrics.Denied.WithLabelValues("resource_not_allowed").Inc()
 			t.log.WithFields(logrus.Fields{"proxy": proxy, "type": shortType(typeURL), "resource": name, "authenticated": s.Authenticated}).
 				Warn("refused: the Envoy asked for a resource that is not in its config")
 		}
@@ -211,7 +238,7 @@ func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeS
 
 // request records an ACK (a request carrying the nonce of a response and no
 // error) or a NACK (error_detail set; Envoy keeps its last good config).
-func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail *status.Status) {
+func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail *grpcstatus.Status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ts := t.typeStatus(k, typeURL)
@@ -220,7 +247,7 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	}
 	if errDetail != nil {
 		ts.LastNack, ts.NackedAt, ts.NackedVer = errDetail.Message(), time.Now(), ts.Sent
-		t.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		t.metrics.Nacks.WithLabelValues(shortType(typeURL)).Inc()
 		t.log.WithFields(logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": shortType(typeURL), "rejected": ts.Sent, "keeps": ts.Acked}).
 			Error("Envoy NACKed config: " + errDetail.Message())
 		return
@@ -247,29 +274,31 @@ func (t *Tracker) response(k streamKey, typeURL, version string) {
 	ts.Sent = version
 	proxy := s.Proxy
 	t.mu.Unlock()
-	t.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
-	if at := t.publisher.SetAt(proxy); !at.IsZero() {
-		t.metrics.pushLatency.WithLabelValues(shortType(typeURL)).Observe(time.Since(at).Seconds())
+	t.metrics.Pushes.WithLabelValues(shortType(typeURL)).Inc()
+	if at := t.published.SetAt(proxy); !at.IsZero() {
+		t.metrics.PushLatency.WithLabelValues(shortType(typeURL)).Observe(time.Since(at).Seconds())
 	}
 }
 
-// Callbacks returns the go-control-plane callbacks bound to this tracker.
-func (t *Tracker) Callbacks() serverCallbacks { return serverCallbacks{t} }
+// Callbacks returns the go-control-plane server callbacks bound to this
+// tracker (serverv3.Callbacks).
+func (t *Tracker) Callbacks() Callbacks { return Callbacks{t} }
 
-type serverCallbacks struct{ t *Tracker }
+// Callbacks implements go-control-plane's serverv3.Callbacks for a Tracker.
+type Callbacks struct{ t *Tracker }
 
-func (c serverCallbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+func (c Callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
 	return c.t.open(ctx, streamKey{id: id})
 }
-func (c serverCallbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(streamKey{id: id}) }
-func (c serverCallbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+func (c Callbacks) OnStreamClosed(id int64, _ *corev3.Node) { c.t.closed(streamKey{id: id}) }
+func (c Callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
 	return c.t.open(ctx, streamKey{delta: true, id: id})
 }
-func (c serverCallbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+func (c Callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 	c.t.closed(streamKey{delta: true, id: id})
 }
 
-func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+func (c Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	k := streamKey{id: id}
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
@@ -289,11 +318,11 @@ func (c serverCallbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryReq
 	return nil
 }
 
-func (c serverCallbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+func (c Callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	c.t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetVersionInfo())
 }
 
-func (c serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+func (c Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	k := streamKey{delta: true, id: id}
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
@@ -307,7 +336,7 @@ func (c serverCallbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDi
 	return nil
 }
 
-func (c serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+func (c Callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	k := streamKey{delta: true, id: id}
 	c.t.mu.Lock()
 	if c.t.nonces[k] == nil {
@@ -318,24 +347,24 @@ func (c serverCallbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDis
 	c.t.response(k, resp.GetTypeUrl(), resp.GetSystemVersionInfo())
 }
 
-func (c serverCallbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
-	return status.Error(codes.Unimplemented, "spoke serves ADS streams only")
+func (c Callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
+	return grpcstatus.Error(codes.Unimplemented, "spoke serves ADS streams only")
 }
-func (c serverCallbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
+func (c Callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {
 }
 
 func statusOf(s interface {
 	GetCode() int32
 	GetMessage() string
-}) *status.Status {
+}) *grpcstatus.Status {
 	if s == nil || (s.GetCode() == 0 && s.GetMessage() == "") {
 		return nil
 	}
-	return status.New(codes.Code(s.GetCode()), s.GetMessage())
+	return grpcstatus.New(codes.Code(s.GetCode()), s.GetMessage())
 }
 
 func roleOf(key string) string {
-	if key == APIServerKey {
+	if key == auth.APIServerKey {
 		return "apiserver"
 	}
 	return "node"

@@ -1,0 +1,119 @@
+package auth
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// TLSOptions secure the xDS TCP port. Files are re-read when their content
+// changes (kubelet and cert-manager rotate them), checked at most once per
+// ReloadInterval, at handshakes.
+type TLSOptions struct {
+	// CertFile/KeyFile: the port's serving certificate. Empty: the server
+	// issues one from the tunnel CA for ServerNames.
+	CertFile, KeyFile string
+	ServerNames       []string
+	// ClientCAFile: the CA bundle that signs node client certificates
+	// (recommended: the cluster CA that signs kubelet client certificates).
+	ClientCAFile   string
+	ReloadInterval time.Duration
+}
+
+// ServingIssuer signs the xDS port's own certificate when no certificate
+// file is configured (the tunnel CA's pki.Issuer does).
+type ServingIssuer interface {
+	ServingKeyPair(names []string) (*tls.Certificate, error)
+}
+
+// ServerTLS returns the xDS port's TLS config: TLS 1.3, client certificate
+// required, verified against the client CA and mapped to a node (a
+// certificate that names no node is refused at the handshake, logged, and
+// passed to refused so the server can count it). Without a serving
+// certificate file, issuer signs one for o.ServerNames.
+func ServerTLS(o TLSOptions, issuer ServingIssuer, refused func(error), log logrus.FieldLogger) (*tls.Config, error) {
+	if o.ClientCAFile == "" {
+		return nil, errors.New("xDS TLS needs a client CA (--client-ca-file): node proxies authenticate with certificates it signs")
+	}
+	interval := o.ReloadInterval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	clientCAs := &reloadingFile{paths: []string{o.ClientCAFile}, interval: interval, parse: parseCAPool, log: log}
+	if _, err := clientCAs.get(); err != nil {
+		return nil, err
+	}
+	var serving func() (*tls.Certificate, error)
+	switch {
+	case o.CertFile != "" && o.KeyFile != "":
+		pair := &reloadingFile{paths: []string{o.CertFile, o.KeyFile}, interval: interval, parse: parseKeyPair, log: log}
+		if _, err := pair.get(); err != nil {
+			return nil, err
+		}
+		serving = func() (*tls.Certificate, error) {
+			v, err := pair.get()
+			if err != nil {
+				return nil, err
+			}
+			return v.(*tls.Certificate), nil
+		}
+	case o.CertFile != "" || o.KeyFile != "":
+		return nil, errors.New("xDS TLS: give both --tls-cert-file and --tls-private-key-file, or neither (the server then issues its own from the tunnel CA)")
+	default:
+		if len(o.ServerNames) == 0 {
+			return nil, errors.New("xDS TLS: no server names for the self-issued serving certificate (--xds-server-name)")
+		}
+		serving = func() (*tls.Certificate, error) { return issuer.ServingKeyPair(o.ServerNames) }
+	}
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		ClientAuth:     tls.RequireAnyClientCert, // verified below, against the current bundle
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving() },
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			err := verifyNodeClient(raw, clientCAs)
+			if err != nil {
+				refused(err)
+				log.WithError(err).Warn("refused an xDS client at the TLS handshake")
+			}
+			return err
+		},
+		NextProtos: []string{"h2"},
+	}, nil
+}
+
+// verifyNodeClient checks the chain against the client CA bundle and that
+// the leaf names a node.
+func verifyNodeClient(raw [][]byte, clientCAs *reloadingFile) error {
+	if len(raw) == 0 {
+		return errors.New("no client certificate")
+	}
+	certs := make([]*x509.Certificate, len(raw))
+	for i, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("client certificate does not parse: %w", err)
+		}
+		certs[i] = c
+	}
+	pool, err := clientCAs.get()
+	if err != nil {
+		return err
+	}
+	intermediates := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		intermediates.AddCert(c)
+	}
+	leaf := certs[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool.(*x509.CertPool), Intermediates: intermediates,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("client certificate %q: %w", leaf.Subject, err)
+	}
+	if _, err := nodeOfCertificate(leaf); err != nil {
+		return err
+	}
+	return nil
+}
