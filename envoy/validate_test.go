@@ -7,6 +7,7 @@ import (
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
@@ -55,5 +56,42 @@ func validate(t *testing.T, bin, what string, b *bootstrapv3.Bootstrap) {
 	defer cancel()
 	if err := envoy.Validate(ctx, bin, b); err != nil {
 		t.Errorf("%s: %v", what, err)
+	}
+}
+
+// TestRealEnvoyRejectsAWrongReverseTunnelCluster: validate mode is a real
+// check. The reverse-connection cluster needs lb_policy CLUSTER_PROVIDED;
+// with round robin the real Envoy refuses the config.
+func TestRealEnvoyRejectsAWrongReverseTunnelCluster(t *testing.T) {
+	bin := envoytest.Binary(t)
+	objs, _, err := input.ReadFiles([]string{"../examples/cluster.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := model.DefaultSettings()
+	s.EgressSocketPath = filepath.Join(t.TempDir(), "egress.sock")
+	cluster, _ := model.Build(objs, s)
+	res := translator.APIServerProxy(&cluster, s)
+	broken := false
+	for _, c := range res.Clusters {
+		if c.GetName() == translator.ReverseTunnels {
+			c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+			broken = true
+		}
+	}
+	if !broken {
+		t.Fatalf("no %s cluster in the apiserver proxy's config", translator.ReverseTunnels)
+	}
+	pki := envoytest.NewPKI(t)
+	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, pki.Secrets(t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := envoy.Validate(ctx, bin, b); err == nil {
+		t.Error("Envoy accepted a reverse-connection cluster with lb_policy ROUND_ROBIN")
+	} else {
+		t.Logf("refused as expected: %.300v", err)
 	}
 }

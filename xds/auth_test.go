@@ -336,3 +336,25 @@ func logged(hook *logtest.Hook, fragment string) bool {
 	}
 	return false
 }
+
+// TestClientCARotation: the client CA file is re-read when it changes: a
+// certificate from the new CA is accepted without a restart, one from the
+// replaced CA no longer is. (Restored: an earlier change dropped this test
+// while README still cited it.)
+func TestClientCARotation(t *testing.T) {
+	env := startSecureServer(t)
+	oldCert, oldKey := env.clusterCA.KubeletClient(t, "worker-1")
+	next := authtest.NewCA(t, "next cluster CA")
+	authtest.WriteFile(t, env.dir, "client-ca.crt", next.CertPEM)
+	time.Sleep(300 * time.Millisecond) // past the reload interval
+	newCert, newKey := next.KubeletClient(t, "worker-1")
+	stream := mustStream(t)(env.dial(t, newCert, newKey))
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.ClusterType})
+	if resp, err := recvWithin(t, stream, 5*time.Second); err != nil || resp == nil {
+		t.Fatalf("certificate from the rotated CA refused: %v", err)
+	}
+	oldStream, openErr := env.dial(t, oldCert, oldKey)
+	if err := expectNothing(t, oldStream, openErr, nodeProxy("worker-1")); err == nil {
+		t.Error("certificate from the replaced CA still accepted")
+	}
+}
