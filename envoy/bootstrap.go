@@ -240,8 +240,14 @@ func serverCASecret(serverCAFile string) *tlsv3.Secret {
 }
 
 // WriteSDSFiles writes the two file-based SDS resources into dir,
-// atomically (Envoy watches the directory).
+// atomically (Envoy watches the directory). The paths must be absolute:
+// Envoy refuses relative ones and the proxy would get no config.
 func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
+	for _, p := range []string{certFile, keyFile, serverCAFile} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("file-based SDS needs absolute paths, got %q (Envoy refuses relative ones)", p)
+		}
+	}
 	for file, secret := range map[string]*tlsv3.Secret{
 		ClientSDSFile:   clientCertificateSecret(certFile, keyFile),
 		ServerCASDSFile: serverCASecret(serverCAFile),

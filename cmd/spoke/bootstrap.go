@@ -71,6 +71,14 @@ development only).`,
 }
 
 func (b *bootstrapOptions) run(stdout io.Writer) error {
+	// Envoy resolves nothing against the directory bootstrap ran in: its
+	// file-based SDS refuses relative paths, and a relative socket would
+	// depend on Envoy's working directory.
+	for _, path := range []*string{&b.clientCert, &b.clientKey, &b.serverCA, &b.o.XDSSocket} {
+		if err := makeAbsolute(path); err != nil {
+			return err
+		}
+	}
 	o := b.o
 	switch b.role {
 	case "node":
@@ -129,4 +137,17 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, "wrote", path)
 	return err
+}
+
+// makeAbsolute resolves a relative path against the working directory.
+func makeAbsolute(path *string) error {
+	if *path == "" || filepath.IsAbs(*path) {
+		return nil
+	}
+	abs, err := filepath.Abs(*path)
+	if err != nil {
+		return fmt.Errorf("make %s absolute: %w", *path, err)
+	}
+	*path = abs
+	return nil
 }

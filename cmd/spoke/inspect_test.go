@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
@@ -86,5 +87,36 @@ func TestBootstrapCommand(t *testing.T) {
 		if _, _, err := runSpoke(args...); err == nil {
 			t.Errorf("%v: want an error", args)
 		}
+	}
+}
+
+// TestBootstrapMakesPathsAbsolute: Envoy's file-based SDS refuses relative
+// paths ("invalid file path") and the node proxy would get no config, so
+// bootstrap writes the certificate paths absolute, resolved against the
+// directory it was run in; the apiserver's xDS socket too.
+func TestBootstrapMakesPathsAbsolute(t *testing.T) {
+	dir := t.TempDir()
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runSpoke("bootstrap", "--role", "node", "--node-name", "worker-1", "--output-dir", dir,
+		"--client-cert", "pki/kubelet.pem", "--client-key", "./pki/kubelet.pem", "--server-ca", "ca.crt"); err != nil {
+		t.Fatal(err)
+	}
+	sds, _ := os.ReadFile(filepath.Join(dir, "xds-client-sds.yaml"))
+	if want := "filename: " + filepath.Join(cwd, "pki/kubelet.pem"); strings.Count(string(sds), want) != 2 {
+		t.Errorf("client certificate and key not made absolute (want %q twice):\n%s", want, sds)
+	}
+	ca, _ := os.ReadFile(filepath.Join(dir, "xds-server-ca-sds.yaml"))
+	if want := "filename: " + filepath.Join(cwd, "ca.crt"); !strings.Contains(string(ca), want) {
+		t.Errorf("server CA not made absolute (want %q):\n%s", want, ca)
+	}
+	api, _, err := runSpoke("bootstrap", "--role", "apiserver", "--xds-socket", "run/xds.sock")
+	if want := "path: " + filepath.Join(cwd, "run/xds.sock"); err != nil || !strings.Contains(api, want) {
+		t.Errorf("apiserver socket not made absolute (want %q): %v\n%s", want, err, api)
+	}
+	if err := envoy.WriteSDSFiles(dir, "relative.pem", "relative.pem", "/ca.crt"); err == nil {
+		t.Error("WriteSDSFiles accepted a relative certificate path")
 	}
 }
