@@ -38,6 +38,12 @@ func (t *Translator) APIServerProxy() Resources {
 func egressListener(s model.Settings) *listenerv3.Listener {
 	hcm := connectHCM("apiserver_egress", EgressRoute, s)
 	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP1
+	// The apiserver sends its CONNECT as soon as it connects, one per
+	// connection: a client that has not finished its headers, or has sent
+	// nothing, by then is stuck or hostile. Neither timer runs once the
+	// stream is established, so a quiet `kubectl logs -f` is never cut.
+	hcm.RequestHeadersTimeout = dur(s.RequestHeadersTimeout)
+	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: dur(s.RequestHeadersTimeout)}
 	return &listenerv3.Listener{
 		Name: EgressListener,
 		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{

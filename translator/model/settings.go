@@ -42,6 +42,11 @@ type Settings struct {
 	// ConnectTimeout bounds every upstream TCP connect: the apiserver has no deadline
 	// on its CONNECT, so spoke must fail fast.
 	ConnectTimeout Duration `json:"connectTimeout"`
+	// RequestHeadersTimeout bounds how long a client of the egress socket may
+	// take to send its CONNECT (or stay silent after connecting): a stuck
+	// client must not hold a connection forever. It ends once the headers
+	// are in: an established stream is never cut by it.
+	RequestHeadersTimeout Duration `json:"requestHeadersTimeout"`
 	// KeepaliveInterval is the HTTP/2 PING interval on tunnels (both sides).
 	KeepaliveInterval Duration `json:"keepaliveInterval"`
 	// KeepaliveTimeout is how long a PING may go unanswered before the tunnel is closed.
@@ -69,18 +74,19 @@ const (
 // DefaultSettings returns the documented defaults.
 func DefaultSettings() Settings {
 	return Settings{
-		ClusterID:           "spoke-nodes",
-		TenantID:            "spoke",
-		TunnelPort:          8132,
-		TunnelListenAddress: "0.0.0.0",
-		APIServerProxyName:  "spoke-apiserver-proxy",
-		TunnelsPerEndpoint:  2,
-		EgressSocketPath:    "/var/run/spoke/egress.sock",
-		EgressSocketMode:    0o600,
-		PodRouting:          PodRoutingAuto,
-		ConnectTimeout:      Duration(2 * time.Second),
-		KeepaliveInterval:   Duration(10 * time.Second),
-		KeepaliveTimeout:    Duration(5 * time.Second),
+		ClusterID:             "spoke-nodes",
+		TenantID:              "spoke",
+		TunnelPort:            8132,
+		TunnelListenAddress:   "0.0.0.0",
+		APIServerProxyName:    "spoke-apiserver-proxy",
+		TunnelsPerEndpoint:    2,
+		EgressSocketPath:      "/var/run/spoke/egress.sock",
+		EgressSocketMode:      0o600,
+		PodRouting:            PodRoutingAuto,
+		ConnectTimeout:        Duration(2 * time.Second),
+		RequestHeadersTimeout: Duration(10 * time.Second),
+		KeepaliveInterval:     Duration(10 * time.Second),
+		KeepaliveTimeout:      Duration(5 * time.Second),
 		Secrets: SecretNames{
 			TunnelCA:             "spoke-tunnel-ca",
 			NodeCertificate:      "spoke-tunnel-node",
@@ -101,7 +107,7 @@ func LoadSettings(path string) (Settings, error) {
 		return s, fmt.Errorf("read settings: %w", err)
 	}
 	if err := yaml.UnmarshalStrict(raw, &s); err != nil {
-		return s, fmt.Errorf("settings file %s: %w (see README.md, section Settings, for the fields)", path, err)
+		return s, fmt.Errorf("settings file %s: %w (examples/settings.yaml lists every field)", path, err)
 	}
 	if err := s.Validate(); err != nil {
 		return s, fmt.Errorf("settings file %s: %w", path, err)
@@ -132,6 +138,8 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("podRouting %q: must be %q or %q", s.PodRouting, PodRoutingAuto, PodRoutingPerPod)
 	case s.ConnectTimeout <= 0:
 		return fmt.Errorf("connectTimeout must be positive")
+	case s.RequestHeadersTimeout <= 0:
+		return fmt.Errorf("requestHeadersTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
 		return fmt.Errorf("keepaliveInterval and keepaliveTimeout must be positive")
 	case s.Secrets.TunnelCA == "" || s.Secrets.NodeCertificate == "" || s.Secrets.APIServerCertificate == "":
