@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -15,49 +16,122 @@ import (
 
 // File watches a cluster dump (the `spoke translate` input format) and
 // replaces the store's content whenever it changes (the store turns that
-// into per-object changes, so an edited pod touches only its node). Polling the content, not
-// inotify, also catches editors' rename-over and Kubernetes' ConfigMap
-// symlink swaps. A file that stops parsing keeps the last good state.
+// into per-object changes, so an edited pod touches only its node). Polling
+// the content, not inotify, also catches editors' rename-over and
+// Kubernetes' ConfigMap symlink swaps. A file that stops parsing keeps the
+// last good state.
+//
+// A reload that would empty the cluster or remove more than half of its
+// nodes or pods is suspect: an in-place rewrite caught halfway still parses
+// and looks exactly like that, and applying it would strip the routes of
+// every Envoy it no longer names. Such content is applied only once it has
+// stayed unchanged for Settle; a file that keeps growing is applied at once.
 type File struct {
 	Path     string
 	Interval time.Duration
-	Log      logrus.FieldLogger
+	// Settle is how long suspect content must stay unchanged before it is
+	// applied; zero means four poll intervals (2 s with the default poll).
+	Settle time.Duration
+	Log    logrus.FieldLogger
+
+	applied      []byte    // the content in the store
+	pending      []byte    // suspect content waiting to settle
+	pendingSince time.Time // when pending was first read; zero: none
+	broken       []byte    // content that did not parse, already reported
+	retry        *backoff.ExponentialBackOff
 }
 
-// Run polls until ctx ends, loading the first good read and each change. While the file cannot be read, polls back off exponentially (up to
-// 30 s) so a missing file does not flood the log.
+// Run polls until ctx ends, loading the first good read and each change.
+// While the file cannot be read, polls back off exponentially (up to 30 s)
+// so a missing file does not flood the log.
 func (f *File) Run(ctx context.Context, sink Sink) {
-	var last []byte
-	retry := backoff.NewExponentialBackOff()
-	retry.InitialInterval, retry.MaxInterval, retry.MaxElapsedTime = f.Interval, 30*time.Second, 0
 	for {
-		wait := f.Interval
-		raw, err := os.ReadFile(f.Path)
-		switch {
-		case err != nil:
-			wait = retry.NextBackOff()
-			f.Log.WithError(err).WithFields(logrus.Fields{"file": f.Path, "retry_in": wait.Round(time.Millisecond)}).
-				Error("cannot read the cluster file: serving the last good config")
-		case last == nil || !bytes.Equal(raw, last):
-			var objs model.Objects
-			problems, err := input.Decode(raw, &objs)
-			if err != nil {
-				f.Log.WithError(err).WithField("file", f.Path).Error("cluster file does not parse: serving the last good config")
-			} else {
-				f.Log.WithField("file", f.Path).Info("cluster file loaded")
-				sink.Store.Replace(objs, problems)
-				sink.Synced()
-				sink.Changed()
-			}
-			last = raw
-		}
-		if err == nil {
-			retry.Reset()
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(f.poll(sink)):
 		}
 	}
+}
+
+// poll reads the file once, applies what changed (when it is not suspect,
+// or has settled) and says how long to wait before the next poll.
+func (f *File) poll(sink Sink) time.Duration {
+	if f.retry == nil {
+		f.retry = backoff.NewExponentialBackOff()
+		f.retry.InitialInterval, f.retry.MaxInterval, f.retry.MaxElapsedTime = f.Interval, 30*time.Second, 0
+	}
+	raw, err := os.ReadFile(f.Path)
+	if err != nil {
+		wait := f.retry.NextBackOff()
+		f.Log.WithError(err).WithFields(logrus.Fields{"file": f.Path, "retry_in": wait.Round(time.Millisecond)}).
+			Error("cannot read the cluster file: serving the last good config")
+		return wait
+	}
+	f.retry.Reset()
+	if f.applied != nil && bytes.Equal(raw, f.applied) {
+		f.clearPending() // a suspect rewrite that ended where it began
+		return f.Interval
+	}
+	var objs model.Objects
+	problems, err := input.Decode(raw, &objs)
+	if err != nil {
+		if f.broken == nil || !bytes.Equal(raw, f.broken) {
+			f.Log.WithError(err).WithField("file", f.Path).Error("cluster file does not parse: serving the last good config")
+			f.broken = raw // log once per broken content
+		}
+		return f.Interval
+	}
+	if why := shrinks(sink.Store.ObjectCounts(), objs); why != "" && f.applied != nil {
+		if !f.settled(raw) {
+			return f.Interval
+		}
+		f.Log.WithFields(logrus.Fields{"file": f.Path, "change": why, "unchanged_for": f.settleTime()}).
+			Warn("applying a cluster file that removes most of the cluster: it stayed unchanged, so it is meant")
+	}
+	f.Log.WithField("file", f.Path).Info("cluster file loaded")
+	sink.Store.Replace(objs, problems)
+	f.applied = raw
+	f.clearPending()
+	sink.Synced()
+	sink.Changed()
+	return f.Interval
+}
+
+// settled records suspect content and reports whether it has stayed the
+// same for the settle time.
+func (f *File) settled(raw []byte) bool {
+	if f.pendingSince.IsZero() || !bytes.Equal(raw, f.pending) {
+		f.pending, f.pendingSince = raw, time.Now()
+		f.Log.WithFields(logrus.Fields{"file": f.Path, "wait": f.settleTime()}).
+			Warn("the cluster file would remove most of the cluster (a rewrite caught halfway?): waiting for it to settle before applying it")
+		return false
+	}
+	return time.Since(f.pendingSince) >= f.settleTime()
+}
+
+func (f *File) clearPending() { f.pending, f.pendingSince = nil, time.Time{} }
+
+func (f *File) settleTime() time.Duration {
+	if f.Settle > 0 {
+		return f.Settle
+	}
+	return 4 * f.Interval
+}
+
+// shrinks says how next would shrink the cluster whose object counts are
+// current, when it empties it or drops more than half of its nodes or pods;
+// "" otherwise.
+func shrinks(current map[string]int, next model.Objects) string {
+	total := len(next.Nodes) + len(next.Pods) + len(next.Services) + len(next.EndpointSlices)
+	held := current["Node"] + current["Pod"] + current["Service"] + current["EndpointSlice"]
+	switch {
+	case total == 0 && held > 0:
+		return "empty"
+	case len(next.Nodes)*2 < current["Node"]:
+		return "nodes " + strconv.Itoa(current["Node"]) + " -> " + strconv.Itoa(len(next.Nodes))
+	case len(next.Pods)*2 < current["Pod"]:
+		return "pods " + strconv.Itoa(current["Pod"]) + " -> " + strconv.Itoa(len(next.Pods))
+	}
+	return ""
 }

@@ -90,6 +90,10 @@ func (o *translateOptions) run() ([]byte, error) {
 	}
 	cluster, more := model.Build(objs, settings)
 	problems = append(problems, more...)
+	if len(objs.Nodes)+len(objs.Pods)+len(objs.Services)+len(objs.EndpointSlices) == 0 {
+		problems = append(problems, model.Problem{Object: strings.Join(o.files, ","),
+			Message: "the input holds no Node, Pod, Service or EndpointSlice: the config routes nothing (an empty or half-written dump?)"})
+	}
 	for _, p := range problems {
 		logrus.WithField("object", p.Object).Warn(p.Message)
 	}

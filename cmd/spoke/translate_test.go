@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -81,5 +83,25 @@ func TestTranslateWarnsAndContinues(t *testing.T) {
 	}
 	if !strings.Contains(out, "10.244.1.2:*") {
 		t.Error("the good pod's route is missing")
+	}
+}
+
+// TestTranslateWarnsOnEmptyInput: an empty dump (a failed kubectl, a file
+// written halfway) translates to an apiserver proxy that routes nothing; it
+// is said on stderr, and --strict refuses it.
+func TestTranslateWarnsOnEmptyInput(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := runSpoke("translate", "--proxy", "apiserver", "-f", empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr, "level=warning") || !strings.Contains(stderr, "no Node, Pod, Service or EndpointSlice") {
+		t.Errorf("no warning about the empty input:\n%s", stderr)
+	}
+	if out, _, err := runSpoke("translate", "--proxy", "apiserver", "--strict", "-f", empty); err == nil || out != "" {
+		t.Errorf("--strict accepted an empty input: %v", err)
 	}
 }
