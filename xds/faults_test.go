@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -88,5 +89,61 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := recvWithin(t, stream, 5*time.Second); err == nil {
 		t.Error("open stream did not end on shutdown")
+	}
+}
+
+// TestShutdownSpreadsStreamClosesOverTheGrace: on SIGTERM the open ADS
+// streams are closed a few at a time across --shutdown-grace, so the Envoys
+// reconnect to the other servers gradually instead of all at once; Run
+// returns once the last one is closed, within the grace.
+func TestShutdownSpreadsStreamClosesOverTheGrace(t *testing.T) {
+	const grace, streams = 2 * time.Second, 8
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: grace, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan time.Time, 1)
+	go func() { _ = srv.Run(ctx); done <- time.Now() }()
+	closed := make(chan time.Time, streams)
+	for i := 0; i < streams; i++ {
+		stream := adsStream(t, srv)
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy(fmt.Sprintf("worker-%d", i)), TypeUrl: resourcev3.ListenerType})
+		go func() {
+			for {
+				if _, err := stream.Recv(); err != nil {
+					closed <- time.Now()
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	var first, last time.Time
+	for i := 0; i < streams; i++ {
+		select {
+		case at := <-closed:
+			if first.IsZero() {
+				first = at
+			}
+			last = at
+		case <-time.After(grace + 3*time.Second):
+			t.Fatalf("only %d of %d streams closed within %v of shutdown", i, streams, grace+3*time.Second)
+		}
+	}
+	returned := <-done
+	t.Logf("streams closed from %v to %v after SIGTERM; Run returned after %v",
+		first.Sub(start).Round(time.Millisecond), last.Sub(start).Round(time.Millisecond), returned.Sub(start).Round(time.Millisecond))
+	if spread := last.Sub(first); spread < grace/2 {
+		t.Errorf("all %d streams closed within %v: the grace period %v was not used to spread them", streams, spread, grace)
+	}
+	if returned.Sub(start) > grace+time.Second {
+		t.Errorf("Run returned %v after shutdown, beyond the grace of %v", returned.Sub(start), grace)
 	}
 }

@@ -61,7 +61,8 @@ type Options struct {
 	MaxDelay     time.Duration
 	// CertValidity is the lifetime of issued tunnel certificates.
 	CertValidity time.Duration
-	// ShutdownGrace bounds how long open streams get to close on SIGTERM.
+	// ShutdownGrace: on shutdown the open streams are closed a few at a
+	// time over this period (Envoys reconnect elsewhere gradually).
 	ShutdownGrace time.Duration
 	Log           logrus.FieldLogger
 }
@@ -162,10 +163,14 @@ func (s *Server) Addr(name string) string {
 	return s.addresses[name]
 }
 
-// Run serves until ctx ends, then stops accepting and gives open streams
-// ShutdownGrace to finish.
+// Run serves until ctx ends, then stops accepting new streams and closes
+// the open ones a few at a time over ShutdownGrace.
 func (s *Server) Run(ctx context.Context) error {
-	xdsServer := serverv3.NewServer(ctx, s.cache, s.tracker.Callbacks())
+	// Streams outlive ctx: they end through the drainer, or when Run returns.
+	streamsCtx, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	xdsServer := serverv3.NewServer(streamsCtx, s.cache, s.tracker.Callbacks())
+	drain := newDrainer()
 	grpcOptions := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -210,9 +215,9 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.debounce.Run(ctx)
 	go s.renewCertificates(ctx)
 	errs := make(chan error, 4)
-	go func() { errs <- grpcServer.Serve(xdsLn) }()
+	go func() { errs <- grpcServer.Serve(drain.listener(xdsLn)) }()
 	if socketLn != nil {
-		go func() { errs <- socketServer.Serve(socketLn) }()
+		go func() { errs <- socketServer.Serve(drain.listener(socketLn)) }()
 	}
 	go func() { errs <- httpServer.Serve(httpLn) }()
 	go func() { errs <- debugServer.Serve(debugLn) }()
@@ -225,9 +230,13 @@ func (s *Server) Run(ctx context.Context) error {
 			s.opts.Log.WithError(err).Error("a listener failed: shutting down")
 		}
 	}
-	s.opts.Log.Info("shutting down: no new streams, open streams get a grace period")
+	s.opts.Log.WithField("grace", s.opts.ShutdownGrace).Info("shutting down: no new streams; closing the open ones a few at a time over the grace period")
 	stopped := make(chan struct{})
 	go func() { grpcServer.GracefulStop(); socketServer.GracefulStop(); close(stopped) }()
+	go func() {
+		n := drain.drain(s.opts.ShutdownGrace)
+		s.opts.Log.WithField("streams", n).Info("every open stream closed")
+	}()
 	select {
 	case <-stopped:
 	case <-time.After(s.opts.ShutdownGrace):

@@ -100,7 +100,7 @@ localhost.`,
 	f.DurationVar(&o.maxDelay, "debounce-max", 50*time.Millisecond, "longest a change waits in a burst")
 	f.DurationVar(&o.pollInterval, "file-poll", 500*time.Millisecond, "how often the file source checks its file")
 	f.DurationVar(&o.certValidity, "cert-validity", 24*time.Hour, "lifetime of issued tunnel certificates (renewed after two thirds)")
-	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "how long open streams get on SIGTERM")
+	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, close the open xDS streams a few at a time over this period, so Envoys move to other servers gradually")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
 }
