@@ -30,6 +30,14 @@ type secureServer struct {
 	dir       string
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
 	logs      *envoytest.LogBuffer
+	xdsAddr   string // a server in another process; empty: srv's
+}
+
+func (s *secureServer) xdsAddress() string {
+	if s.xdsAddr != "" {
+		return s.xdsAddr
+	}
+	return s.srv.Addr("xds")
 }
 
 func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValidity time.Duration) *secureServer {
@@ -119,7 +127,7 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
-		Role: translator.RoleNode, NodeID: node, XDSAddress: s.srv.Addr("xds"), Delta: delta,
+		Role: translator.RoleNode, NodeID: node, XDSAddress: s.xdsAddress(), Delta: delta,
 		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {

@@ -22,6 +22,7 @@ type Metrics struct {
 	WatchedObjects     *prometheus.GaugeVec
 	SkippedObjects     prometheus.Gauge
 	Denied             *prometheus.CounterVec
+	RefusedConnections *prometheus.CounterVec
 }
 
 // New registers every metric.
@@ -58,8 +59,11 @@ func New() *Metrics {
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed).",
 		}, []string{"reason"}),
+		RefusedConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spoke_xds_connections_refused_total", Help: "xDS TCP connections closed at accept for breaking a cap, by cap (total, per_source).",
+		}, []string{"cap"}),
 	}
-	m.Registry.MustRegister(m.Denied, m.Connected, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
+	m.Registry.MustRegister(m.RefusedConnections, m.Denied, m.Connected, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

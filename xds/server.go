@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,8 @@ type Options struct {
 	Settings     model.Settings
 	Holdoff      time.Duration
 	MaxDelay     time.Duration
+	// Limits bound connections on XDSAddress; zero values: DefaultConnectionLimits.
+	Limits ConnectionLimits
 	// CertValidity is the lifetime of issued tunnel certificates.
 	CertValidity time.Duration
 	// ShutdownGrace: on shutdown the open streams are closed a few at a
@@ -176,7 +179,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(16),
 	}
-	tcpOptions := grpcOptions
+	limits := s.connectionLimits()
+	tcpOptions := append(slices.Clone(grpcOptions), grpc.ConnectionTimeout(limits.Handshake))
 	if s.tlsConfig != nil {
 		tcpOptions = append(tcpOptions, grpc.Creds(credentials.NewTLS(s.tlsConfig)))
 	} else {
@@ -215,7 +219,9 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.debounce.Run(ctx)
 	go s.renewCertificates(ctx)
 	errs := make(chan error, 4)
-	go func() { errs <- grpcServer.Serve(drain.listener(xdsLn)) }()
+	refused := func(reason string) { s.metrics.RefusedConnections.WithLabelValues(reason).Inc() }
+	limited := newLimitListener(xdsLn, limits, refused, s.opts.Log)
+	go func() { errs <- grpcServer.Serve(drain.listener(limited)) }()
 	if socketLn != nil {
 		go func() { errs <- socketServer.Serve(drain.listener(socketLn)) }()
 	}
@@ -248,6 +254,21 @@ func (s *Server) Run(ctx context.Context) error {
 	_ = httpServer.Shutdown(shutdownCtx)
 	_ = debugServer.Shutdown(shutdownCtx)
 	return nil
+}
+
+// connectionLimits fills unset limits with the defaults.
+func (s *Server) connectionLimits() ConnectionLimits {
+	l, d := s.opts.Limits, DefaultConnectionLimits()
+	if l.Total <= 0 {
+		l.Total = d.Total
+	}
+	if l.PerSource <= 0 {
+		l.PerSource = d.PerSource
+	}
+	if l.Handshake <= 0 {
+		l.Handshake = d.Handshake
+	}
+	return l
 }
 
 // renewCertificates re-publishes proxies whose tunnel certificates are due,

@@ -43,6 +43,7 @@ type serveOptions struct {
 	tunnelCASecret  string
 	insecureXDS     bool
 	insecureCluster bool
+	limits          xds.ConnectionLimits
 }
 
 func newServeCommand() *cobra.Command {
@@ -102,6 +103,10 @@ localhost.`,
 	f.DurationVar(&o.certValidity, "cert-validity", 24*time.Hour, "lifetime of issued tunnel certificates (renewed after two thirds)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, close the open xDS streams a few at a time over this period, so Envoys move to other servers gradually")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	d := xds.DefaultConnectionLimits()
+	f.IntVar(&o.limits.Total, "xds-max-connections", d.Total, "cap on open connections to --xds-address (lowered to fit the file descriptor limit)")
+	f.IntVar(&o.limits.PerSource, "xds-max-connections-per-source", d.PerSource, "cap on open connections from one IP address (raise it above the number of nodes behind one NAT address)")
+	f.DurationVar(&o.limits.Handshake, "xds-handshake-timeout", d.Handshake, "a new connection must finish its TLS and HTTP/2 handshake within this")
 	return cmd
 }
 
@@ -115,7 +120,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	log := logrus.WithField("component", "server")
 	setMemoryLimit(log)
+	o.limits.Total = fitFileLimit(o.limits.Total, log)
 	opts := xds.Options{
+		Limits:     o.limits,
 		XDSAddress: o.xdsAddress, XDSSocket: o.xdsSocket, HTTPAddress: o.httpAddress, DebugAddress: o.debugAddress,
 		Settings: settings, Holdoff: o.holdoff, MaxDelay: o.maxDelay, CertValidity: o.certValidity,
 		ShutdownGrace: o.shutdownGrace, Log: log, Insecure: o.insecureXDS,
@@ -168,6 +175,38 @@ func setMemoryLimit(log logrus.FieldLogger) {
 	case limit > 0 && limit < math.MaxInt64:
 		log.WithField("GOMEMLIMIT_MiB", limit>>20).Info("Go memory limit set")
 	}
+}
+
+// reservedFiles are file descriptors kept for everything but xDS clients:
+// the apiserver watch, health and metrics, the debug API, the file source.
+const reservedFiles = 256
+
+// fitFileLimit raises the soft file descriptor limit as far as it may go
+// (the hard limit; further when the process may raise that too) and returns
+// the xDS connection cap lowered, if needed, to leave reservedFiles free:
+// a flood of connections must never take the descriptors health checks,
+// metrics and the sources need.
+func fitFileLimit(maxConns int, log logrus.FieldLogger) int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.WithError(err).Warn("cannot read the file descriptor limit; keeping --xds-max-connections as given")
+		return maxConns
+	}
+	want := max(lim.Max, uint64(maxConns+reservedFiles))
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err != nil {
+		want = lim.Max // no privilege to raise the hard limit: the soft one up to it
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: lim.Max})
+	}
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	fields := logrus.Fields{"file_limit": lim.Cur, "xds_max_connections": maxConns}
+	if room := int(lim.Cur) - reservedFiles; room < maxConns {
+		maxConns = max(room, 1)
+		fields["xds_max_connections"] = maxConns
+		log.WithFields(fields).Warn("the file descriptor limit is low: the xDS connection cap is lowered to fit it (raise the limit, e.g. LimitNOFILE)")
+		return maxConns
+	}
+	log.WithFields(fields).Info("file descriptor limit")
+	return maxConns
 }
 
 // checkInsecure refuses plaintext xDS in front of a real cluster unless a
