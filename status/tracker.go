@@ -191,9 +191,16 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 	return nil
 }
 
-// checkNames reports (once per name and stream) requested resources that
-// are not in the Envoy's config: they are never served (the snapshot is the
-// authenticated proxy's), but asking is worth a log line and a metric.
+// rememberedRefusals bounds the refused names a stream's record keeps, so a
+// request naming millions of resources cannot grow the server's memory.
+// Beyond it, refused names are counted every time they are asked for.
+const rememberedRefusals = 10000
+
+// checkNames reports requested resources that are not in the Envoy's
+// config: they are never served (the snapshot is the authenticated proxy's),
+// but asking is counted once per name and stream, and logged in one line per
+// request that names new ones (a request naming 100,000 names must not
+// write 100,000 log lines).
 func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 	if len(names) == 0 {
 		return
@@ -207,20 +214,26 @@ func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 	proxy := s.Proxy
 	t.mu.Unlock()
 	allowed := t.published.ResourceNames(proxy, typeURL)
+	var refused []string
+	t.mu.Lock()
 	for _, name := range names {
-		if allowed[name] || name == "*" {
+		key := typeURL + "/" + name
+		if allowed[name] || name == "*" || s.refused[key] {
 			continue
 		}
-		t.mu.Lock()
-		first := !s.refused[typeURL+"/"+name]
-		s.refused[typeURL+"/"+name] = true
-		t.mu.Unlock()
-		if first {
-			t.metrics.Denied.WithLabelValues("resource_not_allowed").Inc()
-			t.log.WithFields(logrus.Fields{"proxy": proxy, "type": shortType(typeURL), "resource": name, "authenticated": s.Authenticated}).
-				Warn("refused: the Envoy asked for a resource that is not in its config")
+		if len(s.refused) < rememberedRefusals {
+			s.refused[key] = true
 		}
+		refused = append(refused, name)
 	}
+	t.mu.Unlock()
+	if len(refused) == 0 {
+		return
+	}
+	t.metrics.Denied.WithLabelValues("resource_not_allowed").Add(float64(len(refused)))
+	t.log.WithFields(logrus.Fields{"proxy": proxy, "type": shortType(typeURL), "refused": len(refused),
+		"first": refused[:min(len(refused), 3)], "authenticated": s.Authenticated}).
+		Warn("refused: the Envoy asked for resources that are not in its config")
 }
 
 func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeStatus) {

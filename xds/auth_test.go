@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -356,5 +357,37 @@ func TestClientCARotation(t *testing.T) {
 	oldStream, openErr := env.dial(t, oldCert, oldKey)
 	if err := expectNothing(t, oldStream, openErr, nodeProxy("worker-1")); err == nil {
 		t.Error("certificate from the replaced CA still accepted")
+	}
+}
+
+// TestManyRefusedNamesAreSummarised: a request naming 100,000 resources
+// that are not the Envoy's gives a few log lines, not one per name (26 MB
+// of log before), while the metric still counts every name.
+func TestManyRefusedNamesAreSummarised(t *testing.T) {
+	env := startSecureServer(t)
+	cert, key := env.clusterCA.KubeletClient(t, "worker-1")
+	stream := mustStream(t)(env.dial(t, cert, key))
+	names := make([]string, 100000)
+	for i := range names {
+		names[i] = fmt.Sprintf("probe-%d", i)
+	}
+	before := len(env.log.AllEntries())
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.RouteType, ResourceNames: names})
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.RouteType, ResourceNames: names[:5000]}) // already refused: no new line, no new count
+	waitUntil := time.Now().Add(5 * time.Second)
+	for metricNumber(t, env.srv, `spoke_xds_denied_total{reason="resource_not_allowed"}`) < 100000 && time.Now().Before(waitUntil) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := metricNumber(t, env.srv, `spoke_xds_denied_total{reason="resource_not_allowed"}`); n != 100000 {
+		t.Errorf("refused names counted %v times, want 100000 (each name once per stream)", n)
+	}
+	var lines int
+	for _, e := range env.log.AllEntries()[before:] {
+		if strings.Contains(e.Message, "not in its config") {
+			lines++
+		}
+	}
+	if lines == 0 || lines > 2 {
+		t.Errorf("%d log lines about refused names, want one per request that named new ones", lines)
 	}
 }

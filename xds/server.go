@@ -120,7 +120,11 @@ func NewServer(opts Options) (*Server, error) {
 	case !opts.Insecure:
 		return nil, fmt.Errorf("the xDS port needs TLS options (a client CA for node certificates), or the explicit insecure development mode")
 	}
-	s.cache = cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{opts.Log})
+	// ads=false: answer a SotW request with the resources it names. In
+	// go-control-plane's ADS mode a request must name every resource of its
+	// type in the snapshot, or it gets no answer, only a warning: a node
+	// proxy first asks for its tunnel certificate alone, then for the CA.
+	s.cache = cachev3.NewSnapshotCache(false, nodeHash{}, cacheLogger{opts.Log})
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
 	s.tracker = status.NewTracker(s.publisher, s.metrics, opts.Log)

@@ -53,7 +53,7 @@ func newTestPublisher(t testing.TB, certValidity time.Duration) testPublisher {
 		t.Fatal(err)
 	}
 	store := model.NewStore(model.DefaultSettings())
-	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(true, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, metrics.New(), log), store}
+	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(false, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, metrics.New(), log), store}
 }
 
 // TestUpdateTouchesOnlyWhatChanged: a pod change re-translates only its
