@@ -100,7 +100,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 				TransportApiVersion:       corev3.ApiVersion_V3,
 				SetNodeOnFirstMessageOnly: true,
 				GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster, RetryPolicy: xdsRetry()},
 				}}},
 			},
 			LdsConfig: ads,
@@ -112,6 +112,22 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		}}}},
 		OverloadManager: connectionCap(o.MaxDownstreamConnections),
 	}, nil
+}
+
+// Re-connecting to the spoke server: Envoy's default back-off (500 ms
+// doubling to 30 s) left node proxies up to 30 s without a server that had
+// long come back. Capped at 2 s, a restarted server has every Envoy back
+// within about that; attempts against a server that is down cost a refused
+// TCP connection each.
+const (
+	xdsRetryBase = 250 * time.Millisecond
+	xdsRetryMax  = 2 * time.Second
+)
+
+func xdsRetry() *corev3.RetryPolicy {
+	return &corev3.RetryPolicy{RetryBackOff: &corev3.BackoffStrategy{
+		BaseInterval: durationpb.New(xdsRetryBase), MaxInterval: durationpb.New(xdsRetryMax),
+	}}
 }
 
 // xdsCluster reaches the server over HTTP/2 with keepalive, so a dead server

@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"fmt"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -15,17 +16,32 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/spokeproxy/spoke/translator"
 )
 
+// Re-dialing tunnels: the node proxy checks every maintain interval (10 s
+// by default) for apiserver proxies it holds too few tunnels to, and retries
+// failed handshakes on a 1 s, 2 s, 4 s ... schedule capped here. With 1 s
+// and 2 s, tunnels to a restarted apiserver proxy are back within about
+// 2 s; the check itself is local and cheap.
+const (
+	tunnelMaintainInterval    = time.Second
+	tunnelMaxReconnectBackoff = 2 * time.Second
+)
+
 // ReverseTunnelExtension returns the bootstrap extension a role needs: it
-// cannot arrive over xDS (DESIGN.md, Envoy facts).
+// cannot arrive over xDS (docs/envoy.md).
 func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
 	if role == translator.RoleNode {
 		return &corev3.TypedExtensionConfig{
-			Name:        "envoy.bootstrap.reverse_tunnel.downstream_socket_interface",
-			TypedConfig: mustAny(&downstreamv3.DownstreamReverseConnectionSocketInterface{StatPrefix: "reverse_tunnel_initiator"}),
+			Name: "envoy.bootstrap.reverse_tunnel.downstream_socket_interface",
+			TypedConfig: mustAny(&downstreamv3.DownstreamReverseConnectionSocketInterface{
+				StatPrefix:          "reverse_tunnel_initiator",
+				MaintainInterval:    durationpb.New(tunnelMaintainInterval),
+				MaxReconnectBackoff: durationpb.New(tunnelMaxReconnectBackoff),
+			}),
 		}
 	}
 	return &corev3.TypedExtensionConfig{

@@ -25,6 +25,16 @@ type Process struct {
 	Admin string // host:port of the admin API
 	cmd   *exec.Cmd
 	log   *LogBuffer
+	stop  sync.Once
+}
+
+// Stop kills the Envoy and waits for it to exit (a crash, as far as its
+// peers can tell).
+func (p *Process) Stop() {
+	p.stop.Do(func() {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	})
 }
 
 // Start runs Envoy on b (whose admin port should be 0) with one worker,
@@ -58,8 +68,7 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool)
 		t.Fatalf("start envoy %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		_ = p.cmd.Wait()
+		p.Stop()
 		if t.Failed() {
 			t.Logf("---- envoy %s log (last 60 lines) ----\n%s", name, p.tail(60))
 		}
