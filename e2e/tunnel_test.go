@@ -61,6 +61,11 @@ func newTopology(t *testing.T) *topology { return newTopologyWith(t, nil) }
 
 // newTopologyWith lets a test change the settings before the model is built.
 func newTopologyWith(t *testing.T, tweak func(*model.Settings)) *topology {
+	return newTopologyWithItems(t, tweak, "")
+}
+
+// newTopologyWithItems adds list items (YAML) to the cluster of clusterTemplate.
+func newTopologyWithItems(t *testing.T, tweak func(*model.Settings), items string) *topology {
 	bin := envoytest.Binary(t)
 	port := freePort(t)
 	s := model.DefaultSettings()
@@ -72,7 +77,7 @@ func newTopologyWith(t *testing.T, tweak func(*model.Settings)) *topology {
 		tweak(&s)
 	}
 	var objs model.Objects
-	if _, err := input.Decode([]byte(fmt.Sprintf(clusterTemplate, port, port)), &objs); err != nil {
+	if _, err := input.Decode([]byte(fmt.Sprintf(clusterTemplate, port, port)+items), &objs); err != nil {
 		t.Fatal(err)
 	}
 	cluster, problems := model.Build(objs, s)

@@ -108,11 +108,17 @@ func handle[T any](set, del func(T), changed func()) cache.ResourceEventHandlerF
 func strip(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return &corev1.Pod{
+		pod := &corev1.Pod{
 			ObjectMeta: stripMeta(o.ObjectMeta),
 			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName, HostNetwork: o.Spec.HostNetwork},
 			Status:     corev1.PodStatus{Phase: o.Status.Phase, PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs},
-		}, nil
+		}
+		if o.Spec.HostNetwork { // their declared ports open the node's own addresses
+			for _, c := range o.Spec.Containers {
+				pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+			}
+		}
+		return pod, nil
 	case *corev1.Node:
 		n := &corev1.Node{
 			ObjectMeta: stripMeta(o.ObjectMeta),

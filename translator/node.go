@@ -112,7 +112,8 @@ func apiServerProxyValidation(s model.Settings) *tlsv3.CommonTlsContext_Combined
 
 // nodeRoutes terminates CONNECT for this node's own targets. Kubelet targets
 // (any of its addresses or host names, kubelet port only) go to the kubelet
-// cluster; pods (any port) and Services (their ports) to the original
+// cluster; pods (any port), hostNetwork pods (the node's addresses, on the
+// TCP ports they declare) and Services (their ports) to the original
 // destination named by the CONNECT target. Everything else gets 404.
 func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3.RouteConfiguration {
 	rc := &routev3.RouteConfiguration{Name: NodeTunnelRoute}
@@ -125,15 +126,23 @@ func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3
 			kubelet.add(namePort(h, node.KubeletPort))
 		}
 	}
-	pods := newDomainSet()
+	pods, hostNetwork := newDomainSet(), newDomainSet()
 	for _, pod := range nodePods {
 		for _, ip := range pod.IPs {
 			pods.add(ipAnyPort(ip))
+		}
+		for _, port := range pod.HostPorts {
+			for _, ip := range node.IPs {
+				if port != node.KubeletPort { // the kubelet virtual host has it
+					hostNetwork.add(ipPort(ip.Addr, port))
+				}
+			}
 		}
 	}
 	for _, vh := range []*routev3.VirtualHost{
 		terminatingVirtualHost("kubelet", kubelet, KubeletCluster),
 		terminatingVirtualHost("pods", pods, OriginalDstTarget),
+		terminatingVirtualHost("host-network-pods", hostNetwork, OriginalDstTarget),
 		t.nodeServicesVirtualHost(),
 	} {
 		if vh != nil {

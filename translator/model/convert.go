@@ -240,12 +240,18 @@ type PodCandidate struct {
 }
 
 // ConvertPod converts one pod. considered is false for pods that never take
-// part in routing: hostNetwork (reached through the node's addresses),
-// finished (their IP may already belong to another pod) and unscheduled ones.
+// part in routing: finished (their IP may already belong to another pod),
+// unscheduled ones, and hostNetwork pods that declare no TCP port (they are
+// reached through their node's addresses, and only on declared ports).
 func ConvertPod(p *corev1.Pod) (c PodCandidate, considered bool) {
 	switch {
-	case p.Spec.HostNetwork, p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed, p.Spec.NodeName == "":
+	case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed, p.Spec.NodeName == "":
 		return PodCandidate{}, false
+	case p.Spec.HostNetwork:
+		ports := hostPorts(p)
+		pod := Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil,
+			HostNetwork: true, HostPorts: ports}
+		return PodCandidate{Pod: pod}, len(ports) > 0
 	}
 	obj := "Pod " + p.Namespace + "/" + p.Name
 	c = PodCandidate{
@@ -269,12 +275,29 @@ func ConvertPod(p *corev1.Pod) (c PodCandidate, considered bool) {
 	return c, true
 }
 
+// hostPorts lists a pod's declared TCP container ports, sorted, once each.
+func hostPorts(p *corev1.Pod) []uint32 {
+	var ports []uint32
+	for _, ctr := range p.Spec.Containers {
+		for _, port := range ctr.Ports {
+			if (port.Protocol == "" || port.Protocol == corev1.ProtocolTCP) && port.ContainerPort > 0 && !slices.Contains(ports, uint32(port.ContainerPort)) {
+				ports = append(ports, uint32(port.ContainerPort))
+			}
+		}
+	}
+	slices.Sort(ports)
+	return ports
+}
+
 // admit says whether the pod is routable once its node is known to exist
 // (nodeKnown) and what to report; address conflicts are checked later.
 func (c PodCandidate) admit(nodeKnown bool) (problems []Problem, routable bool) {
 	obj := "Pod " + c.Pod.Namespace + "/" + c.Pod.Name
 	if !nodeKnown {
 		return []Problem{problem(obj, "skipped: node %q is not in the input (or was skipped)", c.Pod.NodeName)}, false
+	}
+	if c.Pod.HostNetwork {
+		return nil, true // no IP of its own: nothing to check
 	}
 	if len(c.Pod.IPs) == 0 {
 		if c.running {
@@ -338,7 +361,7 @@ func (b *builder) dropConflictingPodIPs() {
 			}
 			ips = append(ips, ip)
 		}
-		if len(ips) == 0 {
+		if len(ips) == 0 && !p.HostNetwork {
 			continue
 		}
 		p.IPs = ips

@@ -53,13 +53,19 @@ func (n *Node) KubeletIP() (addr netip.Addr, ok bool) {
 	return netip.Addr{}, false
 }
 
-// Pod is one pod with a routable IP. Pods without IPs, hostNetwork pods and
-// finished pods are dropped during conversion.
+// Pod is one pod with a routable IP, or a hostNetwork pod that declares TCP
+// ports. Pods without IPs, hostNetwork pods without ports and finished pods
+// are dropped during conversion.
 type Pod struct {
 	Namespace string
 	Name      string
 	NodeName  string
 	IPs       []netip.Addr
+	// HostNetwork pods have no IPs of their own: they listen on their node's
+	// addresses, on HostPorts (their declared TCP container ports), which
+	// the node proxy then accepts on its own addresses.
+	HostNetwork bool
+	HostPorts   []uint32
 	// Terminating is true once deletionTimestamp is set; the pod still runs
 	// (graceful shutdown) and `kubectl logs` on it must keep working.
 	Terminating bool

@@ -88,6 +88,9 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 	if !routable {
 		return Pod{}, false
 	}
+	if c.Pod.HostNetwork {
+		return c.Pod, true
+	}
 	pod := c.Pod
 	pod.IPs = nil
 	for _, ip := range c.Pod.IPs {

@@ -68,8 +68,16 @@ func (u *Universe) pod() *corev1.Pod {
 	if u.rng.IntN(6) == 0 {
 		p.DeletionTimestamp = &metav1.Time{}
 	}
+	// Declared ports matter for hostNetwork pods (the node proxy opens them
+	// on its own addresses): none, TCP, UDP, the kubelet's, duplicates.
+	for range u.rng.IntN(3) {
+		port := corev1.ContainerPort{ContainerPort: int32(u.pick2(10249, 10250, 9100)), Protocol: corev1.Protocol(u.pick("", "TCP", "UDP"))}
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "c", Ports: []corev1.ContainerPort{port}})
+	}
 	return p
 }
+
+func (u *Universe) pick2(xs ...int) int { return xs[u.rng.IntN(len(xs))] }
 
 func (u *Universe) service() *corev1.Service {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: u.pick("s0", "s1", "s2")}}
