@@ -21,7 +21,7 @@ import (
 func TestRealEnvoyAcceptsTranslation(t *testing.T) {
 	bin := envoytest.Binary(t)
 	for _, file := range []string{"../examples/cluster.yaml", "../translator/testdata/in/ipv6-only.yaml"} {
-		objs, _, err := input.ReadFiles([]string{file})
+		objs, _, err := input.ReadFiles([]string{file}, input.DefaultMaxBytes)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +64,7 @@ func validate(t *testing.T, bin, what string, b *bootstrapv3.Bootstrap) {
 // with round robin the real Envoy refuses the config.
 func TestRealEnvoyRejectsAWrongReverseTunnelCluster(t *testing.T) {
 	bin := envoytest.Binary(t)
-	objs, _, err := input.ReadFiles([]string{"../examples/cluster.yaml"})
+	objs, _, err := input.ReadFiles([]string{"../examples/cluster.yaml"}, input.DefaultMaxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package source
 import (
 	"bytes"
 	"context"
-	"os"
 	"strconv"
 	"time"
 
@@ -61,7 +60,7 @@ func (f *File) poll(sink Sink) time.Duration {
 		f.retry = backoff.NewExponentialBackOff()
 		f.retry.InitialInterval, f.retry.MaxInterval, f.retry.MaxElapsedTime = f.Interval, 30*time.Second, 0
 	}
-	raw, err := os.ReadFile(f.Path)
+	raw, err := input.ReadFile(f.Path, input.DefaultMaxBytes)
 	if err != nil {
 		wait := f.retry.NextBackOff()
 		f.Log.WithError(err).WithFields(logrus.Fields{"file": f.Path, "retry_in": wait.Round(time.Millisecond)}).

@@ -46,7 +46,7 @@ func TestGoldenFatal(t *testing.T) {
 	}
 	for _, in := range inputs {
 		t.Run(filepath.Base(in), func(t *testing.T) {
-			_, _, err := input.ReadFiles([]string{in})
+			_, _, err := input.ReadFiles([]string{in}, input.DefaultMaxBytes)
 			if err == nil {
 				t.Fatal("want an error, got none")
 			}
@@ -71,7 +71,7 @@ func translateAll(t *testing.T, in, settingsFile string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, problems, err := input.ReadFiles([]string{in})
+	objs, problems, err := input.ReadFiles([]string{in}, input.DefaultMaxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

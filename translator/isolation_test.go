@@ -14,7 +14,7 @@ import (
 // CIDRs appear anywhere in it.
 func TestNodeOutputHoldsNothingOfOtherNodes(t *testing.T) {
 	s := model.DefaultSettings()
-	objs, _, err := input.ReadFiles([]string{"../examples/cluster.yaml"})
+	objs, _, err := input.ReadFiles([]string{"../examples/cluster.yaml"}, input.DefaultMaxBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

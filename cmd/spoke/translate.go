@@ -42,6 +42,7 @@ type translateOptions struct {
 	output       string
 	settingsFile string
 	strict       bool
+	maxInputMiB  int
 }
 
 func newTranslateCommand() *cobra.Command {
@@ -67,6 +68,7 @@ func newTranslateCommand() *cobra.Command {
 	f.StringVarP(&o.output, "output", "o", "yaml", "output format: yaml or json")
 	f.StringVar(&o.settingsFile, "config", "", "settings file (YAML); defaults are documented in README.md")
 	f.BoolVar(&o.strict, "strict", false, "fail when any object had to be skipped")
+	f.IntVar(&o.maxInputMiB, "max-input-size", input.DefaultMaxBytes>>20, "largest cluster dump file to read, in MiB")
 	_ = cmd.MarkFlagRequired("filename")
 	_ = cmd.MarkFlagRequired("proxy")
 	return cmd
@@ -84,7 +86,7 @@ func (o *translateOptions) run() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, problems, err := input.ReadFiles(o.files)
+	objs, problems, err := input.ReadFiles(o.files, int64(o.maxInputMiB)<<20)
 	if err != nil {
 		return nil, err
 	}
