@@ -13,7 +13,9 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -36,6 +38,7 @@ type Certificate struct {
 	CertPEM []byte
 	KeyPEM  []byte
 	Expires time.Time
+	period  int64 // the issuing period (see Issuer)
 }
 
 // Issuer signs short-lived tunnel certificates, each with exactly one DNS
@@ -43,12 +46,22 @@ type Certificate struct {
 // production (every server replica issues from the same CA), or generated in
 // memory for development (a restart then invalidates every tunnel). It also
 // serves the xDS port's certificate when no other is configured.
+//
+// Issuance is deterministic: time is cut into periods of two thirds of the
+// validity, and the certificate of a name in a period (its key derived from
+// the CA key, its serial, its dates, its ECDSA signature per RFC 6979) is the
+// same bytes whenever and wherever it is issued. A restarted server, or
+// another replica, therefore serves the certificates Envoys already hold,
+// and nothing is re-pushed; a new certificate comes at the next period,
+// when the current one still has a third of its validity left.
 type Issuer struct {
 	mu       sync.Mutex
 	caCert   *x509.Certificate
 	caKey    crypto.Signer
+	caKeyDER []byte // secret input of the key derivation
 	caPEM    []byte
 	validity time.Duration
+	now      func() time.Time
 	issued   map[string]Certificate
 	reserved map[string]string // name -> what it identifies; never a node's
 }
@@ -77,7 +90,12 @@ func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, err
 	if validity <= 0 {
 		return nil, fmt.Errorf("certificate validity must be positive")
 	}
-	return &Issuer{caCert: cert, caKey: key, validity: validity, issued: map[string]Certificate{}, reserved: map[string]string{},
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel CA key: %w", err)
+	}
+	return &Issuer{caCert: cert, caKey: key, caKeyDER: keyDER, validity: validity, now: time.Now,
+		issued: map[string]Certificate{}, reserved: map[string]string{},
 		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
 }
 
@@ -159,21 +177,44 @@ func publicKeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
 // CAPEM is the trust bundle every tunnel end validates its peer against.
 func (i *Issuer) CAPEM() []byte { return i.caPEM }
 
-// Certificate returns the certificate for dnsName, issuing a new one when
-// there is none or the current one has used two thirds of its validity.
+// SetClock replaces the issuer's clock (tests).
+func (i *Issuer) SetClock(now func() time.Time) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.now = now
+}
+
+// Certificate returns the certificate of dnsName for the current period.
 func (i *Issuer) Certificate(dnsName string) (Certificate, error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if c, ok := i.issued[dnsName]; ok && !i.due(c) {
-		return c, nil
-	}
-	c, err := i.issue(dnsName)
+	c, err := i.current(dnsName, dnsName, []string{dnsName})
 	if err != nil {
 		return Certificate{}, fmt.Errorf("issue tunnel certificate for %s: %w", dnsName, err)
 	}
-	i.issued[dnsName] = c
 	return c, nil
 }
+
+// current returns the cached certificate under key if it belongs to the
+// current period, else signs the period's certificate.
+func (i *Issuer) current(key, commonName string, subjects []string) (Certificate, error) {
+	period := i.period()
+	if c, ok := i.issued[key]; ok && c.period == period {
+		return c, nil
+	}
+	c, err := i.sign(commonName, subjects, period)
+	if err != nil {
+		return Certificate{}, err
+	}
+	i.issued[key] = c
+	return c, nil
+}
+
+// periodLength is two thirds of the validity: a certificate is replaced when
+// a third of its life is left.
+func (i *Issuer) periodLength() time.Duration { return max(i.validity*2/3, time.Millisecond) }
+
+func (i *Issuer) period() int64 { return i.now().UnixNano() / int64(i.periodLength()) }
 
 // Reserve keeps names for what they identify (the apiserver proxy, the xDS
 // server): NodeCertificate refuses them, so a node named like one can never
@@ -203,14 +244,12 @@ func (i *Issuer) NeedsRenewal(dnsName string) bool {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	c, ok := i.issued[dnsName]
-	return !ok || i.due(c)
+	return !ok || c.period != i.period()
 }
 
 // RenewalCheckInterval is how often the server should look for certificates
 // due for renewal: often enough that none gets near its expiry.
 func (i *Issuer) RenewalCheckInterval() time.Duration { return max(i.validity/20, time.Second) }
-
-func (i *Issuer) due(c Certificate) bool { return time.Until(c.Expires) <= i.validity/3 }
 
 // ServingKeyPair returns the xDS port's own certificate for names (DNS
 // names or IPs), renewed like tunnel certificates, ready for crypto/tls.
@@ -224,40 +263,30 @@ func (i *Issuer) ServingKeyPair(names []string) (*tls.Certificate, error) {
 }
 
 func (i *Issuer) servingCertificate(names []string) (Certificate, error) {
-	key := "xds-serving:" + fmt.Sprint(names)
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if c, ok := i.issued[key]; ok && !i.due(c) {
-		return c, nil
-	}
-	c, err := i.sign(names[0], names)
+	c, err := i.current("xds-serving:"+fmt.Sprint(names), names[0], names)
 	if err != nil {
 		return Certificate{}, fmt.Errorf("issue the xDS serving certificate: %w", err)
 	}
-	i.issued[key] = c
 	return c, nil
 }
 
-func (i *Issuer) issue(dnsName string) (Certificate, error) {
-	return i.sign(dnsName, []string{dnsName})
-}
-
-// sign makes a certificate for subjects (each a DNS name or an IP).
-func (i *Issuer) sign(commonName string, subjects []string) (Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// sign makes the certificate of period for subjects (each a DNS name or an
+// IP): the same bytes every time for the same CA, subjects and period.
+func (i *Issuer) sign(commonName string, subjects []string, period int64) (Certificate, error) {
+	id := fmt.Sprintf("%s\x00%q\x00%d", commonName, subjects, period)
+	key, err := i.derivedKey(id)
 	if err != nil {
 		return Certificate{}, err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return Certificate{}, err
-	}
-	now := time.Now()
+	serial := sha256.Sum256([]byte("spoke tunnel certificate serial\x00" + id))
+	start := time.Unix(0, period*int64(i.periodLength()))
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
+		SerialNumber: new(big.Int).SetBytes(serial[:15]), // 120 bits, positive
 		Subject:      pkix.Name{CommonName: commonName},
-		NotBefore:    now.Add(-5 * time.Minute),
-		NotAfter:     now.Add(i.validity),
+		NotBefore:    start.Add(-5 * time.Minute),
+		NotAfter:     start.Add(i.validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 	}
@@ -268,7 +297,9 @@ func (i *Issuer) sign(commonName string, subjects []string) (Certificate, error)
 			tmpl.DNSNames = append(tmpl.DNSNames, subject)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, i.caCert, &key.PublicKey, i.caKey)
+	// A nil random source makes the CA's signature deterministic (ECDSA per
+	// RFC 6979; RSA PKCS#1 v1.5 and Ed25519 are by nature).
+	der, err := x509.CreateCertificate(nil, tmpl, i.caCert, &key.PublicKey, i.caKey)
 	if err != nil {
 		return Certificate{}, err
 	}
@@ -280,7 +311,25 @@ func (i *Issuer) sign(commonName string, subjects []string) (Certificate, error)
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 		Expires: tmpl.NotAfter,
+		period:  period,
 	}, nil
+}
+
+// derivedKey is the P-256 key of id, derived from the CA's private key
+// with HKDF-SHA256: secret as long as the CA key is, and the same on every
+// server replica.
+func (i *Issuer) derivedKey(id string) (*ecdsa.PrivateKey, error) {
+	for attempt := 0; attempt < 16; attempt++ {
+		scalar, err := hkdf.Key(sha256.New, i.caKeyDER, []byte("spoke tunnel key"), fmt.Sprintf("%s\x00%d", id, attempt), 32)
+		if err != nil {
+			return nil, err
+		}
+		// A scalar of zero or above the group order is refused: try the next.
+		if key, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), scalar); err == nil {
+			return key, nil
+		}
+	}
+	return nil, fmt.Errorf("no valid key derived for %s", id)
 }
 
 // LoadIssuerSecret reads the tunnel CA from a kubernetes.io/tls Secret

@@ -1,6 +1,8 @@
 package pki_test
 
 import (
+	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"path/filepath"
@@ -65,4 +67,69 @@ func TestTunnelCAFromFiles(t *testing.T) {
 	if _, err := pki.LoadIssuerFiles(filepath.Join(dir, "missing.crt"), keyFile, time.Hour); err == nil {
 		t.Error("missing file: want an error")
 	}
+}
+
+// TestIssuanceIsDeterministic: two issuers on the same CA (a restarted
+// server, another replica) issue byte-identical certificates and keys for a
+// name within a period, and new ones in the next period; the certificates
+// chain to the CA and the key belongs to the certificate.
+func TestIssuanceIsDeterministic(t *testing.T) {
+	caCert, caKey, err := pki.GenerateCA("deterministic tunnel CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return at }
+	issuers := make([]*pki.Issuer, 2)
+	for n := range issuers {
+		if issuers[n], err = pki.NewIssuer(caCert, caKey, 24*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		issuers[n].SetClock(clock)
+	}
+	a, _ := issuers[0].Certificate("worker-1")
+	b, _ := issuers[1].Certificate("worker-1")
+	if !bytes.Equal(a.CertPEM, b.CertPEM) || !bytes.Equal(a.KeyPEM, b.KeyPEM) {
+		t.Fatal("two issuers on the same CA issued different certificates for the same name and period")
+	}
+	if other, _ := issuers[1].Certificate("worker-2"); bytes.Equal(other.KeyPEM, a.KeyPEM) || bytes.Equal(other.CertPEM, a.CertPEM) {
+		t.Error("worker-2 got worker-1's key or certificate")
+	}
+	if _, err := tls.X509KeyPair(a.CertPEM, a.KeyPEM); err != nil {
+		t.Errorf("key does not belong to the certificate: %v", err)
+	}
+	leaf := parseCert(t, a.CertPEM)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caCert)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("certificate does not chain to the CA at issuance time: %v", err)
+	}
+	if left := leaf.NotAfter.Sub(at); left < 8*time.Hour {
+		t.Errorf("a fresh certificate has only %v left; at least a third of the validity is promised", left)
+	}
+	if issuers[0].NeedsRenewal("worker-1") {
+		t.Error("renewal due right after issuance")
+	}
+	at = at.Add(16 * time.Hour) // the next period (two thirds of 24 h later)
+	if !issuers[0].NeedsRenewal("worker-1") {
+		t.Error("no renewal due one period later")
+	}
+	next, _ := issuers[0].Certificate("worker-1")
+	if bytes.Equal(next.KeyPEM, a.KeyPEM) || parseCert(t, next.CertPEM).SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+		t.Error("the next period's certificate reuses the key or serial")
+	}
+	again, _ := issuers[1].Certificate("worker-1")
+	if !bytes.Equal(again.CertPEM, next.CertPEM) {
+		t.Error("the replicas disagree on the next period's certificate")
+	}
+}
+
+func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -46,12 +46,16 @@ func (p testPublisher) drain(ctx context.Context) UpdateStats {
 
 func newTestPublisher(t testing.TB, certValidity time.Duration) testPublisher {
 	t.Helper()
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
 	issuer, err := pki.NewDevelopmentIssuer(certValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newTestPublisherWith(issuer)
+}
+
+func newTestPublisherWith(issuer *pki.Issuer) testPublisher {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
 	store := model.NewStore(model.DefaultSettings())
 	return testPublisher{NewPublisher(cachev3.NewSnapshotCache(false, nodeHash{}, cacheLogger{log}), store, model.DefaultSettings(), issuer, metrics.New(), log), store}
 }
@@ -117,6 +121,8 @@ func sameVersions(a, b map[string]string) bool {
 // expire, although the cluster did not change.
 func TestCertificatesRenewWithoutClusterChanges(t *testing.T) {
 	p := newTestPublisher(t, 3*time.Second)
+	now := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	p.issuer.SetClock(func() time.Time { return now })
 	ctx := context.Background()
 	p.update(ctx, syntheticObjects(1, 2, 1))
 	before, _ := p.Versions("node/node-00000")
@@ -124,7 +130,7 @@ func TestCertificatesRenewWithoutClusterChanges(t *testing.T) {
 	if now, _ := p.Versions("node/node-00000"); !sameVersions(now, before) {
 		t.Fatal("refresh with fresh certificates changed versions")
 	}
-	time.Sleep(2200 * time.Millisecond) // past two thirds of the 3s validity
+	now = now.Add(2 * time.Second) // two thirds of the 3s validity: the next period
 	p.Refresh(ctx)
 	after, _ := p.Versions("node/node-00000")
 	for typ, v := range before {
@@ -196,5 +202,42 @@ func TestReservedNodeNamesGetNoCertificate(t *testing.T) {
 	}
 	if v, _ := p.Versions("node/node-00000"); len(v) == 0 {
 		t.Error("the other node got nothing")
+	}
+}
+
+// TestRestartServesIdenticalVersions: a restarted server (a new publisher
+// on the same tunnel CA and cluster) serves every proxy the same versions of
+// every type, secrets included, so reconnecting Envoys get nothing new; on
+// the previous issuer every restart re-issued every certificate.
+func TestRestartServesIdenticalVersions(t *testing.T) {
+	caCert, caKey, err := pki.GenerateCA("restart tunnel CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
+	versions := make([]map[string]map[string]string, 2)
+	for run := range versions {
+		issuer, err := pki.NewIssuer(caCert, caKey, 24*time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		issuer.SetClock(func() time.Time { return now.Add(time.Duration(run) * time.Hour) }) // restarted an hour later
+		p := newTestPublisherWith(issuer)
+		p.update(context.Background(), syntheticObjects(3, 2, 2))
+		versions[run] = map[string]map[string]string{}
+		for _, key := range []string{auth.APIServerKey, "node/node-00000", "node/node-00002"} {
+			v, _ := p.Versions(key)
+			if len(v) == 0 {
+				t.Fatalf("run %d: nothing published for %s", run, key)
+			}
+			versions[run][key] = v
+		}
+	}
+	for key, before := range versions[0] {
+		for typ, v := range before {
+			if after := versions[1][key][typ]; after != v {
+				t.Errorf("%s %s: version %s after the restart, %s before", key, typ, after, v)
+			}
+		}
 	}
 }
