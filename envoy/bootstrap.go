@@ -1,6 +1,7 @@
 package envoy
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	fixedheapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -50,6 +52,8 @@ type BootstrapOptions struct {
 	Delta bool
 	// MaxDownstreamConnections caps accepted connections (overload manager).
 	MaxDownstreamConnections uint64
+	// MaxHeapBytes is the overload manager's heap limit; 0: DefaultMaxHeap.
+	MaxHeapBytes uint64
 }
 
 // XDSClientTLS is how a node proxy reaches the server over TLS.
@@ -110,7 +114,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: o.AdminPort},
 		}}}},
-		OverloadManager: connectionCap(o.MaxDownstreamConnections),
+		OverloadManager: OverloadManager(o.MaxDownstreamConnections, cmp.Or(o.MaxHeapBytes, DefaultMaxHeap(o.Role))),
 	}, nil
 }
 
@@ -285,14 +289,52 @@ func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
 	}
 	return nil
 }
-func connectionCap(max uint64) *overloadv3.OverloadManager {
-	if max == 0 {
-		max = 50000
+
+// Default heap limits of the overload manager, by role: the apiserver proxy
+// holds tunnels of every node (at 5,000 nodes x 2 workers x 2 tunnels, with
+// HTTP/2 windows, a few hundred MiB), a node proxy only its own. Set the
+// container memory limit above them: Envoy sheds load before the kernel
+// kills it.
+const (
+	DefaultAPIServerProxyHeap = 1 << 30
+	DefaultNodeProxyHeap      = 256 << 20
+)
+
+// DefaultMaxHeap is the heap limit of a role.
+func DefaultMaxHeap(role translator.Role) uint64 {
+	if role == translator.RoleAPIServer {
+		return DefaultAPIServerProxyHeap
 	}
-	return &overloadv3.OverloadManager{ResourceMonitors: []*overloadv3.ResourceMonitor{{
-		Name: "envoy.resource_monitors.global_downstream_max_connections",
-		ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(
-			&connlimitv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(max)},
-		)},
-	}}}
+	return DefaultNodeProxyHeap
+}
+
+// OverloadManager caps accepted connections (0: 50,000) and watches the
+// heap against maxHeap: at 90% Envoy returns free memory to the system, at
+// 95% it answers new requests with 503 and stops accepting connections, so
+// established tunnels and streams keep their memory.
+func OverloadManager(maxConnections, maxHeap uint64) *overloadv3.OverloadManager {
+	if maxConnections == 0 {
+		maxConnections = 50000
+	}
+	const heap = "envoy.resource_monitors.fixed_heap"
+	trigger := func(threshold float64) []*overloadv3.Trigger {
+		return []*overloadv3.Trigger{{Name: heap, TriggerOneof: &overloadv3.Trigger_Threshold{Threshold: &overloadv3.ThresholdTrigger{Value: threshold}}}}
+	}
+	return &overloadv3.OverloadManager{
+		RefreshInterval: durationpb.New(250 * time.Millisecond),
+		ResourceMonitors: []*overloadv3.ResourceMonitor{{
+			Name: "envoy.resource_monitors.global_downstream_max_connections",
+			ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(
+				&connlimitv3.DownstreamConnectionsConfig{MaxActiveDownstreamConnections: int64(maxConnections)},
+			)},
+		}, {
+			Name:       heap,
+			ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(&fixedheapv3.FixedHeapConfig{MaxHeapSizeBytes: maxHeap})},
+		}},
+		Actions: []*overloadv3.OverloadAction{
+			{Name: "envoy.overload_actions.shrink_heap", Triggers: trigger(0.90)},
+			{Name: "envoy.overload_actions.stop_accepting_requests", Triggers: trigger(0.95)},
+		},
+		LoadshedPoints: []*overloadv3.LoadShedPoint{{Name: "envoy.load_shed_points.tcp_listener_accept", Triggers: trigger(0.95)}},
+	}
 }

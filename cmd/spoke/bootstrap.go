@@ -19,6 +19,7 @@ type bootstrapOptions struct {
 	clientCert, clientKey, serverCA   string
 	tls                               envoy.XDSClientTLS
 	o                                 envoy.BootstrapOptions
+	maxHeapMiB                        uint64
 }
 
 func newBootstrapCommand() *cobra.Command {
@@ -65,6 +66,7 @@ development only).`,
 	f.Uint32Var(&b.o.AdminPort, "admin-port", 9901, "Envoy admin port (listens on 127.0.0.1)")
 	f.BoolVar(&b.o.Delta, "delta", false, "use incremental (delta) xDS")
 	f.Uint64Var(&b.o.MaxDownstreamConnections, "max-connections", 50000, "cap on accepted downstream connections")
+	f.Uint64Var(&b.maxHeapMiB, "max-heap", 0, "heap limit in MiB: at 95% Envoy refuses new requests and connections (default: 1024 for the apiserver proxy, 256 for a node proxy; keep the container limit above it)")
 	f.StringVarP(&b.output, "output", "o", "yaml", "yaml or json")
 	_ = cmd.MarkFlagRequired("role")
 	return cmd
@@ -79,6 +81,7 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 			return err
 		}
 	}
+	b.o.MaxHeapBytes = b.maxHeapMiB << 20
 	o := b.o
 	switch b.role {
 	case "node":
