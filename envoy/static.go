@@ -21,6 +21,12 @@ import (
 	"github.com/spokeproxy/spoke/translator"
 )
 
+// MaxTunnelsPerNode caps the tunnels one node may hold on each worker of an
+// apiserver proxy (the handshake filter enables the cap). A node proxy keeps
+// tunnelsPerEndpoint (2) per worker of its own; 64 leaves room for large
+// nodes and still stops one node from exhausting the apiserver proxy.
+const MaxTunnelsPerNode = 64
+
 // Re-dialing tunnels: the node proxy checks every maintain interval (10 s
 // by default) for apiserver proxies it holds too few tunnels to, and retries
 // failed handshakes on a 1 s, 2 s, 4 s ... schedule capped here. With 1 s
@@ -45,8 +51,11 @@ func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
 		}
 	}
 	return &corev3.TypedExtensionConfig{
-		Name:        "envoy.bootstrap.reverse_tunnel.upstream_socket_interface",
-		TypedConfig: mustAny(&upstreamv3.UpstreamReverseConnectionSocketInterface{StatPrefix: "reverse_tunnel_responder"}),
+		Name: "envoy.bootstrap.reverse_tunnel.upstream_socket_interface",
+		TypedConfig: mustAny(&upstreamv3.UpstreamReverseConnectionSocketInterface{
+			StatPrefix:            "reverse_tunnel_responder",
+			MaxConnectionsPerNode: MaxTunnelsPerNode,
+		}),
 	}
 }
 

@@ -188,8 +188,12 @@ func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool {
 // and tenant ids the configured ones, its upstream cluster the node proxies'.
 func handshakeListener(s model.Settings) *listenerv3.Listener {
 	tunnel := &revtunnelv3.ReverseTunnel{
-		PingInterval:        dur(s.KeepaliveInterval),
-		RequiredClusterName: APIServerProxies,
+		PingInterval:     dur(s.KeepaliveInterval),
+		HandshakeTimeout: dur(s.TunnelHandshakeTimeout),
+		// A node may hold at most the bootstrap's max_connections_per_node
+		// tunnels per worker here, whatever count its rc:// address asks for.
+		EnableConnectionLimit: true,
+		RequiredClusterName:   APIServerProxies,
 		Validation: &revtunnelv3.Validation{
 			NodeIdFormat:    NodeIDFromCertificate,
 			ClusterIdFormat: s.ClusterID,
@@ -210,7 +214,8 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 		Name:    HandshakeListener,
 		Address: socketAddress(s.TunnelListenAddress, s.TunnelPort),
 		FilterChains: []*listenerv3.FilterChain{{
-			TransportSocket: tlsTransportSocket(tls),
+			TransportSocket:               tlsTransportSocket(tls),
+			TransportSocketConnectTimeout: dur(s.TunnelHandshakeTimeout),
 			Filters: []*listenerv3.Filter{{
 				Name:       "envoy.filters.network.reverse_tunnel",
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(tunnel)},

@@ -47,6 +47,10 @@ type Settings struct {
 	// client must not hold a connection forever. It ends once the headers
 	// are in: an established stream is never cut by it.
 	RequestHeadersTimeout Duration `json:"requestHeadersTimeout"`
+	// TunnelHandshakeTimeout bounds a tunnel connection's TLS handshake and
+	// its tunnel handshake request on the apiserver proxy: connections that
+	// never finish them are closed, so a flood of them cannot pile up.
+	TunnelHandshakeTimeout Duration `json:"tunnelHandshakeTimeout"`
 	// KeepaliveInterval is the HTTP/2 PING interval on tunnels (both sides).
 	KeepaliveInterval Duration `json:"keepaliveInterval"`
 	// KeepaliveTimeout is how long a PING may go unanswered before the tunnel is closed.
@@ -74,19 +78,20 @@ const (
 // DefaultSettings returns the documented defaults.
 func DefaultSettings() Settings {
 	return Settings{
-		ClusterID:             "spoke-nodes",
-		TenantID:              "spoke",
-		TunnelPort:            8132,
-		TunnelListenAddress:   "0.0.0.0",
-		APIServerProxyName:    "spoke-apiserver-proxy",
-		TunnelsPerEndpoint:    2,
-		EgressSocketPath:      "/var/run/spoke/egress.sock",
-		EgressSocketMode:      0o600,
-		PodRouting:            PodRoutingAuto,
-		ConnectTimeout:        Duration(2 * time.Second),
-		RequestHeadersTimeout: Duration(10 * time.Second),
-		KeepaliveInterval:     Duration(10 * time.Second),
-		KeepaliveTimeout:      Duration(5 * time.Second),
+		ClusterID:              "spoke-nodes",
+		TenantID:               "spoke",
+		TunnelPort:             8132,
+		TunnelListenAddress:    "0.0.0.0",
+		APIServerProxyName:     "spoke-apiserver-proxy",
+		TunnelsPerEndpoint:     2,
+		EgressSocketPath:       "/var/run/spoke/egress.sock",
+		EgressSocketMode:       0o600,
+		PodRouting:             PodRoutingAuto,
+		ConnectTimeout:         Duration(2 * time.Second),
+		RequestHeadersTimeout:  Duration(10 * time.Second),
+		TunnelHandshakeTimeout: Duration(10 * time.Second),
+		KeepaliveInterval:      Duration(10 * time.Second),
+		KeepaliveTimeout:       Duration(5 * time.Second),
 		Secrets: SecretNames{
 			TunnelCA:             "spoke-tunnel-ca",
 			NodeCertificate:      "spoke-tunnel-node",
@@ -140,6 +145,8 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("connectTimeout must be positive")
 	case s.RequestHeadersTimeout <= 0:
 		return fmt.Errorf("requestHeadersTimeout must be positive")
+	case s.TunnelHandshakeTimeout <= 0:
+		return fmt.Errorf("tunnelHandshakeTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
 		return fmt.Errorf("keepaliveInterval and keepaliveTimeout must be positive")
 	case s.Secrets.TunnelCA == "" || s.Secrets.NodeCertificate == "" || s.Secrets.APIServerCertificate == "":
