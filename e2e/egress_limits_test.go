@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,4 +62,83 @@ func dialEgress(t *testing.T, socket string) net.Conn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// TestEgressSocketLimits: oversized CONNECT headers are refused (431), a
+// connection beyond egressMaxConnections is closed while the established
+// streams keep working, and 3,000 CONNECTs to targets no node owns are
+// refused quickly without the proxy's memory growing.
+func TestEgressSocketLimits(t *testing.T) {
+	const maxConns = 5
+	tp := newTopologyWith(t, func(s *model.Settings) { s.EgressMaxConnections = maxConns })
+	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+	tp.startAPIServerProxy()
+	tp.startNodeProxy("node-a", "node-a")
+	sock := tp.settings.EgressSocketPath
+	target := fmt.Sprintf("127.1.1.7:%d", tp.port)
+	waitForTunnel(t, sock, target)
+
+	big := dialEgress(t, sock)
+	fmt.Fprintf(big, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: %s\r\n\r\n", target, strings.Repeat("x", 16<<10))
+	if resp, err := http.ReadResponse(bufio.NewReader(big), &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("CONNECT with 16 KiB of headers: %v %v, want 431", resp, err)
+	}
+	big.Close()
+
+	var streams []net.Conn
+	for i := 0; i < maxConns; i++ {
+		c := openConnect(t, sock, target)
+		defer c.Close()
+		streams = append(streams, c)
+	}
+	extra := dialEgress(t, sock)
+	fmt.Fprintf(extra, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(extra), &http.Request{Method: http.MethodConnect}); err == nil && resp.StatusCode == http.StatusOK {
+		t.Errorf("connection %d beyond egressMaxConnections=%d got a tunnel", maxConns+1, maxConns)
+	}
+	for i, c := range streams {
+		fmt.Fprintf(c, "still %d\n", i)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != fmt.Sprintf("node-a/pod web-a: still %d\n", i) {
+			t.Errorf("established stream %d broke when the cap refused another: %q %v", i, line, err)
+		}
+	}
+	for _, c := range streams {
+		c.Close()
+	}
+
+	before := allocatedBytes(t, tp)
+	start := time.Now()
+	for i := 0; i < 3000; i++ {
+		if _, status := roundTrip(t, sock, fmt.Sprintf("10.99.%d.%d:80", i/250, i%250)); status != http.StatusNotFound {
+			t.Fatalf("CONNECT %d to an unknown target: status %d, want 404", i, status)
+		}
+	}
+	took := time.Since(start)
+	after := allocatedBytes(t, tp)
+	t.Logf("3,000 refused CONNECTs in %v (%v each); Envoy heap %d -> %d KiB", took.Round(time.Millisecond), (took / 3000).Round(time.Microsecond), before>>10, after>>10)
+	if after > before+16<<20 {
+		t.Errorf("the apiserver proxy's heap grew from %d to %d bytes over 3,000 refused CONNECTs", before, after)
+	}
+}
+
+// allocatedBytes reads the apiserver proxy's heap in use (admin /memory).
+func allocatedBytes(t *testing.T, tp *topology) int64 {
+	t.Helper()
+	body, err := tp.apiProxy.Get("/memory")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mem struct {
+		Allocated string `json:"allocated"`
+	}
+	if err := json.Unmarshal([]byte(body), &mem); err != nil {
+		t.Fatalf("/memory: %v: %s", err, body)
+	}
+	n, err := strconv.ParseInt(mem.Allocated, 10, 64)
+	if err != nil {
+		t.Fatalf("/memory allocated %q: %v", mem.Allocated, err)
+	}
+	return n
 }

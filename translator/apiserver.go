@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sort"
 
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -44,12 +46,27 @@ func egressListener(s model.Settings) *listenerv3.Listener {
 	// stream is established, so a quiet `kubectl logs -f` is never cut.
 	hcm.RequestHeadersTimeout = dur(s.RequestHeadersTimeout)
 	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: dur(s.RequestHeadersTimeout)}
+	// The apiserver's CONNECT is about 50 bytes; nothing legitimate is near 8 KiB.
+	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(egressMaxRequestHeadersKiB)
 	return &listenerv3.Listener{
 		Name: EgressListener,
 		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{
 			Path: s.EgressSocketPath, Mode: s.EgressSocketMode,
 		}}},
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(hcm)}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{egressConnectionLimit(s), hcmFilter(hcm)}}},
+	}
+}
+
+const egressMaxRequestHeadersKiB = 8
+
+// egressConnectionLimit closes connections beyond EgressMaxConnections at
+// once (one CONNECT each): a runaway client cannot take the proxy's memory.
+func egressConnectionLimit(s model.Settings) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: "envoy.filters.network.connection_limit",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&connlimitv3.ConnectionLimit{
+			StatPrefix: "apiserver_egress", MaxConnections: wrapperspb.UInt64(s.EgressMaxConnections),
+		})},
 	}
 }
 

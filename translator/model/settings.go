@@ -47,6 +47,9 @@ type Settings struct {
 	// client must not hold a connection forever. It ends once the headers
 	// are in: an established stream is never cut by it.
 	RequestHeadersTimeout Duration `json:"requestHeadersTimeout"`
+	// EgressMaxConnections caps the apiserver's concurrent CONNECTs (one per
+	// connection): each open `kubectl logs -f`, exec or port-forward is one.
+	EgressMaxConnections uint64 `json:"egressMaxConnections"`
 	// TunnelHandshakeTimeout bounds a tunnel connection's TLS handshake and
 	// its tunnel handshake request on the apiserver proxy: connections that
 	// never finish them are closed, so a flood of them cannot pile up.
@@ -90,6 +93,7 @@ func DefaultSettings() Settings {
 		ConnectTimeout:         Duration(2 * time.Second),
 		RequestHeadersTimeout:  Duration(10 * time.Second),
 		TunnelHandshakeTimeout: Duration(10 * time.Second),
+		EgressMaxConnections:   10000,
 		KeepaliveInterval:      Duration(10 * time.Second),
 		KeepaliveTimeout:       Duration(5 * time.Second),
 		Secrets: SecretNames{
@@ -145,6 +149,8 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("connectTimeout must be positive")
 	case s.RequestHeadersTimeout <= 0:
 		return fmt.Errorf("requestHeadersTimeout must be positive")
+	case s.EgressMaxConnections == 0:
+		return fmt.Errorf("egressMaxConnections must be at least 1")
 	case s.TunnelHandshakeTimeout <= 0:
 		return fmt.Errorf("tunnelHandshakeTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
