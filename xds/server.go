@@ -181,7 +181,9 @@ func (s *Server) Run(ctx context.Context) error {
 	grpcOptions := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(16),
+		grpc.MaxConcurrentStreams(16),    // an Envoy needs one ADS stream
+		grpc.MaxRecvMsgSize(4 << 20),     // an Envoy's requests are small; 4 MiB bounds a hostile one
+		grpc.MaxHeaderListSize(64 << 10), // likewise for headers
 	}
 	limits := s.connectionLimits()
 	tcpOptions := append(slices.Clone(grpcOptions), grpc.ConnectionTimeout(limits.Handshake))
