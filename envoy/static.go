@@ -55,6 +55,7 @@ func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
 		TypedConfig: mustAny(&upstreamv3.UpstreamReverseConnectionSocketInterface{
 			StatPrefix:            "reverse_tunnel_responder",
 			MaxConnectionsPerNode: MaxTunnelsPerNode,
+			EnableDetailedStats:   true,
 		}),
 	}
 }

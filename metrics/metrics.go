@@ -23,6 +23,8 @@ type Metrics struct {
 	SkippedObjects     prometheus.Gauge
 	Denied             *prometheus.CounterVec
 	RefusedConnections *prometheus.CounterVec
+	Tunnels            *prometheus.GaugeVec
+	NodesWithoutTunnel prometheus.Gauge
 }
 
 // New registers every metric.
@@ -62,8 +64,14 @@ func New() *Metrics {
 		RefusedConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_connections_refused_total", Help: "xDS TCP connections closed at accept for breaking a cap, by cap (total, per_source).",
 		}, []string{"cap"}),
+		Tunnels: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "spoke_tunnels", Help: "Tunnels each node holds at the apiserver proxy beside this server (--apiserver-proxy-admin).",
+		}, []string{"node"}),
+		NodesWithoutTunnel: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "spoke_nodes_without_tunnel", Help: "Nodes of the cluster holding no tunnel at the apiserver proxy beside this server.",
+		}),
 	}
-	m.Registry.MustRegister(m.RefusedConnections, m.Denied, m.Connected, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
+	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.RefusedConnections, m.Denied, m.Connected, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

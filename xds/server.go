@@ -12,6 +12,7 @@ package xds
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -60,6 +61,10 @@ type Options struct {
 	Settings     model.Settings
 	Holdoff      time.Duration
 	MaxDelay     time.Duration
+	// APIServerProxyAdmin is the admin address (host:port, localhost) of the
+	// apiserver proxy beside this server: its tunnels per node are read from
+	// there into /metrics, /debug/tunnels and spoke status. Empty: not read.
+	APIServerProxyAdmin string
 	// Limits bound connections on XDSAddress; zero values: DefaultConnectionLimits.
 	Limits ConnectionLimits
 	// CertValidity is the lifetime of issued tunnel certificates.
@@ -90,6 +95,16 @@ type Server struct {
 	mu        sync.Mutex
 	addresses map[string]string // listener name -> bound address
 	ready     chan struct{}
+	tunnels   atomic.Pointer[status.TunnelWatcher]
+}
+
+// WatchTunnels reads, until ctx ends, the tunnels each node holds at the
+// apiserver proxy whose admin API is at admin.
+func (s *Server) WatchTunnels(ctx context.Context, admin string) {
+	w := &status.TunnelWatcher{Admin: admin, Interval: 2 * time.Second, Nodes: s.store.NodeNames, Metrics: s.metrics,
+		Log: s.opts.Log.WithField("component", "tunnels")}
+	s.tunnels.Store(w)
+	go w.Run(ctx)
 }
 
 // NewServer wires a server; nothing listens until Run.
@@ -220,10 +235,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	close(s.ready)
 	httpServer := &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
-	debugServer := &http.Server{Handler: s.tracker.DebugHandler(), ReadHeaderTimeout: 5 * time.Second}
+	debugServer := &http.Server{Handler: s.debugHandler(), ReadHeaderTimeout: 5 * time.Second}
 
 	go s.debounce.Run(ctx)
 	go s.renewCertificates(ctx)
+	if s.opts.APIServerProxyAdmin != "" {
+		s.WatchTunnels(ctx, s.opts.APIServerProxyAdmin)
+	}
 	errs := make(chan error, 4)
 	refused := func(reason string) { s.metrics.RefusedConnections.WithLabelValues(reason).Inc() }
 	limited := newLimitListener(xdsLn, limits, refused, s.opts.Log)
@@ -335,6 +353,22 @@ func (s *Server) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// debugHandler is the tracker's debug API plus /debug/tunnels.
+func (s *Server) debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", s.tracker.DebugHandler())
+	mux.HandleFunc("/debug/tunnels", func(w http.ResponseWriter, _ *http.Request) {
+		watcher := s.tunnels.Load()
+		if watcher == nil {
+			http.Error(w, "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(watcher.Latest())
+	})
 	return mux
 }
 

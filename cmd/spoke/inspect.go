@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -34,7 +36,10 @@ func newStatusCommand() *cobra.Command {
 			if err := json.Unmarshal(body, &rows); err != nil {
 				return fmt.Errorf("unexpected answer from %s: %w", server, err)
 			}
-			return printStatus(cmd.OutOrStdout(), rows)
+			if err := printStatus(cmd.OutOrStdout(), rows); err != nil {
+				return err
+			}
+			return printTunnels(cmd.Context(), cmd.OutOrStdout(), server)
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
@@ -128,4 +133,34 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
+}
+
+// printTunnels lists the tunnels each node holds at the apiserver proxy
+// beside the server, nodes without one first.
+func printTunnels(ctx context.Context, w io.Writer, server string) error {
+	body, err := debugGet(ctx, server, "/debug/tunnels")
+	if err != nil {
+		fmt.Fprintf(w, "\ntunnels: %v\n", err)
+		return nil // status of the Envoys was printed; tunnels are optional
+	}
+	var t status.Tunnels
+	if err := json.Unmarshal(body, &t); err != nil {
+		return fmt.Errorf("unexpected answer from %s: %w", server, err)
+	}
+	fmt.Fprintf(w, "\nTUNNELS at the apiserver proxy %s (read %s ago)\n", t.Admin, time.Since(t.ReadAt).Round(time.Second))
+	if t.Error != "" {
+		fmt.Fprintf(w, "last read failed: %s\n", t.Error)
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tTUNNELS")
+	missing := t.NodesWithoutTunnel()
+	for _, n := range missing {
+		fmt.Fprintf(tw, "%s\t0  NO TUNNEL: CONNECTs to it fail with 503\n", n)
+	}
+	for _, n := range slices.Sorted(maps.Keys(t.Nodes)) {
+		if t.Nodes[n] > 0 {
+			fmt.Fprintf(tw, "%s\t%d\n", n, t.Nodes[n])
+		}
+	}
+	return tw.Flush()
 }

@@ -44,6 +44,7 @@ type serveOptions struct {
 	insecureXDS     bool
 	insecureCluster bool
 	limits          xds.ConnectionLimits
+	apiProxyAdmin   string
 }
 
 func newServeCommand() *cobra.Command {
@@ -103,6 +104,7 @@ localhost.`,
 	f.DurationVar(&o.certValidity, "cert-validity", 24*time.Hour, "lifetime of issued tunnel certificates (renewed after two thirds)")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, close the open xDS streams a few at a time over this period, so Envoys move to other servers gradually")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.apiProxyAdmin, "apiserver-proxy-admin", "", "admin address of the apiserver proxy beside this server (e.g. 127.0.0.1:9901): its tunnels per node go into /metrics and spoke status")
 	d := xds.DefaultConnectionLimits()
 	f.IntVar(&o.limits.Total, "xds-max-connections", d.Total, "cap on open connections to --xds-address (lowered to fit the file descriptor limit)")
 	f.IntVar(&o.limits.PerSource, "xds-max-connections-per-source", d.PerSource, "cap on open connections from one IP address (raise it above the number of nodes behind one NAT address)")
@@ -122,7 +124,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	setMemoryLimit(log)
 	o.limits.Total = fitFileLimit(o.limits.Total, log)
 	opts := xds.Options{
-		Limits:     o.limits,
+		Limits: o.limits, APIServerProxyAdmin: o.apiProxyAdmin,
 		XDSAddress: o.xdsAddress, XDSSocket: o.xdsSocket, HTTPAddress: o.httpAddress, DebugAddress: o.debugAddress,
 		Settings: settings, Holdoff: o.holdoff, MaxDelay: o.maxDelay, CertValidity: o.certValidity,
 		ShutdownGrace: o.shutdownGrace, Log: log, Insecure: o.insecureXDS,

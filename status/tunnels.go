@@ -1,0 +1,154 @@
+package status
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/spokeproxy/spoke/metrics"
+)
+
+// tunnelStat is the apiserver proxy's per-node gauge of tunnels held (its
+// upstream socket interface with detailed stats, as spoke bootstrap sets
+// it; Envoy hides them from /stats unless asked).
+const tunnelStat = "reverse_tunnel_responder.nodes."
+
+// Tunnels is what the local apiserver proxy holds: tunnels per node, every
+// node of the cluster listed (0: no tunnel), read at ReadAt.
+type Tunnels struct {
+	Admin  string         `json:"apiserverProxyAdmin"`
+	ReadAt time.Time      `json:"readAt"`
+	Error  string         `json:"error,omitempty"`
+	Nodes  map[string]int `json:"nodes"`
+}
+
+// TunnelWatcher polls the admin API of the apiserver proxy beside this
+// server (on localhost, like the xDS socket) for the tunnels each node
+// holds, and publishes them as metrics and in the debug API.
+type TunnelWatcher struct {
+	Admin    string          // host:port of the apiserver proxy's admin API
+	Interval time.Duration   // between reads
+	Nodes    func() []string // the cluster's nodes, to flag those without a tunnel
+	Metrics  *metrics.Metrics
+	Log      logrus.FieldLogger
+
+	mu     sync.Mutex
+	latest Tunnels
+	shown  map[string]bool // nodes with a spoke_tunnels series
+}
+
+// Run polls until ctx ends.
+func (w *TunnelWatcher) Run(ctx context.Context) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		held, err := w.read(ctx, client)
+		w.record(held, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(w.Interval):
+		}
+	}
+}
+
+// Latest returns the last read.
+func (w *TunnelWatcher) Latest() Tunnels {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latest
+}
+
+func (w *TunnelWatcher) read(ctx context.Context, client *http.Client) (map[string]int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.Admin+"/stats?hidden=include&filter=^reverse_tunnel_responder%5C.nodes%5C.", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read the apiserver proxy's tunnels at %s: %w (is it running, with its admin there?)", w.Admin, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("read the apiserver proxy's tunnels at %s: %s", w.Admin, resp.Status)
+	}
+	return parseTunnelStats(bufio.NewScanner(resp.Body))
+}
+
+// parseTunnelStats reads "reverse_tunnel_responder.nodes.<node>: <count>"
+// lines (node names may contain dots).
+func parseTunnelStats(lines *bufio.Scanner) (map[string]int, error) {
+	held := map[string]int{}
+	for lines.Scan() {
+		name, value, ok := strings.Cut(lines.Text(), ": ")
+		node, isNode := strings.CutPrefix(name, tunnelStat)
+		if !ok || !isNode || node == "" {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(value))
+		if err != nil {
+			return nil, fmt.Errorf("tunnel stat %q: %w", lines.Text(), err)
+		}
+		held[node] += n
+	}
+	return held, lines.Err()
+}
+
+// record publishes a read: every node of the cluster with its tunnels
+// (absent: 0), the spoke_tunnels series and the count of nodes without one.
+func (w *TunnelWatcher) record(held map[string]int, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		if w.latest.Error != err.Error() {
+			w.Log.WithError(err).Warn("cannot read tunnels from the apiserver proxy: spoke status and the tunnel metrics keep the last read")
+		}
+		w.latest.Error = err.Error()
+		return
+	}
+	nodes := map[string]int{}
+	for _, n := range w.Nodes() {
+		nodes[n] = held[n]
+	}
+	for n, c := range held {
+		nodes[n] = c // a tunnel from a node the model does not know is shown too
+	}
+	if w.shown == nil {
+		w.shown = map[string]bool{}
+	}
+	without := 0
+	for n, c := range nodes {
+		w.Metrics.Tunnels.WithLabelValues(n).Set(float64(c))
+		w.shown[n] = true
+		if c == 0 {
+			without++
+		}
+	}
+	for n := range w.shown {
+		if _, ok := nodes[n]; !ok {
+			w.Metrics.Tunnels.DeleteLabelValues(n)
+			delete(w.shown, n)
+		}
+	}
+	w.Metrics.NodesWithoutTunnel.Set(float64(without))
+	w.latest = Tunnels{Admin: w.Admin, ReadAt: time.Now(), Nodes: nodes}
+}
+
+// NodesWithoutTunnel lists, sorted, the nodes a read found with no tunnel.
+func (t Tunnels) NodesWithoutTunnel() []string {
+	var out []string
+	for n, c := range t.Nodes {
+		if c == 0 {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
