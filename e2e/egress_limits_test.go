@@ -23,12 +23,7 @@ import (
 func TestHalfSentConnectIsBounded(t *testing.T) {
 	timeout := time.Second
 	tp := newTopologyWith(t, func(s *model.Settings) { s.RequestHeadersTimeout = model.Duration(timeout) })
-	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
-	tp.startAPIServerProxy()
-	tp.startNodeProxy("node-a", "node-a")
-	sock := tp.settings.EgressSocketPath
-	target := fmt.Sprintf("127.1.1.7:%d", tp.port)
-	waitForTunnel(t, sock, target)
+	sock, target := tp.podBehindTunnel()
 
 	quiet := openConnect(t, sock, target)
 	defer quiet.Close()
@@ -71,12 +66,7 @@ func dialEgress(t *testing.T, socket string) net.Conn {
 func TestEgressSocketLimits(t *testing.T) {
 	const maxConns = 5
 	tp := newTopologyWith(t, func(s *model.Settings) { s.EgressMaxConnections = maxConns })
-	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
-	tp.startAPIServerProxy()
-	tp.startNodeProxy("node-a", "node-a")
-	sock := tp.settings.EgressSocketPath
-	target := fmt.Sprintf("127.1.1.7:%d", tp.port)
-	waitForTunnel(t, sock, target)
+	sock, target := tp.podBehindTunnel()
 
 	big := dialEgress(t, sock)
 	fmt.Fprintf(big, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: %s\r\n\r\n", target, strings.Repeat("x", 16<<10))

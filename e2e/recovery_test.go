@@ -79,16 +79,12 @@ func TestNodeProxyResyncsPromptlyAfterServerRestart(t *testing.T) {
 // by default).
 func TestTunnelsRedialPromptlyAfterApiserverProxyRestart(t *testing.T) {
 	tp := newTopology(t)
-	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
-	tp.startAPIServerProxy()
-	tp.startNodeProxy("node-a", "node-a")
-	target := fmt.Sprintf("127.1.1.7:%d", tp.port)
-	waitForTunnel(t, tp.settings.EgressSocketPath, target)
+	sock, target := tp.podBehindTunnel()
 	tp.apiProxy.Stop()
 	time.Sleep(3 * time.Second)
 	tp.startAPIServerProxy()
 	start := time.Now()
-	waitForTunnel(t, tp.settings.EgressSocketPath, target)
+	waitForTunnel(t, sock, target)
 	took := time.Since(start)
 	t.Logf("a CONNECT through node-a worked again %v after the apiserver proxy came back", took.Round(10*time.Millisecond))
 	if took > 5*time.Second {

@@ -97,6 +97,19 @@ func (tp *topology) startAPIServerProxy() {
 	tp.apiProxy = envoytest.Start(tp.t, tp.bin, "apiserver-proxy", b)
 }
 
+// podBehindTunnel serves node-a's pod web-a, starts the apiserver proxy and
+// node-a's proxy, and waits until a CONNECT to the pod works. It returns the
+// egress socket and the pod's address.
+func (tp *topology) podBehindTunnel() (socket, target string) {
+	tp.t.Helper()
+	serve(tp.t, "127.1.1.7", tp.port, "node-a/pod web-a")
+	tp.startAPIServerProxy()
+	tp.startNodeProxy("node-a", "node-a")
+	socket, target = tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port)
+	waitForTunnel(tp.t, socket, target)
+	return socket, target
+}
+
 // startNodeProxy runs the node proxy of node, presenting a tunnel certificate
 // for certName (node itself, unless a test plays an impostor).
 func (tp *topology) startNodeProxy(node, certName string) *envoytest.Process {
