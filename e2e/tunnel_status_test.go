@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spokeproxy/spoke/status"
+	"github.com/spokeproxy/spoke/translator"
 )
 
 // TestStatusShowsTunnelsPerNode: the server reads the tunnels each node
@@ -64,4 +66,33 @@ func httpBody(url string) (string, error) {
 		return string(body), fmt.Errorf("%s: %s", url, resp.Status)
 	}
 	return string(body), err
+}
+
+// TestConnectToNodeWithoutTunnelSaysSo: a CONNECT to a pod of a node that
+// holds no tunnel is answered at once with translator.NoTunnelStatus (502)
+// and a body that names the cause, not a generic 503 or a hang, and the
+// apiserver proxy counts it; a target no node owns still gets 404.
+func TestConnectToNodeWithoutTunnelSaysSo(t *testing.T) {
+	tp := newTopology(t)
+	tp.startAPIServerProxy() // no node proxy: node-a and node-b hold no tunnel
+	sock := tp.settings.EgressSocketPath
+	start := time.Now()
+	conn := dialEgress(t, sock)
+	fmt.Fprintf(conn, "CONNECT 127.1.1.7:%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", tp.port)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("no answer to a CONNECT for a node without tunnel: %v", err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	t.Logf("answered in %v: %s %q", time.Since(start).Round(time.Millisecond), resp.Status, body)
+	if resp.StatusCode != translator.NoTunnelStatus || !strings.Contains(string(body), "holds no tunnel") {
+		t.Errorf("got %s %q, want %d saying the node holds no tunnel", resp.Status, body, translator.NoTunnelStatus)
+	}
+	if n := tp.apiProxy.Stat("cluster.reverse-tunnels.upstream_cx_connect_fail"); n < 1 {
+		t.Errorf("the refusal was not counted (cluster.reverse-tunnels.upstream_cx_connect_fail = %d)", n)
+	}
+	if _, status := roundTrip(t, sock, "10.99.99.99:80"); status != http.StatusNotFound {
+		t.Errorf("a target no node owns: status %d, want 404", status)
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sort"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -48,6 +50,7 @@ func egressListener(s model.Settings) *listenerv3.Listener {
 	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: dur(s.RequestHeadersTimeout)}
 	// The apiserver's CONNECT is about 50 bytes; nothing legitimate is near 8 KiB.
 	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(egressMaxRequestHeadersKiB)
+	hcm.LocalReplyConfig = noTunnelReply()
 	return &listenerv3.Listener{
 		Name: EgressListener,
 		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{
@@ -58,6 +61,28 @@ func egressListener(s model.Settings) *listenerv3.Listener {
 }
 
 const egressMaxRequestHeadersKiB = 8
+
+// NoTunnelStatus is what the apiserver gets for a CONNECT whose target's
+// node holds no tunnel at this apiserver proxy, so that its error says which
+// of spoke's refusals it met: 404, no node owns the target; 502, the owning
+// node has no tunnel here; 503 (from the node proxy), the node could not
+// reach the target.
+const NoTunnelStatus = 502
+
+// noTunnelReply turns the reverse-connection cluster's failure to find a
+// tunnel (Envoy marks it an upstream connection failure, UF; UH for a
+// cluster id with no node) into NoTunnelStatus with a body that says so.
+func noTunnelReply() *hcmv3.LocalReplyConfig {
+	return &hcmv3.LocalReplyConfig{Mappers: []*hcmv3.ResponseMapper{{
+		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
+			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UF", "UH"}},
+		}},
+		StatusCode: wrapperspb.UInt32(NoTunnelStatus),
+		Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
+			InlineString: "spoke: the node that owns this target holds no tunnel to this apiserver proxy (see spoke status)\n",
+		}},
+	}}}
+}
 
 // egressConnectionLimit closes connections beyond EgressMaxConnections at
 // once (one CONNECT each): a runaway client cannot take the proxy's memory.

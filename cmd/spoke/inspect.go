@@ -155,7 +155,7 @@ func printTunnels(ctx context.Context, w io.Writer, server string) error {
 	fmt.Fprintln(tw, "NODE\tTUNNELS")
 	missing := t.NodesWithoutTunnel()
 	for _, n := range missing {
-		fmt.Fprintf(tw, "%s\t0  NO TUNNEL: CONNECTs to it fail with 503\n", n)
+		fmt.Fprintf(tw, "%s\t0  NO TUNNEL: CONNECTs to it fail with 502\n", n)
 	}
 	for _, n := range slices.Sorted(maps.Keys(t.Nodes)) {
 		if t.Nodes[n] > 0 {
