@@ -9,6 +9,7 @@
 package pki
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -56,60 +57,129 @@ type Certificate struct {
 // when the current one still has a third of its validity left.
 type Issuer struct {
 	mu       sync.Mutex
-	caCert   *x509.Certificate
-	caKey    crypto.Signer
-	caKeyDER []byte // secret input of the key derivation
-	caPEM    []byte
+	ca       *caMaterial
 	validity time.Duration
 	now      func() time.Time
 	issued   map[string]Certificate
 	reserved map[string]string // name -> what it identifies; never a node's
+	// source re-reads the CA (files); nil: the CA never changes.
+	source     func() (certPEM, keyPEM []byte, err error)
+	sourceRaw  [2][]byte
+	sourceName string
 }
 
-// NewIssuer issues from the CA in caCertPEM/caKeyPEM (PEM; the key PKCS#8,
-// EC or PKCS#1).
-func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, error) {
-	block, _ := pem.Decode(caCertPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("tunnel CA certificate: no PEM CERTIFICATE block")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel CA certificate: %w", err)
-	}
-	if !cert.IsCA {
-		return nil, fmt.Errorf("tunnel CA certificate %q is not a CA (basicConstraints CA:TRUE is missing)", cert.Subject)
-	}
+// caMaterial is the signing CA and the trust bundle. During a CA rotation
+// the certificate file holds several CA certificates (old and new): all of
+// them are trusted, and the one the key belongs to signs.
+type caMaterial struct {
+	cert   *x509.Certificate
+	key    crypto.Signer
+	keyDER []byte // secret input of the key derivation
+	bundle []byte // every CA certificate of the file, PEM
+}
+
+// parseCA reads a CA bundle and the signing key.
+func parseCA(caCertPEM, caKeyPEM []byte) (*caMaterial, error) {
 	key, err := parsePrivateKey(caKeyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel CA key: %w", err)
 	}
-	if !publicKeyMatches(cert, key) {
-		return nil, fmt.Errorf("tunnel CA key does not belong to the certificate %q", cert.Subject)
+	m := &caMaterial{key: key}
+	for rest := caCertPEM; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel CA certificate: %w", err)
+		}
+		if !cert.IsCA {
+			return nil, fmt.Errorf("tunnel CA certificate %q is not a CA (basicConstraints CA:TRUE is missing)", cert.Subject)
+		}
+		m.bundle = append(m.bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
+		if m.cert == nil && publicKeyMatches(cert, key) {
+			m.cert = cert
+		}
+	}
+	switch {
+	case m.bundle == nil:
+		return nil, fmt.Errorf("tunnel CA certificate: no PEM CERTIFICATE block")
+	case m.cert == nil:
+		return nil, fmt.Errorf("tunnel CA key does not belong to any certificate of the CA file")
+	}
+	if m.keyDER, err = x509.MarshalPKCS8PrivateKey(key); err != nil {
+		return nil, fmt.Errorf("tunnel CA key: %w", err)
+	}
+	return m, nil
+}
+
+// NewIssuer issues from the CA in caCertPEM/caKeyPEM (PEM; the key PKCS#8,
+// EC or PKCS#1). caCertPEM may hold several CA certificates (a rotation):
+// all are trusted, the one caKeyPEM belongs to signs.
+func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, error) {
+	ca, err := parseCA(caCertPEM, caKeyPEM)
+	if err != nil {
+		return nil, err
 	}
 	if validity <= 0 {
 		return nil, fmt.Errorf("certificate validity must be positive")
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel CA key: %w", err)
-	}
-	return &Issuer{caCert: cert, caKey: key, caKeyDER: keyDER, validity: validity, now: time.Now,
-		issued: map[string]Certificate{}, reserved: map[string]string{},
-		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
+	return &Issuer{ca: ca, validity: validity, now: time.Now, issued: map[string]Certificate{}, reserved: map[string]string{}}, nil
 }
 
-// LoadIssuerFiles reads the tunnel CA from PEM files.
+// LoadIssuerFiles reads the tunnel CA from PEM files, and re-reads them on
+// Reload (a CA rotation needs no restart).
 func LoadIssuerFiles(certPath, keyPath string, validity time.Duration) (*Issuer, error) {
-	certPEM, err := os.ReadFile(certPath)
-	if err != nil {
-		return nil, fmt.Errorf("read tunnel CA certificate: %w", err)
+	read := func() ([]byte, []byte, error) {
+		certPEM, err := os.ReadFile(certPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read tunnel CA certificate: %w", err)
+		}
+		keyPEM, err := os.ReadFile(keyPath)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read tunnel CA key: %w", err)
+		}
+		return certPEM, keyPEM, nil
 	}
-	keyPEM, err := os.ReadFile(keyPath)
+	certPEM, keyPEM, err := read()
 	if err != nil {
-		return nil, fmt.Errorf("read tunnel CA key: %w", err)
+		return nil, err
 	}
-	return NewIssuer(certPEM, keyPEM, validity)
+	i, err := NewIssuer(certPEM, keyPEM, validity)
+	if err != nil {
+		return nil, err
+	}
+	i.source, i.sourceRaw, i.sourceName = read, [2][]byte{certPEM, keyPEM}, certPath+", "+keyPath
+	return i, nil
+}
+
+// Reload re-reads the CA files and reports whether the CA changed; then
+// every proxy's secrets must be re-published. Files that cannot be read or
+// do not parse keep the current CA (rotations write files one at a time).
+func (i *Issuer) Reload() (changed bool, err error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.source == nil {
+		return false, nil
+	}
+	certPEM, keyPEM, err := i.source()
+	if err != nil {
+		return false, err
+	}
+	if bytes.Equal(certPEM, i.sourceRaw[0]) && bytes.Equal(keyPEM, i.sourceRaw[1]) {
+		return false, nil
+	}
+	ca, err := parseCA(certPEM, keyPEM)
+	if err != nil {
+		return false, fmt.Errorf("%s changed but %w: keeping the current tunnel CA", i.sourceName, err)
+	}
+	i.ca, i.sourceRaw = ca, [2][]byte{certPEM, keyPEM}
+	clear(i.issued) // certificates of the new signing CA (the same ones if only the bundle grew)
+	return true, nil
 }
 
 // NewDevelopmentIssuer makes a fresh in-memory CA.
@@ -175,7 +245,11 @@ func publicKeyMatches(cert *x509.Certificate, key crypto.Signer) bool {
 }
 
 // CAPEM is the trust bundle every tunnel end validates its peer against.
-func (i *Issuer) CAPEM() []byte { return i.caPEM }
+func (i *Issuer) CAPEM() []byte {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.ca.bundle
+}
 
 // SetClock replaces the issuer's clock (tests).
 func (i *Issuer) SetClock(now func() time.Time) {
@@ -275,7 +349,8 @@ func (i *Issuer) servingCertificate(names []string) (Certificate, error) {
 // sign makes the certificate of period for subjects (each a DNS name or an
 // IP): the same bytes every time for the same CA, subjects and period.
 func (i *Issuer) sign(commonName string, subjects []string, period int64) (Certificate, error) {
-	id := fmt.Sprintf("%s\x00%q\x00%d", commonName, subjects, period)
+	signer := sha256.Sum256(i.ca.cert.Raw) // a new signing CA gives new keys and serials
+	id := fmt.Sprintf("%x\x00%s\x00%q\x00%d", signer[:8], commonName, subjects, period)
 	key, err := i.derivedKey(id)
 	if err != nil {
 		return Certificate{}, err
@@ -299,7 +374,7 @@ func (i *Issuer) sign(commonName string, subjects []string, period int64) (Certi
 	}
 	// A nil random source makes the CA's signature deterministic (ECDSA per
 	// RFC 6979; RSA PKCS#1 v1.5 and Ed25519 are by nature).
-	der, err := x509.CreateCertificate(nil, tmpl, i.caCert, &key.PublicKey, i.caKey)
+	der, err := x509.CreateCertificate(nil, tmpl, i.ca.cert, &key.PublicKey, i.ca.key)
 	if err != nil {
 		return Certificate{}, err
 	}
@@ -320,7 +395,7 @@ func (i *Issuer) sign(commonName string, subjects []string, period int64) (Certi
 // server replica.
 func (i *Issuer) derivedKey(id string) (*ecdsa.PrivateKey, error) {
 	for attempt := 0; attempt < 16; attempt++ {
-		scalar, err := hkdf.Key(sha256.New, i.caKeyDER, []byte("spoke tunnel key"), fmt.Sprintf("%s\x00%d", id, attempt), 32)
+		scalar, err := hkdf.Key(sha256.New, i.ca.keyDER, []byte("spoke tunnel key"), fmt.Sprintf("%s\x00%d", id, attempt), 32)
 		if err != nil {
 			return nil, err
 		}

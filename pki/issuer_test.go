@@ -133,3 +133,44 @@ func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
 	}
 	return c
 }
+
+// TestReloadRotatesTheCA: the CA files are re-read on Reload; a bundle of
+// two CAs is trusted whole and the key picks the signer; files that break
+// keep the current CA; an unchanged file is no change.
+func TestReloadRotatesTheCA(t *testing.T) {
+	dir := t.TempDir()
+	oldCert, oldKey, _ := pki.GenerateCA("old")
+	newCert, newKey, _ := pki.GenerateCA("new")
+	certFile, keyFile := authtest.WriteFile(t, dir, "ca.crt", oldCert), authtest.WriteFile(t, dir, "ca.key", oldKey)
+	issuer, err := pki.LoadIssuerFiles(certFile, keyFile, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := issuer.Reload(); changed || err != nil {
+		t.Errorf("unchanged files: changed=%v err=%v", changed, err)
+	}
+	issuedBy := func() string {
+		c, err := issuer.Certificate("worker-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseCert(t, c.CertPEM).Issuer.CommonName
+	}
+	authtest.WriteFile(t, dir, "ca.crt", oldCert, newCert)
+	if changed, err := issuer.Reload(); !changed || err != nil || !bytes.Equal(issuer.CAPEM(), append(append([]byte{}, oldCert...), newCert...)) || issuedBy() != "old" {
+		t.Errorf("bundle old+new with the old key: changed=%v err=%v issuer=%s", changed, err, issuedBy())
+	}
+	authtest.WriteFile(t, dir, "ca.key", newKey)
+	if changed, err := issuer.Reload(); !changed || err != nil || issuedBy() != "new" {
+		t.Errorf("new key: changed=%v err=%v issuer=%s", changed, err, issuedBy())
+	}
+	authtest.WriteFile(t, dir, "ca.key", oldKey[:20]) // a rotation caught halfway
+	if changed, err := issuer.Reload(); changed || err == nil || issuedBy() != "new" {
+		t.Errorf("broken key: changed=%v err=%v issuer=%s; want the current CA kept and an error", changed, err, issuedBy())
+	}
+	authtest.WriteFile(t, dir, "ca.key", newKey)
+	authtest.WriteFile(t, dir, "ca.crt", oldCert) // the key (new) belongs to no certificate of the file
+	if _, err := issuer.Reload(); err == nil || !strings.Contains(err.Error(), "does not belong") {
+		t.Errorf("key without its certificate: %v", err)
+	}
+}

@@ -10,6 +10,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -67,6 +68,9 @@ type Options struct {
 	APIServerProxyAdmin string
 	// Limits bound connections on XDSAddress; zero values: DefaultConnectionLimits.
 	Limits ConnectionLimits
+	// CAReloadInterval is how often the tunnel CA files are checked for a
+	// rotation; zero: 10 s.
+	CAReloadInterval time.Duration
 	// CertValidity is the lifetime of issued tunnel certificates.
 	CertValidity time.Duration
 	// ShutdownGrace: on shutdown the open streams are closed a few at a
@@ -296,16 +300,27 @@ func (s *Server) connectionLimits() ConnectionLimits {
 }
 
 // renewCertificates re-publishes proxies whose tunnel certificates are due,
-// well before they expire, even when the cluster does not change.
+// well before they expire, even when the cluster does not change; and every
+// proxy when the tunnel CA files change (a CA rotation needs no restart).
 func (s *Server) renewCertificates(ctx context.Context) {
-	tick := time.NewTicker(s.publisher.issuer.RenewalCheckInterval())
-	defer tick.Stop()
+	renew := time.NewTicker(s.publisher.issuer.RenewalCheckInterval())
+	defer renew.Stop()
+	reload := time.NewTicker(cmp.Or(s.opts.CAReloadInterval, 10*time.Second))
+	defer reload.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-renew.C:
 			s.publisher.Refresh(ctx)
+		case <-reload.C:
+			changed, err := s.publisher.issuer.Reload()
+			if err != nil {
+				s.opts.Log.WithError(err).Warn("cannot reload the tunnel CA: issuing from the current one")
+			}
+			if changed {
+				s.publisher.RefreshAll(ctx)
+			}
 		}
 	}
 }

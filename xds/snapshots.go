@@ -205,6 +205,22 @@ func (p *Publisher) Refresh(ctx context.Context) {
 	}
 }
 
+// RefreshAll re-publishes every proxy: the tunnel CA changed, so every
+// certificate and trust bundle is new.
+func (p *Publisher) RefreshAll(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.synced {
+		return
+	}
+	var st UpdateStats
+	for _, name := range p.publishedNodes() {
+		p.publishNode(ctx, name, &st)
+	}
+	p.publishAPIServer(ctx, true, &st)
+	p.log.WithField("proxies", st.Pushed).Info("tunnel CA changed: new certificates and trust bundle pushed")
+}
+
 // publish sets key's snapshot when some type's version changed; it reports
 // whether it did.
 func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translator.Resources) bool {
