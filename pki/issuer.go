@@ -178,7 +178,7 @@ func (i *Issuer) Reload() (changed bool, err error) {
 		return false, fmt.Errorf("%s changed but %w: keeping the current tunnel CA", i.sourceName, err)
 	}
 	i.ca, i.sourceRaw = ca, [2][]byte{certPEM, keyPEM}
-	clear(i.issued) // certificates of the new signing CA (the same ones if only the bundle grew)
+	clear(i.issued) // every certificate is due: the new signing CA's (the same ones if only the bundle grew)
 	return true, nil
 }
 

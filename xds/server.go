@@ -192,11 +192,11 @@ func (s *Server) Addr(name string) string {
 // Run serves until ctx ends, then stops accepting new streams and closes
 // the open ones a few at a time over ShutdownGrace.
 func (s *Server) Run(ctx context.Context) error {
-	// Streams outlive ctx: they end through the drainer, or when Run returns.
+	// Streams outlive ctx: they end when their connections are drained, or
+	// when Run returns.
 	streamsCtx, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
 	xdsServer := serverv3.NewServer(streamsCtx, s.cache, s.tracker.Callbacks())
-	drain := newDrainer()
 	grpcOptions := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -247,11 +247,12 @@ func (s *Server) Run(ctx context.Context) error {
 		s.WatchTunnels(ctx, s.opts.APIServerProxyAdmin)
 	}
 	errs := make(chan error, 4)
-	refused := func(reason string) { s.metrics.RefusedConnections.WithLabelValues(reason).Inc() }
-	limited := newLimitListener(xdsLn, limits, refused, s.opts.Log)
-	go func() { errs <- grpcServer.Serve(drain.listener(limited)) }()
+	refused := func(capName string) { s.metrics.RefusedConnections.WithLabelValues(capName).Inc() }
+	tcpConns := newConnections(limits, refused, s.opts.Log)
+	socketConns := newConnections(ConnectionLimits{}, nil, s.opts.Log) // only the apiserver proxy can reach it
+	go func() { errs <- grpcServer.Serve(tcpConns.listen(xdsLn)) }()
 	if socketLn != nil {
-		go func() { errs <- socketServer.Serve(drain.listener(socketLn)) }()
+		go func() { errs <- socketServer.Serve(socketConns.listen(socketLn)) }()
 	}
 	go func() { errs <- httpServer.Serve(httpLn) }()
 	go func() { errs <- debugServer.Serve(debugLn) }()
@@ -268,7 +269,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stopped := make(chan struct{})
 	go func() { grpcServer.GracefulStop(); socketServer.GracefulStop(); close(stopped) }()
 	go func() {
-		n := drain.drain(s.opts.ShutdownGrace)
+		n := drain(s.opts.ShutdownGrace, tcpConns, socketConns)
 		s.opts.Log.WithField("streams", n).Info("every open stream closed")
 	}()
 	select {
@@ -319,7 +320,8 @@ func (s *Server) renewCertificates(ctx context.Context) {
 				s.opts.Log.WithError(err).Warn("cannot reload the tunnel CA: issuing from the current one")
 			}
 			if changed {
-				s.publisher.RefreshAll(ctx)
+				s.opts.Log.Info("tunnel CA changed: pushing every proxy its new certificate and trust bundle")
+				s.publisher.Refresh(ctx)
 			}
 		}
 	}

@@ -184,7 +184,8 @@ func (p *Publisher) publishAPIServer(ctx context.Context, force bool, st *Update
 }
 
 // Refresh re-publishes the proxies whose tunnel certificates are due (new
-// certificates; nothing else changes, so only secrets are pushed).
+// certificates; nothing else changes, so only secrets are pushed). After the
+// tunnel CA changed (pki.Issuer.Reload) every certificate is due.
 func (p *Publisher) Refresh(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -203,22 +204,6 @@ func (p *Publisher) Refresh(ctx context.Context) {
 	if st.Pushed > 0 {
 		p.log.WithField("proxies", st.Pushed).Info("tunnel certificates renewed")
 	}
-}
-
-// RefreshAll re-publishes every proxy: the tunnel CA changed, so every
-// certificate and trust bundle is new.
-func (p *Publisher) RefreshAll(ctx context.Context) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.synced {
-		return
-	}
-	var st UpdateStats
-	for _, name := range p.publishedNodes() {
-		p.publishNode(ctx, name, &st)
-	}
-	p.publishAPIServer(ctx, true, &st)
-	p.log.WithField("proxies", st.Pushed).Info("tunnel CA changed: new certificates and trust bundle pushed")
 }
 
 // publish sets key's snapshot when some type's version changed; it reports
