@@ -63,8 +63,8 @@ var layering = []importRule{
 		In: []string{"auth"}, Except: []string{"auth/authtest"}, Forbidden: []string{clientGo, module + "/pki", module + "/xds", module + "/status", module + "/source"}},
 	{Why: "status reads the published config through an interface, never the server or its cache",
 		In: []string{"status"}, Forbidden: []string{module + "/xds", module + "/source", xdsCache, xdsServer}},
-	{Why: "metrics only defines metrics",
-		In: []string{"metrics"}, Forbidden: []string{module + "/"}},
+	{Why: "metrics and filewatch are leaves: they import nothing of spoke",
+		In: []string{"metrics", "filewatch"}, Forbidden: []string{module + "/"}},
 	{Why: "bootstraps are built from translator output, without the server or the cluster",
 		In: []string{"envoy"}, Except: []string{"envoy/envoytest"}, Forbidden: append([]string{clientGo}, runtimePackages...)},
 }

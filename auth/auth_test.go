@@ -4,13 +4,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/sirupsen/logrus"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/translator"
@@ -72,40 +69,5 @@ func TestNodeOfCertificate(t *testing.T) {
 		if name, err := nodeOfCertificate(leaf(subject)); err == nil {
 			t.Errorf("%v named node %q", subject, name)
 		}
-	}
-}
-
-// TestReloadingFileKeepsLastGood: a changed file is re-read, a broken or
-// missing one keeps the last good value (rotations write in several steps).
-func TestReloadingFileKeepsLastGood(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ca.crt")
-	first, second := authtest.NewCA(t, "first"), authtest.NewCA(t, "second")
-	write := func(b []byte) {
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(first.CertPEM)
-	r := &reloadingFile{paths: []string{path}, interval: time.Nanosecond, parse: parseCAPool, log: logrus.New()}
-	v1, err := r.get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	write([]byte("not PEM"))
-	if v, err := r.get(); err != nil || v != v1 {
-		t.Errorf("broken file: want the last good pool, got %v, %v", v, err)
-	}
-	write(second.CertPEM)
-	v2, err := r.get()
-	if err != nil || v2 == v1 {
-		t.Errorf("changed file not reloaded: %v", err)
-	}
-	os.Remove(path)
-	if v, err := r.get(); err != nil || v != v2 {
-		t.Errorf("missing file: want the last good pool, got %v, %v", v, err)
-	}
-	fresh := &reloadingFile{paths: []string{path}, interval: time.Second, parse: parseCAPool, log: logrus.New()}
-	if _, err := fresh.get(); err == nil {
-		t.Error("a missing file with no good copy yet must be an error")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spokeproxy/spoke/filewatch"
 )
 
 // TLSOptions secure the xDS TCP port. Files are re-read when their content
@@ -43,24 +44,19 @@ func ServerTLS(o TLSOptions, issuer ServingIssuer, refused func(error), log logr
 	if interval <= 0 {
 		interval = 10 * time.Second
 	}
-	clientCAs := &reloadingFile{paths: []string{o.ClientCAFile}, interval: interval, parse: parseCAPool, log: log}
-	if _, err := clientCAs.get(); err != nil {
+	caFile, err := filewatch.Load(parseCAPool, o.ClientCAFile)
+	if err != nil {
 		return nil, err
 	}
+	clientCAs := func() *x509.CertPool { return current(caFile, interval, log) }
 	var serving func() (*tls.Certificate, error)
 	switch {
 	case o.CertFile != "" && o.KeyFile != "":
-		pair := &reloadingFile{paths: []string{o.CertFile, o.KeyFile}, interval: interval, parse: parseKeyPair, log: log}
-		if _, err := pair.get(); err != nil {
+		pair, err := filewatch.Load(parseKeyPair, o.CertFile, o.KeyFile)
+		if err != nil {
 			return nil, err
 		}
-		serving = func() (*tls.Certificate, error) {
-			v, err := pair.get()
-			if err != nil {
-				return nil, err
-			}
-			return v.(*tls.Certificate), nil
-		}
+		serving = func() (*tls.Certificate, error) { return current(pair, interval, log), nil }
 	case o.CertFile != "" || o.KeyFile != "":
 		return nil, errors.New("xDS TLS: give both --tls-cert-file and --tls-private-key-file, or neither (the server then issues its own from the tunnel CA)")
 	default:
@@ -87,7 +83,7 @@ func ServerTLS(o TLSOptions, issuer ServingIssuer, refused func(error), log logr
 
 // verifyNodeClient checks the chain against the client CA bundle and that
 // the leaf names a node.
-func verifyNodeClient(raw [][]byte, clientCAs *reloadingFile) error {
+func verifyNodeClient(raw [][]byte, clientCAs func() *x509.CertPool) error {
 	if len(raw) == 0 {
 		return errors.New("no client certificate")
 	}
@@ -99,16 +95,12 @@ func verifyNodeClient(raw [][]byte, clientCAs *reloadingFile) error {
 		}
 		certs[i] = c
 	}
-	pool, err := clientCAs.get()
-	if err != nil {
-		return err
-	}
 	intermediates := x509.NewCertPool()
 	for _, c := range certs[1:] {
 		intermediates.AddCert(c)
 	}
 	leaf := certs[0]
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool.(*x509.CertPool), Intermediates: intermediates,
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: clientCAs(), Intermediates: intermediates,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return fmt.Errorf("client certificate %q: %w", leaf.Subject, err)
 	}

@@ -9,7 +9,6 @@
 package pki
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -24,10 +23,10 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"sync"
 	"time"
 
+	"github.com/spokeproxy/spoke/filewatch"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -61,11 +60,8 @@ type Issuer struct {
 	validity time.Duration
 	now      func() time.Time
 	issued   map[string]Certificate
-	reserved map[string]string // name -> what it identifies; never a node's
-	// source re-reads the CA (files); nil: the CA never changes.
-	source     func() (certPEM, keyPEM []byte, err error)
-	sourceRaw  [2][]byte
-	sourceName string
+	reserved map[string]string             // name -> what it identifies; never a node's
+	files    *filewatch.Files[*caMaterial] // the CA's files; nil: it never changes
 }
 
 // caMaterial is the signing CA and the trust bundle. During a CA rotation
@@ -74,8 +70,9 @@ type Issuer struct {
 type caMaterial struct {
 	cert   *x509.Certificate
 	key    crypto.Signer
-	keyDER []byte // secret input of the key derivation
-	bundle []byte // every CA certificate of the file, PEM
+	keyDER []byte  // secret input of the key derivation
+	id     [8]byte // of the signing certificate: a new signing CA gives new keys and serials
+	bundle []byte  // every CA certificate of the file, PEM
 }
 
 // parseCA reads a CA bundle and the signing key.
@@ -114,6 +111,8 @@ func parseCA(caCertPEM, caKeyPEM []byte) (*caMaterial, error) {
 	if m.keyDER, err = x509.MarshalPKCS8PrivateKey(key); err != nil {
 		return nil, fmt.Errorf("tunnel CA key: %w", err)
 	}
+	sum := sha256.Sum256(m.cert.Raw)
+	copy(m.id[:], sum[:])
 	return m, nil
 }
 
@@ -125,6 +124,10 @@ func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, err
 	if err != nil {
 		return nil, err
 	}
+	return newIssuer(ca, validity)
+}
+
+func newIssuer(ca *caMaterial, validity time.Duration) (*Issuer, error) {
 	if validity <= 0 {
 		return nil, fmt.Errorf("certificate validity must be positive")
 	}
@@ -134,52 +137,37 @@ func NewIssuer(caCertPEM, caKeyPEM []byte, validity time.Duration) (*Issuer, err
 // LoadIssuerFiles reads the tunnel CA from PEM files, and re-reads them on
 // Reload (a CA rotation needs no restart).
 func LoadIssuerFiles(certPath, keyPath string, validity time.Duration) (*Issuer, error) {
-	read := func() ([]byte, []byte, error) {
-		certPEM, err := os.ReadFile(certPath)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read tunnel CA certificate: %w", err)
-		}
-		keyPEM, err := os.ReadFile(keyPath)
-		if err != nil {
-			return nil, nil, fmt.Errorf("read tunnel CA key: %w", err)
-		}
-		return certPEM, keyPEM, nil
-	}
-	certPEM, keyPEM, err := read()
+	files, err := filewatch.Load(func(c [][]byte) (*caMaterial, error) { return parseCA(c[0], c[1]) }, certPath, keyPath)
 	if err != nil {
 		return nil, err
 	}
-	i, err := NewIssuer(certPEM, keyPEM, validity)
+	i, err := newIssuer(files.Value(), validity)
 	if err != nil {
 		return nil, err
 	}
-	i.source, i.sourceRaw, i.sourceName = read, [2][]byte{certPEM, keyPEM}, certPath+", "+keyPath
+	i.files = files
 	return i, nil
 }
 
 // Reload re-reads the CA files and reports whether the CA changed; then
-// every proxy's secrets must be re-published. Files that cannot be read or
-// do not parse keep the current CA (rotations write files one at a time).
+// every certificate is due and every proxy's secrets must be re-published.
+// Files that cannot be read or do not parse keep the current CA (rotations
+// write files one at a time).
 func (i *Issuer) Reload() (changed bool, err error) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if i.source == nil {
+	if i.files == nil {
 		return false, nil
 	}
-	certPEM, keyPEM, err := i.source()
+	ca, changed, err := i.files.Get(0)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("tunnel CA: %w", err)
 	}
-	if bytes.Equal(certPEM, i.sourceRaw[0]) && bytes.Equal(keyPEM, i.sourceRaw[1]) {
-		return false, nil
+	if changed {
+		i.mu.Lock()
+		i.ca = ca
+		clear(i.issued) // the new signing CA's certificates (the same ones if only the bundle grew)
+		i.mu.Unlock()
 	}
-	ca, err := parseCA(certPEM, keyPEM)
-	if err != nil {
-		return false, fmt.Errorf("%s changed but %w: keeping the current tunnel CA", i.sourceName, err)
-	}
-	i.ca, i.sourceRaw = ca, [2][]byte{certPEM, keyPEM}
-	clear(i.issued) // every certificate is due: the new signing CA's (the same ones if only the bundle grew)
-	return true, nil
+	return changed, nil
 }
 
 // NewDevelopmentIssuer makes a fresh in-memory CA.
@@ -349,8 +337,7 @@ func (i *Issuer) servingCertificate(names []string) (Certificate, error) {
 // sign makes the certificate of period for subjects (each a DNS name or an
 // IP): the same bytes every time for the same CA, subjects and period.
 func (i *Issuer) sign(commonName string, subjects []string, period int64) (Certificate, error) {
-	signer := sha256.Sum256(i.ca.cert.Raw) // a new signing CA gives new keys and serials
-	id := fmt.Sprintf("%x\x00%s\x00%q\x00%d", signer[:8], commonName, subjects, period)
+	id := fmt.Sprintf("%x\x00%s\x00%q\x00%d", i.ca.id, commonName, subjects, period)
 	key, err := i.derivedKey(id)
 	if err != nil {
 		return Certificate{}, err
