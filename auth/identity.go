@@ -8,9 +8,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/spokeproxy/spoke/translator"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/spokeproxy/spoke/translator"
 )
 
 // Kubelet client certificates name their node this way (the Node

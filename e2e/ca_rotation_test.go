@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -14,13 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
-	"github.com/spokeproxy/spoke/auth"
-	"github.com/spokeproxy/spoke/auth/authtest"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/pki"
-	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -44,32 +36,8 @@ func TestTunnelCARotationWithoutRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sec := &secureServer{issuer: issuer, clusterCA: authtest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{}}
-	sec.serverCA = filepath.Join(dir, "xds-ca.crt") // what node proxies trust for the xDS server
-	replace(t, sec.serverCA, oldCert)
-	log := logrus.New()
-	log.SetOutput(sec.logs)
-	sec.srv, err = xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
-		TLS:         &auth.TLSOptions{ClientCAFile: authtest.WriteFile(t, dir, "client-ca.crt", sec.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
-		HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0", Settings: tp.settings,
-		Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond, CertValidity: time.Hour,
-		CAReloadInterval: 200 * time.Millisecond, ShutdownGrace: time.Second, Log: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = sec.srv.Run(ctx); close(done) }()
-	go (&source.File{Path: writeCluster(t, tp), Interval: 50 * time.Millisecond, Log: log}).Run(ctx, sec.srv.Sink())
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("server log:\n%s", sec.logs.String())
-		}
-	})
+	sec := newSecureServer(t, issuer) // its xds-ca.crt is what node proxies trust for the xDS server
+	sec.run(t, tp, writeCluster(t, tp), func(o *xds.Options) { o.CAReloadInterval = 200 * time.Millisecond })
 
 	apiserverProxy := sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
 	node := sec.startNodeProxy(t, tp.bin, "node-a", false)
@@ -151,27 +119,10 @@ func serialOf(t *testing.T, certPEM []byte) string {
 // with a SAN: its tunnel certificates.
 func leafSerials(t *testing.T, get func(string) (string, error)) string {
 	t.Helper()
-	body, err := get("/certs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var certs struct {
-		Certificates []struct {
-			CertChain []struct {
-				SerialNumber string            `json:"serial_number"`
-				SANs         []json.RawMessage `json:"subject_alt_names"`
-			} `json:"cert_chain"`
-		} `json:"certificates"`
-	}
-	if err := json.Unmarshal([]byte(body), &certs); err != nil {
-		t.Fatalf("/certs: %v\n%s", err, body)
-	}
 	var serials []string
-	for _, c := range certs.Certificates {
-		for _, link := range c.CertChain {
-			if len(link.SANs) > 0 {
-				serials = append(serials, link.SerialNumber)
-			}
+	for _, c := range envoyCerts(t, get) {
+		if !c.CA && c.SANs > 0 {
+			serials = append(serials, c.Serial)
 		}
 	}
 	return strings.Join(serials, ",")

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,20 +113,7 @@ func TestXDSPortSurvivesAHandshakeFlood(t *testing.T) {
 			t.Logf("server log:\n%s", sec.logs.String())
 		}
 	})
-	get := func(path string) (string, error) {
-		c := http.Client{Timeout: 2 * time.Second}
-		resp, err := c.Get("http://" + httpAddr + path)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		var b strings.Builder
-		_, _ = bufio.NewReader(resp.Body).WriteTo(&b)
-		if resp.StatusCode != http.StatusOK {
-			return b.String(), fmt.Errorf("%s: %s", path, resp.Status)
-		}
-		return b.String(), nil
-	}
+	get := func(path string) (string, error) { return httpBody("http://" + httpAddr + path) }
 	waitFor(t, 20*time.Second, "the server to be ready", func() bool { _, err := get("/readyz"); return err == nil })
 
 	opened := startFlood(t, sec.xdsAddr, "127.0.0.2", 3000)

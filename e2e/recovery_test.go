@@ -1,18 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
-	"github.com/spokeproxy/spoke/auth"
-	"github.com/spokeproxy/spoke/auth/authtest"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/pki"
-	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -27,36 +20,15 @@ func TestNodeProxyResyncsPromptlyAfterServerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	sec := &secureServer{issuer: issuer, clusterCA: authtest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{},
-		xdsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	sec.serverCA = authtest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
-	clientCA := authtest.WriteFile(t, dir, "client-ca.crt", sec.clusterCA.CertPEM)
-	run := func() (*xds.Server, func()) {
-		log := logrus.New()
-		log.SetOutput(sec.logs)
-		srv, err := xds.NewServer(xds.Options{
-			XDSAddress: sec.xdsAddr, Issuer: issuer, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-			TLS:      &auth.TLSOptions{ClientCAFile: clientCA, ServerNames: []string{"spoke-server"}},
-			Settings: tp.settings, Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-			CertValidity: time.Hour, ShutdownGrace: 100 * time.Millisecond, Log: log,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { _ = srv.Run(ctx); close(done) }()
-		go (&source.File{Path: file, Interval: 50 * time.Millisecond, Log: log}).Run(ctx, srv.Sink())
-		return srv, func() { cancel(); <-done }
-	}
-	first, stopFirst := run()
-	sec.srv = first
+	sec := newSecureServer(t, issuer)
+	sec.xdsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	fast := func(o *xds.Options) { o.ShutdownGrace = 100 * time.Millisecond }
+	stopFirst := sec.run(t, tp, file, fast)
 	sec.startNodeProxy(t, tp.bin, "node-a", false)
 	stopFirst()
 	time.Sleep(8 * time.Second)
-	second, stopSecond := run()
-	defer stopSecond()
+	sec.run(t, tp, file, fast)
+	second := sec.srv
 	start := time.Now()
 	waitFor(t, 15*time.Second, "the node proxy to reconnect to the restarted server", func() bool {
 		for _, st := range second.Statuses() {

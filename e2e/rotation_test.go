@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -68,22 +68,55 @@ func openConnect(t *testing.T, socket, target string) net.Conn {
 	return conn
 }
 
-var serialField = regexp.MustCompile(`"serial_number":\s*"([0-9a-f]+)"`)
+// envoyCert is one certificate Envoy holds, as its /certs admin page lists it.
+type envoyCert struct {
+	Serial string
+	SANs   int  // subject alternative names: tunnel certificates have one, kubelet client certificates none
+	CA     bool // a trust bundle entry
+}
 
-// tunnelSerials lists the serial numbers of the certificates Envoy holds
-// (its /certs admin page), CA included.
-func tunnelSerials(t *testing.T, get func(string) (string, error)) string {
+// envoyCerts lists every certificate of Envoy's /certs.
+func envoyCerts(t *testing.T, get func(string) (string, error)) []envoyCert {
 	t.Helper()
 	body, err := get("/certs")
 	if err != nil {
 		t.Fatal(err)
 	}
+	type entry struct {
+		SerialNumber string            `json:"serial_number"`
+		SANs         []json.RawMessage `json:"subject_alt_names"`
+	}
+	var certs struct {
+		Certificates []struct {
+			CACert    []entry `json:"ca_cert"`
+			CertChain []entry `json:"cert_chain"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(body), &certs); err != nil {
+		t.Fatalf("/certs: %v\n%s", err, body)
+	}
+	var out []envoyCert
+	for _, c := range certs.Certificates {
+		for _, e := range c.CACert {
+			out = append(out, envoyCert{Serial: e.SerialNumber, SANs: len(e.SANs), CA: true})
+		}
+		for _, e := range c.CertChain {
+			out = append(out, envoyCert{Serial: e.SerialNumber, SANs: len(e.SANs)})
+		}
+	}
+	return out
+}
+
+// tunnelSerials lists the serial numbers of the certificates Envoy holds
+// (its /certs admin page), CA included.
+func tunnelSerials(t *testing.T, get func(string) (string, error)) string {
+	t.Helper()
 	var serials []string
-	for _, m := range serialField.FindAllStringSubmatch(body, -1) {
-		serials = append(serials, m[1])
+	for _, c := range envoyCerts(t, get) {
+		serials = append(serials, c.Serial)
 	}
 	if len(serials) == 0 {
-		t.Fatalf("no certificates in /certs: %s", body)
+		t.Fatal("no certificates in /certs")
 	}
 	return strings.Join(serials, ",")
 }

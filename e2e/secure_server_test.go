@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +32,7 @@ type secureServer struct {
 	dir       string
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
 	logs      *envoytest.LogBuffer
-	xdsAddr   string // a server in another process; empty: srv's
+	xdsAddr   string // a fixed address (a restarted server, one in another process); empty: srv's
 }
 
 func (s *secureServer) xdsAddress() string {
@@ -40,41 +42,64 @@ func (s *secureServer) xdsAddress() string {
 	return s.srv.Addr("xds")
 }
 
+// startSecureServer runs a server with a development tunnel CA.
 func startSecureServer(t *testing.T, tp *topology, clusterFile string, certValidity time.Duration) *secureServer {
 	t.Helper()
-	dir := t.TempDir()
 	issuer, err := pki.NewDevelopmentIssuer(certValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &secureServer{issuer: issuer, clusterCA: authtest.NewCA(t, "e2e cluster CA"), dir: dir, logs: &envoytest.LogBuffer{}}
-	s.serverCA = authtest.WriteFile(t, dir, "xds-ca.crt", issuer.CAPEM())
+	s := newSecureServer(t, issuer)
+	s.run(t, tp, clusterFile, func(o *xds.Options) { o.CertValidity = certValidity })
+	return s
+}
+
+// newSecureServer prepares what a server as deployed needs (a cluster CA
+// for kubelet-like client certificates, the file node proxies trust for the
+// server's certificate); run starts it.
+func newSecureServer(t *testing.T, issuer *pki.Issuer) *secureServer {
+	t.Helper()
+	s := &secureServer{issuer: issuer, clusterCA: authtest.NewCA(t, "e2e cluster CA"), dir: t.TempDir(), logs: &envoytest.LogBuffer{}}
+	s.serverCA = authtest.WriteFile(t, s.dir, "xds-ca.crt", issuer.CAPEM())
+	return s
+}
+
+// run starts the server (on s.xdsAddr when set) with its file source on
+// clusterFile, tweak adjusting the options, and returns a stop function
+// (also called when the test ends).
+func (s *secureServer) run(t *testing.T, tp *topology, clusterFile string, tweak func(*xds.Options)) (stop func()) {
+	t.Helper()
 	log := logrus.New()
 	log.SetLevel(logrus.DebugLevel)
 	log.SetOutput(s.logs)
-	s.srv, err = xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
-		TLS:         &auth.TLSOptions{ClientCAFile: authtest.WriteFile(t, dir, "client-ca.crt", s.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
+	opts := xds.Options{
+		XDSAddress: cmp.Or(s.xdsAddr, "127.0.0.1:0"), XDSSocket: filepath.Join(s.dir, "xds.sock"), Issuer: s.issuer,
+		TLS:         &auth.TLSOptions{ClientCAFile: authtest.WriteFile(t, s.dir, "client-ca.crt", s.clusterCA.CertPEM), ServerNames: []string{"spoke-server"}},
 		HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: tp.settings, Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: certValidity, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
-	})
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: log.WithField("test", t.Name()),
+	}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	srv, err := xds.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.srv = srv
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = s.srv.Run(ctx); close(done) }()
-	src := &source.File{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}
-	go src.Run(ctx, s.srv.Sink())
+	go func() { _ = srv.Run(ctx); close(done) }()
+	go (&source.File{Path: clusterFile, Interval: 50 * time.Millisecond, Log: log}).Run(ctx, srv.Sink())
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		stop()
 		if t.Failed() {
 			t.Logf("server log:\n%s", s.logs.String())
 		}
 	})
-	return s
+	return stop
 }
 
 // startAPIServerProxy runs an apiserver proxy on the server's socket.

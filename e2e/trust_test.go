@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -118,28 +117,12 @@ func TestKubeletClientCertificateRotation(t *testing.T) {
 // DNS SAN). File-based SDS shows every certificate as inline.
 func xdsClientSerial(t *testing.T, p *envoytest.Process) string {
 	t.Helper()
-	body, err := p.Get("/certs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var certs struct {
-		Certificates []struct {
-			CertChain []struct {
-				SerialNumber string            `json:"serial_number"`
-				SANs         []json.RawMessage `json:"subject_alt_names"`
-			} `json:"cert_chain"`
-		} `json:"certificates"`
-	}
-	if err := json.Unmarshal([]byte(body), &certs); err != nil {
-		t.Fatalf("/certs: %v\n%s", err, body)
-	}
-	for _, c := range certs.Certificates {
-		for _, link := range c.CertChain {
-			if len(link.SANs) == 0 {
-				return link.SerialNumber
-			}
+	for _, c := range envoyCerts(t, p.Get) {
+		if !c.CA && c.SANs == 0 {
+			return c.Serial
 		}
 	}
+	body, _ := p.Get("/certs")
 	t.Fatalf("no xDS client certificate in /certs:\n%s", body)
 	return ""
 }

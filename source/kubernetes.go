@@ -5,13 +5,14 @@ import (
 	"fmt"
 
 	"github.com/sirupsen/logrus"
-	"github.com/spokeproxy/spoke/translator/model"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // Kubernetes watches Nodes, Pods, Services and the EndpointSlices of

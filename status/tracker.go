@@ -18,11 +18,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/sirupsen/logrus"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
+
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/metrics"
 	"github.com/spokeproxy/spoke/translator"
-	"google.golang.org/grpc/codes"
-	grpcstatus "google.golang.org/grpc/status"
 )
 
 // TypeStatus is what one Envoy has of one resource type.

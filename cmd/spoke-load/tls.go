@@ -15,9 +15,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"google.golang.org/grpc/credentials"
+
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/pki"
-	"google.golang.org/grpc/credentials"
 )
 
 // The load runs with authenticated xDS, as deployed: the parent makes a

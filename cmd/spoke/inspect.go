@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/status"
 )
