@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,13 @@ func Start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
 	return start(t, bin, name, b, true)
 }
 
+// StartWithFlags is Start with extra Envoy command-line flags (a
+// --component-log-level among them replaces the default one).
+func StartWithFlags(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, flags ...string) *Process {
+	t.Helper()
+	return start(t, bin, name, b, true, flags...)
+}
+
 // StartUnready is Start for an Envoy expected never to become ready (one
 // that should get no config): it returns once the admin API answers.
 func StartUnready(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Process {
@@ -52,7 +60,7 @@ func StartUnready(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *Pro
 	return start(t, bin, name, b, false)
 }
 
-func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool) *Process {
+func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool, flags ...string) *Process {
 	t.Helper()
 	dir := t.TempDir()
 	path, err := envoy.WriteBootstrap(dir, b)
@@ -61,8 +69,11 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool)
 	}
 	adminFile := filepath.Join(dir, "admin-address")
 	p := &Process{Name: name, log: &LogBuffer{}}
-	p.cmd = exec.Command(bin, "-c", path, "--concurrency", "1", "--disable-hot-restart",
-		"--admin-address-path", adminFile, "--log-level", "info", "--component-log-level", "connection:debug")
+	args := []string{"-c", path, "--concurrency", "1", "--disable-hot-restart", "--admin-address-path", adminFile, "--log-level", "info"}
+	if !slices.Contains(flags, "--component-log-level") { // Envoy takes the flag once
+		args = append(args, "--component-log-level", "connection:debug")
+	}
+	p.cmd = exec.Command(bin, append(args, flags...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start envoy %s: %v", name, err)
