@@ -14,6 +14,8 @@ import (
 type Metrics struct {
 	Registry           *prometheus.Registry
 	Connected          *prometheus.GaugeVec
+	StreamsOpened      prometheus.Counter
+	StreamsClosed      prometheus.Counter
 	Pushes             *prometheus.CounterVec
 	PushLatency        *prometheus.HistogramVec
 	Nacks              *prometheus.CounterVec
@@ -34,6 +36,12 @@ func New() *Metrics {
 		Connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "spoke_connected_envoys", Help: "Envoy ADS streams open, by role.",
 		}, []string{"role"}),
+		StreamsOpened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spoke_xds_streams_opened_total", Help: "ADS streams opened, refused ones included: a rate far above the number of Envoys means Envoys reconnect in a loop.",
+		}),
+		StreamsClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "spoke_xds_streams_closed_total", Help: "ADS streams closed, for whatever reason; opened minus closed is the streams open now, identified or not.",
+		}),
 		Pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_pushes_total", Help: "xDS responses sent, by resource type.",
 		}, []string{"type"}),
@@ -71,7 +79,7 @@ func New() *Metrics {
 			Name: "spoke_nodes_without_tunnel", Help: "Nodes of the cluster holding no tunnel at the apiserver proxy beside this server.",
 		}),
 	}
-	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.RefusedConnections, m.Denied, m.Connected, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
+	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -123,6 +123,7 @@ func (t *Tracker) Status() []StreamStatus {
 }
 
 func (t *Tracker) open(ctx context.Context, k streamKey) error {
+	t.metrics.StreamsOpened.Inc()
 	id, err := auth.Authenticate(ctx)
 	if err != nil {
 		t.metrics.Denied.WithLabelValues("unauthenticated").Inc()
@@ -137,6 +138,7 @@ func (t *Tracker) open(ctx context.Context, k streamKey) error {
 }
 
 func (t *Tracker) closed(k streamKey) {
+	t.metrics.StreamsClosed.Inc()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.streams[k]; ok && s.Proxy != "" {

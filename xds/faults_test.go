@@ -54,12 +54,23 @@ func TestGarbageAndAbruptClients(t *testing.T) {
 	if resp, err := recvWithin(t, healthy, 5*time.Second); err != nil || resp == nil || len(resp.Resources) == 0 {
 		t.Fatalf("server stopped serving after faults: %v %v", resp, err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(srv.Statuses()) > 3 && time.Now().Before(deadline) { // noType, unknown, healthy may remain
+	// The server handles each stream on its own goroutine, so a vanished
+	// client's stream may be identified after the healthy one is served:
+	// wait until the server has closed all 50 before counting what it tracks.
+	// A closed stream can never be tracked again.
+	deadline := time.Now().Add(10 * time.Second)
+	for metricNumber(t, srv, "spoke_xds_streams_closed_total") < 50 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := len(srv.Statuses()); n > 3 {
+	if closed := metricNumber(t, srv, "spoke_xds_streams_closed_total"); closed < 50 {
+		t.Errorf("the server closed %v streams of the 50 abrupt clients within 10s", closed)
+	}
+	if n := len(srv.Statuses()); n > 3 { // noType, unknown, healthy may remain
 		t.Errorf("%d streams tracked after the abrupt clients left; want at most 3", n)
+	}
+	opened := metricNumber(t, srv, "spoke_xds_streams_opened_total")
+	if open := opened - metricNumber(t, srv, "spoke_xds_streams_closed_total"); open > 3 {
+		t.Errorf("%v streams open (opened %v) after the abrupt clients left; want at most 3", open, opened)
 	}
 }
 
