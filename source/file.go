@@ -122,8 +122,8 @@ func (f *File) settleTime() time.Duration {
 // current, when it empties it or drops more than half of its nodes or pods;
 // "" otherwise.
 func shrinks(current map[string]int, next model.Objects) string {
-	total := len(next.Nodes) + len(next.Pods) + len(next.Services) + len(next.EndpointSlices)
-	held := current["Node"] + current["Pod"] + current["Service"] + current["EndpointSlice"]
+	total := len(next.Nodes) + len(next.Pods) + len(next.Services) + len(next.EndpointSlices) + len(next.ServiceCIDRs)
+	held := current["Node"] + current["Pod"] + current["Service"] + current["EndpointSlice"] + current["ServiceCIDR"]
 	switch {
 	case total == 0 && held > 0:
 		return "empty"

@@ -7,6 +7,7 @@ import (
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -15,7 +16,8 @@ import (
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
-// Kubernetes watches Nodes, Pods, Services and the EndpointSlices of
+// Kubernetes watches Nodes, Pods, Services, ServiceCIDRs (where the cluster
+// serves networking.k8s.io/v1 ServiceCIDR) and the EndpointSlices of
 // default/kubernetes with informers and writes each event into the store, so
 // an update costs what the event touched. Objects are stripped to the fields
 // the model reads before they are cached (memory at 150,000 pods). Informers
@@ -47,6 +49,13 @@ func (k *Kubernetes) Run(ctx context.Context, sink Sink) error {
 		"endpointslices": {apiservers.Discovery().V1().EndpointSlices().Informer(), handle(st.SetEndpointSlice,
 			func(s *discoveryv1.EndpointSlice) { st.DeleteEndpointSlice(s.Namespace, s.Name) }, sink.Changed)},
 	}
+	if k.servesServiceCIDRs() {
+		informersByName["servicecidrs"] = struct {
+			informer cache.SharedIndexInformer
+			handler  cache.ResourceEventHandler
+		}{all.Networking().V1().ServiceCIDRs().Informer(), handle(st.SetServiceCIDR,
+			func(sc *networkingv1.ServiceCIDR) { st.DeleteServiceCIDR(sc.Name) }, sink.Changed)}
+	}
 	for name, inf := range informersByName {
 		if err := inf.informer.SetTransform(strip); err != nil {
 			return fmt.Errorf("informer %s: %w", name, err)
@@ -63,7 +72,7 @@ func (k *Kubernetes) Run(ctx context.Context, sink Sink) error {
 	}
 	all.Start(ctx.Done())
 	apiservers.Start(ctx.Done())
-	k.Log.Info("waiting for the first full list of nodes, pods, services and endpointslices")
+	k.Log.Info("waiting for the first full list of nodes, pods, services, servicecidrs and endpointslices")
 	for _, factory := range []informers.SharedInformerFactory{all, apiservers} {
 		for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
 			if !ok {
@@ -75,6 +84,22 @@ func (k *Kubernetes) Run(ctx context.Context, sink Sink) error {
 	sink.Synced()
 	<-ctx.Done()
 	return nil
+}
+
+// servesServiceCIDRs asks discovery whether the cluster serves
+// networking.k8s.io/v1 ServiceCIDR (Kubernetes 1.33 and later); an informer
+// for an API that is not served would never sync.
+func (k *Kubernetes) servesServiceCIDRs() bool {
+	resources, err := k.Client.Discovery().ServerResourcesForGroupVersion(networkingv1.SchemeGroupVersion.String())
+	if err == nil {
+		for _, r := range resources.APIResources {
+			if r.Name == "servicecidrs" {
+				return true
+			}
+		}
+	}
+	k.Log.WithError(err).Warn("the cluster serves no networking.k8s.io/v1 ServiceCIDR: node proxies accept the serviceCIDRs setting's ranges and, outside them, each Service's ClusterIP:port")
+	return false
 }
 
 // handle turns informer events into store writes. Deletions may arrive as

@@ -92,7 +92,7 @@ func (o *translateOptions) run() ([]byte, error) {
 	}
 	cluster, more := model.Build(objs, settings)
 	problems = append(problems, more...)
-	if len(objs.Nodes)+len(objs.Pods)+len(objs.Services)+len(objs.EndpointSlices) == 0 {
+	if len(objs.Nodes)+len(objs.Pods)+len(objs.Services)+len(objs.EndpointSlices)+len(objs.ServiceCIDRs) == 0 {
 		problems = append(problems, model.Problem{Object: strings.Join(o.files, ","),
 			Message: "the input holds no Node, Pod, Service or EndpointSlice: the config routes nothing (an empty or half-written dump?)"})
 	}

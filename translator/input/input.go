@@ -180,6 +180,7 @@ func decodeJSONValue(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 		objs.Pods = append(objs.Pods, listed.Pods...)
 		objs.Services = append(objs.Services, listed.Services...)
 		objs.EndpointSlices = append(objs.EndpointSlices, listed.EndpointSlices...)
+		objs.ServiceCIDRs = append(objs.ServiceCIDRs, listed.ServiceCIDRs...)
 		return listProblems, nil
 	}
 	obj, err := json.Marshal(fields) // one object: small
@@ -247,8 +248,10 @@ func addObject(raw json.RawMessage, objs *model.Objects, depth int) ([]model.Pro
 		return decodeInto(raw, name, &objs.Services), nil
 	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
 		return decodeInto(raw, name, &objs.EndpointSlices), nil
+	case tm.APIVersion == "networking.k8s.io/v1" && tm.Kind == "ServiceCIDR":
+		return decodeInto(raw, name, &objs.ServiceCIDRs), nil
 	default:
-		return []model.Problem{{Object: name, Message: fmt.Sprintf("skipped: kind %s/%s is not used by spoke (it reads v1 Node, Pod, Service and discovery.k8s.io/v1 EndpointSlice)", tm.APIVersion, tm.Kind)}}, nil
+		return []model.Problem{{Object: name, Message: fmt.Sprintf("skipped: kind %s/%s is not used by spoke (it reads v1 Node, Pod, Service, discovery.k8s.io/v1 EndpointSlice and networking.k8s.io/v1 ServiceCIDR)", tm.APIVersion, tm.Kind)}}, nil
 	}
 }
 

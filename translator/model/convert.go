@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // DefaultKubeletPort is used when a node does not report its kubelet endpoint.
@@ -30,6 +31,7 @@ type Objects struct {
 	Pods           []*corev1.Pod
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
+	ServiceCIDRs   []*networkingv1.ServiceCIDR
 }
 
 // Build converts Kubernetes objects into the model. Objects that cannot be
@@ -42,6 +44,7 @@ func Build(objs Objects, s Settings) (Cluster, []Problem) {
 	for _, n := range objs.Nodes {
 		b.addNode(n)
 	}
+	b.addServiceRanges(objs.ServiceCIDRs)
 	b.dropSharedNodeIPs()
 	seenPods := map[ObjectKey]bool{}
 	for _, p := range objs.Pods {
@@ -72,6 +75,27 @@ func Build(objs Objects, s Settings) (Cluster, []Problem) {
 	b.sortAll()
 	b.cluster.Index()
 	return b.cluster, b.problems
+}
+
+// addServiceRanges collects the ranges of the settings and the ServiceCIDR
+// objects and keeps the safe ones; it runs before shared node addresses are
+// dropped, because a shared address is still some node's.
+func (b *builder) addServiceRanges(objs []*networkingv1.ServiceCIDR) {
+	ranges := settingsServiceRanges(b.settings)
+	seen := map[string]bool{}
+	for _, sc := range objs {
+		if seen[sc.Name] {
+			b.report("ServiceCIDR "+sc.Name, "skipped: the input holds this ServiceCIDR twice; keep one copy")
+			continue
+		}
+		seen[sc.Name] = true
+		rs, problems := ConvertServiceCIDR(sc)
+		ranges = append(ranges, rs...)
+		b.problems = append(b.problems, problems...)
+	}
+	safe, problems := SafeServiceRanges(ranges, b.cluster.Nodes)
+	b.cluster.ServiceRanges = safe
+	b.problems = append(b.problems, problems...)
 }
 
 // ObjectKey names a namespaced object.

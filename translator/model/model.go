@@ -92,6 +92,9 @@ type Cluster struct {
 	Pods               []Pod
 	Services           []Service
 	APIServerEndpoints []Endpoint
+	// ServiceRanges are the safe Service CIDRs (see SafeServiceRanges),
+	// sorted: node proxies accept CONNECTs to all of them.
+	ServiceRanges []netip.Prefix
 
 	// index makes lookups O(1) at 5,000 nodes / 150,000 pods. Build sets it;
 	// a hand-made Cluster calls Index, or lookups fall back to linear scans.

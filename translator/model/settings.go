@@ -36,6 +36,10 @@ type Settings struct {
 	// APIServerEndpoints, when set, replaces the EndpointSlices of default/kubernetes
 	// as the list of apiserver proxies ("IP" or "IP:port"; port defaults to TunnelPort).
 	APIServerEndpoints []string `json:"apiServerEndpoints,omitempty"`
+	// ServiceCIDRs are Service ranges node proxies accept as a whole, in
+	// addition to the networking.k8s.io/v1 ServiceCIDR objects (clusters
+	// without that API list their --service-cluster-ip-range here).
+	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
 	// PodRouting is "auto" (octet-aligned pod CIDRs become one prefix route per
 	// node on the apiserver proxy, the rest per pod IP) or "per-pod".
 	PodRouting string `json:"podRouting"`
@@ -160,6 +164,11 @@ func (s *Settings) Validate() error {
 	}
 	if _, err := netip.ParseAddr(s.TunnelListenAddress); err != nil {
 		return fmt.Errorf("tunnelListenAddress %q: %w", s.TunnelListenAddress, err)
+	}
+	for _, raw := range s.ServiceCIDRs {
+		if _, err := ParseServiceRange(raw); err != nil {
+			return fmt.Errorf("serviceCIDRs: %w", err)
+		}
 	}
 	for _, ep := range s.APIServerEndpoints {
 		if _, err := ParseEndpoint(ep, s.TunnelPort); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Store is the model kept up to date one object at a time: the server's
@@ -34,6 +35,7 @@ type Store struct {
 	podsOn      map[string]map[ObjectKey]bool
 	services    map[ObjectKey]*storedService
 	slices      map[ObjectKey]*storedSlice
+	cidrs       map[string]*storedCIDR // ServiceCIDR objects, by name
 	input       []Problem // the source's own problems (unparsable files, duplicates)
 
 	// Indexes for the cross-object checks.
@@ -61,6 +63,11 @@ type storedService struct {
 	svc      Service
 	problems []Problem
 	ok       bool
+}
+
+type storedCIDR struct {
+	ranges   []netip.Prefix
+	problems []Problem
 }
 
 type storedSlice struct {
@@ -112,7 +119,7 @@ func NewStore(s Settings) *Store {
 	return &Store{
 		settings: s, nodes: map[string]*storedNode{}, pods: map[ObjectKey]*PodCandidate{},
 		ignoredPods: map[ObjectKey]bool{}, podsOn: map[string]map[ObjectKey]bool{},
-		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{},
+		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{}, cidrs: map[string]*storedCIDR{},
 		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
 		podClaims: map[netip.Addr][]podClaim{},
 		views:     map[string]*nodeView{}, withProblems: map[string]bool{},
@@ -153,6 +160,14 @@ func (s *Store) DeleteEndpointSlice(namespace, name string) {
 	s.locked(func() { s.putSlice(ObjectKey{namespace, name}, nil) })
 }
 
+// SetServiceCIDR adds or replaces a ServiceCIDR.
+func (s *Store) SetServiceCIDR(sc *networkingv1.ServiceCIDR) {
+	s.locked(func() { s.setServiceCIDR(sc) })
+}
+
+// DeleteServiceCIDR removes a ServiceCIDR.
+func (s *Store) DeleteServiceCIDR(name string) { s.locked(func() { s.putServiceCIDR(name, nil) }) }
+
 func (s *Store) locked(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -183,6 +198,11 @@ func (s *Store) setService(svc *corev1.Service) {
 	s.putService(ObjectKey{svc.Namespace, svc.Name}, &storedService{svc: out, problems: problems, ok: ok})
 }
 
+func (s *Store) setServiceCIDR(sc *networkingv1.ServiceCIDR) {
+	ranges, problems := ConvertServiceCIDR(sc)
+	s.putServiceCIDR(sc.Name, &storedCIDR{ranges: ranges, problems: problems})
+}
+
 func (s *Store) setSlice(slice *discoveryv1.EndpointSlice) {
 	key := ObjectKey{slice.Namespace, slice.Name}
 	eps, problems, relevant := SliceEndpoints(slice, s.settings.TunnelPort)
@@ -207,6 +227,8 @@ func (s *Store) Replace(objs Objects, problems []Problem) {
 	replaceKind(s, "pod", objs.Pods, objectKey[*corev1.Pod], s.setPod, pods, s.deletePod)
 	replaceKind(s, "Service", objs.Services, objectKey[*corev1.Service], s.setService,
 		slices.Collect(maps.Keys(s.services)), func(k ObjectKey) { s.putService(k, nil) })
+	replaceKind(s, "ServiceCIDR", objs.ServiceCIDRs, func(sc *networkingv1.ServiceCIDR) string { return sc.Name }, s.setServiceCIDR,
+		slices.Collect(maps.Keys(s.cidrs)), func(name string) { s.putServiceCIDR(name, nil) })
 	replaceKind(s, "", objs.EndpointSlices, objectKey[*discoveryv1.EndpointSlice], s.setSlice,
 		slices.Collect(maps.Keys(s.slices)), func(k ObjectKey) { s.putSlice(k, nil) })
 }
@@ -346,6 +368,21 @@ func (s *Store) putService(key ObjectKey, next *storedService) {
 		delete(s.services, key)
 	} else {
 		s.services[key] = next
+	}
+}
+
+// putServiceCIDR records next (nil: deleted). Whether node proxies see a
+// change is decided when the safe ranges are recomputed (TakeChanges).
+func (s *Store) putServiceCIDR(name string, next *storedCIDR) {
+	prev := s.cidrs[name]
+	if reflect.DeepEqual(prev, next) {
+		return
+	}
+	s.sharedDirty = true
+	if next == nil {
+		delete(s.cidrs, name)
+	} else {
+		s.cidrs[name] = next
 	}
 }
 

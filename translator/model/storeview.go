@@ -31,9 +31,13 @@ func (s *Store) TakeChanges() Changes {
 			delete(s.withProblems, name)
 		}
 	}
-	if s.sharedDirty {
+	if s.sharedDirty || ch.NodeSet { // a node may now sit inside a Service range
+		ranges := s.shared.ServiceRanges
 		s.rebuildShared()
 		s.sharedDirty = false
+		if !slices.Equal(ranges, s.shared.ServiceRanges) {
+			ch.Shared = true
+		}
 	}
 	return ch
 }
@@ -138,6 +142,25 @@ func (s *Store) rebuildShared() {
 	}
 	sortEndpoints(eps)
 	s.shared.APIServerEndpoints, s.sharedIssues = eps, append(s.sharedIssues, problems...)
+	s.rebuildServiceRanges()
+}
+
+// rebuildServiceRanges checks the ranges of the settings and the ServiceCIDR
+// objects against every routable node, as Build does.
+func (s *Store) rebuildServiceRanges() {
+	ranges := settingsServiceRanges(s.settings)
+	for _, c := range s.cidrs {
+		ranges = append(ranges, c.ranges...)
+		s.sharedIssues = append(s.sharedIssues, c.problems...)
+	}
+	var nodes []Node
+	for _, n := range s.nodes {
+		if n.isRoutable() {
+			nodes = append(nodes, n.node)
+		}
+	}
+	safe, problems := SafeServiceRanges(ranges, nodes)
+	s.shared.ServiceRanges, s.sharedIssues = safe, append(s.sharedIssues, problems...)
 }
 
 // NodeView returns a routable node and its routable pods (read-only).
@@ -165,12 +188,12 @@ func (s *Store) NodeNames() []string {
 	return names
 }
 
-// Shared returns a Cluster holding only the Services and apiserver endpoints
-// (what every node proxy shares; read-only).
+// Shared returns a Cluster holding only the Services, apiserver endpoints
+// and Service ranges (what every node proxy shares; read-only).
 func (s *Store) Shared() Cluster {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+	return Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints, ServiceRanges: s.shared.ServiceRanges}
 }
 
 // Cluster materializes the whole model, as Build would return it; with
@@ -178,7 +201,7 @@ func (s *Store) Shared() Cluster {
 func (s *Store) Cluster(withPods bool) Cluster {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints}
+	c := Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints, ServiceRanges: s.shared.ServiceRanges}
 	for _, v := range s.views {
 		if !v.routable {
 			continue
@@ -213,7 +236,7 @@ func (s *Store) ObjectCounts() map[string]int {
 	defer s.mu.Unlock()
 	return map[string]int{
 		"Node": len(s.nodes), "Pod": len(s.pods) + len(s.ignoredPods),
-		"Service": len(s.services), "EndpointSlice": len(s.slices),
+		"Service": len(s.services), "EndpointSlice": len(s.slices), "ServiceCIDR": len(s.cidrs),
 	}
 }
 

@@ -3,11 +3,12 @@ package model
 import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Strip keeps only the fields the model reads of a Node, Pod, Service or
-// EndpointSlice (other values pass through unchanged): the informer cache and
+// Strip keeps only the fields the model reads of a Node, Pod, Service,
+// EndpointSlice or ServiceCIDR (other values pass through unchanged): the informer cache and
 // a decoded cluster dump hold the small form only, which is what keeps
 // 150,000 pods, or a dump of them, from costing gigabytes.
 func Strip(obj any) any {
@@ -44,6 +45,8 @@ func Strip(obj any) any {
 			s.Spec.Ports = append(s.Spec.Ports, corev1.ServicePort{Port: p.Port, Protocol: p.Protocol})
 		}
 		return s
+	case *networkingv1.ServiceCIDR:
+		return &networkingv1.ServiceCIDR{ObjectMeta: stripMeta(o.ObjectMeta), Spec: o.Spec}
 	case *discoveryv1.EndpointSlice:
 		e := &discoveryv1.EndpointSlice{ObjectMeta: stripMeta(o.ObjectMeta), AddressType: o.AddressType}
 		e.Labels = map[string]string{discoveryv1.LabelServiceName: o.Labels[discoveryv1.LabelServiceName]}
