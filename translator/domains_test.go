@@ -76,3 +76,35 @@ func TestDomainsForIPv6UseBrackets(t *testing.T) {
 		t.Error("10.0.0.5:* must match 10.0.0.5:10250 and not 10.0.0.50:10250")
 	}
 }
+
+// TestRangeDomainsMatchExactlyTheRange: the wildcard domains of a Service
+// range match a CONNECT target if and only if the range holds its address,
+// over random members and close non-members; ranges no set of wildcards
+// expresses exactly (or only with single addresses) are refused.
+func TestRangeDomainsMatchExactlyTheRange(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, raw := range []string{"10.96.0.0/12", "10.96.0.0/16", "172.20.0.0/22", "192.168.128.0/17", "10.0.0.0/8",
+		"fd00:10:96:1::/64", "2001:db8:1:2:3:4:500::/104", "fd00:1:2:300::/56"} {
+		r := netip.MustParsePrefix(raw)
+		domains, ok := rangeDomains(r)
+		if !ok {
+			t.Fatalf("%s should be expressible", r)
+		}
+		for i := 0; i < 20000; i++ {
+			ip := randomNear(rng, r.Addr())
+			target := ipPort(ip, 443)
+			matched := false
+			for _, d := range domains {
+				matched = matched || envoyPrefixMatch(d, target)
+			}
+			if matched != r.Contains(ip) {
+				t.Fatalf("range %s, domains %v: %s matched=%v, contained=%v", r, domains, target, matched, r.Contains(ip))
+			}
+		}
+	}
+	for _, raw := range []string{"10.96.0.0/25", "10.96.0.7/32", "fd00:10:96::/112", "fd00:10:96::/108", "fd00:10::/48", "2001:db8:1:2:3:4:5:0/120", "2001:db8:1:2:3:4::/104"} {
+		if d, ok := rangeDomains(netip.MustParsePrefix(raw)); ok {
+			t.Errorf("%s: got %v, want no wildcard form", raw, d)
+		}
+	}
+}

@@ -87,3 +87,74 @@ func isAPIServerEndpoint(c *model.Cluster, ip string) bool {
 	}
 	return false
 }
+
+// TestServiceRangesOpenNoOtherNode: node proxies accept whole Service ranges,
+// so every address of a range must be safe to reach from any node. Ranges
+// that would cover another node's address or pods are tried here (a range
+// over the pod CIDRs, one over the node addresses, one that is too wide, a
+// reserved one): node-a's proxy still accepts nothing of node-b, and only
+// what is Service traffic otherwise.
+func TestServiceRangesOpenNoOtherNode(t *testing.T) {
+	s := model.DefaultSettings()
+	s.ServiceCIDRs = []string{"10.96.0.0/12"}
+	var objs model.Objects
+	if _, err := input.Decode([]byte(`
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Node, metadata: {name: node-a}, spec: {podCIDRs: [10.244.1.0/24]}, status: {addresses: [{type: InternalIP, address: 10.0.0.5}]}}
+- {apiVersion: v1, kind: Node, metadata: {name: node-b}, spec: {podCIDRs: [10.244.2.0/24]}, status: {addresses: [{type: InternalIP, address: 10.0.0.6}]}}
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: default}, spec: {nodeName: node-a}, status: {phase: Running, podIP: 10.244.1.7}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: default}, spec: {nodeName: node-b}, status: {phase: Running, podIP: 10.244.2.7}}
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: over-pods}, spec: {cidrs: [10.244.0.0/16]}}
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: over-nodes}, spec: {cidrs: [10.0.0.0/16]}}
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: too-wide}, spec: {cidrs: [10.0.0.0/7]}}
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: metadata}, spec: {cidrs: [169.254.0.0/16]}}
+- {apiVersion: v1, kind: Service, metadata: {name: api, namespace: default}, spec: {clusterIPs: [10.96.0.1], ports: [{port: 443}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: odd, namespace: default}, spec: {clusterIPs: [10.0.9.9], ports: [{port: 53}]}}
+`), &objs); err != nil {
+		t.Fatal(err)
+	}
+	cluster, problems := model.Build(objs, s)
+	if len(problems) != 4 {
+		t.Errorf("want the 4 unsafe ranges reported, got %v", problems)
+	}
+	res, err := translator.NodeProxy(&cluster, s, "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]bool{
+		"10.244.1.7:8080":    true,  // own pod
+		"10.0.0.5:10250":     true,  // own kubelet
+		"10.96.0.1:443":      true,  // a Service
+		"10.100.3.4:80":      true,  // in the Service range, whatever kube-proxy makes of it
+		"10.111.255.1:1":     true,  // the range's last /16
+		"10.0.9.9:53":        true,  // a Service in a refused range: its exact pair
+		"10.244.2.7:8080":    false, // node-b's pod, inside a refused range
+		"10.244.2.99:80":     false,
+		"10.0.0.6:10250":     false, // node-b's kubelet, inside a refused range
+		"10.0.9.9:54":        false, // the exact pair only
+		"10.112.0.1:443":     false, // past the range
+		"169.254.169.254:80": false,
+		"127.0.0.1:10248":    false,
+	} {
+		if got := acceptsCONNECT(res, target); got != want {
+			t.Errorf("node-a accepts CONNECT %s: %v, want %v", target, got, want)
+		}
+	}
+}
+
+// acceptsCONNECT says whether a virtual host of res takes a CONNECT to
+// authority, matching domains as Envoy does (exact, or a prefix wildcard).
+func acceptsCONNECT(res translator.Resources, authority string) bool {
+	for _, rc := range res.Routes {
+		for _, vh := range rc.VirtualHosts {
+			for _, d := range vh.Domains {
+				if d == authority || strings.HasSuffix(d, "*") && strings.HasPrefix(authority, strings.TrimSuffix(d, "*")) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}

@@ -63,11 +63,29 @@ func NodeProxy(c *model.Cluster, s model.Settings, node string) (Resources, erro
 	return New(c, s).NodeProxy(node)
 }
 
-// nodeServicesVirtualHost terminates CONNECT to Service ClusterIP:port pairs;
-// the same for every node.
+// nodeServicesVirtualHost terminates CONNECT to the Service ranges (and to
+// the ClusterIP:port pairs outside them); the same for every node.
 func (t *Translator) nodeServicesVirtualHost() *routev3.VirtualHost {
 	t.servicesOnce.Do(func() {
-		t.services = terminatingVirtualHost("services", serviceDomains(t.cluster), OriginalDstTarget)
+		t.services = terminatingVirtualHost("services", nodeServiceDomains(t.cluster), OriginalDstTarget)
 	})
 	return t.services
+}
+
+// NodeSharedFingerprint hashes what every node proxy's config shares (the
+// Services virtual host, the apiserver proxies, the settings): when it is
+// unchanged, a Service or endpoint change needs no node proxy re-translated.
+func (t *Translator) NodeSharedFingerprint() uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%+v\x00", t.settings)
+	if vh := t.nodeServicesVirtualHost(); vh != nil {
+		for _, d := range vh.Domains {
+			h.Write([]byte(d + "\x00"))
+		}
+	}
+	h.Write([]byte{0xff})
+	for _, ep := range t.cluster.APIServerEndpoints {
+		fmt.Fprintf(h, "%s:%d\x00", ep.Addr, ep.Port)
+	}
+	return h.Sum64()
 }

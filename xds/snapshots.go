@@ -36,8 +36,9 @@ type Publisher struct {
 	log      logrus.FieldLogger
 
 	mu             sync.Mutex
-	shared         model.Cluster          // Services and apiserver endpoints
+	shared         model.Cluster          // Services, apiserver endpoints, Service ranges
 	base           *translator.Translator // over shared: the Services vhost is built once
+	nodeSharedFP   uint64                 // base's NodeSharedFingerprint
 	prefixes       map[string][]netip.Prefix
 	apiserverFP    uint64 // hash of the apiserver proxy's route plan
 	apiserverDone  bool
@@ -123,14 +124,19 @@ func (p *Publisher) Apply(ctx context.Context) UpdateStats {
 }
 
 // takeChanges records what ch means for the work ahead: a new shared
-// translator and every node proxy in the backlog when Services or endpoints
-// changed, the apiserver proxy when its routes may have changed.
+// translator when Services, endpoints or Service ranges changed, and every
+// node proxy in the backlog when that changes what they share (a Service
+// inside a Service range does not), the apiserver proxy when its routes may
+// have changed.
 func (p *Publisher) takeChanges(ch model.Changes) {
+	sharedChanged := false
 	if ch.Shared || p.base == nil {
 		p.shared = p.store.Shared()
 		p.base = translator.New(&p.shared, p.settings)
+		fp := p.base.NodeSharedFingerprint()
+		sharedChanged, p.nodeSharedFP = fp != p.nodeSharedFP, fp
 	}
-	if ch.Shared || ch.Initial {
+	if sharedChanged || ch.Initial {
 		for _, name := range p.store.NodeNames() {
 			p.backlog[name] = true
 		}

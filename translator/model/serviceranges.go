@@ -26,13 +26,16 @@ const (
 // reservedRanges are never service ranges: a node proxy must not reach its
 // own loopback (the kubelet's healthz, node-local daemons) nor link-local
 // addresses (cloud metadata services).
-var reservedRanges = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("fe80::/10"),
+var reservedRanges = []struct {
+	prefix netip.Prefix
+	what   string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this host"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local, where cloud metadata services listen"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
 }
 
 // ConvertServiceCIDR returns the ranges of one ServiceCIDR object.
@@ -65,8 +68,8 @@ func ParseServiceRange(raw string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%s is wider than /%d: it would cover networks that hold no Services", p, minBits)
 	}
 	for _, r := range reservedRanges {
-		if r.Overlaps(p) {
-			return netip.Prefix{}, fmt.Errorf("%s overlaps %s, which a node proxy must never reach", p, r)
+		if r.prefix.Overlaps(p) {
+			return netip.Prefix{}, fmt.Errorf("%s overlaps %s (%s), which a node proxy must never reach", p, r.prefix, r.what)
 		}
 	}
 	return p, nil

@@ -67,8 +67,8 @@ func checkChanges(t *testing.T, batch int, ch model.Changes, before, after *mode
 	if fmt.Sprintf("%+v", before.Nodes) != fmt.Sprintf("%+v", after.Nodes) && !ch.NodeSet {
 		t.Fatalf("batch %d: nodes changed but NodeSet is false", batch)
 	}
-	if fmt.Sprintf("%+v%+v", before.Services, before.APIServerEndpoints) != fmt.Sprintf("%+v%+v", after.Services, after.APIServerEndpoints) && !ch.Shared {
-		t.Fatalf("batch %d: Services or endpoints changed but Shared is false", batch)
+	if fmt.Sprintf("%+v%+v%v", before.Services, before.APIServerEndpoints, before.ServiceRanges) != fmt.Sprintf("%+v%+v%v", after.Services, after.APIServerEndpoints, after.ServiceRanges) && !ch.Shared {
+		t.Fatalf("batch %d: Services, endpoints or Service ranges changed but Shared is false", batch)
 	}
 	afterPlan := translator.New(after, s).APIServerFingerprint()
 	if afterPlan != beforePlan && !translator.APIServerAffected(ch, translator.RoutablePodPrefixes(before, s)) {
@@ -82,7 +82,7 @@ func sameModel(a, b model.Cluster) bool {
 
 // describe prints a Cluster without its index (nil and empty slices alike).
 func describe(c model.Cluster) []string {
-	return []string{fmt.Sprintf("%+v", c.Nodes), fmt.Sprintf("%+v", c.Pods), fmt.Sprintf("%+v", c.Services), fmt.Sprintf("%+v", c.APIServerEndpoints)}
+	return []string{fmt.Sprintf("%+v", c.Nodes), fmt.Sprintf("%+v", c.Pods), fmt.Sprintf("%+v", c.Services), fmt.Sprintf("%+v", c.APIServerEndpoints), fmt.Sprintf("%v", c.ServiceRanges)}
 }
 
 // TestStoreReplaceIsQuietWhenNothingChanged: reloading the same file, or an

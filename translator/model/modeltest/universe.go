@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spokeproxy/spoke/translator/model"
@@ -101,10 +102,19 @@ func (u *Universe) slice() *discoveryv1.EndpointSlice {
 	return s
 }
 
+// serviceCIDR draws Service ranges that are safe, that cover a node address
+// or pod CIDR of the pools above (refused while such a node exists), or that
+// are never valid.
+func (u *Universe) serviceCIDR() *networkingv1.ServiceCIDR {
+	sc := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: u.pick("c0", "c1")}}
+	sc.Spec.CIDRs = u.some("10.96.0.0/12", "10.96.0.0/16", "fd00:10:96::/112", "10.0.0.0/30", "10.244.0.0/20", "fd10::/48", "127.0.0.0/16", "10.0.0.0/4", "bogus")
+	return sc
+}
+
 // Step applies one random set or delete to the store and to the universe.
 func (u *Universe) Step(s *model.Store) {
 	del := u.rng.IntN(4) == 0
-	switch u.rng.IntN(10) {
+	switch u.rng.IntN(11) {
 	case 0, 1:
 		n := u.node()
 		key := "node/" + n.Name
@@ -135,6 +145,16 @@ func (u *Universe) Step(s *model.Store) {
 		}
 		u.objects[key] = svc
 		s.SetService(svc)
+	case 9:
+		sc := u.serviceCIDR()
+		key := "servicecidr/" + sc.Name
+		if del {
+			delete(u.objects, key)
+			s.DeleteServiceCIDR(sc.Name)
+			return
+		}
+		u.objects[key] = sc
+		s.SetServiceCIDR(sc)
 	default:
 		sl := u.slice()
 		key := "slice/" + sl.Namespace + "/" + sl.Name
@@ -162,6 +182,8 @@ func (u *Universe) View() model.Objects {
 			objs.Services = append(objs.Services, o)
 		case *discoveryv1.EndpointSlice:
 			objs.EndpointSlices = append(objs.EndpointSlices, o)
+		case *networkingv1.ServiceCIDR:
+			objs.ServiceCIDRs = append(objs.ServiceCIDRs, o)
 		}
 	}
 	return objs
