@@ -3,6 +3,7 @@ package translator
 import (
 	"net/netip"
 	"sort"
+	"sync"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 
@@ -29,11 +30,13 @@ import (
 // node tunnels, and the cluster that sends each stream into a tunnel.
 func (t *Translator) APIServerProxy() Resources {
 	s := t.settings
+	routes, routeVersion := egressRoutes(t.egressPlan())
 	return Resources{
-		Listeners: sortedListeners(handshakeListener(s), egressListener(s)),
-		Routes:    []*routev3.RouteConfiguration{egressRoutes(t.egressPlan())},
-		Clusters:  []*clusterv3.Cluster{reverseTunnelCluster(s)},
-		Secrets:   sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
+		Listeners:    sortedListeners(handshakeListener(s), egressListener(s)),
+		Routes:       []*routev3.RouteConfiguration{routes},
+		Clusters:     []*clusterv3.Cluster{reverseTunnelCluster(s)},
+		Secrets:      sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
+		RouteVersion: routeVersion,
 	}
 }
 
@@ -99,12 +102,21 @@ func egressConnectionLimit(s model.Settings) *listenerv3.Filter {
 // virtual host per node (its addresses on any port, its host names, its pods)
 // and one for Service ClusterIP:port pairs, which any node can take. A target
 // in none of them matches no route and gets 404 at once: never a guess.
-func egressRoutes(plan []tunnelTargets) *routev3.RouteConfiguration {
-	rc := &routev3.RouteConfiguration{Name: EgressRoute}
+//
+// version is the content hash of the route configuration, computed from
+// each virtual host's own hash: those of reused node targets are not
+// marshalled again (5,000 virtual hosts take ~20 ms to marshal).
+func egressRoutes(plan []*tunnelTargets) (rc *routev3.RouteConfiguration, version string) {
+	rc = &routev3.RouteConfiguration{Name: EgressRoute}
+	version = ContentHash([]*routev3.RouteConfiguration{rc}) // before the hosts
+	digests := make([]string, 0, len(plan)+1)
+	digests = append(digests, version)
 	for _, p := range plan {
-		rc.VirtualHosts = append(rc.VirtualHosts, tunnelVirtualHost(p.name, p.domains, p.hostID))
+		vh, digest := p.virtualHost()
+		digests = append(digests, digest)
+		rc.VirtualHosts = append(rc.VirtualHosts, vh)
 	}
-	return rc
+	return rc, ContentHash[*routev3.RouteConfiguration](nil, digests...)
 }
 
 // tunnelTargets is one virtual host of the egress routes before it becomes a
@@ -112,13 +124,27 @@ func egressRoutes(plan []tunnelTargets) *routev3.RouteConfiguration {
 type tunnelTargets struct {
 	name, hostID string
 	domains      []string
+
+	once   sync.Once
+	vh     *routev3.VirtualHost
+	digest string
 }
 
-// egressPlan computes the egress routes' content: everything the apiserver
-// proxy's config depends on besides the settings.
-func egressPlan(c *model.Cluster, s model.Settings) []tunnelTargets {
+// virtualHost builds the proto and its content hash once: a Translator
+// reusing another's node targets (ReuseNodeTargets) reuses both.
+func (tt *tunnelTargets) virtualHost() (*routev3.VirtualHost, string) {
+	tt.once.Do(func() {
+		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID)
+		tt.digest = ContentHash([]*routev3.VirtualHost{tt.vh})
+	})
+	return tt.vh, tt.digest
+}
+
+// nodeTargets is the per-node part of the egress plan: it reads the nodes
+// and the pods outside their prefix routes, never the Services.
+func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 	prefixes := RoutablePodPrefixes(c, s)
-	var plan []tunnelTargets
+	var plan []*tunnelTargets
 	for _, n := range c.Nodes {
 		domains := newDomainSet()
 		for _, ip := range n.IPs {
@@ -139,13 +165,19 @@ func egressPlan(c *model.Cluster, s model.Settings) []tunnelTargets {
 			}
 		}
 		if !domains.empty() {
-			plan = append(plan, tunnelTargets{name: "node/" + n.Name, hostID: n.Name, domains: domains.sorted()})
+			plan = append(plan, &tunnelTargets{name: "node/" + n.Name, hostID: n.Name, domains: domains.sorted()})
 		}
 	}
-	if services := serviceDomains(c); !services.empty() {
-		plan = append(plan, tunnelTargets{name: "services", hostID: s.ClusterID, domains: services.sorted()})
-	}
 	return plan
+}
+
+// serviceTargets routes every Service ClusterIP:port into the tunnel of any
+// node (the tunnel cluster id).
+func serviceTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
+	if services := serviceDomains(c); !services.empty() {
+		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, domains: services.sorted()}}
+	}
+	return nil
 }
 
 // tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
@@ -311,13 +343,31 @@ func sortedStrings(xs ...string) []string {
 	return xs
 }
 
+// PodCovered says whether every IP of pod lies in prefixes (its node's
+// routable pod prefixes): the apiserver proxy then needs nothing of it.
+func PodCovered(prefixes []netip.Prefix, pod model.Pod) bool {
+	for _, ip := range pod.IPs {
+		if !CoveredBy(prefixes, ip) {
+			return false
+		}
+	}
+	return true
+}
+
 // APIServerAffected says whether ch may change the apiserver proxy's config:
 // nodes added, removed or re-addressed, Services, or a pod IP outside its
 // node's prefix routes (such IPs get routes of their own). prefixes are the
 // RoutablePodPrefixes of the nodes, which only a NodeSet change changes.
 // With octet-aligned pod CIDRs, pod churn never touches the apiserver proxy.
 func APIServerAffected(ch model.Changes, prefixes map[string][]netip.Prefix) bool {
-	if ch.Initial || ch.NodeSet || ch.Shared {
+	return ch.Shared || APIServerNodesAffected(ch, prefixes)
+}
+
+// APIServerNodesAffected is APIServerAffected for the per-node part of the
+// apiserver proxy's routes: when it is false, a Translator may reuse the
+// last one's node targets (ReuseNodeTargets).
+func APIServerNodesAffected(ch model.Changes, prefixes map[string][]netip.Prefix) bool {
+	if ch.Initial || ch.NodeSet {
 		return true
 	}
 	for _, a := range ch.PodIPs {

@@ -16,6 +16,9 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 	Secrets   []string
+	// RouteVersion, when set, is the content hash of Routes, computed from
+	// cached parts: the server uses it instead of hashing Routes again.
+	RouteVersion string
 }
 
 // Role says which kind of Envoy a set of resources is for.

@@ -3,6 +3,7 @@ package translator
 import (
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -22,15 +23,35 @@ type Translator struct {
 	services     *routev3.VirtualHost
 
 	planOnce sync.Once
-	plan     []tunnelTargets
+	plan     []*tunnelTargets // the node targets, then the Service targets
+	nodes    int              // how many of plan are node targets
+	reused   *Translator      // from ReuseNodeTargets
 }
 
 // egressPlan is computed once per Translator (fingerprint and translation
 // share it).
-func (t *Translator) egressPlan() []tunnelTargets {
-	t.planOnce.Do(func() { t.plan = egressPlan(t.cluster, t.settings) })
+func (t *Translator) egressPlan() []*tunnelTargets {
+	t.planOnce.Do(func() {
+		var nodes []*tunnelTargets
+		if t.reused != nil {
+			prev := t.reused.egressPlan()
+			nodes = slices.Clip(prev[:t.reused.nodes])
+		} else {
+			nodes = nodeTargets(t.cluster, t.settings)
+		}
+		t.plan, t.nodes = append(nodes, serviceTargets(t.cluster, t.settings)...), len(nodes)
+		t.reused = nil // no chain of every earlier Translator kept alive
+	})
 	return t.plan
 }
+
+// ReuseNodeTargets makes t take the per-node part of the apiserver proxy's
+// routes (and their protos) from prev, and only the Services from its own
+// cluster, which then needs no nodes nor pods: a Service change costs
+// O(Services), not O(nodes + pods). Call it before anything else on t, and
+// only when the nodes and their pods did not change since prev
+// (APIServerNodesAffected) and the settings are the same.
+func (t *Translator) ReuseNodeTargets(prev *Translator) { t.reused = prev }
 
 // APIServerFingerprint hashes everything the apiserver proxy's config depends
 // on, far cheaper than translating it: a pod inside its node's prefix route

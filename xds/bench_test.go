@@ -11,6 +11,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spokeproxy/spoke/translator/model"
@@ -46,10 +47,22 @@ func syntheticObjects(nodes, podsPerNode, services int) model.Objects {
 	return objs
 }
 
+// withServiceRange adds the ServiceCIDR that syntheticObjects' Services
+// come from (as Kubernetes 1.33+ creates for --service-cluster-ip-range).
+func withServiceRange(objs model.Objects) model.Objects {
+	objs.ServiceCIDRs = []*networkingv1.ServiceCIDR{{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes"},
+		Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.96.0.0/16"}}}}
+	return objs
+}
+
 // publisherAtScale is a publisher that has published a 5,000-node /
-// 150,000-pod / 1,000-Service cluster, and that cluster's objects.
-func publisherAtScale(b *testing.B) (testPublisher, model.Objects) {
+// 150,000-pod / 1,000-Service cluster, and that cluster's objects; with
+// ranges, the cluster has its ServiceCIDR.
+func publisherAtScale(b *testing.B, ranges bool) (testPublisher, model.Objects) {
 	objs := syntheticObjects(5000, 30, 1000)
+	if ranges {
+		objs = withServiceRange(objs)
+	}
 	p := newTestPublisher(b, time.Hour)
 	p.update(context.Background(), objs)
 	return p, objs
@@ -61,7 +74,7 @@ func publisherAtScale(b *testing.B) (testPublisher, model.Objects) {
 // unit of work. BenchmarkUpdateFullView is the same change through a full
 // view (Replace), the cost of a file reload, as a baseline.
 func BenchmarkUpdateOnePodChanged(b *testing.B) {
-	p, objs := publisherAtScale(b)
+	p, objs := publisherAtScale(b, true)
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -79,7 +92,7 @@ func BenchmarkUpdateOnePodChanged(b *testing.B) {
 }
 
 func BenchmarkUpdateFullView(b *testing.B) {
-	p, objs := publisherAtScale(b)
+	p, objs := publisherAtScale(b, true)
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
@@ -118,30 +131,35 @@ func BenchmarkServedStateMemory(b *testing.B) {
 }
 
 // BenchmarkUpdateServiceChanged: one Service gets a new port in a
-// 5,000-node / 150,000-pod cluster: every node proxy's routes change, so
-// this is the server's most expensive routine update.
-func BenchmarkUpdateServiceChanged(b *testing.B) {
-	p, objs := publisherAtScale(b)
+// 5,000-node / 150,000-pod cluster whose ServiceCIDR holds it: only the
+// apiserver proxy changes. The baseline, WithoutRanges, is a cluster without
+// ServiceCIDR objects: every node proxy's routes change.
+func BenchmarkUpdateServiceChanged(b *testing.B) { benchmarkServiceChange(b, true, 1) }
+
+func BenchmarkUpdateServiceChangedWithoutRanges(b *testing.B) { benchmarkServiceChange(b, false, 5001) }
+
+func benchmarkServiceChange(b *testing.B, ranges bool, wantPushed int) {
+	p, objs := publisherAtScale(b, ranges)
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		svc := *objs.Services[0]
 		svc.Spec.Ports = []corev1.ServicePort{{Port: int32(9000 + i%1000)}}
 		p.store.SetService(&svc)
-		if st := p.drain(ctx); st.Pushed != 5001 {
-			b.Fatalf("a Service change pushed %d proxies, want all 5,000 node proxies and the apiserver proxy", st.Pushed)
+		if st := p.drain(ctx); st.Pushed != wantPushed {
+			b.Fatalf("a Service change pushed %d proxies, want %d", st.Pushed, wantPushed)
 		}
 	}
 }
 
-// BenchmarkPodChangeDuringServiceRollout: a Service changes and a pod
-// changes right after; timed is the first Apply (the pod's node, which goes
+// BenchmarkPodChangeDuringServiceRollout: in a cluster without
+// ServiceCIDR objects, a Service changes and a pod changes right after; timed is the first Apply (the pod's node, which goes
 // first, one chunk of the Service backlog, the apiserver proxy), and
 // reported as pod-snapshot-ms is how long after that Apply started the pod's
 // node had its new snapshot: what a pod change waits while all 5,000 node
 // proxies get the new Service. The rest of the rollout is drained untimed.
 func BenchmarkPodChangeDuringServiceRollout(b *testing.B) {
-	p, objs := publisherAtScale(b)
+	p, objs := publisherAtScale(b, false)
 	ctx := context.Background()
 	var toPod time.Duration
 	b.ResetTimer()

@@ -35,18 +35,22 @@ type Publisher struct {
 	metrics  *metrics.Metrics
 	log      logrus.FieldLogger
 
-	mu             sync.Mutex
-	shared         model.Cluster          // Services, apiserver endpoints, Service ranges
-	base           *translator.Translator // over shared: the Services vhost is built once
-	nodeSharedFP   uint64                 // base's NodeSharedFingerprint
-	prefixes       map[string][]netip.Prefix
-	apiserverFP    uint64 // hash of the apiserver proxy's route plan
-	apiserverDone  bool
-	apiserverDirty bool                       // its routes may have changed; not yet re-translated
-	backlog        map[string]bool            // node names waiting for a change that concerns all
-	published      map[string]*publishedState // snapshot key -> what it was last sent
-	problems       map[string]bool
-	synced         bool
+	mu           sync.Mutex
+	shared       model.Cluster          // Services, apiserver endpoints, Service ranges
+	base         *translator.Translator // over shared: the Services vhost is built once
+	nodeSharedFP uint64                 // base's NodeSharedFingerprint
+	prefixes     map[string][]netip.Prefix
+	apiserverFP  uint64 // hash of the apiserver proxy's route plan
+	// apiserverLast is the last apiserver proxy translation; a change that
+	// leaves its node part alone (apiserverNodesDirty false) reuses it.
+	apiserverLast       *translator.Translator
+	apiserverNodesDirty bool
+	apiserverDone       bool
+	apiserverDirty      bool                       // its routes may have changed; not yet re-translated
+	backlog             map[string]bool            // node names waiting for a change that concerns all
+	published           map[string]*publishedState // snapshot key -> what it was last sent
+	problems            map[string]bool
+	synced              bool
 }
 
 // publishedState is what one proxy's snapshot holds.
@@ -147,6 +151,9 @@ func (p *Publisher) takeChanges(ch model.Changes) {
 	if translator.APIServerAffected(ch, p.prefixes) || !p.apiserverDone {
 		p.apiserverDirty = true
 	}
+	if translator.APIServerNodesAffected(ch, p.prefixes) {
+		p.apiserverNodesDirty = true
+	}
 	if ch.NodeSet || p.prefixes == nil {
 		nodesOnly := p.store.Cluster(false)
 		p.prefixes = translator.RoutablePodPrefixes(&nodesOnly, p.settings)
@@ -176,8 +183,16 @@ func (p *Publisher) publishNode(ctx context.Context, name string, st *UpdateStat
 // publishAPIServer re-translates the apiserver proxy when its route plan
 // changed (or force: its certificate is due).
 func (p *Publisher) publishAPIServer(ctx context.Context, force bool, st *UpdateStats) {
-	full := p.store.Cluster(true)
-	tr := translator.New(&full, p.settings)
+	var tr *translator.Translator
+	if p.apiserverNodesDirty || p.apiserverLast == nil {
+		full := p.store.ClusterWith(func(pod model.Pod) bool { return !translator.PodCovered(p.prefixes[pod.NodeName], pod) })
+		tr = translator.New(&full, p.settings)
+	} else { // Services only: O(Services), the node part is the last one's
+		shared := p.shared
+		tr = translator.New(&shared, p.settings)
+		tr.ReuseNodeTargets(p.apiserverLast)
+	}
+	p.apiserverLast, p.apiserverNodesDirty = tr, false
 	fp := tr.APIServerFingerprint()
 	if p.apiserverDone && fp == p.apiserverFP && !force {
 		return
@@ -237,7 +252,10 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	next := &publishedState{res: res, versions: map[string]string{}, counts: map[string]int{}, names: map[string]map[string]bool{}}
 	changed := p.published[key] == nil
 	for typeURL, items := range byType {
-		v := translator.ContentHash(items)
+		v := res.RouteVersion
+		if typeURL != resourcev3.RouteType || v == "" {
+			v = translator.ContentHash(items)
+		}
 		next.versions[typeURL], next.counts[typeURL] = v, len(items)
 		next.names[typeURL] = map[string]bool{}
 		for _, item := range items {

@@ -9,6 +9,8 @@ import (
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/metrics"
@@ -101,6 +103,38 @@ func TestUpdateTouchesOnlyWhatChanged(t *testing.T) {
 	objs.Nodes = objs.Nodes[:2]
 	if st := p.update(ctx, objs); st.Removed != 1 {
 		t.Errorf("node removal: %+v, want one snapshot removed", st)
+	}
+}
+
+// TestServiceChangeInsideARangeReachesNoNodeProxy: with the cluster's
+// ServiceCIDR known, adding, changing and deleting a Service inside it
+// re-translates and pushes the apiserver proxy only; a Service outside every
+// range still reaches every node proxy (they accept it by ClusterIP:port).
+func TestServiceChangeInsideARangeReachesNoNodeProxy(t *testing.T) {
+	p := newTestPublisher(t, time.Hour)
+	ctx := context.Background()
+	objs := withServiceRange(syntheticObjects(3, 2, 2))
+	p.update(ctx, objs)
+	nodeBefore, _ := p.Versions("node/node-00001")
+
+	svc := *objs.Services[0]
+	svc.Spec.Ports = []corev1.ServicePort{{Port: 9999}}
+	objs.Services = append([]*corev1.Service{&svc}, objs.Services[1:]...)
+	if st := p.update(ctx, objs); st.Translated != 1 || st.Pushed != 1 {
+		t.Errorf("Service port change: %+v, want the apiserver proxy only", st)
+	}
+	objs.Services = objs.Services[1:]
+	if st := p.update(ctx, objs); st.Translated != 1 || st.Pushed != 1 {
+		t.Errorf("Service deleted: %+v, want the apiserver proxy only", st)
+	}
+	if after, _ := p.Versions("node/node-00001"); !sameVersions(after, nodeBefore) {
+		t.Error("a node proxy's versions changed for Services inside the range")
+	}
+	outside := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "outside"},
+		Spec: corev1.ServiceSpec{ClusterIPs: []string{"192.168.9.9"}, Ports: []corev1.ServicePort{{Port: 80}}}}
+	objs.Services = append(objs.Services, outside)
+	if st := p.update(ctx, objs); st.Pushed != 4 {
+		t.Errorf("Service outside the range: %+v, want the apiserver proxy and 3 node proxies", st)
 	}
 }
 

@@ -36,7 +36,7 @@ type Store struct {
 	services    map[ObjectKey]*storedService
 	slices      map[ObjectKey]*storedSlice
 	cidrs       map[string]*storedCIDR // ServiceCIDR objects, by name
-	input       []Problem // the source's own problems (unparsable files, duplicates)
+	input       []Problem              // the source's own problems (unparsable files, duplicates)
 
 	// Indexes for the cross-object checks.
 	ipOwners   map[netip.Addr]map[string]bool // address -> routable nodes listing it
@@ -48,9 +48,11 @@ type Store struct {
 	withProblems map[string]bool      // views that hold problems
 	shared       Cluster              // Services and APIServerEndpoints only
 	sharedIssues []Problem
+	rangeIssues  []Problem
 
 	pending     Changes
-	sharedDirty bool
+	sharedDirty bool // Services or endpoints changed
+	rangesDirty bool // ServiceCIDRs changed
 }
 
 type storedNode struct {
@@ -123,7 +125,7 @@ func NewStore(s Settings) *Store {
 		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
 		podClaims: map[netip.Addr][]podClaim{},
 		views:     map[string]*nodeView{}, withProblems: map[string]bool{},
-		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true,
+		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true, rangesDirty: true,
 	}
 }
 
@@ -378,7 +380,7 @@ func (s *Store) putServiceCIDR(name string, next *storedCIDR) {
 	if reflect.DeepEqual(prev, next) {
 		return
 	}
-	s.sharedDirty = true
+	s.rangesDirty = true
 	if next == nil {
 		delete(s.cidrs, name)
 	} else {

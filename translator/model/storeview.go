@@ -31,10 +31,14 @@ func (s *Store) TakeChanges() Changes {
 			delete(s.withProblems, name)
 		}
 	}
-	if s.sharedDirty || ch.NodeSet { // a node may now sit inside a Service range
-		ranges := s.shared.ServiceRanges
+	if s.sharedDirty {
 		s.rebuildShared()
 		s.sharedDirty = false
+	}
+	if s.rangesDirty || ch.NodeSet { // a node may now sit inside a Service range
+		ranges := s.shared.ServiceRanges
+		s.rebuildServiceRanges()
+		s.rangesDirty = false
 		if !slices.Equal(ranges, s.shared.ServiceRanges) {
 			ch.Shared = true
 		}
@@ -123,7 +127,7 @@ func (s *Store) claimingNodes(ip netip.Addr) []string {
 }
 
 func (s *Store) rebuildShared() {
-	s.shared, s.sharedIssues = Cluster{}, nil
+	s.shared.Services, s.shared.APIServerEndpoints, s.sharedIssues = nil, nil, nil
 	for _, st := range s.services {
 		s.sharedIssues = append(s.sharedIssues, st.problems...)
 		if st.ok {
@@ -142,16 +146,16 @@ func (s *Store) rebuildShared() {
 	}
 	sortEndpoints(eps)
 	s.shared.APIServerEndpoints, s.sharedIssues = eps, append(s.sharedIssues, problems...)
-	s.rebuildServiceRanges()
 }
 
 // rebuildServiceRanges checks the ranges of the settings and the ServiceCIDR
 // objects against every routable node, as Build does.
 func (s *Store) rebuildServiceRanges() {
 	ranges := settingsServiceRanges(s.settings)
+	s.rangeIssues = nil
 	for _, c := range s.cidrs {
 		ranges = append(ranges, c.ranges...)
-		s.sharedIssues = append(s.sharedIssues, c.problems...)
+		s.rangeIssues = append(s.rangeIssues, c.problems...)
 	}
 	var nodes []Node
 	for _, n := range s.nodes {
@@ -160,7 +164,7 @@ func (s *Store) rebuildServiceRanges() {
 		}
 	}
 	safe, problems := SafeServiceRanges(ranges, nodes)
-	s.shared.ServiceRanges, s.sharedIssues = safe, append(s.sharedIssues, problems...)
+	s.shared.ServiceRanges, s.rangeIssues = safe, append(s.rangeIssues, problems...)
 }
 
 // NodeView returns a routable node and its routable pods (read-only).
@@ -199,6 +203,14 @@ func (s *Store) Shared() Cluster {
 // Cluster materializes the whole model, as Build would return it; with
 // withPods false it leaves the pods out (cheap: O(nodes)).
 func (s *Store) Cluster(withPods bool) Cluster {
+	keep := func(Pod) bool { return withPods }
+	return s.ClusterWith(keep)
+}
+
+// ClusterWith is Cluster with only the pods keep accepts: the apiserver
+// proxy needs only the pods its nodes' prefix routes do not cover, and
+// sorting 150,000 pods it does not need would dominate its translation.
+func (s *Store) ClusterWith(keep func(Pod) bool) Cluster {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := Cluster{Services: s.shared.Services, APIServerEndpoints: s.shared.APIServerEndpoints, ServiceRanges: s.shared.ServiceRanges}
@@ -207,8 +219,10 @@ func (s *Store) Cluster(withPods bool) Cluster {
 			continue
 		}
 		c.Nodes = append(c.Nodes, v.node)
-		if withPods {
-			c.Pods = append(c.Pods, v.pods...)
+		for _, pod := range v.pods {
+			if keep(pod) {
+				c.Pods = append(c.Pods, pod)
+			}
 		}
 	}
 	sortNodes(c.Nodes)
@@ -223,6 +237,7 @@ func (s *Store) Problems() []Problem {
 	defer s.mu.Unlock()
 	out := append([]Problem(nil), s.input...)
 	out = append(out, s.sharedIssues...)
+	out = append(out, s.rangeIssues...)
 	for name := range s.withProblems {
 		out = append(out, s.views[name].problems...)
 	}
