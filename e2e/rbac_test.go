@@ -11,6 +11,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,9 +30,9 @@ const serverAccount = "system:serviceaccount:spoke-system:spoke-server"
 // TestManifestRBACIsExactlyEnough applies manifests/rbac.yaml to a real
 // kube-apiserver (RBAC authorization) and acts as the spoke-server
 // ServiceAccount: the Kubernetes source syncs and follows a new node, the
-// tunnel CA Secret loads; everything else tried here is Forbidden (other
-// Secrets, listing Secrets, writes, EndpointSlices outside default,
-// ConfigMaps, get on nodes).
+// tunnel CA Secret loads, ServiceCIDRs are followed; everything else tried
+// here is Forbidden (other Secrets, listing Secrets, writes, EndpointSlices
+// outside default, ConfigMaps, get on nodes).
 func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	cp := startControlPlane(t)
 	admin := cp.client()
@@ -75,13 +76,25 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	if _, err := admin.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the pod, the Service and the new apiserver endpoint to reach node-rbac's config", func() bool {
+	extra := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: "extra"}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.97.0.0/16"}}}
+	if _, err := admin.NetworkingV1().ServiceCIDRs().Create(ctx, extra, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The apiserver creates ServiceCIDR "kubernetes" from its
+	// --service-cluster-ip-range (10.96.0.0/16): node proxies hold that range,
+	// and the new one, instead of the Service's ClusterIP:port.
+	waitFor(t, 10*time.Second, "the pod, both Service ranges and the new apiserver endpoint to reach node-rbac's config", func() bool {
 		res, _, ok := srv.Publisher().Served(auth.Proxy{Role: translator.RoleNode, Node: "node-rbac"})
 		if !ok || len(res.Routes) == 0 || len(res.Endpoints) == 0 {
 			return false
 		}
 		routes, eps := res.Routes[0].String(), res.Endpoints[0].String()
-		return strings.Contains(routes, "10.244.9.7:*") && strings.Contains(routes, ":8443") && strings.Contains(eps, "10.1.2.3")
+		return strings.Contains(routes, "10.244.9.7:*") && strings.Contains(routes, `"10.96.*"`) && strings.Contains(routes, `"10.97.*"`) &&
+			!strings.Contains(routes, ":8443") && strings.Contains(eps, "10.1.2.3")
+	})
+	waitFor(t, 10*time.Second, "the Service to reach the apiserver proxy's routes", func() bool {
+		res, _, ok := srv.Publisher().Served(auth.Proxy{Role: translator.RoleAPIServer})
+		return ok && len(res.Routes) > 0 && strings.Contains(res.Routes[0].String(), ":8443")
 	})
 
 	for _, e := range hook.AllEntries() {
@@ -118,6 +131,11 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 		},
 		"list EndpointSlices in kube-system": func() error {
 			_, err := sa.DiscoveryV1().EndpointSlices("kube-system").List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"create a ServiceCIDR": func() error {
+			sc := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: "sneaky"}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.98.0.0/16"}}}
+			_, err := sa.NetworkingV1().ServiceCIDRs().Create(ctx, sc, metav1.CreateOptions{})
 			return err
 		},
 		"list ConfigMaps": func() error {
