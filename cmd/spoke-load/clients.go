@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -56,11 +57,7 @@ func runClients(addr string, cfg config) error {
 	for i := 0; i < cfg.nodes; i++ {
 		delta := float64(i%100) < cfg.deltaFraction*100
 		c := &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced, signer: signer}
-		go func() {
-			if err := c.run(ctx, addr, delta); err != nil && ctx.Err() == nil {
-				fmt.Fprintf(os.Stderr, "stream %s: %v\n", c.node, err)
-			}
-		}()
+		go c.runRetrying(ctx, addr, delta)
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
 	return nil
@@ -76,6 +73,26 @@ type client struct {
 	seen     map[string]bool // types received at least once
 	services string          // the Service domains last received
 	signer   *clientSigner   // nil: plaintext
+}
+
+// runRetrying runs the stream again after each failure, with Envoy's
+// back-off as spoke's bootstrap sets it (250 ms doubling to 2 s, jittered):
+// at 5,000 simultaneous TLS handshakes some exceed the server's handshake
+// deadline, and a real Envoy simply reconnects.
+func (c *client) runRetrying(ctx context.Context, addr string, delta bool) {
+	for attempt := 0; ; attempt++ {
+		err := c.run(ctx, addr, delta)
+		if ctx.Err() != nil {
+			return
+		}
+		c.o.line("RETRY %s", c.node)
+		if attempt == 0 {
+			fmt.Fprintf(os.Stderr, "stream %s (retrying): %v\n", c.node, err)
+		}
+		c.seen = nil // a new stream's first responses are never extra
+		wait := min(250*time.Millisecond<<min(attempt, 3), 2*time.Second)
+		time.Sleep(wait/2 + rand.N(wait/2))
+	}
 }
 
 func (c *client) run(ctx context.Context, addr string, delta bool) error {
@@ -217,7 +234,7 @@ func (c *client) observe(typeURL string, resources []*anypb.Any) {
 			c.synced.Store(true)
 			c.o.line("READY")
 		}
-	case fresh == 0 && gone == 0 && !servicesChanged && c.synced.Load():
+	case fresh == 0 && gone == 0 && !servicesChanged && again && c.synced.Load():
 		c.o.line("EXTRA %s %s", c.node, typeURL)
 	}
 }

@@ -13,11 +13,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spokeproxy/spoke/source"
@@ -30,8 +32,10 @@ type config struct {
 	duration, holdoff, maxDelay         time.Duration
 	deltaFraction                       float64
 	memProfile                          string
+	startProfile                        string
 	memoryLimit                         int64
 	serviceEvery                        time.Duration
+	serviceCIDR                         string
 	tls                                 bool
 	tlsDir                              string
 }
@@ -56,6 +60,10 @@ func synthetic(cfg config) model.Objects {
 			Spec: corev1.ServiceSpec{ClusterIPs: []string{fmt.Sprintf("10.96.%d.%d", s/250, s%250)},
 				Ports: []corev1.ServicePort{{Port: 443}, {Port: 8080}}},
 		})
+	}
+	if cfg.serviceCIDR != "" {
+		objs.ServiceCIDRs = []*networkingv1.ServiceCIDR{{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes"},
+			Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{cfg.serviceCIDR}}}}
 	}
 	objs.EndpointSlices = []*discoveryv1.EndpointSlice{{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
@@ -89,6 +97,8 @@ func runParent(cfg config) error {
 		XDSAddress: "127.0.0.1:0", Insecure: !cfg.tls, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
 		Settings: s, Holdoff: cfg.holdoff, MaxDelay: cfg.maxDelay,
 		CertValidity: 24 * time.Hour, ShutdownGrace: time.Second, Log: log,
+		// Every simulated node connects from 127.0.0.1.
+		Limits: xds.ConnectionLimits{PerSource: cfg.nodes + 100, Total: cfg.nodes + 100},
 	}
 	if cfg.tls {
 		dir, err := os.MkdirTemp("", "spoke-load")
@@ -121,7 +131,17 @@ func runParent(cfg config) error {
 	child.Stderr = os.Stderr
 	stdin, _ := child.StdinPipe()
 	stdout, _ := child.StdoutPipe()
-	start := time.Now()
+	if cfg.startProfile != "" {
+		f, err := os.Create(cfg.startProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	start, cpuBefore := time.Now(), cpuTime()
 	if err := child.Start(); err != nil {
 		return err
 	}
@@ -133,12 +153,20 @@ func runParent(cfg config) error {
 		}
 		close(events)
 	}()
+	var r results
 	for line := range events {
+		if strings.HasPrefix(line, "RETRY") {
+			r.retries++
+		}
 		if strings.HasPrefix(line, "READY") {
 			break
 		}
 	}
 	allServed := time.Since(start)
+	r.startCPU = cpuTime() - cpuBefore
+	if cfg.startProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	fmt.Printf("all %d streams served their config in %v\n", cfg.nodes, allServed.Round(time.Millisecond))
 
 	changes := churn(sink, cfg)
@@ -154,9 +182,10 @@ func runParent(cfg config) error {
 	}
 	stdin.Close()
 	total := len(changes)
-	latencies, unneeded, lost := collect(events, changes)
+	r.served, r.changes, r.rss, r.heap, r.goroutines = allServed, total, rss, heap, goroutines
+	collect(events, changes, &r)
 	_ = child.Wait()
-	report(cfg, allServed, latencies, unneeded, lost, total, rss, heap, goroutines)
+	report(cfg, r)
 	return nil
 }
 
@@ -207,9 +236,10 @@ func churn(sink source.Sink, cfg config) map[string]change {
 	return changes
 }
 
-// churnServices changes one Service's port every cfg.serviceEvery: every
-// node proxy's routes change, a rollout the server spreads over several
-// updates while pod changes keep flowing.
+// churnServices changes one Service's port every cfg.serviceEvery. Inside
+// the Service range only the apiserver proxy changes; without a range
+// (-service-cidr "") every node proxy's routes change, a rollout the server
+// spreads over several updates while pod changes keep flowing.
 func churnServices(sink source.Sink, cfg config, stop <-chan struct{}) {
 	tick := time.NewTicker(cfg.serviceEvery)
 	defer tick.Stop()
@@ -227,32 +257,46 @@ func churnServices(sink source.Sink, cfg config, stop <-chan struct{}) {
 	}
 }
 
-// collect reads the child's "RECV node ip unixnano" and "EXTRA node" lines.
-func collect(events <-chan string, changes map[string]change) (lat []time.Duration, unneeded, wrongNode int) {
+// results are what report prints.
+type results struct {
+	served                            time.Duration
+	startCPU                          time.Duration   // the server's CPU time while serving the start
+	lat                               []time.Duration // change -> owning stream
+	unneeded, wrong, changes, retries int
+	rss                               float64
+	heap                              memUse
+	goroutines                        int
+}
+
+// collect reads the child's "RECV node ip unixnano", "EXTRA node" and
+// "RETRY node" lines.
+func collect(events <-chan string, changes map[string]change, r *results) {
 	for line := range events {
 		f := strings.Fields(line)
 		switch {
+		case len(f) == 2 && f[0] == "RETRY":
+			r.retries++
 		case len(f) == 4 && f[0] == "RECV":
 			c, ok := changes[f[2]]
 			if !ok {
 				continue
 			}
 			if c.node != f[1] {
-				wrongNode++
+				r.wrong++
 				continue
 			}
 			ns, _ := strconv.ParseInt(f[3], 10, 64)
-			lat = append(lat, time.Unix(0, ns).Sub(c.at))
+			r.lat = append(r.lat, time.Unix(0, ns).Sub(c.at))
 			delete(changes, f[2])
 		case len(f) == 3 && f[0] == "EXTRA":
-			unneeded++
+			r.unneeded++
 			fmt.Fprintln(os.Stderr, "unneeded push:", f[1], f[2])
 		}
 	}
-	return lat, unneeded, wrongNode
 }
 
-func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wrong, changes int, rss float64, heap memUse, goroutines int) {
+func report(cfg config, r results) {
+	lat := r.lat
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	pct := func(p float64) time.Duration {
 		if len(lat) == 0 {
@@ -266,23 +310,29 @@ func report(cfg config, served time.Duration, lat []time.Duration, unneeded, wro
 		security = "plaintext (-tls=false)"
 	}
 	fmt.Printf("| cluster | %d nodes, %d pods, %d Services, %d%% delta streams, xDS %s |\n", cfg.nodes, cfg.nodes*cfg.podsPerNode, cfg.services, int(cfg.deltaFraction*100), security)
-	fmt.Printf("| time to serve all %d streams at start | %v |\n", cfg.nodes, served.Round(time.Millisecond))
-	fmt.Printf("| pod changes | %d at %d/s |\n", changes, cfg.churn)
+	fmt.Printf("| time to serve all %d streams at start | %v |\n", cfg.nodes, r.served.Round(time.Millisecond))
+	fmt.Printf("| of which server CPU time (the clients' handshakes share this machine's cores) | %v |\n", r.startCPU.Round(time.Millisecond))
+	fmt.Printf("| streams that failed and were retried, as Envoy would (250 ms .. 2 s back-off) | %d |\n", r.retries)
+	fmt.Printf("| pod changes | %d at %d/s |\n", r.changes, cfg.churn)
 	if cfg.serviceEvery > 0 {
-		fmt.Printf("| Service changes (each re-translates all %d node proxies) | one every %v |\n", cfg.nodes, cfg.serviceEvery)
+		what := fmt.Sprintf("inside ServiceCIDR %s: the apiserver proxy only", cfg.serviceCIDR)
+		if cfg.serviceCIDR == "" {
+			what = fmt.Sprintf("no ServiceCIDR: each re-translates all %d node proxies", cfg.nodes)
+		}
+		fmt.Printf("| Service changes (%s) | one every %v |\n", what, cfg.serviceEvery)
 	}
 	fmt.Printf("| changes received by the owning stream | %d |\n", len(lat))
 	fmt.Printf("| change -> owning stream p50 | %v |\n", pct(0.50).Round(time.Millisecond))
 	fmt.Printf("| change -> owning stream p99 | %v |\n", pct(0.99).Round(time.Millisecond))
-	fmt.Printf("| pushes to streams that did not need them | %d |\n", unneeded)
-	fmt.Printf("| changes seen by a non-owning stream | %d |\n", wrong)
+	fmt.Printf("| pushes to streams that did not need them | %d |\n", r.unneeded)
+	fmt.Printf("| changes seen by a non-owning stream | %d |\n", r.wrong)
 	limit := "none"
 	if cfg.memoryLimit > 0 {
 		limit = fmt.Sprintf("%d MiB", cfg.memoryLimit>>20)
 	}
-	fmt.Printf("| server RSS (GOMEMLIMIT %s) | %.0f MiB |\n", limit, rss)
-	fmt.Printf("| of which Go heap in use / goroutine stacks | %.0f MiB / %.0f MiB |\n", heap.heap, heap.stacks)
-	fmt.Printf("| server goroutines | %d |\n", goroutines)
+	fmt.Printf("| server RSS (GOMEMLIMIT %s) | %.0f MiB |\n", limit, r.rss)
+	fmt.Printf("| of which Go heap in use / goroutine stacks | %.0f MiB / %.0f MiB |\n", r.heap.heap, r.heap.stacks)
+	fmt.Printf("| server goroutines | %d |\n", r.goroutines)
 }
 
 type memUse struct{ heap, stacks float64 }
@@ -294,6 +344,15 @@ func writeHeapProfile(path string) error {
 	}
 	defer f.Close()
 	return pprof.WriteHeapProfile(f)
+}
+
+// cpuTime is the user and system CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func rssMiB() float64 {
