@@ -17,6 +17,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -103,7 +104,13 @@ func (c *client) run(ctx context.Context, addr string, delta bool) error {
 			return err
 		}
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	// A connection attempt not done in 5 s is given up and retried, as the
+	// server's handshake deadline would drop it anyway (gRPC's default wait
+	// is 20 s, far longer than Envoy's).
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithConnectParams(grpc.ConnectParams{
+		MinConnectTimeout: 5 * time.Second,
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	}))
 	if err != nil {
 		return err
 	}
