@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // TestStatusShowsTunnelsPerNode: the server reads the tunnels each node
@@ -132,4 +134,75 @@ func TestNoTunnelLogLineSilencedByComponentLevel(t *testing.T) {
 		}
 		proxy.Stop()
 	}
+}
+
+// TestStatusShowsLastTunnelRefusalPerNode: the apiserver proxy's handshake
+// log reaches the server beside it, which keeps each node's last refused
+// tunnel with its reason. Tried with real Envoys: a node proxy holding
+// node-a's tunnel certificate that claims node-b (refused with 403 by the
+// reverse_tunnel filter: kept under node-a, the certificate's node), one
+// whose certificate comes from another CA (TLS refused) and a connection
+// that never starts its handshake (closed after tunnelHandshakeTimeout).
+// spoke status prints them and /metrics counts them by class.
+func TestStatusShowsLastTunnelRefusalPerNode(t *testing.T) {
+	tp := newTopologyWith(t, func(s *model.Settings) { s.TunnelHandshakeTimeout = model.Duration(time.Second) })
+	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
+	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
+
+	cert, err := sec.issuer.NodeCertificate("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := translator.Secrets(tp.settings, translator.RoleNode, cert.CertPEM, cert.KeyPEM, sec.issuer.CAPEM())
+	tp.startNodeProxyWith("node-b", "impostor-b-with-a-cert", impostor)
+	tp.startNodeProxy("node-b", "node-b") // tunnel certificate from the test's own CA: not the server's tunnel CA
+	// From its own address: refusals of sources no node owns are kept per address.
+	silent, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.9")}}).Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+
+	debug := "http://" + sec.srv.Addr("debug")
+	var tunnels status.Tunnels
+	classes := func() map[string]bool {
+		seen := map[string]bool{}
+		for _, r := range tunnels.Refusals {
+			seen[r.Class] = true
+		}
+		return seen
+	}
+	waitFor(t, 15*time.Second, "refusals of all three classes at the server", func() bool {
+		body, err := httpBody(debug + "/debug/tunnels")
+		if err != nil || json.Unmarshal([]byte(body), &tunnels) != nil {
+			return false
+		}
+		seen := classes()
+		return seen[status.RefusedIdentity] && seen[status.RefusedTLS] && seen[status.RefusedIncomplete]
+	})
+	if r := tunnels.Refusals["node-a"]; r.Class != status.RefusedIdentity || !strings.Contains(r.Reason, `claimed node "node-b"`) {
+		t.Errorf("node-a's last refusal should be the impostor's 403: %+v", r)
+	}
+	if r := tunnels.Refusals["?127.0.0.9"]; r.Class != status.RefusedIncomplete {
+		t.Errorf("the silent connection from 127.0.0.9 should be kept as incomplete: %+v", tunnels.Refusals)
+	}
+	for key, r := range tunnels.Refusals {
+		if r.Class == status.RefusedTLS && !strings.Contains(r.Reason, "TLS handshake failed: TLS_error") {
+			t.Errorf("%s: a TLS refusal without Envoy's reason: %+v", key, r)
+		}
+	}
+	metrics, _ := httpBody("http://" + sec.srv.Addr("http") + "/metrics")
+	for _, class := range []string{status.RefusedIdentity, status.RefusedTLS, status.RefusedIncomplete} {
+		if !strings.Contains(metrics, `spoke_tunnel_refusals_total{class="`+class+`"}`) {
+			t.Errorf("/metrics does not count %s refusals:\n%s", class, grepLines(metrics, "refusal"))
+		}
+	}
+	out, err := exec.Command(buildSpoke(t), "status", "--server", debug).CombinedOutput()
+	if err != nil {
+		t.Fatalf("spoke status: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "REFUSED TUNNELS") || !strings.Contains(string(out), "handshake refused (403)") {
+		t.Errorf("spoke status does not show the refusals:\n%s", out)
+	}
+	t.Logf("spoke status:\n%s", out)
 }

@@ -29,7 +29,7 @@ import (
 )
 
 // XDSCluster is the bootstrap cluster that reaches the spoke server.
-const XDSCluster = "spoke-xds"
+const XDSCluster = translator.XDSCluster
 
 // BootstrapOptions describe one Envoy's static bootstrap.
 type BootstrapOptions struct {
@@ -141,13 +141,9 @@ func xdsCluster(o BootstrapOptions) (*clusterv3.Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	protocol := &httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
-				ConnectionKeepalive: &corev3.KeepaliveSettings{Interval: durationpb.New(15 * time.Second), Timeout: durationpb.New(5 * time.Second)},
-			}},
-		}},
-	}
+	protocol := http2Only(&corev3.Http2ProtocolOptions{
+		ConnectionKeepalive: &corev3.KeepaliveSettings{Interval: durationpb.New(15 * time.Second), Timeout: durationpb.New(5 * time.Second)},
+	})
 	discovery := clusterv3.Cluster_STATIC
 	if dnsResolved {
 		discovery = clusterv3.Cluster_STRICT_DNS
@@ -173,6 +169,18 @@ func xdsCluster(o BootstrapOptions) (*clusterv3.Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// http2Only makes a cluster speak HTTP/2 (gRPC) with options o.
+func http2Only(o *corev3.Http2ProtocolOptions) *httpv3.HttpProtocolOptions {
+	if o == nil {
+		o = &corev3.Http2ProtocolOptions{}
+	}
+	return &httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: o},
+		}},
+	}
 }
 
 // xdsAddress is the Unix socket (apiserver proxy) or host:port (node proxy:

@@ -104,7 +104,23 @@ func StaticBootstrap(role translator.Role, nodeID string, res translator.Resourc
 		}
 		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
 	}
+	if role == translator.RoleAPIServer {
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, noXDSServer())
+	}
 	return b, nil
+}
+
+// noXDSServer stands in for the xDS cluster, with no endpoint: the
+// handshake listener's gRPC access log names it, and without a server its
+// entries are dropped.
+func noXDSServer() *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 XDSCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment:       &endpointv3.ClusterLoadAssignment{ClusterName: XDSCluster},
+	}
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(http2Only(nil))}
+	return c
 }
 
 func inlineRoutes(l *listenerv3.Listener, routes map[string]*routev3.RouteConfiguration) (*listenerv3.Listener, error) {

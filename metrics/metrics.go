@@ -27,6 +27,7 @@ type Metrics struct {
 	RefusedConnections *prometheus.CounterVec
 	Tunnels            *prometheus.GaugeVec
 	NodesWithoutTunnel prometheus.Gauge
+	TunnelRefusals     *prometheus.CounterVec
 }
 
 // New registers every metric.
@@ -78,8 +79,11 @@ func New() *Metrics {
 		NodesWithoutTunnel: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "spoke_nodes_without_tunnel", Help: "Nodes of the cluster holding no tunnel at the apiserver proxy beside this server.",
 		}),
+		TunnelRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spoke_tunnel_refusals_total", Help: "Tunnel connections the apiserver proxy beside this server refused, by class (tls, identity, incomplete); see spoke status for each node's last one.",
+		}, []string{"class"}),
 	}
-	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
+	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

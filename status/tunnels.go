@@ -28,6 +28,10 @@ type Tunnels struct {
 	ReadAt time.Time      `json:"readAt"`
 	Error  string         `json:"error,omitempty"`
 	Nodes  map[string]int `json:"nodes"`
+	// Refusals is each node's last refused tunnel connection (from the
+	// apiserver proxy's handshake log); sources no node owns are keyed
+	// "?<address>".
+	Refusals map[string]Refusal `json:"refusals,omitempty"`
 }
 
 // TunnelWatcher polls the admin API of the apiserver proxy beside this

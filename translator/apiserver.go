@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 
@@ -272,6 +273,9 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 			NodeIdFormat:    NodeIDFromCertificate,
 			ClusterIdFormat: s.ClusterID,
 			TenantIdFormat:  s.TenantID,
+			// node_id and validation_result, for the handshake log
+			EmitDynamicMetadata:      true,
+			DynamicMetadataNamespace: HandshakeMetadata,
 		},
 	}
 	tls := &tlsv3.DownstreamTlsContext{
@@ -285,8 +289,9 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 		},
 	}
 	return &listenerv3.Listener{
-		Name:    HandshakeListener,
-		Address: socketAddress(s.TunnelListenAddress, s.TunnelPort),
+		Name:      HandshakeListener,
+		Address:   socketAddress(s.TunnelListenAddress, s.TunnelPort),
+		AccessLog: []*accesslogv3.AccessLog{handshakeLog()},
 		FilterChains: []*listenerv3.FilterChain{{
 			TransportSocket:               tlsTransportSocket(tls),
 			TransportSocketConnectTimeout: dur(s.TunnelHandshakeTimeout),
@@ -295,6 +300,24 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(tunnel)},
 			}},
 		}},
+	}
+}
+
+// handshakeLog sends one entry per tunnel connection (at its end: refused,
+// timed out or, for an accepted tunnel, closed) to the spoke server beside
+// this proxy, which keeps each node's last refusal and its reason.
+func handshakeLog() *accesslogv3.AccessLog {
+	return &accesslogv3.AccessLog{
+		Name: "envoy.access_loggers.tcp_grpc",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: typed(&grpclogv3.TcpGrpcAccessLogConfig{
+			CommonConfig: &grpclogv3.CommonGrpcAccessLogConfig{
+				LogName: HandshakeLogName,
+				GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: XDSCluster},
+				}},
+				TransportApiVersion: corev3.ApiVersion_V3,
+			},
+		})},
 	}
 }
 

@@ -30,6 +30,18 @@ const (
 	OriginalDstTarget = "connect-original-dst"
 )
 
+// XDSCluster is the bootstrap cluster that reaches the spoke server; the
+// apiserver proxy also sends its tunnel handshake log through it.
+const XDSCluster = "spoke-xds"
+
+// HandshakeLogName names the gRPC access log of the tunnel handshake
+// listener, and HandshakeMetadata the namespace where the reverse_tunnel
+// filter writes the node id a handshake claimed and whether it was allowed.
+const (
+	HandshakeLogName  = "spoke-tunnel-handshakes"
+	HandshakeMetadata = "envoy.filters.network.reverse_tunnel"
+)
+
 // HostIDFormat is the reverse_connection cluster's host_id_format: the node
 // (or, for Services, the tunnel cluster id) chosen by the matched route. Route
 // metadata is used because request_headers_to_add runs after host selection.

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/auth/authtest"
@@ -389,5 +392,63 @@ func TestManyRefusedNamesAreSummarised(t *testing.T) {
 	}
 	if lines == 0 || lines > 2 {
 		t.Errorf("%d log lines about refused names, want one per request that named new ones", lines)
+	}
+}
+
+// TestHandshakeLogOnlyFromTheLocalSocket: the tunnel handshake log is taken
+// from the apiserver proxy's socket only. A node proxy with a valid
+// certificate that sends a forged refusal on the xDS port is refused and
+// nothing is recorded; the same entry over the socket is recorded.
+func TestHandshakeLogOnlyFromTheLocalSocket(t *testing.T) {
+	env := startSecureServer(t)
+	forged := &accesslogv3.StreamAccessLogsMessage{
+		Identifier: &accesslogv3.StreamAccessLogsMessage_Identifier{LogName: translator.HandshakeLogName, Node: &corev3.Node{Id: "apiserver-1"}},
+		LogEntries: &accesslogv3.StreamAccessLogsMessage_TcpLogs{TcpLogs: &accesslogv3.StreamAccessLogsMessage_TCPAccessLogEntries{
+			LogEntry: []*accesslogdatav3.TCPAccessLogEntry{{CommonProperties: &accesslogdatav3.AccessLogCommon{
+				StartTime:                        timestamppb.Now(),
+				DownstreamTransportFailureReason: "TLS_error:forged",
+				TlsProperties:                    &accesslogdatav3.TLSProperties{PeerCertificateProperties: &accesslogdatav3.TLSProperties_CertificateProperties{Subject: "CN=worker-2"}},
+			}}},
+		}},
+	}
+	send := func(conn *grpc.ClientConn) error {
+		stream, err := accesslogv3.NewAccessLogServiceClient(conn).StreamAccessLogs(context.Background())
+		if err != nil {
+			return err
+		}
+		_ = stream.Send(forged) // io.EOF when the server already ended the stream; its status comes below
+		_, err = stream.CloseAndRecv()
+		return err
+	}
+	cert, key := env.clusterCA.KubeletClient(t, "worker-1")
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(env.tunnelCA)
+	node, err := grpc.NewClient(env.srv.Addr("xds"), grpc.WithTransportCredentials(credentials.NewTLS(
+		&tls.Config{RootCAs: roots, ServerName: "spoke-server", Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	if err := send(node); status.Code(err) != codes.Unimplemented {
+		t.Errorf("a node proxy sending a handshake log on the xDS port: want Unimplemented, got %v", err)
+	}
+	if got := metricValue(t, env.srv, `spoke_tunnel_refusals_total{class="tls"}`); got != "" {
+		t.Fatalf("a forged entry was counted: %s", got)
+	}
+	local, err := grpc.NewClient("unix://"+env.srv.Addr("socket"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	if err := send(local); err != nil {
+		t.Fatalf("the apiserver proxy's socket: %v", err)
+	}
+	body := httpGet(t, "http://"+env.srv.Addr("debug")+"/debug/tunnels")
+	if !strings.Contains(body, `"worker-2"`) || !strings.Contains(body, "TLS_error:forged") {
+		t.Errorf("the socket's entry was not recorded under worker-2: %s", body)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -100,6 +101,8 @@ type Server struct {
 	addresses map[string]string // listener name -> bound address
 	ready     chan struct{}
 	tunnels   atomic.Pointer[status.TunnelWatcher]
+	// handshakes keeps the tunnels the apiserver proxy beside this server refused.
+	handshakes *status.HandshakeLog
 }
 
 // WatchTunnels reads, until ctx ends, the tunnels each node holds at the
@@ -147,6 +150,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
 	s.tracker = status.NewTracker(s.publisher, s.metrics, opts.Log)
+	s.handshakes = &status.HandshakeLog{Metrics: s.metrics, Log: opts.Log.WithField("component", "tunnels"), NodeWithAddress: s.store.NodeWithAddress}
 	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, _ struct{}, waited time.Duration) {
 		if !s.sourceSynced.Load() {
 			return
@@ -215,6 +219,9 @@ func (s *Server) Run(ctx context.Context) error {
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcServer, xdsServer)
 	socketServer := grpc.NewServer(grpcOptions...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(socketServer, xdsServer)
+	// The apiserver proxy's tunnel handshake log: on the local socket only,
+	// never on the port node proxies reach.
+	accesslogv3.RegisterAccessLogServiceServer(socketServer, s.handshakes)
 
 	xdsLn, err := s.listen("xds", s.opts.XDSAddress)
 	if err != nil {
@@ -373,18 +380,19 @@ func (s *Server) httpHandler() http.Handler {
 	return mux
 }
 
-// debugHandler is the tracker's debug API plus /debug/tunnels.
+// debugHandler is the tracker's debug API plus /debug/tunnels (tunnels per
+// node, and each node's last refused tunnel).
 func (s *Server) debugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", s.tracker.DebugHandler())
 	mux.HandleFunc("/debug/tunnels", func(w http.ResponseWriter, _ *http.Request) {
-		watcher := s.tunnels.Load()
-		if watcher == nil {
-			http.Error(w, "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)", http.StatusNotFound)
-			return
+		t := status.Tunnels{Error: "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)"}
+		if watcher := s.tunnels.Load(); watcher != nil {
+			t = watcher.Latest()
 		}
+		t.Refusals = s.handshakes.Refusals()
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(watcher.Latest())
+		_ = json.NewEncoder(w).Encode(t)
 	})
 	return mux
 }

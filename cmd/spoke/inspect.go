@@ -136,6 +136,22 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 	return body, nil
 }
 
+// printRefusals lists each node's last refused tunnel at the apiserver
+// proxy beside the server, latest first.
+func printRefusals(w io.Writer, refusals map[string]status.Refusal) error {
+	if len(refusals) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nREFUSED TUNNELS at the apiserver proxy beside the server (each node's last; ?address: a source no node owns)")
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tWHEN\tFROM\tREASON")
+	for _, key := range status.SortedRefusalKeys(refusals) {
+		r := refusals[key]
+		fmt.Fprintf(tw, "%s\t%s ago\t%s\t%s\n", key, time.Since(r.At).Round(time.Second), r.From, r.Reason)
+	}
+	return tw.Flush()
+}
+
 // printTunnels lists the tunnels each node holds at the apiserver proxy
 // beside the server, nodes without one first.
 func printTunnels(ctx context.Context, w io.Writer, server string) error {
@@ -147,6 +163,13 @@ func printTunnels(ctx context.Context, w io.Writer, server string) error {
 	var t status.Tunnels
 	if err := json.Unmarshal(body, &t); err != nil {
 		return fmt.Errorf("unexpected answer from %s: %w", server, err)
+	}
+	if err := printRefusals(w, t.Refusals); err != nil {
+		return err
+	}
+	if t.Admin == "" {
+		fmt.Fprintf(w, "\ntunnels: %s\n", t.Error)
+		return nil
 	}
 	fmt.Fprintf(w, "\nTUNNELS at the apiserver proxy %s (read %s ago)\n", t.Admin, time.Since(t.ReadAt).Round(time.Second))
 	if t.Error != "" {

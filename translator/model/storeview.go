@@ -178,6 +178,19 @@ func (s *Store) NodeView(name string) (Node, []Pod, bool) {
 	return v.node, v.pods, true
 }
 
+// NodeWithAddress names the routable node that lists ip among its
+// addresses, or "" when none or several do.
+func (s *Store) NodeWithAddress(ip netip.Addr) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if owners := s.ipOwners[ip]; len(owners) == 1 {
+		for n := range owners {
+			return n
+		}
+	}
+	return ""
+}
+
 // NodeNames lists the routable nodes, sorted.
 func (s *Store) NodeNames() []string {
 	s.mu.Lock()
