@@ -152,7 +152,7 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
-		Role: translator.RoleNode, NodeID: node, XDSAddress: s.xdsAddress(), Delta: delta,
+		Role: translator.RoleNode, NodeID: node, XDSAddresses: []string{s.xdsAddress()}, Delta: delta,
 		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {

@@ -88,7 +88,7 @@ func TestKubeletClientCertificateRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
-		Role: translator.RoleNode, NodeID: "node-a", XDSAddress: sec.srv.Addr("xds"),
+		Role: translator.RoleNode, NodeID: "node-a", XDSAddresses: []string{sec.srv.Addr("xds")},
 		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {

@@ -36,15 +36,18 @@ type BootstrapOptions struct {
 	Role translator.Role
 	// NodeID is the node name for node proxies; any stable id for apiserver proxies.
 	NodeID string
-	// XDSAddress is the spoke server's gRPC address, host:port (host may be a
-	// DNS name), for node proxies (over TLS unless Insecure).
-	XDSAddress string
+	// XDSAddresses are the gRPC addresses of the spoke server replicas,
+	// host:port, for node proxies (over TLS unless Insecure). A host may be a
+	// DNS name; every address it resolves to is a replica (a headless
+	// Service). The ADS stream goes to one of them, and to another when it
+	// breaks: the replicas serve identical versions for identical input.
+	XDSAddresses []string
 	// XDSSocket is the server's Unix socket, for the apiserver proxy (the
-	// socket's file mode is its credential); it replaces XDSAddress.
+	// socket's file mode is its credential); it replaces XDSAddresses.
 	XDSSocket string
 	// TLS authenticates a node proxy to the server and the server to it.
 	TLS *XDSClientTLS
-	// Insecure connects to XDSAddress in plaintext (spoke serve --insecure-xds).
+	// Insecure connects to XDSAddresses in plaintext (spoke serve --insecure-xds).
 	Insecure bool
 	// AdminPort is the admin API port; admin listens on 127.0.0.1 only.
 	AdminPort uint32
@@ -137,9 +140,13 @@ func xdsRetry() *corev3.RetryPolicy {
 // xdsCluster reaches the server over HTTP/2 with keepalive, so a dead server
 // is noticed and Envoy reconnects (keeping its last config meanwhile).
 func xdsCluster(o BootstrapOptions) (*clusterv3.Cluster, error) {
-	address, dnsResolved, err := xdsAddress(o)
+	addresses, dnsResolved, err := xdsAddresses(o)
 	if err != nil {
 		return nil, err
+	}
+	var endpoints []*endpointv3.LbEndpoint
+	for _, a := range addresses {
+		endpoints = append(endpoints, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: a}}})
 	}
 	protocol := http2Only(&corev3.Http2ProtocolOptions{
 		ConnectionKeepalive: &corev3.KeepaliveSettings{Interval: durationpb.New(15 * time.Second), Timeout: durationpb.New(5 * time.Second)},
@@ -157,9 +164,7 @@ func xdsCluster(o BootstrapOptions) (*clusterv3.Cluster, error) {
 		},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: XDSCluster,
-			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
-				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: address}},
-			}}}},
+			Endpoints:   []*endpointv3.LocalityLbEndpoints{{LbEndpoints: endpoints}},
 		},
 	}
 	if o.TLS != nil {
@@ -183,29 +188,37 @@ func http2Only(o *corev3.Http2ProtocolOptions) *httpv3.HttpProtocolOptions {
 	}
 }
 
-// xdsAddress is the Unix socket (apiserver proxy) or host:port (node proxy:
-// TLS required unless Insecure).
-func xdsAddress(o BootstrapOptions) (address *corev3.Address, dnsResolved bool, err error) {
+// xdsAddresses are the Unix socket (apiserver proxy) or the host:port of
+// each replica (node proxy: TLS required unless Insecure); dnsResolved when
+// a host is a name.
+func xdsAddresses(o BootstrapOptions) (addresses []*corev3.Address, dnsResolved bool, err error) {
 	if o.XDSSocket != "" {
 		if o.TLS != nil {
 			return nil, false, fmt.Errorf("the xDS socket needs no TLS: the socket's file mode is the credential")
 		}
-		return &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSSocket}}}, false, nil
+		return []*corev3.Address{{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: o.XDSSocket}}}}, false, nil
 	}
 	if o.TLS == nil && !o.Insecure {
 		return nil, false, fmt.Errorf("xDS over TCP needs TLS (a client certificate and the server's CA), or the explicit insecure mode of a development server")
 	}
-	host, portText, err := net.SplitHostPort(o.XDSAddress)
-	if err != nil {
-		return nil, false, fmt.Errorf("xds address %q: want host:port: %w", o.XDSAddress, err)
+	if len(o.XDSAddresses) == 0 {
+		return nil, false, fmt.Errorf("no xds address: give the host:port of each spoke server replica (or one DNS name for all)")
 	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil || port == 0 {
-		return nil, false, fmt.Errorf("xds address %q: bad port", o.XDSAddress)
+	for _, raw := range o.XDSAddresses {
+		host, portText, err := net.SplitHostPort(raw)
+		if err != nil {
+			return nil, false, fmt.Errorf("xds address %q: want host:port: %w", raw, err)
+		}
+		port, err := strconv.ParseUint(portText, 10, 16)
+		if err != nil || port == 0 {
+			return nil, false, fmt.Errorf("xds address %q: bad port", raw)
+		}
+		addresses = append(addresses, &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+		}}})
+		dnsResolved = dnsResolved || net.ParseIP(host) == nil
 	}
-	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
-	}}}, net.ParseIP(host) == nil, nil
+	return addresses, dnsResolved, nil
 }
 
 // xdsClientTLS presents the client certificate and trusts the server CA,

@@ -49,7 +49,7 @@ func startServer(t *testing.T, clusterFile string) (*xds.Server, model.Settings)
 
 func startEnvoy(t *testing.T, bin string, srv *xds.Server, role translator.Role, id string, delta bool) *envoytest.Process {
 	t.Helper()
-	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: role, NodeID: id, XDSAddress: srv.Addr("xds"), Insecure: true, AdminPort: 0, Delta: delta})
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: role, NodeID: id, XDSAddresses: []string{srv.Addr("xds")}, Insecure: true, AdminPort: 0, Delta: delta})
 	if err != nil {
 		t.Fatal(err)
 	}

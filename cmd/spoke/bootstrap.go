@@ -32,7 +32,9 @@ identity, ADS to the spoke server, the role's reverse-tunnel bootstrap extension
 (it cannot arrive over xDS), admin on 127.0.0.1 only, and a connection cap.
 Everything else (listeners, routes, clusters, endpoints, secrets) comes over ADS.
 
-Node proxies reach --xds-address over TLS 1.3. They authenticate with the
+Node proxies reach --xds-address over TLS 1.3: with several spoke server
+replicas, list each (or give one DNS name, e.g. a headless Service, that
+resolves to all); the ADS stream moves to another when its server goes. They authenticate with the
 kubelet's client certificate (--client-cert/--client-key; kubelet keeps both in
 kubelet-client-current.pem and rotates it), read through a file-based SDS
 resource that Envoy watches, so rotations need no restart: --output-dir writes
@@ -47,6 +49,7 @@ socket's file mode is their credential.
 --insecure connects in plaintext to a server run with --insecure-xds (local
 development only).`,
 		Example: `  spoke bootstrap --role node --node-name worker-1 --xds-address spoke.kube-system.svc:18000 --output-dir /etc/envoy
+  spoke bootstrap --role node --node-name worker-1 --xds-address 10.0.0.2:18000,10.0.0.3:18000 --output-dir /etc/envoy
   spoke bootstrap --role apiserver --xds-socket /var/run/spoke/xds.sock > envoy.yaml
   spoke bootstrap --role node --node-name worker-1 --insecure > envoy.yaml`,
 		Args: cobra.NoArgs,
@@ -55,7 +58,7 @@ development only).`,
 	f := cmd.Flags()
 	f.StringVar(&b.role, "role", "", "node or apiserver")
 	f.StringVar(&b.nodeName, "node-name", "", "node name (node role); Envoy id (apiserver role, default apiserver-<hostname>)")
-	f.StringVar(&b.o.XDSAddress, "xds-address", "127.0.0.1:18000", "spoke server gRPC address, host:port (node role)")
+	f.StringSliceVar(&b.o.XDSAddresses, "xds-address", []string{"127.0.0.1:18000"}, "gRPC address of each spoke server replica, host:port, repeated or comma-separated; a DNS name stands for all its addresses (node role)")
 	f.StringVar(&b.o.XDSSocket, "xds-socket", "/var/run/spoke/xds.sock", "spoke server Unix socket (apiserver role)")
 	f.StringVar(&b.clientCert, "client-cert", "/var/lib/kubelet/pki/kubelet-client-current.pem", "node client certificate file (node role)")
 	f.StringVar(&b.clientKey, "client-key", "/var/lib/kubelet/pki/kubelet-client-current.pem", "its private key file (may be the same file)")
