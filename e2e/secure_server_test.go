@@ -33,6 +33,14 @@ type secureServer struct {
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
 	logs      *envoytest.LogBuffer
 	xdsAddr   string // a fixed address (a restarted server, one in another process); empty: srv's
+	replicas  []string // the xDS addresses node proxies are given; empty: this server's only
+}
+
+func (s *secureServer) nodeXDSAddresses() []string {
+	if len(s.replicas) > 0 {
+		return s.replicas
+	}
+	return []string{s.xdsAddress()}
 }
 
 func (s *secureServer) xdsAddress() string {
@@ -152,7 +160,7 @@ func (s *secureServer) startNode(t *testing.T, bin, node string, delta bool, cer
 		t.Fatal(err)
 	}
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{
-		Role: translator.RoleNode, NodeID: node, XDSAddresses: []string{s.xdsAddress()}, Delta: delta,
+		Role: translator.RoleNode, NodeID: node, XDSAddresses: s.nodeXDSAddresses(), Delta: delta,
 		TLS: &envoy.XDSClientTLS{SDSDir: sdsDir, ServerName: "spoke-server"},
 	})
 	if err != nil {

@@ -253,12 +253,22 @@ func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeS
 }
 
 // request records an ACK (a request carrying the nonce of a response and no
-// error) or a NACK (error_detail set; Envoy keeps its last good config).
+// error) or a NACK (error_detail set; Envoy keeps its last good config). A
+// SotW request without a nonce but with a version opens a new stream of an
+// Envoy that already runs that version (it moved from another server, or
+// this one restarted): the server sends nothing when it holds the same, so
+// that version is what the Envoy has.
 func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail *grpcstatus.Status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ts := t.typeStatus(k, typeURL)
-	if s == nil || nonce == "" {
+	if s == nil {
+		return
+	}
+	if nonce == "" {
+		if !k.delta && version != "" && ts.Acked == "" {
+			ts.Acked = version
+		}
 		return
 	}
 	if errDetail != nil {

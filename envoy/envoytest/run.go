@@ -119,9 +119,10 @@ func (p *Process) Get(path string) (string, error) {
 	return string(body), err
 }
 
-// Stat returns the value of one counter or gauge from /stats, or -1.
+// Stat returns the value of one counter or gauge from /stats, or -1. Hidden
+// stats (the per-node tunnel gauges) are included.
 func (p *Process) Stat(name string) int {
-	body, err := p.Get("/stats?filter=^" + name + "$")
+	body, err := p.Get("/stats?hidden=include&filter=^" + name + "$")
 	if err != nil {
 		return -1
 	}
