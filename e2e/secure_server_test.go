@@ -32,7 +32,7 @@ type secureServer struct {
 	dir       string
 	serverCA  string // file: the tunnel CA, which signs the xDS serving certificate
 	logs      *envoytest.LogBuffer
-	xdsAddr   string // a fixed address (a restarted server, one in another process); empty: srv's
+	xdsAddr   string   // a fixed address (a restarted server, one in another process); empty: srv's
 	replicas  []string // the xDS addresses node proxies are given; empty: this server's only
 }
 
