@@ -95,9 +95,9 @@ func TestNodeProxiesMoveToAnotherServer(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	killed := time.Now()
 	stops[victim]()
-	// node-a resumes over SotW: its first requests name the versions it
-	// holds, which the survivor shows as SYNCED. node-b resumes over delta,
-	// whose per-resource versions spoke status does not compare.
+	// node-a resumes over SotW and shows SYNCED; node-b resumes over delta
+	// with the versions the survivor holds, so it is sent nothing and spoke
+	// status cannot show it SYNCED (see operations' known limits).
 	waitFor(t, 15*time.Second, "both node proxies at the surviving server, node-a synced", func() bool {
 		return syncedAt(survivor, "node/node-a") && holdsStream(survivor, "node/node-b")
 	})

@@ -256,8 +256,7 @@ func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeS
 // error) or a NACK (error_detail set; Envoy keeps its last good config). A
 // SotW request without a nonce but with a version opens a new stream of an
 // Envoy that already runs that version (it moved from another server, or
-// this one restarted): the server sends nothing when it holds the same, so
-// that version is what the Envoy has.
+// this one restarted): that is what it holds until it ACKs another.
 func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail *grpcstatus.Status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
