@@ -9,6 +9,7 @@
 package pki
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -60,9 +61,13 @@ type Issuer struct {
 	validity time.Duration
 	now      func() time.Time
 	issued   map[string]Certificate
-	reserved map[string]string             // name -> what it identifies; never a node's
-	files    *filewatch.Files[*caMaterial] // the CA's files; nil: it never changes
+	reserved map[string]string // name -> what it identifies; never a node's
+	source   caSource          // re-reads the CA (files, Secret); nil: it never changes
 }
+
+// caSource returns the CA as its source holds it now, and whether it
+// changed since the last call; on an error the current CA stays.
+type caSource func() (ca *caMaterial, changed bool, err error)
 
 // caMaterial is the signing CA and the trust bundle. During a CA rotation
 // the certificate file holds several CA certificates (old and new): all of
@@ -145,19 +150,19 @@ func LoadIssuerFiles(certPath, keyPath string, validity time.Duration) (*Issuer,
 	if err != nil {
 		return nil, err
 	}
-	i.files = files
+	i.source = func() (*caMaterial, bool, error) { return files.Get(0) }
 	return i, nil
 }
 
-// Reload re-reads the CA files and reports whether the CA changed; then
-// every certificate is due and every proxy's secrets must be re-published.
-// Files that cannot be read or do not parse keep the current CA (rotations
-// write files one at a time).
+// Reload re-reads the CA (its files or its Secret) and reports whether it
+// changed; then every certificate is due and every proxy's secrets must be
+// re-published. A CA that cannot be read or does not parse keeps the
+// current one (rotations write files one at a time).
 func (i *Issuer) Reload() (changed bool, err error) {
-	if i.files == nil {
+	if i.source == nil {
 		return false, nil
 	}
-	ca, changed, err := i.files.Get(0)
+	ca, changed, err := i.source()
 	if err != nil {
 		return false, fmt.Errorf("tunnel CA: %w", err)
 	}
@@ -395,19 +400,49 @@ func (i *Issuer) derivedKey(id string) (*ecdsa.PrivateKey, error) {
 }
 
 // LoadIssuerSecret reads the tunnel CA from a kubernetes.io/tls Secret
-// (tls.crt, tls.key). The server needs get on that one Secret, nothing more.
+// (tls.crt, tls.key), and gets it again on Reload (a CA rotation, old+new
+// bundle then new, needs no restart). The server needs get on that one
+// Secret, nothing more.
 func LoadIssuerSecret(ctx context.Context, client kubernetes.Interface, namespace, name string, validity time.Duration) (*Issuer, error) {
-	secret, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	read := secretReader(client, namespace, name)
+	ca, _, err := read(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel CA Secret %s/%s: %w (does it exist, and may the server get it?)", namespace, name, err)
+		return nil, err
 	}
-	certPEM, keyPEM := secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey]
-	if len(certPEM) == 0 || len(keyPEM) == 0 {
-		return nil, fmt.Errorf("tunnel CA Secret %s/%s: want keys %s and %s", namespace, name, corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
-	}
-	issuer, err := NewIssuer(certPEM, keyPEM, validity)
+	issuer, err := newIssuer(ca, validity)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel CA Secret %s/%s: %w", namespace, name, err)
+		return nil, err
+	}
+	issuer.source = func() (*caMaterial, bool, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return read(ctx)
 	}
 	return issuer, nil
+}
+
+// secretReader gets the Secret and parses it when its bytes changed since
+// the last read.
+func secretReader(client kubernetes.Interface, namespace, name string) func(context.Context) (*caMaterial, bool, error) {
+	var lastCert, lastKey []byte
+	var last *caMaterial
+	return func(ctx context.Context) (*caMaterial, bool, error) {
+		secret, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: %w (does it exist, and may the server get it?)", namespace, name, err)
+		}
+		certPEM, keyPEM := secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey]
+		if last != nil && bytes.Equal(certPEM, lastCert) && bytes.Equal(keyPEM, lastKey) {
+			return last, false, nil
+		}
+		if len(certPEM) == 0 || len(keyPEM) == 0 {
+			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: want keys %s and %s", namespace, name, corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+		}
+		ca, err := parseCA(certPEM, keyPEM)
+		if err != nil {
+			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: %w", namespace, name, err)
+		}
+		lastCert, lastKey, last = certPEM, keyPEM, ca
+		return ca, true, nil
+	}
 }

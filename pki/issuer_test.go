@@ -2,6 +2,7 @@ package pki_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -9,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/pki"
@@ -172,5 +177,54 @@ func TestReloadRotatesTheCA(t *testing.T) {
 	authtest.WriteFile(t, dir, "ca.crt", oldCert) // the key (new) belongs to no certificate of the file
 	if _, err := issuer.Reload(); err == nil || !strings.Contains(err.Error(), "does not belong") {
 		t.Errorf("key without its certificate: %v", err)
+	}
+}
+
+// TestReloadRotatesTheCAFromASecret: the tunnel CA from a Secret is got
+// again on Reload, through the same rotation steps as the files: old+new
+// bundle with the old key, the new key, a broken update kept out, new only.
+func TestReloadRotatesTheCAFromASecret(t *testing.T) {
+	oldCert, oldKey, _ := pki.GenerateCA("old")
+	newCert, newKey, _ := pki.GenerateCA("new")
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "spoke-system", Name: "spoke-tunnel-ca"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: oldCert, corev1.TLSPrivateKeyKey: oldKey}}
+	client := fake.NewClientset(secret)
+	ctx := context.Background()
+	issuer, err := pki.LoadIssuerSecret(ctx, client, "spoke-system", "spoke-tunnel-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(cert, key []byte) {
+		secret.Data = map[string][]byte{corev1.TLSCertKey: cert, corev1.TLSPrivateKeyKey: key}
+		if _, err := client.CoreV1().Secrets("spoke-system").Update(ctx, secret, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issuedBy := func() string {
+		c, err := issuer.Certificate("worker-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return parseCert(t, c.CertPEM).Issuer.CommonName
+	}
+	if changed, err := issuer.Reload(); changed || err != nil || issuedBy() != "old" {
+		t.Errorf("unchanged Secret: changed=%v err=%v", changed, err)
+	}
+	bundle := append(append([]byte{}, oldCert...), newCert...)
+	update(bundle, oldKey)
+	if changed, err := issuer.Reload(); !changed || err != nil || !bytes.Equal(issuer.CAPEM(), bundle) || issuedBy() != "old" {
+		t.Errorf("bundle old+new with the old key: changed=%v err=%v issuer=%s", changed, err, issuedBy())
+	}
+	update(bundle, newKey)
+	if changed, err := issuer.Reload(); !changed || err != nil || issuedBy() != "new" {
+		t.Errorf("new key: changed=%v err=%v issuer=%s", changed, err, issuedBy())
+	}
+	update(bundle, newKey[:20])
+	if changed, err := issuer.Reload(); changed || err == nil || issuedBy() != "new" {
+		t.Errorf("broken key: changed=%v err=%v issuer=%s; want the current CA kept and an error", changed, err, issuedBy())
+	}
+	update(newCert, newKey)
+	if changed, err := issuer.Reload(); !changed || err != nil || !bytes.Equal(issuer.CAPEM(), newCert) {
+		t.Errorf("new only: changed=%v err=%v bundle=%d bytes", changed, err, len(issuer.CAPEM()))
 	}
 }
