@@ -69,8 +69,11 @@ func ServerTLS(o TLSOptions, issuer ServingIssuer, refused func(error), log logr
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.RequireAnyClientCert, // verified below, against the current bundle
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serving() },
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			err := verifyNodeClient(raw, clientCAs)
+		// VerifyConnection, not VerifyPeerCertificate: it gets the
+		// certificates the handshake already parsed (at 5,000 handshakes a
+		// second parse per client was measurable).
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			err := verifyNodeClient(cs.PeerCertificates, clientCAs)
 			if err != nil {
 				refused(err)
 				log.WithError(err).Warn("refused an xDS client at the TLS handshake")
@@ -83,17 +86,9 @@ func ServerTLS(o TLSOptions, issuer ServingIssuer, refused func(error), log logr
 
 // verifyNodeClient checks the chain against the client CA bundle and that
 // the leaf names a node.
-func verifyNodeClient(raw [][]byte, clientCAs func() *x509.CertPool) error {
-	if len(raw) == 0 {
+func verifyNodeClient(certs []*x509.Certificate, clientCAs func() *x509.CertPool) error {
+	if len(certs) == 0 {
 		return errors.New("no client certificate")
-	}
-	certs := make([]*x509.Certificate, len(raw))
-	for i, der := range raw {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return fmt.Errorf("client certificate does not parse: %w", err)
-		}
-		certs[i] = c
 	}
 	intermediates := x509.NewCertPool()
 	for _, c := range certs[1:] {

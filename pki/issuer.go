@@ -63,6 +63,9 @@ type Issuer struct {
 	issued   map[string]Certificate
 	reserved map[string]string // name -> what it identifies; never a node's
 	source   caSource          // re-reads the CA (files, Secret); nil: it never changes
+
+	servingPair *tls.Certificate // ServingKeyPair's last answer, parsed
+	servingPEM  []byte           // the certificate it was parsed from
 }
 
 // caSource returns the CA as its source holds it now, and whether it
@@ -320,13 +323,25 @@ func (i *Issuer) RenewalCheckInterval() time.Duration { return max(i.validity/20
 
 // ServingKeyPair returns the xDS port's own certificate for names (DNS
 // names or IPs), renewed like tunnel certificates, ready for crypto/tls.
+//
+// Every TLS handshake asks for it: the parsed pair is kept until the
+// certificate changes.
 func (i *Issuer) ServingKeyPair(names []string) (*tls.Certificate, error) {
 	c, err := i.servingCertificate(names)
 	if err != nil {
 		return nil, err
 	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.servingPair != nil && bytes.Equal(i.servingPEM, c.CertPEM) {
+		return i.servingPair, nil
+	}
 	pair, err := tls.X509KeyPair(c.CertPEM, c.KeyPEM)
-	return &pair, err
+	if err != nil {
+		return nil, err
+	}
+	i.servingPair, i.servingPEM = &pair, c.CertPEM
+	return &pair, nil
 }
 
 func (i *Issuer) servingCertificate(names []string) (Certificate, error) {
