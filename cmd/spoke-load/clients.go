@@ -18,6 +18,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -55,10 +56,19 @@ func runClients(addr string, cfg config) error {
 	defer cancel()
 	var ready atomic.Int64
 	var synced atomic.Bool
-	for i := 0; i < cfg.nodes; i++ {
-		delta := float64(i%100) < cfg.deltaFraction*100
-		c := &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced, signer: signer}
-		go c.runRetrying(ctx, addr, delta)
+	clients := make([]*client, cfg.nodes)
+	for i := range clients {
+		clients[i] = &client{node: nodeName(i), o: o, ready: &ready, total: int64(cfg.nodes), synced: &synced, creds: insecure.NewCredentials()}
+		if signer != nil { // a kubelet has its certificate before its node proxy starts
+			var err error
+			if clients[i].creds, err = signer.credentials(clients[i].node); err != nil {
+				return err
+			}
+		}
+	}
+	o.line("START") // the parent's clock starts here
+	for i, c := range clients {
+		go c.runRetrying(ctx, addr, float64(i%100) < cfg.deltaFraction*100)
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin when done
 	return nil
@@ -73,7 +83,7 @@ type client struct {
 	pods     map[string]bool
 	seen     map[string]bool // types received at least once
 	services string          // the Service domains last received
-	signer   *clientSigner   // nil: plaintext
+	creds    credentials.TransportCredentials
 }
 
 // runRetrying runs the stream again after each failure, with Envoy's
@@ -97,13 +107,7 @@ func (c *client) runRetrying(ctx context.Context, addr string, delta bool) {
 }
 
 func (c *client) run(ctx context.Context, addr string, delta bool) error {
-	creds := insecure.NewCredentials()
-	if c.signer != nil {
-		var err error
-		if creds, err = c.signer.credentials(c.node); err != nil {
-			return err
-		}
-	}
+	creds := c.creds
 	// A connection attempt not done in 5 s is given up and retried, as the
 	// server's handshake deadline would drop it anyway (gRPC's default wait
 	// is 20 s, far longer than Envoy's).

@@ -141,7 +141,6 @@ func runParent(cfg config) error {
 			return err
 		}
 	}
-	start, cpuBefore := time.Now(), cpuTime()
 	if err := child.Start(); err != nil {
 		return err
 	}
@@ -153,6 +152,12 @@ func runParent(cfg config) error {
 		}
 		close(events)
 	}()
+	for line := range events { // the child has its clients' certificates
+		if strings.HasPrefix(line, "START") {
+			break
+		}
+	}
+	start, cpuBefore := time.Now(), cpuTime()
 	var r results
 	for line := range events {
 		if strings.HasPrefix(line, "RETRY") {
