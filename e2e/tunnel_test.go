@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -275,7 +277,7 @@ func waitForTunnel(t *testing.T, socket, target string) {
 // serve answers each line with "name: line" on ip:port until the test ends.
 func serve(t *testing.T, ip string, port int, name string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port))
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		t.Fatalf("backend %s: %v", name, err)
 	}
@@ -346,5 +348,38 @@ func TestServiceRangeCarriesServicesThroughNodeProxies(t *testing.T) {
 	waitForTunnel(t, tp.settings.EgressSocketPath, service)
 	if got, status := roundTrip(t, tp.settings.EgressSocketPath, service); status != http.StatusOK || got != "service webhook" {
 		t.Errorf("CONNECT %s: status %d, answer %q; want 200 from the Service", service, status, got)
+	}
+}
+
+// TestIPv6ServiceRangeMatchedByRegex: kind's IPv6 Service range
+// (fd00:10:96::/112) has zero groups, so node proxies hold it as a prefix
+// wildcard plus an :authority regex; a real Envoy accepts that config (the
+// regex is under its RE2 size limit) and a Service CONNECT to an address of
+// the range goes through it. The address is put on lo for the test.
+func TestIPv6ServiceRangeMatchedByRegex(t *testing.T) {
+	const ip = "fd00:10:96::a"
+	if out, err := exec.Command("ip", "-6", "addr", "add", ip+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+		t.Skipf("cannot add %s to lo (needs root and IPv6): %v %s", ip, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "-6", "addr", "del", ip+"/128", "dev", "lo").Run() })
+	tp := newTopologyWithItems(t, nil, `
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: kubernetes-v6}, spec: {cidrs: ["fd00:10:96::/112"]}}
+`)
+	tp.cluster.Services = append(tp.cluster.Services, model.Service{Namespace: "default", Name: "api-v6",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr(ip)}, Ports: []uint32{uint32(tp.port)}})
+	service := fmt.Sprintf("[%s]:%d", ip, tp.port)
+	res, err := translator.NodeProxy(&tp.cluster, tp.settings, "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if routes := res.Routes[0].String(); strings.Contains(routes, service) || !strings.Contains(routes, "safe_regex") {
+		t.Fatalf("node-a should hold the IPv6 range as a regex route, not the Service:\n%s", routes)
+	}
+	serve(t, ip, tp.port, "service api-v6")
+	tp.startAPIServerProxy()
+	tp.startNodeProxy("node-a", "node-a")
+	waitForTunnel(t, tp.settings.EgressSocketPath, service)
+	if got, status := roundTrip(t, tp.settings.EgressSocketPath, service); status != http.StatusOK || got != "service api-v6" {
+		t.Errorf("CONNECT %s: status %d, answer %q", service, status, got)
 	}
 }

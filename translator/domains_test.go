@@ -3,6 +3,8 @@ package translator
 import (
 	"math/rand/v2"
 	"net/netip"
+	"regexp"
+	"regexp/syntax"
 	"strings"
 	"testing"
 )
@@ -107,4 +109,53 @@ func TestRangeDomainsMatchExactlyTheRange(t *testing.T) {
 			t.Errorf("%s: got %v, want no wildcard form", raw, d)
 		}
 	}
+}
+
+// TestRangeRegexMatchesExactlyTheRange: for /112 IPv6 ranges whose text has
+// "::" in it, the virtual host's prefix wildcard plus its regex accept the
+// canonical text of an address exactly when the range holds it; and any
+// text the regex accepts, even a mangled one, is an address of the range.
+func TestRangeRegexMatchesExactlyTheRange(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, raw := range []string{"fd00:10:96::/112", "fd00::/112", "2001:db8::7:0/112", "fd00:0:0:1::/112", "fd00:1:0:0:2::/112", "2001:db8:0:1:2:3:4::/112", "fd00:0:0:1:0:0:2::/112"} {
+		r := netip.MustParsePrefix(raw)
+		m, ok := rangeRegex(r)
+		if !ok {
+			t.Fatalf("%s: no matcher", r)
+		}
+		re := regexp.MustCompile("^(?:" + m.regex + ")$")
+		if prog, err := syntax.Parse(m.regex, syntax.Perl); err != nil || len(mustCompile(t, prog).Inst) > 80 {
+			t.Errorf("%s: regex %q too large for Envoy's RE2 limit of 100", r, m.regex)
+		}
+		for i := 0; i < 20000; i++ {
+			ip := randomNear(rng, r.Addr())
+			target := ipPort(ip, 443)
+			got := envoyPrefixMatch(m.domain, target) && re.MatchString(target)
+			if got != r.Contains(ip) {
+				t.Fatalf("range %s (%s %s): %s accepted=%v, contained=%v", r, m.domain, m.regex, target, got, r.Contains(ip))
+			}
+			mangled := []byte(target)
+			mangled[rng.IntN(len(mangled))] = "0123456789abcdef:"[rng.IntN(17)]
+			if re.Match(mangled) {
+				host, _, _ := strings.Cut(strings.TrimPrefix(string(mangled), "["), "]")
+				if a, err := netip.ParseAddr(host); err != nil || !r.Contains(a) {
+					t.Fatalf("range %s: the regex accepts %q, which is not an address of the range", r, mangled)
+				}
+			}
+		}
+	}
+	for _, raw := range []string{"fd00:10:96::/108", "fd00:10::/96", "10.96.0.0/16", "fd00:10:96::/120"} {
+		if m, ok := rangeRegex(netip.MustParsePrefix(raw)); ok {
+			t.Errorf("%s: got %+v, want no regex (only /112 IPv6 ranges)", raw, m)
+		}
+	}
+}
+
+func mustCompile(t *testing.T, re *syntax.Regexp) *syntax.Prog {
+	t.Helper()
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prog
 }

@@ -1,9 +1,11 @@
 package translator_test
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/input"
 	"github.com/spokeproxy/spoke/translator/model"
@@ -110,6 +112,7 @@ items:
 - {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: over-nodes}, spec: {cidrs: [10.0.0.0/16]}}
 - {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: too-wide}, spec: {cidrs: [10.0.0.0/7]}}
 - {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: metadata}, spec: {cidrs: [169.254.0.0/16]}}
+- {apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: ipv6}, spec: {cidrs: ["fd00:10:96::/112"]}}
 - {apiVersion: v1, kind: Service, metadata: {name: api, namespace: default}, spec: {clusterIPs: [10.96.0.1], ports: [{port: 443}]}}
 - {apiVersion: v1, kind: Service, metadata: {name: odd, namespace: default}, spec: {clusterIPs: [10.0.9.9], ports: [{port: 53}]}}
 `), &objs); err != nil {
@@ -124,19 +127,23 @@ items:
 		t.Fatal(err)
 	}
 	for target, want := range map[string]bool{
-		"10.244.1.7:8080":    true,  // own pod
-		"10.0.0.5:10250":     true,  // own kubelet
-		"10.96.0.1:443":      true,  // a Service
-		"10.100.3.4:80":      true,  // in the Service range, whatever kube-proxy makes of it
-		"10.111.255.1:1":     true,  // the range's last /16
-		"10.0.9.9:53":        true,  // a Service in a refused range: its exact pair
-		"10.244.2.7:8080":    false, // node-b's pod, inside a refused range
-		"10.244.2.99:80":     false,
-		"10.0.0.6:10250":     false, // node-b's kubelet, inside a refused range
-		"10.0.9.9:54":        false, // the exact pair only
-		"10.112.0.1:443":     false, // past the range
-		"169.254.169.254:80": false,
-		"127.0.0.1:10248":    false,
+		"10.244.1.7:8080":       true,  // own pod
+		"10.0.0.5:10250":        true,  // own kubelet
+		"10.96.0.1:443":         true,  // a Service
+		"10.100.3.4:80":         true,  // in the Service range, whatever kube-proxy makes of it
+		"10.111.255.1:1":        true,  // the range's last /16
+		"10.0.9.9:53":           true,  // a Service in a refused range: its exact pair
+		"10.244.2.7:8080":       false, // node-b's pod, inside a refused range
+		"10.244.2.99:80":        false,
+		"10.0.0.6:10250":        false, // node-b's kubelet, inside a refused range
+		"10.0.9.9:54":           false, // the exact pair only
+		"10.112.0.1:443":        false, // past the range
+		"169.254.169.254:80":    false,
+		"[fd00:10:96::a]:443":   true, // the IPv6 range, matched by regex
+		"[fd00:10:96::]:443":    true,
+		"[fd00:10:96::1:a]:443": false, // same text prefix, outside the /112
+		"[fd00:10:96:0::a]:443": false, // not canonical: refused rather than guessed
+		"127.0.0.1:10248":       false,
 	} {
 		if got := acceptsCONNECT(res, target); got != want {
 			t.Errorf("node-a accepts CONNECT %s: %v, want %v", target, got, want)
@@ -145,15 +152,30 @@ items:
 }
 
 // acceptsCONNECT says whether a virtual host of res takes a CONNECT to
-// authority, matching domains as Envoy does (exact, or a prefix wildcard).
+// authority, matching domains as Envoy does (exact, or a prefix wildcard)
+// and then the route's :authority regex, when it has one.
 func acceptsCONNECT(res translator.Resources, authority string) bool {
 	for _, rc := range res.Routes {
 		for _, vh := range rc.VirtualHosts {
 			for _, d := range vh.Domains {
 				if d == authority || strings.HasSuffix(d, "*") && strings.HasPrefix(authority, strings.TrimSuffix(d, "*")) {
-					return true
+					return routeTakes(vh, authority)
 				}
 			}
+		}
+	}
+	return false
+}
+
+func routeTakes(vh *routev3.VirtualHost, authority string) bool {
+	for _, r := range vh.Routes {
+		ok := true
+		for _, h := range r.GetMatch().GetHeaders() {
+			re := h.GetStringMatch().GetSafeRegex().GetRegex()
+			ok = ok && h.GetName() == ":authority" && regexp.MustCompile("^(?:"+re+")$").MatchString(authority)
+		}
+		if ok {
+			return true
 		}
 	}
 	return false

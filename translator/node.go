@@ -139,12 +139,11 @@ func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3
 			}
 		}
 	}
-	for _, vh := range []*routev3.VirtualHost{
+	for _, vh := range append([]*routev3.VirtualHost{
 		terminatingVirtualHost("kubelet", kubelet, KubeletCluster),
 		terminatingVirtualHost("pods", pods, OriginalDstTarget),
 		terminatingVirtualHost("host-network-pods", hostNetwork, OriginalDstTarget),
-		t.nodeServicesVirtualHost(),
-	} {
+	}, t.nodeServicesVirtualHosts()...) {
 		if vh != nil {
 			rc.VirtualHosts = append(rc.VirtualHosts, vh)
 		}

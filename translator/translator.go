@@ -20,7 +20,7 @@ type Translator struct {
 	settings model.Settings
 
 	servicesOnce sync.Once
-	services     *routev3.VirtualHost
+	services     []*routev3.VirtualHost // the Services host, then the regex-matched ranges
 
 	planOnce sync.Once
 	plan     []*tunnelTargets // the node targets, then the Service targets
@@ -84,11 +84,15 @@ func NodeProxy(c *model.Cluster, s model.Settings, node string) (Resources, erro
 	return New(c, s).NodeProxy(node)
 }
 
-// nodeServicesVirtualHost terminates CONNECT to the Service ranges (and to
+// nodeServicesVirtualHosts terminate CONNECT to the Service ranges (and to
 // the ClusterIP:port pairs outside them); the same for every node.
-func (t *Translator) nodeServicesVirtualHost() *routev3.VirtualHost {
+func (t *Translator) nodeServicesVirtualHosts() []*routev3.VirtualHost {
 	t.servicesOnce.Do(func() {
-		t.services = terminatingVirtualHost("services", nodeServiceDomains(t.cluster), OriginalDstTarget)
+		domains, matchers := nodeServiceDomains(t.cluster)
+		if vh := terminatingVirtualHost("services", domains, OriginalDstTarget); vh != nil {
+			t.services = append(t.services, vh)
+		}
+		t.services = append(t.services, rangeVirtualHosts(matchers)...)
 	})
 	return t.services
 }
@@ -99,9 +103,15 @@ func (t *Translator) nodeServicesVirtualHost() *routev3.VirtualHost {
 func (t *Translator) NodeSharedFingerprint() uint64 {
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%+v\x00", t.settings)
-	if vh := t.nodeServicesVirtualHost(); vh != nil {
+	for _, vh := range t.nodeServicesVirtualHosts() {
+		h.Write([]byte(vh.Name + "\x00"))
 		for _, d := range vh.Domains {
 			h.Write([]byte(d + "\x00"))
+		}
+		for _, r := range vh.Routes {
+			for _, m := range r.GetMatch().GetHeaders() {
+				h.Write([]byte(m.GetStringMatch().GetSafeRegex().GetRegex() + "\x00"))
+			}
 		}
 	}
 	h.Write([]byte{0xff})
