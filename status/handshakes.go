@@ -52,6 +52,10 @@ type HandshakeLog struct {
 	// NodeWithAddress names the node that owns ip, or "": a connection that
 	// failed TLS carries no certificate name, only its source address.
 	NodeWithAddress func(ip netip.Addr) string
+	// IsNode says whether a name is a node of the cluster: a refusal naming
+	// anything else is kept by source address, whose count is bounded, so
+	// made-up certificate names cannot grow the server's memory.
+	IsNode func(name string) bool
 
 	mu           sync.Mutex
 	byNode       map[string]Refusal
@@ -91,6 +95,9 @@ func (h *HandshakeLog) observe(e *accesslogdatav3.TCPAccessLogEntry) {
 	h.Metrics.TunnelRefusals.WithLabelValues(r.Class).Inc()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if node != "" && h.IsNode != nil && !h.IsNode(node) {
+		node = ""
+	}
 	if node == "" {
 		if h.unattributed == nil {
 			h.unattributed = map[string]Refusal{}

@@ -43,7 +43,9 @@ func entry(from, subject, verdict, claimed, tlsFailure string) *accesslogdatav3.
 func TestHandshakeLogClassifiesAndFilesRefusals(t *testing.T) {
 	m := metrics.New()
 	owners := map[netip.Addr]string{netip.MustParseAddr("10.0.0.7"): "node-c"}
-	h := &HandshakeLog{Metrics: m, Log: logrus.New(), NodeWithAddress: func(ip netip.Addr) string { return owners[ip] }}
+	nodes := map[string]bool{"node-a": true, "node-c": true}
+	h := &HandshakeLog{Metrics: m, Log: logrus.New(), NodeWithAddress: func(ip netip.Addr) string { return owners[ip] },
+		IsNode: func(n string) bool { return nodes[n] }}
 	h.observe(entry("10.0.0.5", "CN=node-a", "allowed", "node-a", ""))
 	h.observe(entry("10.0.0.5", "CN=node-a,O=spoke", "validation_failed", "node-b", ""))
 	h.observe(entry("10.0.0.7", "", "", "", "TLS_error:CERTIFICATE_VERIFY_FAILED"))
@@ -61,11 +63,12 @@ func TestHandshakeLogClassifiesAndFilesRefusals(t *testing.T) {
 	if len(got) != 3 {
 		t.Errorf("an accepted tunnel was taken for a refusal: %+v", got)
 	}
-	for i := 0; i < 2*maxUnattributed; i++ {
+	for i := 0; i < 2*maxUnattributed; i++ { // silent sources, and made-up certificate names
 		h.observe(entry(fmt.Sprintf("198.51.%d.%d", i/250, i%250), "", "", "", ""))
+		h.observe(entry(fmt.Sprintf("203.0.%d.%d", i/250, i%250), fmt.Sprintf("CN=fake-%d", i), "validation_failed", "x", ""))
 	}
 	if n := len(h.Refusals()); n > maxUnattributed+2 {
-		t.Errorf("%d refusals kept after a flood from %d addresses; want at most %d", n, 2*maxUnattributed, maxUnattributed+2)
+		t.Errorf("%d refusals kept after a flood from %d addresses and names; want at most %d", n, 4*maxUnattributed, maxUnattributed+2)
 	}
 	if c := testutil.ToFloat64(m.TunnelRefusals.WithLabelValues(RefusedIncomplete)); c != float64(1+2*maxUnattributed) {
 		t.Errorf("incomplete refusals counted %v, want %d", c, 1+2*maxUnattributed)

@@ -150,7 +150,7 @@ func NewServer(opts Options) (*Server, error) {
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
 	s.tracker = status.NewTracker(s.publisher, s.metrics, opts.Log)
-	s.handshakes = &status.HandshakeLog{Metrics: s.metrics, Log: opts.Log.WithField("component", "tunnels"), NodeWithAddress: s.store.NodeWithAddress}
+	s.handshakes = &status.HandshakeLog{Metrics: s.metrics, Log: opts.Log.WithField("component", "tunnels"), NodeWithAddress: s.store.NodeWithAddress, IsNode: s.publisher.KnowsNode}
 	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, _ struct{}, waited time.Duration) {
 		if !s.sourceSynced.Load() {
 			return
