@@ -95,11 +95,11 @@ func TestNodeProxiesMoveToAnotherServer(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	killed := time.Now()
 	stops[victim]()
-	// node-a resumes over SotW and shows SYNCED; node-b resumes over delta
-	// with the versions the survivor holds, so it is sent nothing and spoke
-	// status cannot show it SYNCED (see operations' known limits).
-	waitFor(t, 15*time.Second, "both node proxies at the surviving server, node-a synced", func() bool {
-		return syncedAt(survivor, "node/node-a") && holdsStream(survivor, "node/node-b")
+	// node-a resumes over SotW (its requests name the versions it holds),
+	// node-b over delta (it lists each resource's version and is sent
+	// nothing): the survivor's status shows both SYNCED.
+	waitFor(t, 15*time.Second, "both node proxies synced at the surviving server", func() bool {
+		return syncedAt(survivor, "node/node-a") && syncedAt(survivor, "node/node-b")
 	})
 	moved := time.Since(killed)
 	time.Sleep(2 * time.Second)

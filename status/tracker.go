@@ -11,6 +11,7 @@ package status
 
 import (
 	"context"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -80,6 +81,9 @@ type Published interface {
 	KnowsNode(node string) bool
 	// ResourceNames lists the names of typeURL resources key's snapshot holds.
 	ResourceNames(key, typeURL string) map[string]bool
+	// ResourceHashes gives the delta xDS version (go-control-plane's hash) of
+	// each typeURL resource key's snapshot holds.
+	ResourceHashes(key, typeURL string) map[string]string
 	// SetAt is when key's current snapshot was set (for push latency).
 	SetAt(key string) time.Time
 	// Versions gives the current version and resource count per type.
@@ -280,6 +284,31 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	ts.Acked = version
 }
 
+// resumed records what a delta Envoy declares it holds on a new stream (it
+// moved from another server, or this one restarted): when that is every
+// resource of the type as the server holds it now, the server sends
+// nothing and the Envoy runs the current version.
+func (t *Tracker) resumed(k streamKey, typeURL string, held map[string]string) {
+	t.mu.Lock()
+	s, ts := t.typeStatus(k, typeURL)
+	if s == nil || s.Proxy == "" || ts.Acked != "" {
+		t.mu.Unlock()
+		return
+	}
+	proxy := s.Proxy
+	t.mu.Unlock()
+	current := t.published.ResourceHashes(proxy, typeURL)
+	if len(current) == 0 || !maps.Equal(current, held) {
+		return
+	}
+	versions, _ := t.published.Versions(proxy)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ts := t.typeStatus(k, typeURL); ts != nil && ts.Acked == "" {
+		ts.Acked = versions[typeURL]
+	}
+}
+
 func (t *Tracker) sent(k streamKey, typeURL string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -353,6 +382,9 @@ func (c Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscover
 		return err
 	}
 	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNamesSubscribe())
+	if req.GetResponseNonce() == "" && len(req.GetInitialResourceVersions()) > 0 {
+		c.t.resumed(k, req.GetTypeUrl(), req.GetInitialResourceVersions())
+	}
 	c.t.mu.Lock()
 	version := c.t.nonces[k][req.GetResponseNonce()]
 	delete(c.t.nonces[k], req.GetResponseNonce())

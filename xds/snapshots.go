@@ -328,6 +328,25 @@ func (p *Publisher) Versions(key string) (versions map[string]string, counts map
 	return nil, nil
 }
 
+// ResourceHashes gives the delta xDS version go-control-plane assigns each
+// typeURL resource of key's snapshot (the hash of its deterministic
+// encoding), so status can tell a resuming delta Envoy holds them all.
+func (p *Publisher) ResourceHashes(key, typeURL string) map[string]string {
+	snap, err := p.cache.GetSnapshot(key)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for name, r := range snap.GetResources(typeURL) {
+		raw, err := cachev3.MarshalResource(r)
+		if err != nil {
+			return nil
+		}
+		out[name] = cachev3.HashResource(raw)
+	}
+	return out
+}
+
 // SetAt returns when key's current snapshot was set (for push latency).
 func (p *Publisher) SetAt(key string) time.Time {
 	p.mu.Lock()
