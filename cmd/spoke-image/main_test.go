@@ -1,0 +1,141 @@
+package main
+
+import (
+	"archive/tar"
+	"debug/elf"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// TestImageHoldsOnlyTheStaticBinaryAsNonRoot builds the real spoke binary
+// as make image does, writes the archive, reads it back as docker load
+// would, and checks: one layer with /spoke alone (no shell), a static
+// executable that runs, a non-root user, the entrypoint and labels, and the
+// same digest when built twice from the same binary.
+func TestImageHoldsOnlyTheStaticBinaryAsNonRoot(t *testing.T) {
+	dir := t.TempDir()
+	binary := filepath.Join(dir, "spoke")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v9.9.9-test", "-o", binary, "../spoke")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build spoke: %v\n%s", err, out)
+	}
+	archive := filepath.Join(dir, "spoke-image.tar")
+	if err := run(binary, "spoke:v9.9.9-test", "v9.9.9-test", archive); err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("spoke:v9.9.9-test")
+	img, err := tarball.ImageFromPath(archive, &tag)
+	if err != nil {
+		t.Fatalf("the archive does not load as an image: %v", err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Config.User != NonRootUser || strings.HasPrefix(cfg.Config.User, "0") || cfg.Config.User == "" {
+		t.Errorf("user %q, want the non-root %s", cfg.Config.User, NonRootUser)
+	}
+	if len(cfg.Config.Entrypoint) != 1 || cfg.Config.Entrypoint[0] != "/spoke" || cfg.Config.Labels["org.opencontainers.image.version"] != "v9.9.9-test" {
+		t.Errorf("entrypoint %v, labels %v", cfg.Config.Entrypoint, cfg.Config.Labels)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("want exactly one layer, got %d (%v)", len(layers), err)
+	}
+	extracted := filepath.Join(dir, "extracted-spoke")
+	files := layerFiles(t, layers[0], extracted)
+	if len(files) != 1 || files[0] != "spoke rwxr-xr-x" {
+		t.Errorf("the layer should hold /spoke (0755) and nothing else, holds %v", files)
+	}
+	f, err := elf.Open(extracted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Error("the binary is dynamically linked: it would not run in an image without libc")
+		}
+	}
+	if out, err := exec.Command(extracted, "version").CombinedOutput(); err != nil || !strings.Contains(string(out), "v9.9.9-test") {
+		t.Errorf("the image's binary does not run or is not stamped: %v %s", err, out)
+	}
+
+	again := filepath.Join(dir, "again.tar")
+	if err := run(binary, "spoke:v9.9.9-test", "v9.9.9-test", again); err != nil {
+		t.Fatal(err)
+	}
+	img2, err := tarball.ImageFromPath(again, &tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := img.Digest()
+	d2, _ := img2.Digest()
+	if d1 != d2 {
+		t.Errorf("two builds from the same binary differ: %s vs %s", d1, d2)
+	}
+}
+
+// layerFiles lists "name mode" of every entry and writes the file named
+// spoke to extractTo.
+func layerFiles(t *testing.T, layer interface {
+	Uncompressed() (io.ReadCloser, error)
+}, extractTo string) []string {
+	t.Helper()
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var out []string
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, hdr.Name+" "+strings.TrimPrefix(os.FileMode(hdr.Mode).Perm().String(), "-"))
+		if hdr.Name == "spoke" {
+			w, err := os.OpenFile(extractTo, os.O_CREATE|os.O_WRONLY, 0o755)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(w, tr); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+		}
+	}
+}
+
+// TestImageRefusesWhatIsNotABinary: a missing flag or a file that is not an
+// executable is a clear error, and nothing is written.
+func TestImageRefusesWhatIsNotABinary(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "spoke")
+	if err := os.WriteFile(text, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.tar")
+	if err := run("", "spoke:x", "x", out); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Errorf("no binary: %v", err)
+	}
+	if err := run(text, "spoke:x", "x", out); err == nil || !strings.Contains(err.Error(), "not a Linux executable") {
+		t.Errorf("a script: %v", err)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("an archive was written despite the error")
+	}
+}
