@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -58,17 +57,13 @@ func TestTunnelDataIsEncrypted(t *testing.T) {
 // line and returns the line that comes back.
 func echoThroughTunnel(t *testing.T, socket, target, line string) string {
 	t.Helper()
-	conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+	conn, br, status, err := sendCONNECT(socket, target, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	if status != http.StatusOK {
+		t.Fatalf("CONNECT %s: status %d", target, status)
 	}
 	fmt.Fprintf(conn, "%s\n", line)
 	got, err := br.ReadString('\n')

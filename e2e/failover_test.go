@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -237,16 +236,12 @@ func (p *probes) stop() map[string]probeResult {
 
 // connectOnce is roundTrip without a *testing.T, for probe goroutines.
 func connectOnce(sock, target string) bool {
-	conn, err := net.DialTimeout("unix", sock, time.Second)
+	conn, br, status, err := sendCONNECT(sock, target, 2*time.Second)
 	if err != nil {
 		return false
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != http.StatusOK {
+	if status != http.StatusOK {
 		return false
 	}
 	fmt.Fprintf(conn, "ping\n")

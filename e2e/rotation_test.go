@@ -55,16 +55,15 @@ func TestRotationKeepsTunnelsWorking(t *testing.T) {
 // openConnect returns an established CONNECT stream to target.
 func openConnect(t *testing.T, socket, target string) net.Conn {
 	t.Helper()
-	conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+	conn, _, status, err := sendCONNECT(socket, target, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	if status != http.StatusOK {
+		conn.Close()
+		t.Fatalf("CONNECT %s: status %d", target, status)
 	}
+	_ = conn.SetDeadline(time.Time{}) // a long-lived stream
 	return conn
 }
 

@@ -224,20 +224,13 @@ func TestExpiredTunnelCertificateRefused(t *testing.T) {
 // exact request bytes; on 200 it sends "ping" and returns the backend's answer.
 func roundTrip(t *testing.T, socket, target string) (string, int) {
 	t.Helper()
-	conn, err := net.DialTimeout("unix", socket, 2*time.Second)
+	conn, br, status, err := sendCONNECT(socket, target, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial egress socket: %v", err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		return "", 0
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", resp.StatusCode
+	if status != http.StatusOK {
+		return "", status
 	}
 	if br.Buffered() > 0 {
 		t.Errorf("CONNECT %s: %d bytes after the response header; the apiserver rejects that", target, br.Buffered())
@@ -245,9 +238,28 @@ func roundTrip(t *testing.T, socket, target string) (string, int) {
 	fmt.Fprintf(conn, "ping\n")
 	line, err := br.ReadString('\n')
 	if err != nil {
-		return "", resp.StatusCode
+		return "", status
 	}
-	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), ": ping"), resp.StatusCode
+	return strings.TrimSuffix(strings.TrimSuffix(line, "\n"), ": ping"), status
+}
+
+// sendCONNECT dials the egress socket and sends the apiserver's exact
+// CONNECT bytes for target, with timeout as the connection's deadline;
+// status is the response's, 0 when none came. err is a failed dial only;
+// otherwise the caller closes conn and reads what follows from br.
+func sendCONNECT(socket, target string, timeout time.Duration) (conn net.Conn, br *bufio.Reader, status int, err error) {
+	conn, err = net.DialTimeout("unix", socket, 2*time.Second)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target)
+	br = bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		return conn, br, 0, nil
+	}
+	return conn, br, resp.StatusCode, nil
 }
 
 // expectNoTunnel fails the test if a CONNECT to target succeeds within d

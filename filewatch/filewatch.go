@@ -1,5 +1,6 @@
 // Package filewatch holds the parsed content of files that are replaced
-// while the server runs (rotated certificates, keys and CA bundles): it
+// while the server runs (rotated certificates, keys and CA bundles), or of
+// any other source of bytes read again and again (a Secret's keys): it
 // re-reads them when asked, parses them again only when their bytes
 // changed, and keeps the last good content when a new version cannot be
 // read or does not parse (rotations replace files one at a time).
@@ -17,10 +18,12 @@ import (
 	"time"
 )
 
-// Files is the parsed content of a fixed list of files.
+// Files is the parsed content of a fixed list of files (or of a source
+// given to LoadFrom).
 type Files[T any] struct {
-	paths []string
-	parse func(contents [][]byte) (T, error)
+	source string                   // what is read, for messages
+	read   func() ([][]byte, error) // the current contents
+	parse  func(contents [][]byte) (T, error)
 
 	mu      sync.Mutex
 	checked time.Time
@@ -31,13 +34,19 @@ type Files[T any] struct {
 // Load reads and parses the files; parse receives their contents in the
 // order of paths.
 func Load[T any](parse func(contents [][]byte) (T, error), paths ...string) (*Files[T], error) {
-	f := &Files[T]{paths: paths, parse: parse}
+	return LoadFrom(strings.Join(paths, ", "), func() ([][]byte, error) { return readFiles(paths) }, parse)
+}
+
+// LoadFrom is Load for contents that read returns (source names them in
+// messages).
+func LoadFrom[T any](source string, read func() ([][]byte, error), parse func(contents [][]byte) (T, error)) (*Files[T], error) {
+	f := &Files[T]{source: source, read: read, parse: parse}
 	contents, err := f.read()
 	if err != nil {
 		return nil, err
 	}
 	if f.value, err = f.parse(contents); err != nil {
-		return nil, fmt.Errorf("%s: %w", f.name(), err)
+		return nil, fmt.Errorf("%s: %w", f.source, err)
 	}
 	f.raw, f.checked = contents, time.Now()
 	return f, nil
@@ -69,15 +78,15 @@ func (f *Files[T]) Get(maxAge time.Duration) (value T, changed bool, err error) 
 	}
 	v, err := f.parse(contents)
 	if err != nil {
-		return f.value, false, fmt.Errorf("%s changed but %w: keeping the last good version", f.name(), err)
+		return f.value, false, fmt.Errorf("%s changed but %w: keeping the last good version", f.source, err)
 	}
 	f.raw, f.value = contents, v
 	return v, true, nil
 }
 
-func (f *Files[T]) read() ([][]byte, error) {
-	contents := make([][]byte, len(f.paths))
-	for i, p := range f.paths {
+func readFiles(paths []string) ([][]byte, error) {
+	contents := make([][]byte, len(paths))
+	for i, p := range paths {
 		raw, err := os.ReadFile(p)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", p, err)
@@ -86,5 +95,3 @@ func (f *Files[T]) read() ([][]byte, error) {
 	}
 	return contents, nil
 }
-
-func (f *Files[T]) name() string { return strings.Join(f.paths, ", ") }

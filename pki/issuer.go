@@ -416,48 +416,33 @@ func (i *Issuer) derivedKey(id string) (*ecdsa.PrivateKey, error) {
 
 // LoadIssuerSecret reads the tunnel CA from a kubernetes.io/tls Secret
 // (tls.crt, tls.key), and gets it again on Reload (a CA rotation, old+new
-// bundle then new, needs no restart). The server needs get on that one
-// Secret, nothing more.
+// bundle then new, needs no restart); ctx bounds every read, so it should
+// live as long as the server. The server needs get on that one Secret,
+// nothing more.
 func LoadIssuerSecret(ctx context.Context, client kubernetes.Interface, namespace, name string, validity time.Duration) (*Issuer, error) {
-	read := secretReader(client, namespace, name)
-	ca, _, err := read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	issuer, err := newIssuer(ca, validity)
-	if err != nil {
-		return nil, err
-	}
-	issuer.source = func() (*caMaterial, bool, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	source := fmt.Sprintf("tunnel CA Secret %s/%s", namespace, name)
+	read := func() ([][]byte, error) {
+		getCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return read(ctx)
+		secret, err := client.CoreV1().Secrets(namespace).Get(getCtx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w (does it exist, and may the server get it?)", source, err)
+		}
+		return [][]byte{secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey]}, nil
 	}
+	secret, err := filewatch.LoadFrom(source, read, func(c [][]byte) (*caMaterial, error) {
+		if len(c[0]) == 0 || len(c[1]) == 0 {
+			return nil, fmt.Errorf("want keys %s and %s", corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+		}
+		return parseCA(c[0], c[1])
+	})
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := newIssuer(secret.Value(), validity)
+	if err != nil {
+		return nil, err
+	}
+	issuer.source = func() (*caMaterial, bool, error) { return secret.Get(0) }
 	return issuer, nil
-}
-
-// secretReader gets the Secret and parses it when its bytes changed since
-// the last read.
-func secretReader(client kubernetes.Interface, namespace, name string) func(context.Context) (*caMaterial, bool, error) {
-	var lastCert, lastKey []byte
-	var last *caMaterial
-	return func(ctx context.Context) (*caMaterial, bool, error) {
-		secret, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: %w (does it exist, and may the server get it?)", namespace, name, err)
-		}
-		certPEM, keyPEM := secret.Data[corev1.TLSCertKey], secret.Data[corev1.TLSPrivateKeyKey]
-		if last != nil && bytes.Equal(certPEM, lastCert) && bytes.Equal(keyPEM, lastKey) {
-			return last, false, nil
-		}
-		if len(certPEM) == 0 || len(keyPEM) == 0 {
-			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: want keys %s and %s", namespace, name, corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
-		}
-		ca, err := parseCA(certPEM, keyPEM)
-		if err != nil {
-			return nil, false, fmt.Errorf("tunnel CA Secret %s/%s: %w", namespace, name, err)
-		}
-		lastCert, lastKey, last = certPEM, keyPEM, ca
-		return ca, true, nil
-	}
 }

@@ -3,8 +3,10 @@ package status
 import (
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -203,14 +205,7 @@ func addressText(a *corev3.Address) string {
 	if sa == nil {
 		return ""
 	}
-	return joinHostPort(sa.GetAddress(), sa.GetPortValue())
-}
-
-func joinHostPort(host string, port uint32) string {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return netip.AddrPortFrom(ip, uint16(port)).String()
-	}
-	return host
+	return net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))
 }
 
 func quote(s string) string {

@@ -1,6 +1,7 @@
 package translator
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -58,7 +59,7 @@ func prefixDomain(prefix netip.Prefix) (string, bool) {
 	raw := ip.As16()
 	groups := make([]string, bits/16)
 	for i := range groups {
-		g := uint16(raw[2*i])<<8 | uint16(raw[2*i+1])
+		g := group(raw, i)
 		if g == 0 {
 			return "", false
 		}
@@ -66,3 +67,6 @@ func prefixDomain(prefix netip.Prefix) (string, bool) {
 	}
 	return "[" + strings.Join(groups, ":") + ":*", true
 }
+
+// group is 16-bit group i of an IPv6 address.
+func group(a [16]byte, i int) uint16 { return binary.BigEndian.Uint16(a[2*i:]) }

@@ -1,6 +1,7 @@
 package translator
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -109,8 +110,7 @@ func withGroup(a netip.Addr, g, i int) netip.Addr {
 		return netip.AddrFrom4(b)
 	}
 	b := a.As16()
-	v := (uint16(b[2*g])<<8 | uint16(b[2*g+1])) | uint16(i)
-	b[2*g], b[2*g+1] = byte(v>>8), byte(v)
+	binary.BigEndian.PutUint16(b[2*g:], group(b, g)|uint16(i))
 	return netip.AddrFrom16(b)
 }
 
@@ -138,7 +138,7 @@ func rangeRegex(r netip.Prefix) (rangeMatcher, bool) {
 	raw := r.Masked().Addr().As16()
 	var groups [8]string
 	for i := 0; i < 7; i++ {
-		groups[i] = strconv.FormatUint(uint64(raw[2*i])<<8|uint64(raw[2*i+1]), 16)
+		groups[i] = strconv.FormatUint(uint64(group(raw, i)), 16)
 	}
 	var alternatives []string
 	for _, last := range []string{"0", freeGroup} { // the free group zero, or not

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -98,25 +99,13 @@ func (t *Translator) nodeServicesVirtualHosts() []*routev3.VirtualHost {
 }
 
 // NodeSharedFingerprint hashes what every node proxy's config shares (the
-// Services virtual host, the apiserver proxies, the settings): when it is
-// unchanged, a Service or endpoint change needs no node proxy re-translated.
-func (t *Translator) NodeSharedFingerprint() uint64 {
-	h := fnv.New64a()
-	fmt.Fprintf(h, "%+v\x00", t.settings)
+// Services virtual hosts, the apiserver proxies' endpoints, the settings):
+// when it is unchanged, a Service or endpoint change needs no node proxy
+// re-translated.
+func (t *Translator) NodeSharedFingerprint() string {
+	shared := []proto.Message{apiServerEndpoints(t.cluster)}
 	for _, vh := range t.nodeServicesVirtualHosts() {
-		h.Write([]byte(vh.Name + "\x00"))
-		for _, d := range vh.Domains {
-			h.Write([]byte(d + "\x00"))
-		}
-		for _, r := range vh.Routes {
-			for _, m := range r.GetMatch().GetHeaders() {
-				h.Write([]byte(m.GetStringMatch().GetSafeRegex().GetRegex() + "\x00"))
-			}
-		}
+		shared = append(shared, vh)
 	}
-	h.Write([]byte{0xff})
-	for _, ep := range t.cluster.APIServerEndpoints {
-		fmt.Fprintf(h, "%s:%d\x00", ep.Addr, ep.Port)
-	}
-	return h.Sum64()
+	return ContentHash(shared, fmt.Sprintf("%+v", t.settings))
 }

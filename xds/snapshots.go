@@ -38,7 +38,7 @@ type Publisher struct {
 	mu           sync.Mutex
 	shared       model.Cluster          // Services, apiserver endpoints, Service ranges
 	base         *translator.Translator // over shared: the Services vhost is built once
-	nodeSharedFP uint64                 // base's NodeSharedFingerprint
+	nodeSharedFP string                 // base's NodeSharedFingerprint
 	prefixes     map[string][]netip.Prefix
 	apiserverFP  uint64 // hash of the apiserver proxy's route plan
 	// apiserverLast is the last apiserver proxy translation; a change that

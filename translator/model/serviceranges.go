@@ -81,8 +81,6 @@ func ParseServiceRange(raw string) (netip.Prefix, error) {
 func SafeServiceRanges(ranges []netip.Prefix, nodes []Node) ([]netip.Prefix, []Problem) {
 	var safe []netip.Prefix
 	var problems []Problem
-	nodes = slices.Clone(nodes)
-	sortNodes(nodes) // the first clash named must not depend on input order
 	for _, r := range sortedPrefixes(ranges) {
 		if clash := nodeInside(r, nodes); clash != "" {
 			problems = append(problems, problem("Service range "+r.String(),
@@ -94,18 +92,31 @@ func SafeServiceRanges(ranges []netip.Prefix, nodes []Node) ([]netip.Prefix, []P
 	return safe, problems
 }
 
-// nodeInside names the first node address or pod CIDR inside r, or "".
+// nodeInside names an address or pod CIDR inside r, of the node first by
+// name (the message must not depend on input order), or "".
 func nodeInside(r netip.Prefix, nodes []Node) string {
+	clash, first := "", ""
 	for _, n := range nodes {
-		for _, ip := range n.IPs {
-			if r.Contains(ip.Addr) {
-				return fmt.Sprintf("node %s's address %s", n.Name, ip.Addr)
-			}
+		if first != "" && n.Name >= first {
+			continue
 		}
-		for _, c := range n.PodCIDRs {
-			if r.Overlaps(c) {
-				return fmt.Sprintf("node %s's pod CIDR %s", n.Name, c)
-			}
+		if what := clashOf(r, &n); what != "" {
+			clash, first = what, n.Name
+		}
+	}
+	return clash
+}
+
+// clashOf names n's first address or pod CIDR inside r, or "".
+func clashOf(r netip.Prefix, n *Node) string {
+	for _, ip := range n.IPs {
+		if r.Contains(ip.Addr) {
+			return fmt.Sprintf("node %s's address %s", n.Name, ip.Addr)
+		}
+	}
+	for _, c := range n.PodCIDRs {
+		if r.Overlaps(c) {
+			return fmt.Sprintf("node %s's pod CIDR %s", n.Name, c)
 		}
 	}
 	return ""

@@ -117,55 +117,32 @@ func (u *Universe) Step(s *model.Store) {
 	switch u.rng.IntN(11) {
 	case 0, 1:
 		n := u.node()
-		key := "node/" + n.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteNode(n.Name)
-			return
-		}
-		u.objects[key] = n
-		s.SetNode(n)
+		u.apply("node/"+n.Name, n, del, func() { s.SetNode(n) }, func() { s.DeleteNode(n.Name) })
 	case 2, 3, 4, 5, 6:
 		p := u.pod()
-		key := "pod/" + p.Namespace + "/" + p.Name
-		if del {
-			delete(u.objects, key)
-			s.DeletePod(p.Namespace, p.Name)
-			return
-		}
-		u.objects[key] = p
-		s.SetPod(p)
+		u.apply("pod/"+p.Namespace+"/"+p.Name, p, del, func() { s.SetPod(p) }, func() { s.DeletePod(p.Namespace, p.Name) })
 	case 7, 8:
 		svc := u.service()
-		key := "svc/" + svc.Namespace + "/" + svc.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteService(svc.Namespace, svc.Name)
-			return
-		}
-		u.objects[key] = svc
-		s.SetService(svc)
+		u.apply("svc/"+svc.Namespace+"/"+svc.Name, svc, del, func() { s.SetService(svc) }, func() { s.DeleteService(svc.Namespace, svc.Name) })
 	case 9:
 		sc := u.serviceCIDR()
-		key := "servicecidr/" + sc.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteServiceCIDR(sc.Name)
-			return
-		}
-		u.objects[key] = sc
-		s.SetServiceCIDR(sc)
+		u.apply("servicecidr/"+sc.Name, sc, del, func() { s.SetServiceCIDR(sc) }, func() { s.DeleteServiceCIDR(sc.Name) })
 	default:
 		sl := u.slice()
-		key := "slice/" + sl.Namespace + "/" + sl.Name
-		if del {
-			delete(u.objects, key)
-			s.DeleteEndpointSlice(sl.Namespace, sl.Name)
-			return
-		}
-		u.objects[key] = sl
-		s.SetEndpointSlice(sl)
+		u.apply("slice/"+sl.Namespace+"/"+sl.Name, sl, del, func() { s.SetEndpointSlice(sl) }, func() { s.DeleteEndpointSlice(sl.Namespace, sl.Name) })
 	}
+}
+
+// apply sets obj (or deletes it) in the universe and, through set or
+// remove, in the store.
+func (u *Universe) apply(key string, obj any, del bool, set, remove func()) {
+	if del {
+		delete(u.objects, key)
+		remove()
+		return
+	}
+	u.objects[key] = obj
+	set()
 }
 
 // View collects the objects for Build, in random order: Build's result must
