@@ -28,6 +28,7 @@ func main() {
 	flag.Float64Var(&cfg.deltaFraction, "delta-fraction", 0.5, "share of streams using delta xDS")
 	flag.StringVar(&cfg.memProfile, "memprofile", "", "write the server's heap profile here at the end (go tool pprof)")
 	flag.StringVar(&cfg.startProfile, "start-cpuprofile", "", "write the server's CPU profile from the clients' start until every stream is served (go tool pprof)")
+	flag.StringVar(&cfg.clientsProfile, "clients-cpuprofile", "", "write the clients' CPU profile from their start until every stream is served (go tool pprof)")
 	flag.BoolVar(&cfg.tls, "tls", true, "authenticated xDS as deployed (TLS 1.3, one client certificate per node); false: plaintext")
 	flag.StringVar(&cfg.tlsDir, "tls-dir", "", "internal: the child's certificate directory")
 	child := flag.String("child", "", "internal: run the clients against this xDS address")
