@@ -1,0 +1,160 @@
+package datapath
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func startTarget(t *testing.T) *Target {
+	t.Helper()
+	tg, err := ListenTarget("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tg.Close)
+	return tg
+}
+
+func TestMeasurementsThroughDirectTCP(t *testing.T) {
+	tg := startTarget(t)
+	ctx := context.Background()
+	times, err := SetupTimes(ctx, Direct(), tg.Addr(), 20)
+	if err != nil || len(times) != 20 {
+		t.Fatalf("set-ups: %d, %v", len(times), err)
+	}
+	for _, streams := range []int{1, 4} {
+		tr, err := Download(ctx, Direct(), tg.Addr(), streams, 3<<20+17)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := int64(streams) * (3<<20 + 17); tr.Bytes != want || tr.MBps() <= 0 {
+			t.Fatalf("%d streams moved %d bytes at %.0f MB/s, want %d", streams, tr.Bytes, tr.MBps(), want)
+		}
+	}
+	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 2, 10)
+	if err != nil || len(times) != 10 || bulk <= 0 {
+		t.Fatalf("beside bulk: %d set-ups, %d bulk bytes, %v", len(times), bulk, err)
+	}
+}
+
+// connectProxy is a minimal egress proxy on a Unix socket: it answers a
+// CONNECT with status, and with 200 relays to the target.
+func connectProxy(t *testing.T, status int) string {
+	t.Helper()
+	socket := filepath.Join(t.TempDir(), "egress.sock")
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil || req.Method != http.MethodConnect {
+					return
+				}
+				if status != http.StatusOK {
+					io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\n\r\n")
+					return
+				}
+				up, err := net.Dial("tcp", req.URL.Host)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n\r\n")
+				go io.Copy(up, br)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return socket
+}
+
+func TestConnectOverUnixSpeaksLikeTheAPIServer(t *testing.T) {
+	tg := startTarget(t)
+	ctx := context.Background()
+	dial := ConnectOverUnix(connectProxy(t, http.StatusOK))
+	if _, err := SetupTimes(ctx, dial, tg.Addr(), 5); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Download(ctx, dial, tg.Addr(), 2, 1<<20)
+	if err != nil || tr.Bytes != 2<<20 {
+		t.Fatalf("download through the proxy: %d bytes, %v", tr.Bytes, err)
+	}
+}
+
+func TestARefusingPathFailsTheMeasurement(t *testing.T) {
+	tg := startTarget(t)
+	ctx := context.Background()
+	dial := ConnectOverUnix(connectProxy(t, http.StatusServiceUnavailable))
+	if _, err := SetupTimes(ctx, dial, tg.Addr(), 3); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("set-ups through a refusing proxy: %v, want the 503", err)
+	}
+	if _, err := Download(ctx, dial, tg.Addr(), 1, 1<<20); err == nil {
+		t.Fatal("a download through a refusing proxy succeeded")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := WaitConnect(ctx, dial, tg.Addr(), 50*time.Millisecond); err == nil {
+		t.Fatal("WaitConnect returned for a path that never works")
+	}
+}
+
+func TestAShortTransferFails(t *testing.T) {
+	// A "proxy" that cuts every connection after 100 KiB.
+	tg := startTarget(t)
+	cut := func(ctx context.Context, target string) (net.Conn, error) {
+		c, err := Direct()(ctx, target)
+		if err != nil {
+			return nil, err
+		}
+		return &cutConn{Conn: c, left: 100 << 10}, nil
+	}
+	if _, err := Download(context.Background(), cut, tg.Addr(), 1, 1<<20); err == nil || !strings.Contains(err.Error(), "fewer bytes") {
+		t.Fatalf("a cut stream: %v, want a short-transfer error", err)
+	}
+}
+
+type cutConn struct {
+	net.Conn
+	left int
+}
+
+func (c *cutConn) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(p[:min(len(p), c.left)])
+	c.left -= n
+	return n, err
+}
+
+func TestPercentile(t *testing.T) {
+	var times []time.Duration
+	for i := 100; i >= 1; i-- {
+		times = append(times, time.Duration(i)*time.Millisecond)
+	}
+	for p, want := range map[float64]time.Duration{0.5: 50 * time.Millisecond, 0.99: 99 * time.Millisecond, 1: 100 * time.Millisecond} {
+		if got := Percentile(times, p); got != want {
+			t.Errorf("p%v = %v, want %v", p*100, got, want)
+		}
+	}
+	if Percentile(nil, 0.5) != 0 {
+		t.Error("percentile of nothing")
+	}
+}

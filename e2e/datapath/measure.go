@@ -1,0 +1,179 @@
+package datapath
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var timeZero time.Time
+
+// SetupTimes opens n connections to target one after another and returns
+// how long each took from the dial to the first byte back from the target
+// (for a proxy: dial the socket, CONNECT, 200, then one round trip).
+func SetupTimes(ctx context.Context, dial Dialer, target string, n int) ([]time.Duration, error) {
+	times := make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		d, err := SetupOnce(ctx, dial, target)
+		if err != nil {
+			return nil, fmt.Errorf("set-up %d of %d: %w", i+1, n, err)
+		}
+		times = append(times, d)
+	}
+	return times, nil
+}
+
+// SetupOnce is one set-up, measured as SetupTimes measures it.
+func SetupOnce(ctx context.Context, dial Dialer, target string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	conn, err := dial(ctx, target)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	if _, err := conn.Write([]byte{opPing}); err != nil {
+		return 0, err
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return 0, fmt.Errorf("first byte: %w", err)
+	}
+	if b[0] != opPing {
+		return 0, fmt.Errorf("first byte %q, want %q: not the benchmark target", b[0], opPing)
+	}
+	return time.Since(start), nil
+}
+
+// Transfer is what a throughput run moved and how long it took.
+type Transfer struct {
+	Bytes   int64
+	Elapsed time.Duration
+}
+
+// MBps is megabytes (10^6) per second.
+func (t Transfer) MBps() float64 {
+	if t.Elapsed <= 0 {
+		return 0
+	}
+	return float64(t.Bytes) / 1e6 / t.Elapsed.Seconds()
+}
+
+// Download opens streams connections to target and has each receive
+// perStream bytes from it at once; the clock runs from the first dial to
+// the last byte. A stream that ends short fails the run.
+func Download(ctx context.Context, dial Dialer, target string, streams int, perStream int64) (Transfer, error) {
+	conns := make([]net.Conn, 0, streams)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	start := time.Now()
+	for i := 0; i < streams; i++ {
+		c, err := dial(ctx, target)
+		if err != nil {
+			return Transfer{}, fmt.Errorf("stream %d: %w", i+1, err)
+		}
+		conns = append(conns, c)
+	}
+	errs := make(chan error, streams)
+	var moved atomic.Int64
+	for _, c := range conns {
+		go func() {
+			if _, err := c.Write(command(opDownload, uint64(perStream))); err != nil {
+				errs <- err
+				return
+			}
+			n, err := io.CopyN(io.Discard, c, perStream)
+			moved.Add(n)
+			if err != nil {
+				err = fmt.Errorf("%w: %d of %d bytes (%v)", errShort, n, perStream, err)
+			}
+			errs <- err
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			return Transfer{}, err
+		}
+	}
+	return Transfer{Bytes: moved.Load(), Elapsed: time.Since(start)}, nil
+}
+
+// SetupTimesBeside measures n set-ups while bulk streams receive as fast as
+// the path lets them (head-of-line blocking shows here), and returns the
+// bytes the bulk streams moved meanwhile.
+func SetupTimesBeside(ctx context.Context, dial Dialer, target string, bulk, n int) ([]time.Duration, int64, error) {
+	var moved atomic.Int64
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	for i := 0; i < bulk; i++ {
+		c, err := dial(ctx, target)
+		if err == nil {
+			_, err = c.Write([]byte{opStream})
+		}
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, 0, fmt.Errorf("bulk stream %d: %w", i+1, err)
+		}
+		conns = append(conns, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, _ := io.Copy(io.Discard, c)
+			moved.Add(n)
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // the bulk streams reach full speed
+	times, err := SetupTimes(ctx, dial, target, n)
+	before := moved.Load()
+	for _, c := range conns {
+		c.Close()
+	}
+	wg.Wait()
+	if err == nil && moved.Load() == 0 && before == 0 {
+		err = fmt.Errorf("the %d bulk streams moved nothing", bulk)
+	}
+	return times, moved.Load(), err
+}
+
+// Percentile is the p-th (0..1) of times, nearest rank; 0 for none.
+func Percentile(times []time.Duration, p float64) time.Duration {
+	if len(times) == 0 {
+		return 0
+	}
+	s := slices.Clone(times)
+	slices.Sort(s)
+	i := int(p*float64(len(s)) + 0.5)
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+// WaitConnect retries a set-up every interval until it works, and returns
+// when it first did (the time from a restart to a working path).
+func WaitConnect(ctx context.Context, dial Dialer, target string, interval time.Duration) (time.Time, error) {
+	for {
+		attempt, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := SetupOnce(attempt, dial, target)
+		cancel()
+		if err == nil {
+			return time.Now(), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("%s never reachable: %w (last: %v)", target, ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds Konnectivity's proxy-server and proxy-agent into $1 (default:
+# ../../.tools/konnectivity-<version>), once per version: a cached build is
+# reused. The release's own go.mod replaces konnectivity-client with its
+# in-tree copy; go.mod here requires the client module at the same version,
+# which is that copy as published.
+set -euo pipefail
+cd "$(dirname "$0")"
+VERSION=v0.34.0
+out=${1:-../../.tools/konnectivity-$VERSION}
+if [ -x "$out/proxy-server" ] && [ -x "$out/proxy-agent" ]; then
+  echo "konnectivity $VERSION: cached in $out"
+  exit 0
+fi
+mkdir -p "$out"
+go build -o "$out/proxy-server" sigs.k8s.io/apiserver-network-proxy/cmd/server
+go build -o "$out/proxy-agent" sigs.k8s.io/apiserver-network-proxy/cmd/agent
+echo "built konnectivity $VERSION proxy-server and proxy-agent into $out"
