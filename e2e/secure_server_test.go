@@ -113,11 +113,27 @@ func (s *secureServer) run(t *testing.T, tp *topology, clusterFile string, tweak
 // startAPIServerProxy runs an apiserver proxy on the server's socket.
 func (s *secureServer) startAPIServerProxy(t *testing.T, bin, id string) *envoytest.Process {
 	t.Helper()
+	return s.startAPIServerProxyWith(t, bin, id)
+}
+
+// startAPIServerProxyWith is startAPIServerProxy with Envoy flags.
+func (s *secureServer) startAPIServerProxyWith(t *testing.T, bin, id string, flags ...string) *envoytest.Process {
+	t.Helper()
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: id, XDSSocket: s.srv.Addr("socket")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return envoytest.Start(t, bin, "served-"+id, b)
+	return envoytest.StartWithFlags(t, bin, "served-"+id, b, flags...)
+}
+
+// startNodeProxyFlags is startNodeProxy (SotW) with Envoy flags.
+func (s *secureServer) startNodeProxyFlags(t *testing.T, bin, node string, flags ...string) *envoytest.Process {
+	t.Helper()
+	certPEM, keyPEM := s.clusterCA.KubeletClient(t, node)
+	start := func(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap) *envoytest.Process {
+		return envoytest.StartWithFlags(t, bin, name, b, flags...)
+	}
+	return s.startNode(t, bin, node, false, certPEM, keyPEM, start)
 }
 
 // startNodeProxy runs a node proxy with a kubelet-like client certificate

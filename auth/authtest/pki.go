@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -56,18 +57,19 @@ func (c *CA) KubeletClient(t testing.TB, node string) (certPEM, keyPEM []byte) {
 // Client returns a client certificate for subject expiring at notAfter.
 func (c *CA) Client(t testing.TB, subject pkix.Name, notAfter time.Time) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return c.issue(t, &x509.Certificate{Subject: subject, NotAfter: notAfter, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+}
+
+// issue signs tmpl (subject, names, expiry, usage) with a fresh P-256 key.
+func (c *CA) issue(t testing.TB, tmpl *x509.Certificate) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      subject,
-		NotBefore:    time.Now().Add(-2 * time.Hour),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotBefore = time.Now().Add(-2 * time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +79,18 @@ func (c *CA) Client(t testing.TB, subject pkix.Name, notAfter time.Time) (certPE
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+// Server returns a serving certificate for the given IP addresses, valid
+// for an hour.
+func (c *CA) Server(t testing.TB, ips ...net.IP) (certPEM, keyPEM []byte) {
+	t.Helper()
+	return c.issue(t, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: ips[0].String()},
+		IPAddresses: ips,
+		NotAfter:    time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
 }
 
 // WriteFile writes the concatenation of parts to dir/name and returns the path.

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,12 +70,17 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool,
 	}
 	adminFile := filepath.Join(dir, "admin-address")
 	p := &Process{Name: name, log: &LogBuffer{}}
-	args := []string{"-c", path, "--concurrency", "1", "--disable-hot-restart", "--admin-address-path", adminFile, "--log-level", "info"}
+	args := []string{"-c", path, "--disable-hot-restart", "--admin-address-path", adminFile, "--log-level", "info"}
+	if !slices.Contains(flags, "--concurrency") { // one worker unless the test says otherwise
+		args = append(args, "--concurrency", "1")
+	}
 	if !slices.Contains(flags, "--component-log-level") { // Envoy takes the flag once
 		args = append(args, "--component-log-level", "connection:debug")
 	}
 	p.cmd = exec.Command(bin, append(args, flags...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	// An interrupted test binary takes its Envoys with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start envoy %s: %v", name, err)
 	}
@@ -167,6 +173,9 @@ func (p *Process) StatSum(suffix string) int {
 
 // Log returns everything Envoy has printed so far.
 func (p *Process) Log() string { return p.log.String() }
+
+// PID is the Envoy's process id (for its CPU time and memory).
+func (p *Process) PID() int { return p.cmd.Process.Pid }
 
 func (p *Process) tail(n int) string {
 	lines := strings.Split(p.log.String(), "\n")

@@ -1,0 +1,280 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spokeproxy/spoke/e2e/datapath"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+)
+
+// benchConfig sizes the data-path benchmark. make bench-datapath runs the
+// full one; make test runs a smoke-sized one so the benchmark keeps working.
+type benchConfig struct {
+	rounds       int
+	setups       int   // set-ups measured idle and beside the bulk streams
+	oneStream    int64 // bytes of the 1-stream download
+	perStream16  int64 // bytes of each of the 16 parallel downloads
+	bulkStreams  int
+	envoyWorkers int // --concurrency of both Envoys
+	restartPause time.Duration
+	full         bool
+}
+
+func benchConfigFor(full bool) benchConfig {
+	if full {
+		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: time.Second, full: true}
+	}
+	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: 100 * time.Millisecond}
+}
+
+// benchEnv is one system, started, with what a round needs to measure it.
+type benchEnv struct {
+	dial      datapath.Dialer
+	targets   []string     // one pod per node, each reachable only through its node's path
+	proxies   func() []int // processes whose CPU counts as the system's
+	nodeStart time.Duration
+	restart   func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
+}
+
+type benchSystem struct {
+	name  string
+	start func(t *testing.T, cfg benchConfig) benchEnv
+}
+
+// roundResult is one system's figures in one round.
+type roundResult struct {
+	system, load       string
+	setup, beside      []time.Duration
+	one, sixteen       datapath.Transfer
+	cpuSeconds         float64
+	bytesMoved         int64
+	nodeStart, restart time.Duration
+	err                error
+}
+
+// TestDatapathBenchmark compares direct TCP, Konnectivity and spoke on the
+// same machine in alternating rounds (make bench-datapath). Under make test
+// it runs one smoke-sized round of each, so a broken benchmark fails there.
+func TestDatapathBenchmark(t *testing.T) {
+	full := os.Getenv("SPOKE_BENCH_DATAPATH") == "1"
+	cfg := benchConfigFor(full)
+	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
+	konnectivityBinaries(t)
+	systems := []benchSystem{
+		{"direct TCP", startDirect},
+		{"Konnectivity " + konnectivityVersion, startKonnectivity},
+		{"spoke (Envoy 1.40)", startSpoke},
+	}
+	var results []roundResult
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, sys := range systems {
+			var res roundResult
+			t.Run(fmt.Sprintf("round%d/%s", round, strings.Fields(sys.name)[0]), func(t *testing.T) {
+				res = measureRound(t, sys, cfg)
+				if res.err != nil {
+					t.Errorf("%s failed round %d: %v", sys.name, round, res.err)
+				}
+			})
+			results = append(results, res)
+		}
+	}
+	fmt.Print(benchTables(results, cfg))
+}
+
+func measureRound(t *testing.T, sys benchSystem, cfg benchConfig) roundResult {
+	res := roundResult{system: sys.name, load: datapath.LoadAverage()}
+	env := sys.start(t, cfg)
+	res.nodeStart = env.nodeStart
+	ctx := context.Background()
+	target := env.targets[0]
+	if res.setup, res.err = datapath.SetupTimes(ctx, env.dial, target, cfg.setups); res.err != nil {
+		return res
+	}
+	cpuBefore, err := processesCPU(env.proxies())
+	if err != nil {
+		res.err = err
+		return res
+	}
+	if res.one, res.err = datapath.Download(ctx, env.dial, target, 1, cfg.oneStream); res.err != nil {
+		return res
+	}
+	if res.sixteen, res.err = datapath.Download(ctx, env.dial, target, 16, cfg.perStream16); res.err != nil {
+		return res
+	}
+	cpuAfter, err := processesCPU(env.proxies())
+	if err != nil {
+		res.err = err
+		return res
+	}
+	res.cpuSeconds, res.bytesMoved = (cpuAfter - cpuBefore).Seconds(), res.one.Bytes+res.sixteen.Bytes
+	if res.beside, _, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, cfg.bulkStreams, cfg.setups); res.err != nil {
+		return res
+	}
+	if env.restart != nil {
+		time.Sleep(cfg.restartPause)
+		res.restart, res.err = env.restart()
+	}
+	return res
+}
+
+func processesCPU(pids []int) (time.Duration, error) {
+	var total time.Duration
+	for _, pid := range pids {
+		cpu, err := datapath.ProcessCPU(pid)
+		if err != nil {
+			return 0, fmt.Errorf("CPU time of a proxy: %w", err)
+		}
+		total += cpu
+	}
+	return total, nil
+}
+
+// benchTargets serves a benchmark target as each node's pod (the addresses
+// of clusterTemplate).
+func benchTargets(t *testing.T, port int) []string {
+	t.Helper()
+	var addrs []string
+	for _, ip := range []string{"127.1.1.7", "127.1.2.7"} {
+		tg, err := datapath.ListenTarget(fmt.Sprintf("%s:%d", ip, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tg.Close)
+		addrs = append(addrs, tg.Addr())
+	}
+	return addrs
+}
+
+func startDirect(t *testing.T, _ benchConfig) benchEnv {
+	return benchEnv{dial: datapath.Direct(), targets: benchTargets(t, freePort(t)), proxies: func() []int { return nil }}
+}
+
+// waitAll waits until every target works through dial and returns when the
+// last one first did.
+func waitAll(dial datapath.Dialer, targets []string, within time.Duration) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	var last time.Time
+	for _, target := range targets {
+		at, err := datapath.WaitConnect(ctx, dial, target, 10*time.Millisecond)
+		if err != nil {
+			return time.Time{}, err
+		}
+		last = at
+	}
+	return last, nil
+}
+
+func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
+	k := newKonnectivity(t)
+	targets := benchTargets(t, freePort(t))
+	k.startServer()
+	dial := datapath.ConnectOverUnix(k.socket)
+	k.startAgent("node-a", "127.1.1.7")
+	if _, err := waitAll(dial, targets[:1], 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	started := k.startAgent("node-b", "127.1.2.7")
+	reachable, err := waitAll(dial, targets[1:], 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return benchEnv{dial: dial, targets: targets, proxies: k.pids, nodeStart: reachable.Sub(started),
+		restart: func() (time.Duration, error) {
+			k.server.stop()
+			started := k.startServer()
+			back, err := waitAll(dial, targets, 30*time.Second)
+			return back.Sub(started), err
+		}}
+}
+
+func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
+	tp := newTopology(t)
+	targets := benchTargets(t, tp.port)
+	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
+	workers := []string{"--concurrency", strconv.Itoa(cfg.envoyWorkers)}
+	apiProxy := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", workers...)
+	dial := datapath.ConnectOverUnix(tp.settings.EgressSocketPath)
+	nodes := []*envoytest.Process{sec.startNodeProxyFlags(t, tp.bin, "node-a", workers...)}
+	if _, err := waitAll(dial, targets[:1], 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// node-b: from its process start to its first working CONNECT, polled
+	// while the Envoy boots.
+	started := time.Now()
+	reached := make(chan time.Time, 1)
+	go func() {
+		at, err := waitAll(dial, targets[1:], 30*time.Second)
+		if err != nil {
+			at = time.Time{}
+		}
+		reached <- at
+	}()
+	nodes = append(nodes, sec.startNodeProxyFlags(t, tp.bin, "node-b", workers...))
+	reachable := <-reached
+	if reachable.IsZero() {
+		t.Fatal("node-b never reachable through its node proxy")
+	}
+	return benchEnv{dial: dial, targets: targets, nodeStart: reachable.Sub(started),
+		proxies: func() []int {
+			pids := []int{apiProxy.PID()}
+			for _, n := range nodes {
+				pids = append(pids, n.PID())
+			}
+			return pids
+		},
+		restart: func() (time.Duration, error) {
+			apiProxy.Stop()
+			started := time.Now()
+			apiProxy = sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", workers...)
+			back, err := waitAll(dial, targets, 30*time.Second)
+			return back.Sub(started), err
+		}}
+}
+
+// benchTables renders every round, then the median of each figure over the
+// rounds a system passed, with the targets' ratios.
+func benchTables(results []roundResult, cfg benchConfig) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), envoyWorkersNote(cfg))
+	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for i, r := range results {
+		round := i/3 + 1
+		if r.err != nil {
+			fmt.Fprintf(&b, "| %d | %s | %s | FAILED: %v | | | | | | |\n", round, r.system, r.load, r.err)
+			continue
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", round, r.system, r.load,
+			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), p50p99(r.beside), cpuPerGB(r), ms(r.nodeStart), ms(r.restart))
+	}
+	return b.String()
+}
+
+func envoyWorkersNote(cfg benchConfig) string {
+	return fmt.Sprintf("Envoy --concurrency %d", cfg.envoyWorkers)
+}
+
+func p50p99(times []time.Duration) string {
+	return fmt.Sprintf("%s / %s", ms(datapath.Percentile(times, 0.5)), ms(datapath.Percentile(times, 0.99)))
+}
+
+func ms(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms"
+}
+
+func cpuPerGB(r roundResult) string {
+	if r.bytesMoved == 0 || r.cpuSeconds == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", r.cpuSeconds/(float64(r.bytesMoved)/1e9))
+}

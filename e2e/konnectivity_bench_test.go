@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"crypto/x509/pkix"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+)
+
+// konnectivityVersion keys the cached build of proxy-server and proxy-agent
+// (e2e/konnectivity/build.sh).
+const konnectivityVersion = "v0.34.0"
+
+// konnectivityBinaries returns the cached proxy-server and proxy-agent, or
+// skips (fails under SPOKE_REQUIRE_KONNECTIVITY=1) saying how to build them.
+func konnectivityBinaries(t *testing.T) (server, agent string) {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "konnectivity-"+konnectivityVersion)
+	server, agent = filepath.Join(dir, "proxy-server"), filepath.Join(dir, "proxy-agent")
+	for _, b := range []string{server, agent} {
+		if _, err := os.Stat(b); err != nil {
+			msg := fmt.Sprintf("%s missing: run `make tools-konnectivity` (builds Konnectivity %s from its Go module, ~1 min cold)", b, konnectivityVersion)
+			if os.Getenv("SPOKE_REQUIRE_KONNECTIVITY") == "1" {
+				t.Fatal("SPOKE_REQUIRE_KONNECTIVITY=1: " + msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	return server, agent
+}
+
+// konnectivity is the peer users would pick instead of spoke: a
+// proxy-server in http-connect mode on a Unix socket (what kube-apiserver's
+// egress selector dials), and one proxy-agent per node with mTLS to it.
+// Each agent announces its node's pod IP, and the server picks the agent
+// by destination (destHost), falling back to any agent.
+type konnectivity struct {
+	t                     *testing.T
+	serverBin, agent      string
+	dir, socket           string
+	agentPort             int
+	serverArgs            []string
+	server                *benchProcess
+	agents                map[string]*benchProcess
+	caFile                string
+	serverCert, agentCert [2]string // cert, key files
+}
+
+func newKonnectivity(t *testing.T) *konnectivity {
+	t.Helper()
+	serverBin, agentBin := konnectivityBinaries(t)
+	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, dir: t.TempDir(), agentPort: freePort(t), agents: map[string]*benchProcess{}}
+	k.socket = filepath.Join(k.dir, "konnectivity.sock")
+	ca := authtest.NewCA(t, "konnectivity bench CA")
+	k.caFile = authtest.WriteFile(t, k.dir, "ca.crt", ca.CertPEM)
+	cert, key := ca.Server(t, net.ParseIP("127.0.0.1"))
+	k.serverCert = [2]string{authtest.WriteFile(t, k.dir, "server.crt", cert), authtest.WriteFile(t, k.dir, "server.key", key)}
+	cert, key = ca.Client(t, pkix.Name{CommonName: "konnectivity-agent"}, time.Now().Add(time.Hour))
+	k.agentCert = [2]string{authtest.WriteFile(t, k.dir, "agent.crt", cert), authtest.WriteFile(t, k.dir, "agent.key", key)}
+	k.serverArgs = []string{
+		"--mode=http-connect", "--server-port=0", "--uds-name=" + k.socket, "--delete-existing-uds-file",
+		"--cluster-cert=" + k.serverCert[0], "--cluster-key=" + k.serverCert[1], "--cluster-ca-cert=" + k.caFile,
+		"--agent-bind-address=127.0.0.1", "--agent-port=" + strconv.Itoa(k.agentPort),
+		"--admin-port=" + strconv.Itoa(freePort(t)), "--health-bind-address=127.0.0.1", "--health-port=" + strconv.Itoa(freePort(t)),
+		"--proxy-strategies=destHost", // each node's agent, as spoke picks each node's tunnel
+		"--v=0", // its default is 4: a log line per packet would cost it dearly
+	}
+	return k
+}
+
+// startServer runs the proxy-server and waits for its socket.
+func (k *konnectivity) startServer() time.Time {
+	k.t.Helper()
+	_ = os.Remove(k.socket)
+	started := time.Now()
+	k.server = startBenchProcess(k.t, "konnectivity-server", k.serverBin, k.serverArgs...)
+	waitFor(k.t, 10*time.Second, "the Konnectivity server's socket", func() bool {
+		_, err := os.Stat(k.socket)
+		return err == nil
+	})
+	return started
+}
+
+// startAgent runs node's proxy-agent, announcing podIP.
+func (k *konnectivity) startAgent(node, podIP string) time.Time {
+	k.t.Helper()
+	started := time.Now()
+	k.agents[node] = startBenchProcess(k.t, "konnectivity-agent-"+node, k.agent,
+		"--agent-id="+node, "--agent-identifiers=ipv4="+podIP,
+		"--proxy-server-host=127.0.0.1", "--proxy-server-port="+strconv.Itoa(k.agentPort),
+		"--ca-cert="+k.caFile, "--agent-cert="+k.agentCert[0], "--agent-key="+k.agentCert[1],
+		"--admin-server-port="+strconv.Itoa(freePort(k.t)), "--health-server-port="+strconv.Itoa(freePort(k.t)),
+		"--v=0")
+	return started
+}
+
+// pids are the proxies whose CPU the benchmark counts.
+func (k *konnectivity) pids() []int {
+	pids := []int{k.server.pid()}
+	for _, a := range k.agents {
+		pids = append(pids, a.pid())
+	}
+	return pids
+}
+
+// benchProcess is a component the benchmark started. It dies with the test
+// process (Pdeathsig), so an interrupted benchmark leaves nothing running.
+type benchProcess struct {
+	name string
+	cmd  *exec.Cmd
+	log  *envoytest.LogBuffer
+}
+
+func startBenchProcess(t *testing.T, name, bin string, args ...string) *benchProcess {
+	t.Helper()
+	p := &benchProcess{name: name, cmd: exec.Command(bin, args...), log: &envoytest.LogBuffer{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("---- %s log ----\n%s", name, tail(p.log.String(), 40))
+		}
+	})
+	return p
+}
+
+func (p *benchProcess) pid() int { return p.cmd.Process.Pid }
+
+func (p *benchProcess) stop() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	}
+}
