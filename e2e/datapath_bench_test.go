@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,11 +38,14 @@ func benchConfigFor(full bool) benchConfig {
 
 // benchEnv is one system, started, with what a round needs to measure it.
 type benchEnv struct {
-	dial      datapath.Dialer
-	targets   []string     // one pod per node, each reachable only through its node's path
-	proxies   func() []int // processes whose CPU counts as the system's
-	nodeStart time.Duration
-	restart   func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
+	dial       datapath.Dialer
+	path       string // dial, named for the helper (datapath.DialerFor)
+	helper     *datapath.HelperProcess
+	bulkTarget string       // on node-a's pod, served by the helper
+	targets    []string     // one pod per node, each reachable only through its node's path
+	proxies    func() []int // processes whose CPU counts as the system's
+	nodeStart  time.Duration
+	restart    func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
 }
 
 type benchSystem struct {
@@ -114,7 +119,8 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig) roundResult {
 		return res
 	}
 	res.cpuSeconds, res.bytesMoved = (cpuAfter - cpuBefore).Seconds(), res.one.Bytes+res.sixteen.Bytes
-	if res.beside, _, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, cfg.bulkStreams, cfg.setups); res.err != nil {
+	bulk := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget)
+	if res.beside, _, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, cfg.setups, bulk); res.err != nil {
 		return res
 	}
 	if env.restart != nil {
@@ -136,24 +142,54 @@ func processesCPU(pids []int) (time.Duration, error) {
 	return total, nil
 }
 
+// TestDatapathHelper is the benchmark's helper process (targets and bulk
+// streams, datapath.ServeHelper) when the benchmark starts this test binary
+// with SPOKE_DATAPATH_HELPER=1; otherwise it does nothing.
+func TestDatapathHelper(t *testing.T) {
+	if os.Getenv("SPOKE_DATAPATH_HELPER") != "1" {
+		return
+	}
+	if err := datapath.ServeHelper(os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "benchmark helper:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
 // benchTargets serves a benchmark target as each node's pod (the addresses
-// of clusterTemplate).
-func benchTargets(t *testing.T, port int) []string {
+// of clusterTemplate) in this process, and starts the helper process with
+// a second target on node-a's pod, on another port, for the bulk streams:
+// they then share node-a's path with the set-ups measured beside them but
+// not the target's process, so what the figure shows is the path's
+// head-of-line blocking, not one Go scheduler's queue.
+func benchTargets(t *testing.T, port int) (targets []string, h *datapath.HelperProcess, bulkTarget string) {
 	t.Helper()
-	var addrs []string
 	for _, ip := range []string{"127.1.1.7", "127.1.2.7"} {
 		tg, err := datapath.ListenTarget(fmt.Sprintf("%s:%d", ip, port))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(tg.Close)
-		addrs = append(addrs, tg.Addr())
+		targets = append(targets, tg.Addr())
 	}
-	return addrs
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDatapathHelper$")
+	cmd.Env = append(os.Environ(), "SPOKE_DATAPATH_HELPER=1")
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	h, err := datapath.StartHelper(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	if bulkTarget, err = h.Target("127.1.1.7:0"); err != nil {
+		t.Fatal(err)
+	}
+	return targets, h, bulkTarget
 }
 
 func startDirect(t *testing.T, _ benchConfig) benchEnv {
-	return benchEnv{dial: datapath.Direct(), targets: benchTargets(t, freePort(t)), proxies: func() []int { return nil }}
+	targets, h, bulk := benchTargets(t, freePort(t))
+	return benchEnv{dial: datapath.Direct(), path: "direct", helper: h, bulkTarget: bulk, targets: targets, proxies: func() []int { return nil }}
 }
 
 // waitAll waits until every target works through dial and returns when the
@@ -174,7 +210,7 @@ func waitAll(dial datapath.Dialer, targets []string, within time.Duration) (time
 
 func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 	k := newKonnectivity(t)
-	targets := benchTargets(t, freePort(t))
+	targets, h, bulk := benchTargets(t, freePort(t))
 	k.startServer()
 	dial := datapath.ConnectOverUnix(k.socket)
 	k.startAgent("node-a", "127.1.1.7")
@@ -186,7 +222,7 @@ func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return benchEnv{dial: dial, targets: targets, proxies: k.pids, nodeStart: reachable.Sub(started),
+	return benchEnv{dial: dial, path: "unix:" + k.socket, helper: h, bulkTarget: bulk, targets: targets, proxies: k.pids, nodeStart: reachable.Sub(started),
 		restart: func() (time.Duration, error) {
 			k.server.stop()
 			started := k.startServer()
@@ -197,7 +233,7 @@ func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 
 func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	tp := newTopology(t)
-	targets := benchTargets(t, tp.port)
+	targets, h, bulk := benchTargets(t, tp.port)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	workers := []string{"--concurrency", strconv.Itoa(cfg.envoyWorkers)}
 	apiProxy := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", workers...)
@@ -222,7 +258,7 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	if reachable.IsZero() {
 		t.Fatal("node-b never reachable through its node proxy")
 	}
-	return benchEnv{dial: dial, targets: targets, nodeStart: reachable.Sub(started),
+	return benchEnv{dial: dial, path: "unix:" + tp.settings.EgressSocketPath, helper: h, bulkTarget: bulk, targets: targets, nodeStart: reachable.Sub(started),
 		proxies: func() []int {
 			pids := []int{apiProxy.PID()}
 			for _, n := range nodes {

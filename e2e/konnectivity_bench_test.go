@@ -74,7 +74,7 @@ func newKonnectivity(t *testing.T) *konnectivity {
 		"--agent-bind-address=127.0.0.1", "--agent-port=" + strconv.Itoa(k.agentPort),
 		"--admin-port=" + strconv.Itoa(freePort(t)), "--health-bind-address=127.0.0.1", "--health-port=" + strconv.Itoa(freePort(t)),
 		"--proxy-strategies=destHost", // each node's agent, as spoke picks each node's tunnel
-		"--v=0", // its default is 4: a log line per packet would cost it dearly
+		"--v=0",                       // its default is 4: a log line per packet would cost it dearly
 	}
 	return k
 }

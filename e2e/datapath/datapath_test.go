@@ -38,7 +38,7 @@ func TestMeasurementsThroughDirectTCP(t *testing.T) {
 			t.Fatalf("%d streams moved %d bytes at %.0f MB/s, want %d", streams, tr.Bytes, tr.MBps(), want)
 		}
 	}
-	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 2, 10)
+	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 10, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2})
 	if err != nil || len(times) != 10 || bulk <= 0 {
 		t.Fatalf("beside bulk: %d set-ups, %d bulk bytes, %v", len(times), bulk, err)
 	}
@@ -156,5 +156,36 @@ func TestPercentile(t *testing.T) {
 	}
 	if Percentile(nil, 0.5) != 0 {
 		t.Error("percentile of nothing")
+	}
+}
+
+// TestHelperServesTargetsAndBulk drives ServeHelper over pipes as the
+// benchmark drives its helper process.
+func TestHelperServesTargetsAndBulk(t *testing.T) {
+	cmdR, cmdW := io.Pipe()
+	ansR, ansW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- ServeHelper(cmdR, ansW) }()
+	h := &HelperProcess{in: cmdW, out: bufio.NewScanner(ansR)}
+	addr, err := h.Target("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SetupTimes(context.Background(), Direct(), addr, 3); err != nil {
+		t.Fatalf("the helper's target: %v", err)
+	}
+	times, moved, err := SetupTimesBeside(context.Background(), Direct(), addr, 5, h.Bulk(2, "direct", addr))
+	if err != nil || len(times) != 5 || moved <= 0 {
+		t.Fatalf("beside the helper's bulk: %d set-ups, %d bytes, %v", len(times), moved, err)
+	}
+	if _, err := h.call("bulk 2 carrier-pigeon %s", addr); err == nil || !strings.Contains(err.Error(), "unknown path") {
+		t.Fatalf("a bad path: %v", err)
+	}
+	if _, err := h.call("frobnicate"); err == nil {
+		t.Fatal("an unknown command was accepted")
+	}
+	cmdW.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -110,43 +109,19 @@ func Download(ctx context.Context, dial Dialer, target string, streams int, perS
 	return Transfer{Bytes: moved.Load(), Elapsed: time.Since(start)}, nil
 }
 
-// SetupTimesBeside measures n set-ups while bulk streams receive as fast as
-// the path lets them (head-of-line blocking shows here), and returns the
-// bytes the bulk streams moved meanwhile.
-func SetupTimesBeside(ctx context.Context, dial Dialer, target string, bulk, n int) ([]time.Duration, int64, error) {
-	var moved atomic.Int64
-	var wg sync.WaitGroup
-	var conns []net.Conn
-	for i := 0; i < bulk; i++ {
-		c, err := dial(ctx, target)
-		if err == nil {
-			_, err = c.Write([]byte{opStream})
-		}
-		if err != nil {
-			for _, c := range conns {
-				c.Close()
-			}
-			return nil, 0, fmt.Errorf("bulk stream %d: %w", i+1, err)
-		}
-		conns = append(conns, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, _ := io.Copy(io.Discard, c)
-			moved.Add(n)
-		}()
+// SetupTimesBeside measures n set-ups while bulk runs (head-of-line
+// blocking shows here), and returns the bytes bulk received meanwhile.
+func SetupTimesBeside(ctx context.Context, dial Dialer, target string, n int, bulk Bulk) ([]time.Duration, int64, error) {
+	if err := bulk.Start(); err != nil {
+		return nil, 0, err
 	}
 	time.Sleep(200 * time.Millisecond) // the bulk streams reach full speed
 	times, err := SetupTimes(ctx, dial, target, n)
-	before := moved.Load()
-	for _, c := range conns {
-		c.Close()
+	moved, stopErr := bulk.Stop()
+	if err == nil {
+		err = stopErr
 	}
-	wg.Wait()
-	if err == nil && moved.Load() == 0 && before == 0 {
-		err = fmt.Errorf("the %d bulk streams moved nothing", bulk)
-	}
-	return times, moved.Load(), err
+	return times, moved, err
 }
 
 // Percentile is the p-th (0..1) of times, nearest rank; 0 for none.
