@@ -14,6 +14,8 @@ import (
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/translator/model"
+	"sigs.k8s.io/yaml"
 )
 
 // benchConfig sizes the data-path benchmark. make bench-datapath runs the
@@ -27,6 +29,8 @@ type benchConfig struct {
 	envoyWorkers int // --concurrency of both Envoys
 	restartPause time.Duration
 	full         bool
+	systems      string // SPOKE_BENCH_SYSTEMS: the systems to run (names' first words), all when empty
+	settings     string // SPOKE_BENCH_SETTINGS: spoke settings (YAML) over the defaults, for tuning runs
 }
 
 func benchConfigFor(full bool) benchConfig {
@@ -70,6 +74,13 @@ type roundResult struct {
 func TestDatapathBenchmark(t *testing.T) {
 	full := os.Getenv("SPOKE_BENCH_DATAPATH") == "1"
 	cfg := benchConfigFor(full)
+	cfg.systems, cfg.settings = os.Getenv("SPOKE_BENCH_SYSTEMS"), os.Getenv("SPOKE_BENCH_SETTINGS")
+	if w, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")); err == nil {
+		cfg.envoyWorkers = w
+	}
+	if r, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ROUNDS")); err == nil && r > 0 {
+		cfg.rounds = r
+	}
 	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
 	konnectivityBinaries(t)
 	systems := []benchSystem{
@@ -80,6 +91,9 @@ func TestDatapathBenchmark(t *testing.T) {
 	var results []roundResult
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, sys := range systems {
+			if cfg.systems != "" && !strings.Contains(cfg.systems, strings.Fields(sys.name)[0]) {
+				continue
+			}
 			var res roundResult
 			t.Run(fmt.Sprintf("round%d/%s", round, strings.Fields(sys.name)[0]), func(t *testing.T) {
 				res = measureRound(t, sys, cfg)
@@ -232,7 +246,14 @@ func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 }
 
 func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
-	tp := newTopology(t)
+	tp := newTopologyWith(t, func(s *model.Settings) {
+		if cfg.settings == "" {
+			return
+		}
+		if err := yaml.UnmarshalStrict([]byte(cfg.settings), s); err != nil {
+			t.Fatalf("SPOKE_BENCH_SETTINGS: %v", err)
+		}
+	})
 	targets, h, bulk := benchTargets(t, tp.port)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	workers := []string{"--concurrency", strconv.Itoa(cfg.envoyWorkers)}
@@ -281,8 +302,9 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), envoyWorkersNote(cfg))
 	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	perRound := len(results) / max(cfg.rounds, 1)
 	for i, r := range results {
-		round := i/3 + 1
+		round := i/perRound + 1
 		if r.err != nil {
 			fmt.Fprintf(&b, "| %d | %s | %s | FAILED: %v | | | | | | |\n", round, r.system, r.load, r.err)
 			continue

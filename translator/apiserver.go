@@ -333,9 +333,10 @@ func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 		}},
 	}
 	return &clusterv3.Cluster{
-		Name:           ReverseTunnels,
-		ConnectTimeout: dur(s.ConnectTimeout),
-		LbPolicy:       clusterv3.Cluster_CLUSTER_PROVIDED,
+		Name:                          ReverseTunnels,
+		ConnectTimeout:                dur(s.ConnectTimeout),
+		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
+		LbPolicy:                      clusterv3.Cluster_CLUSTER_PROVIDED,
 		ClusterDiscoveryType: &clusterv3.Cluster_ClusterType{ClusterType: &clusterv3.Cluster_CustomClusterType{
 			Name: "envoy.clusters.reverse_connection",
 			TypedConfig: typed(&revconnv3.ReverseConnectionClusterConfig{

@@ -67,7 +67,8 @@ func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
 	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP2
 	hcm.Http2ProtocolOptions = http2Options(s)
 	return &listenerv3.Listener{
-		Name: reverseTunnelListenerName(address),
+		Name:                          reverseTunnelListenerName(address),
+		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address:       address,
 			PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -43,7 +44,19 @@ func keepalive(s model.Settings) *corev3.KeepaliveSettings {
 }
 
 func http2Options(s model.Settings) *corev3.Http2ProtocolOptions {
-	return &corev3.Http2ProtocolOptions{ConnectionKeepalive: keepalive(s)}
+	return &corev3.Http2ProtocolOptions{
+		ConnectionKeepalive:         keepalive(s),
+		InitialStreamWindowSize:     optionalUint32(s.TunnelStreamWindow),
+		InitialConnectionWindowSize: optionalUint32(s.TunnelConnectionWindow),
+	}
+}
+
+// optionalUint32 leaves 0 unset: Envoy's default.
+func optionalUint32(v uint32) *wrapperspb.UInt32Value {
+	if v == 0 {
+		return nil
+	}
+	return wrapperspb.UInt32(v)
 }
 
 func stringMetadata(namespace, key, value string) *corev3.Metadata {

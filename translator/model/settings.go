@@ -62,6 +62,16 @@ type Settings struct {
 	KeepaliveInterval Duration `json:"keepaliveInterval"`
 	// KeepaliveTimeout is how long a PING may go unanswered before the tunnel is closed.
 	KeepaliveTimeout Duration `json:"keepaliveTimeout"`
+	// TunnelStreamWindow is the HTTP/2 initial stream window (bytes) of the
+	// CONNECT streams inside tunnels, both sides: how much of one stream may
+	// be in flight in a tunnel. 0: Envoy's default (256 MiB).
+	TunnelStreamWindow uint32 `json:"tunnelStreamWindow"`
+	// TunnelConnectionWindow is the HTTP/2 initial connection window (bytes)
+	// of a tunnel, both sides. 0: Envoy's default (256 MiB).
+	TunnelConnectionWindow uint32 `json:"tunnelConnectionWindow"`
+	// TunnelBufferLimit is Envoy's per-connection buffer limit (bytes) on
+	// tunnel connections, both sides. 0: Envoy's default (1 MiB).
+	TunnelBufferLimit uint32 `json:"tunnelBufferLimit"`
 	// Secrets names the SDS secrets the generated TLS contexts reference.
 	Secrets SecretNames `json:"secrets"`
 }
