@@ -21,23 +21,25 @@ import (
 // benchConfig sizes the data-path benchmark. make bench-datapath runs the
 // full one; make test runs a smoke-sized one so the benchmark keeps working.
 type benchConfig struct {
-	rounds       int
-	setups       int   // set-ups measured idle and beside the bulk streams
-	oneStream    int64 // bytes of the 1-stream download
-	perStream16  int64 // bytes of each of the 16 parallel downloads
-	bulkStreams  int
-	envoyWorkers int // --concurrency of both Envoys
-	restartPause time.Duration
-	full         bool
-	systems      string // SPOKE_BENCH_SYSTEMS: the systems to run (names' first words), all when empty
-	settings     string // SPOKE_BENCH_SETTINGS: spoke settings (YAML) over the defaults, for tuning runs
+	rounds         int
+	setups         int   // set-ups measured idle and beside the bulk streams
+	oneStream      int64 // bytes of the 1-stream download
+	perStream16    int64 // bytes of each of the 16 parallel downloads
+	bulkStreams    int
+	envoyWorkers   int // --concurrency of both Envoys
+	restartPause   time.Duration
+	full           bool
+	memoryNodes    []int // simulated nodes for the memory figure
+	tunnelsPerNode int
+	systems        string // SPOKE_BENCH_SYSTEMS: the systems to run (names' first words), all when empty
+	settings       string // SPOKE_BENCH_SETTINGS: spoke settings (YAML) over the defaults, for tuning runs
 }
 
 func benchConfigFor(full bool) benchConfig {
 	if full {
-		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: time.Second, full: true}
+		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
 	}
-	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: 100 * time.Millisecond}
+	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
 }
 
 // benchEnv is one system, started, with what a round needs to measure it.
@@ -75,6 +77,7 @@ func TestDatapathBenchmark(t *testing.T) {
 	full := os.Getenv("SPOKE_BENCH_DATAPATH") == "1"
 	cfg := benchConfigFor(full)
 	cfg.systems, cfg.settings = os.Getenv("SPOKE_BENCH_SYSTEMS"), os.Getenv("SPOKE_BENCH_SETTINGS")
+	cfg.tunnelsPerNode = int(model.DefaultSettings().TunnelsPerEndpoint)
 	if w, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")); err == nil {
 		cfg.envoyWorkers = w
 	}
@@ -104,7 +107,34 @@ func TestDatapathBenchmark(t *testing.T) {
 			results = append(results, res)
 		}
 	}
+	var memory []memoryPerNode
+	for _, n := range cfg.memoryNodes {
+		m := memoryPerNode{nodes: n}
+		t.Run(fmt.Sprintf("memory/%d-nodes", n), func(t *testing.T) {
+			if m.konn, m.err = konnectivityMemoryPerNode(t, n); m.err == nil {
+				m.spoke, m.err = spokeMemoryPerNode(t, n, cfg)
+			}
+			if m.err != nil {
+				t.Errorf("memory per node at %d nodes: %v", n, m.err)
+			}
+		})
+		memory = append(memory, m)
+	}
 	fmt.Print(benchTables(results, cfg))
+	fmt.Print(memoryTable(memory, cfg))
+}
+
+func memoryTable(rows []memoryPerNode, cfg benchConfig) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| control-plane-side proxy memory per connected node | Konnectivity proxy-server | spoke apiserver proxy (%d tunnels per node) |\n|---|---|---|\n", cfg.tunnelsPerNode)
+	for _, m := range rows {
+		if m.err != nil {
+			fmt.Fprintf(&b, "| %d nodes | FAILED: %v | |\n", m.nodes, m.err)
+			continue
+		}
+		fmt.Fprintf(&b, "| %d nodes | %.1f KiB | %.1f KiB |\n", m.nodes, float64(m.konn)/1024, float64(m.spoke)/1024)
+	}
+	return b.String()
 }
 
 func measureRound(t *testing.T, sys benchSystem, cfg benchConfig) roundResult {

@@ -23,12 +23,12 @@ const konnectivityVersion = "v0.34.0"
 
 // konnectivityBinaries returns the cached proxy-server and proxy-agent, or
 // skips (fails under SPOKE_REQUIRE_KONNECTIVITY=1) saying how to build them.
-func konnectivityBinaries(t *testing.T) (server, agent string) {
+func konnectivityBinaries(t *testing.T) (server, agent, swarm string) {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "konnectivity-"+konnectivityVersion)
-	server, agent = filepath.Join(dir, "proxy-server"), filepath.Join(dir, "proxy-agent")
-	for _, b := range []string{server, agent} {
+	server, agent, swarm = filepath.Join(dir, "proxy-server"), filepath.Join(dir, "proxy-agent"), filepath.Join(dir, "agent-swarm")
+	for _, b := range []string{server, agent, swarm} {
 		if _, err := os.Stat(b); err != nil {
 			msg := fmt.Sprintf("%s missing: run `make tools-konnectivity` (builds Konnectivity %s from its Go module, ~1 min cold)", b, konnectivityVersion)
 			if os.Getenv("SPOKE_REQUIRE_KONNECTIVITY") == "1" {
@@ -37,7 +37,7 @@ func konnectivityBinaries(t *testing.T) (server, agent string) {
 			t.Skip(msg)
 		}
 	}
-	return server, agent
+	return server, agent, swarm
 }
 
 // konnectivity is the peer users would pick instead of spoke: a
@@ -46,21 +46,21 @@ func konnectivityBinaries(t *testing.T) (server, agent string) {
 // Each agent announces its node's pod IP, and the server picks the agent
 // by destination (destHost), falling back to any agent.
 type konnectivity struct {
-	t                     *testing.T
-	serverBin, agent      string
-	dir, socket           string
-	agentPort             int
-	serverArgs            []string
-	server                *benchProcess
-	agents                map[string]*benchProcess
-	caFile                string
-	serverCert, agentCert [2]string // cert, key files
+	t                       *testing.T
+	serverBin, agent, swarm string
+	dir, socket             string
+	agentPort               int
+	serverArgs              []string
+	server                  *benchProcess
+	agents                  map[string]*benchProcess
+	caFile                  string
+	serverCert, agentCert   [2]string // cert, key files
 }
 
 func newKonnectivity(t *testing.T) *konnectivity {
 	t.Helper()
-	serverBin, agentBin := konnectivityBinaries(t)
-	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, dir: t.TempDir(), agentPort: freePort(t), agents: map[string]*benchProcess{}}
+	serverBin, agentBin, swarm := konnectivityBinaries(t)
+	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, swarm: swarm, dir: t.TempDir(), agentPort: freePort(t), agents: map[string]*benchProcess{}}
 	k.socket = filepath.Join(k.dir, "konnectivity.sock")
 	ca := authtest.NewCA(t, "konnectivity bench CA")
 	k.caFile = authtest.WriteFile(t, k.dir, "ca.crt", ca.CertPEM)

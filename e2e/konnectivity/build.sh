@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VERSION=v0.34.0
 out=${1:-../../.tools/konnectivity-$VERSION}
-if [ -x "$out/proxy-server" ] && [ -x "$out/proxy-agent" ]; then
+if [ -x "$out/proxy-server" ] && [ -x "$out/proxy-agent" ] && [ -x "$out/agent-swarm" ]; then
   echo "konnectivity $VERSION: cached in $out"
   exit 0
 fi
 mkdir -p "$out"
 go build -o "$out/proxy-server" sigs.k8s.io/apiserver-network-proxy/cmd/server
 go build -o "$out/proxy-agent" sigs.k8s.io/apiserver-network-proxy/cmd/agent
-echo "built konnectivity $VERSION proxy-server and proxy-agent into $out"
+go build -o "$out/agent-swarm" ./agent-swarm
+echo "built konnectivity $VERSION proxy-server, proxy-agent and agent-swarm into $out"
