@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube build image vet fmt-check golden bench fuzz race
+.PHONY: run translate test tools tools-kube tools-konnectivity build image vet fmt-check golden bench bench-datapath fuzz race
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -45,9 +45,13 @@ $(ENVOY):
 tools-kube:
 	bash e2e/kube/build.sh
 
-## test: everything CI runs; real-Envoy and real-apiserver tests must run
-test: tools tools-kube fmt-check vet
-	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 go test -count=1 ./...
+## tools-konnectivity: build Konnectivity's proxy-server and proxy-agent (and agent-swarm) from their Go module into .tools/konnectivity-<version> (cached)
+tools-konnectivity:
+	bash e2e/konnectivity/build.sh
+
+## test: everything CI runs; real-Envoy, real-apiserver and Konnectivity tests must run
+test: tools tools-kube tools-konnectivity fmt-check vet
+	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 ./...
 	$(MAKE) race
 	# A count, not a duration: Go 1.26's fuzz coordinator can fail a
 	# duration-bounded run with "context deadline exceeded" and no crasher
@@ -72,6 +76,13 @@ golden:
 FUZZTIME ?= 30s
 fuzz:
 	go test ./translator/ -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME)
+
+## bench-datapath: direct TCP vs Konnectivity vs spoke, alternating rounds, markdown table on stdout and in dist/bench-datapath.md
+bench-datapath: tools tools-konnectivity
+	@mkdir -p dist
+	SPOKE_BENCH_DATAPATH=1 SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_BENCH_OUT=$(CURDIR)/dist/bench-datapath.md \
+		go test ./e2e/ -run '^TestDatapathBenchmark$$' -count=1 -timeout 30m
+	@cat dist/bench-datapath.md
 
 ## bench: translation of a synthetic 5,000-node / 150,000-pod cluster
 bench:

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,8 +121,13 @@ func TestDatapathBenchmark(t *testing.T) {
 		})
 		memory = append(memory, m)
 	}
-	fmt.Print(benchTables(results, cfg))
-	fmt.Print(memoryTable(memory, cfg))
+	report := benchTables(results, cfg) + summaryTable(results) + memoryTable(memory, cfg)
+	fmt.Print(report)
+	if out := os.Getenv("SPOKE_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func memoryTable(rows []memoryPerNode, cfg benchConfig) string {
@@ -343,6 +349,76 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), p50p99(r.beside), cpuPerGB(r), ms(r.nodeStart), ms(r.restart))
 	}
 	return b.String()
+}
+
+// summaryTable is the median of each figure over a system's rounds, and
+// spoke's ratios to the others. A system that failed any round gets no
+// figures: a failed round is never reported as fast.
+func summaryTable(results []roundResult) string {
+	var b strings.Builder
+	b.WriteString("\n| median of the rounds | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|\n")
+	var order []string
+	bySystem := map[string][]roundResult{}
+	for _, r := range results {
+		if _, ok := bySystem[r.system]; !ok {
+			order = append(order, r.system)
+		}
+		bySystem[r.system] = append(bySystem[r.system], r)
+	}
+	medians := map[string]roundMedian{}
+	for _, name := range order {
+		m, failed := medianOf(bySystem[name])
+		if failed > 0 {
+			fmt.Fprintf(&b, "| %s | FAILED %d of %d rounds: no figures | | | | | | |\n", name, failed, len(bySystem[name]))
+			continue
+		}
+		medians[name] = m
+		cpu := "-"
+		if m.cpu > 0 {
+			cpu = fmt.Sprintf("%.2f", m.cpu)
+		}
+		fmt.Fprintf(&b, "| %s | %s / %s | %.0f | %.0f | %s / %s | %s | %s | %s |\n", name, ms(m.setup50), ms(m.setup99), m.one, m.sixteen,
+			ms(m.beside50), ms(m.beside99), cpu, ms(m.nodeStart), ms(m.restart))
+	}
+	spoke, okS := medians[order[len(order)-1]]
+	konn, okK := medians["Konnectivity "+konnectivityVersion]
+	direct, okD := medians["direct TCP"]
+	if okS && okK && okD && len(order) == 3 {
+		fmt.Fprintf(&b, "\nspoke / Konnectivity throughput: %.2fx (1 stream), %.2fx (16 streams); spoke / direct TCP: %.0f%% (1 stream), %.0f%% (16 streams); CPU per GB: spoke %.2f s, Konnectivity %.2f s\n",
+			spoke.one/konn.one, spoke.sixteen/konn.sixteen, 100*spoke.one/direct.one, 100*spoke.sixteen/direct.sixteen, spoke.cpu, konn.cpu)
+	}
+	return b.String()
+}
+
+type roundMedian struct {
+	setup50, setup99, beside50, beside99, nodeStart, restart time.Duration
+	one, sixteen, cpu                                        float64
+}
+
+func medianOf(rounds []roundResult) (m roundMedian, failed int) {
+	var cols [9][]float64
+	for _, r := range rounds {
+		if r.err != nil {
+			failed++
+			continue
+		}
+		cpu := 0.0
+		if r.bytesMoved > 0 {
+			cpu = r.cpuSeconds / (float64(r.bytesMoved) / 1e9)
+		}
+		for i, v := range []float64{float64(datapath.Percentile(r.setup, .5)), float64(datapath.Percentile(r.setup, .99)),
+			float64(datapath.Percentile(r.beside, .5)), float64(datapath.Percentile(r.beside, .99)),
+			float64(r.nodeStart), float64(r.restart), r.one.MBps(), r.sixteen.MBps(), cpu} {
+			cols[i] = append(cols[i], v)
+		}
+	}
+	if failed > 0 || len(cols[0]) == 0 {
+		return m, max(failed, 1)
+	}
+	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	d := func(i int) time.Duration { return time.Duration(med(cols[i])) }
+	return roundMedian{setup50: d(0), setup99: d(1), beside50: d(2), beside99: d(3), nodeStart: d(4), restart: d(5),
+		one: med(cols[6]), sixteen: med(cols[7]), cpu: med(cols[8])}, 0
 }
 
 func envoyWorkersNote(cfg benchConfig) string {
