@@ -9,14 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/translator/model"
-	"sigs.k8s.io/yaml"
 )
 
 // benchConfig sizes the data-path benchmark. make bench-datapath runs the
@@ -55,6 +53,13 @@ type benchEnv struct {
 	restart    func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
 }
 
+// The systems, as the tables name them.
+const (
+	directName       = "direct TCP"
+	konnectivityName = "Konnectivity " + konnectivityVersion
+	spokeName        = "spoke (Envoy 1.40)"
+)
+
 type benchSystem struct {
 	name  string
 	start func(t *testing.T, cfg benchConfig) benchEnv
@@ -62,6 +67,7 @@ type benchSystem struct {
 
 // roundResult is one system's figures in one round.
 type roundResult struct {
+	round              int
 	system, load       string
 	setup, beside      []time.Duration
 	one, sixteen       datapath.Transfer
@@ -88,9 +94,9 @@ func TestDatapathBenchmark(t *testing.T) {
 	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
 	konnectivityBinaries(t)
 	systems := []benchSystem{
-		{"direct TCP", startDirect},
-		{"Konnectivity " + konnectivityVersion, startKonnectivity},
-		{"spoke (Envoy 1.40)", startSpoke},
+		{directName, startDirect},
+		{konnectivityName, startKonnectivity},
+		{spokeName, startSpoke},
 	}
 	var results []roundResult
 	for round := 1; round <= cfg.rounds; round++ {
@@ -101,6 +107,7 @@ func TestDatapathBenchmark(t *testing.T) {
 			var res roundResult
 			t.Run(fmt.Sprintf("round%d/%s", round, strings.Fields(sys.name)[0]), func(t *testing.T) {
 				res = measureRound(t, sys, cfg)
+				res.round = round
 				if res.err != nil {
 					t.Errorf("%s failed round %d: %v", sys.name, round, res.err)
 				}
@@ -225,7 +232,7 @@ func benchTargets(t *testing.T, port int) (targets []string, h *datapath.HelperP
 	cmd := exec.Command(os.Args[0], "-test.run=^TestDatapathHelper$")
 	cmd.Env = append(os.Environ(), "SPOKE_DATAPATH_HELPER=1")
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithTest(cmd)
 	h, err := datapath.StartHelper(cmd)
 	if err != nil {
 		t.Fatal(err)
@@ -283,10 +290,8 @@ func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 
 func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	tp := newTopologyWith(t, func(s *model.Settings) {
-		if cfg.settings == "" {
-			return
-		}
-		if err := yaml.UnmarshalStrict([]byte(cfg.settings), s); err != nil {
+		var err error
+		if *s, err = model.ApplySettings(*s, []byte(cfg.settings)); err != nil {
 			t.Fatalf("SPOKE_BENCH_SETTINGS: %v", err)
 		}
 	})
@@ -336,17 +341,15 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 // rounds a system passed, with the targets' ratios.
 func benchTables(results []roundResult, cfg benchConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), envoyWorkersNote(cfg))
+	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), fmt.Sprintf("Envoy --concurrency %d", cfg.envoyWorkers))
 	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
-	perRound := len(results) / max(cfg.rounds, 1)
-	for i, r := range results {
-		round := i/perRound + 1
+	for _, r := range results {
 		if r.err != nil {
-			fmt.Fprintf(&b, "| %d | %s | %s | FAILED: %v | | | | | | |\n", round, r.system, r.load, r.err)
+			fmt.Fprintf(&b, "| %d | %s | %s | FAILED: %v | | | | | | |\n", r.round, r.system, r.load, r.err)
 			continue
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", round, r.system, r.load,
-			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), p50p99(r.beside), cpuPerGB(r), ms(r.nodeStart), ms(r.restart))
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", r.round, r.system, r.load,
+			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), p50p99(r.beside), cpuText(r.cpuPerGB()), ms(r.nodeStart), ms(r.restart))
 	}
 	return b.String()
 }
@@ -373,17 +376,13 @@ func summaryTable(results []roundResult) string {
 			continue
 		}
 		medians[name] = m
-		cpu := "-"
-		if m.cpu > 0 {
-			cpu = fmt.Sprintf("%.2f", m.cpu)
-		}
 		fmt.Fprintf(&b, "| %s | %s / %s | %.0f | %.0f | %s / %s | %s | %s | %s |\n", name, ms(m.setup50), ms(m.setup99), m.one, m.sixteen,
-			ms(m.beside50), ms(m.beside99), cpu, ms(m.nodeStart), ms(m.restart))
+			ms(m.beside50), ms(m.beside99), cpuText(m.cpu), ms(m.nodeStart), ms(m.restart))
 	}
-	spoke, okS := medians[order[len(order)-1]]
-	konn, okK := medians["Konnectivity "+konnectivityVersion]
-	direct, okD := medians["direct TCP"]
-	if okS && okK && okD && len(order) == 3 {
+	spoke, okS := medians[spokeName]
+	konn, okK := medians[konnectivityName]
+	direct, okD := medians[directName]
+	if okS && okK && okD {
 		fmt.Fprintf(&b, "\nspoke / Konnectivity throughput: %.2fx (1 stream), %.2fx (16 streams); spoke / direct TCP: %.0f%% (1 stream), %.0f%% (16 streams); CPU per GB: spoke %.2f s, Konnectivity %.2f s\n",
 			spoke.one/konn.one, spoke.sixteen/konn.sixteen, 100*spoke.one/direct.one, 100*spoke.sixteen/direct.sixteen, spoke.cpu, konn.cpu)
 	}
@@ -402,13 +401,9 @@ func medianOf(rounds []roundResult) (m roundMedian, failed int) {
 			failed++
 			continue
 		}
-		cpu := 0.0
-		if r.bytesMoved > 0 {
-			cpu = r.cpuSeconds / (float64(r.bytesMoved) / 1e9)
-		}
 		for i, v := range []float64{float64(datapath.Percentile(r.setup, .5)), float64(datapath.Percentile(r.setup, .99)),
 			float64(datapath.Percentile(r.beside, .5)), float64(datapath.Percentile(r.beside, .99)),
-			float64(r.nodeStart), float64(r.restart), r.one.MBps(), r.sixteen.MBps(), cpu} {
+			float64(r.nodeStart), float64(r.restart), r.one.MBps(), r.sixteen.MBps(), r.cpuPerGB()} {
 			cols[i] = append(cols[i], v)
 		}
 	}
@@ -419,10 +414,6 @@ func medianOf(rounds []roundResult) (m roundMedian, failed int) {
 	d := func(i int) time.Duration { return time.Duration(med(cols[i])) }
 	return roundMedian{setup50: d(0), setup99: d(1), beside50: d(2), beside99: d(3), nodeStart: d(4), restart: d(5),
 		one: med(cols[6]), sixteen: med(cols[7]), cpu: med(cols[8])}, 0
-}
-
-func envoyWorkersNote(cfg benchConfig) string {
-	return fmt.Sprintf("Envoy --concurrency %d", cfg.envoyWorkers)
 }
 
 func p50p99(times []time.Duration) string {
@@ -436,9 +427,17 @@ func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms"
 }
 
-func cpuPerGB(r roundResult) string {
-	if r.bytesMoved == 0 || r.cpuSeconds == 0 {
+// cpuPerGB is the proxies' CPU seconds per GB moved; 0 without proxies.
+func (r roundResult) cpuPerGB() float64 {
+	if r.bytesMoved == 0 {
+		return 0
+	}
+	return r.cpuSeconds / (float64(r.bytesMoved) / 1e9)
+}
+
+func cpuText(perGB float64) string {
+	if perGB == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.2f", r.cpuSeconds/(float64(r.bytesMoved)/1e9))
+	return fmt.Sprintf("%.2f", perGB)
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,7 +136,7 @@ func konnectivityMemoryPerNode(t *testing.T, n int) (int64, error) {
 	}
 	swarm := exec.Command(k.swarm, "-agents", strconv.Itoa(n), "-server", fmt.Sprintf("127.0.0.1:%d", k.agentPort),
 		"-ca-cert", k.caFile, "-agent-cert", k.agentCert[0], "-agent-key", k.agentCert[1])
-	swarm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithTest(swarm)
 	stdin, _ := swarm.StdinPipe()
 	stdout, _ := swarm.StdoutPipe()
 	var stderr strings.Builder

@@ -44,33 +44,33 @@ func konnectivityBinaries(t *testing.T) (server, agent, swarm string) {
 // proxy-server in http-connect mode on a Unix socket (what kube-apiserver's
 // egress selector dials), and one proxy-agent per node with mTLS to it.
 // Each agent announces its node's pod IP, and the server picks the agent
-// by destination (destHost), falling back to any agent.
+// by destination only (destHost), as spoke picks a node's tunnel.
 type konnectivity struct {
 	t                       *testing.T
 	serverBin, agent, swarm string
-	dir, socket             string
+	socket                  string
 	agentPort               int
 	serverArgs              []string
 	server                  *benchProcess
 	agents                  map[string]*benchProcess
 	caFile                  string
-	serverCert, agentCert   [2]string // cert, key files
+	agentCert               [2]string // cert, key files
 }
 
 func newKonnectivity(t *testing.T) *konnectivity {
 	t.Helper()
 	serverBin, agentBin, swarm := konnectivityBinaries(t)
-	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, swarm: swarm, dir: t.TempDir(), agentPort: freePort(t), agents: map[string]*benchProcess{}}
-	k.socket = filepath.Join(k.dir, "konnectivity.sock")
+	dir := t.TempDir()
+	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, swarm: swarm, socket: filepath.Join(dir, "konnectivity.sock"), agentPort: freePort(t), agents: map[string]*benchProcess{}}
 	ca := authtest.NewCA(t, "konnectivity bench CA")
-	k.caFile = authtest.WriteFile(t, k.dir, "ca.crt", ca.CertPEM)
-	cert, key := ca.Server(t, net.ParseIP("127.0.0.1"))
-	k.serverCert = [2]string{authtest.WriteFile(t, k.dir, "server.crt", cert), authtest.WriteFile(t, k.dir, "server.key", key)}
-	cert, key = ca.Client(t, pkix.Name{CommonName: "konnectivity-agent"}, time.Now().Add(time.Hour))
-	k.agentCert = [2]string{authtest.WriteFile(t, k.dir, "agent.crt", cert), authtest.WriteFile(t, k.dir, "agent.key", key)}
+	k.caFile = authtest.WriteFile(t, dir, "ca.crt", ca.CertPEM)
+	serverCert, serverKey := ca.Server(t, net.ParseIP("127.0.0.1"))
+	agentCert, agentKey := ca.Client(t, pkix.Name{CommonName: "konnectivity-agent"}, time.Now().Add(time.Hour))
+	k.agentCert = [2]string{authtest.WriteFile(t, dir, "agent.crt", agentCert), authtest.WriteFile(t, dir, "agent.key", agentKey)}
 	k.serverArgs = []string{
 		"--mode=http-connect", "--server-port=0", "--uds-name=" + k.socket, "--delete-existing-uds-file",
-		"--cluster-cert=" + k.serverCert[0], "--cluster-key=" + k.serverCert[1], "--cluster-ca-cert=" + k.caFile,
+		"--cluster-cert=" + authtest.WriteFile(t, dir, "server.crt", serverCert), "--cluster-key=" + authtest.WriteFile(t, dir, "server.key", serverKey),
+		"--cluster-ca-cert=" + k.caFile,
 		"--agent-bind-address=127.0.0.1", "--agent-port=" + strconv.Itoa(k.agentPort),
 		"--admin-port=" + strconv.Itoa(freePort(t)), "--health-bind-address=127.0.0.1", "--health-port=" + strconv.Itoa(freePort(t)),
 		"--proxy-strategies=destHost", // each node's agent, as spoke picks each node's tunnel
@@ -126,7 +126,7 @@ func startBenchProcess(t *testing.T, name, bin string, args ...string) *benchPro
 	t.Helper()
 	p := &benchProcess{name: name, cmd: exec.Command(bin, args...), log: &envoytest.LogBuffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithTest(p.cmd)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -137,6 +137,11 @@ func startBenchProcess(t *testing.T, name, bin string, args ...string) *benchPro
 		}
 	})
 	return p
+}
+
+// dieWithTest has cmd killed when the test binary dies, even by SIGKILL.
+func dieWithTest(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 func (p *benchProcess) pid() int { return p.cmd.Process.Pid }

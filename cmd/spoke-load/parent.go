@@ -22,6 +22,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
@@ -158,7 +159,8 @@ func runParent(cfg config) error {
 			break
 		}
 	}
-	start, cpuBefore, clientsBefore := time.Now(), cpuTime(), processCPU(child.Process.Pid)
+	clientsBefore, _ := datapath.ProcessCPU(child.Process.Pid)
+	start, cpuBefore := time.Now(), cpuTime()
 	var r results
 	for line := range events {
 		if strings.HasPrefix(line, "RETRY") {
@@ -170,7 +172,8 @@ func runParent(cfg config) error {
 	}
 	allServed := time.Since(start)
 	r.startCPU = cpuTime() - cpuBefore
-	r.clientsCPU = processCPU(child.Process.Pid) - clientsBefore
+	clientsAfter, _ := datapath.ProcessCPU(child.Process.Pid)
+	r.clientsCPU = clientsAfter - clientsBefore
 	if cfg.startProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -178,7 +181,8 @@ func runParent(cfg config) error {
 
 	changes := churn(sink, cfg)
 	time.Sleep(2 * time.Second) // let the last changes land
-	rss, goroutines := rssMiB(), runtime.NumGoroutine()
+	rssBytes, _ := datapath.ProcessRSS(os.Getpid())
+	rss, goroutines := float64(rssBytes)/(1<<20), runtime.NumGoroutine()
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
 	heap := memUse{heap: float64(mem.HeapInuse) / (1 << 20), stacks: float64(mem.StackInuse) / (1 << 20)}
@@ -362,35 +366,4 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// processCPU is the user and system CPU time process pid used so far, from
-// /proc/pid/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
-func processCPU(pid int) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	_, rest, _ := strings.Cut(string(raw), ") ") // the command name may hold spaces
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
-func rssMiB() float64 {
-	raw, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }

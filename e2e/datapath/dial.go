@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"time"
 )
 
 // Dialer opens a connection to target (host:port) through one system.
@@ -46,7 +47,7 @@ func ConnectOverUnix(socket string) Dialer {
 			conn.Close()
 			return nil, fmt.Errorf("CONNECT %s: %s", target, resp.Status)
 		}
-		_ = conn.SetDeadline(timeZero)
+		_ = conn.SetDeadline(time.Time{})
 		return &bufferedConn{Conn: conn, r: br}, nil
 	}
 }

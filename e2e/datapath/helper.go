@@ -29,17 +29,11 @@ import (
 
 // ServeHelper runs the helper's side until in ends.
 func ServeHelper(in io.Reader, out io.Writer) error {
-	var targets []*Target
-	defer func() {
-		for _, t := range targets {
-			t.Close()
-		}
-	}()
-	var bulk *LocalBulk
+	var h helperState
+	defer h.close()
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		answer, err := helperCommand(f, &targets, &bulk)
+		answer, err := h.do(strings.Fields(sc.Text()))
 		if err != nil {
 			answer = "error " + strings.ReplaceAll(err.Error(), "\n", " ")
 		}
@@ -47,20 +41,23 @@ func ServeHelper(in io.Reader, out io.Writer) error {
 			return err
 		}
 	}
-	if bulk != nil {
-		_, _ = bulk.Stop()
-	}
 	return sc.Err()
 }
 
-func helperCommand(f []string, targets *[]*Target, bulk **LocalBulk) (string, error) {
+// helperState is what the helper runs: its targets and the bulk load.
+type helperState struct {
+	targets []*Target
+	bulk    *LocalBulk
+}
+
+func (h *helperState) do(f []string) (string, error) {
 	switch {
 	case len(f) == 2 && f[0] == "target":
 		t, err := ListenTarget(f[1])
 		if err != nil {
 			return "", err
 		}
-		*targets = append(*targets, t)
+		h.targets = append(h.targets, t)
 		return "ok " + t.Addr(), nil
 	case len(f) == 4 && f[0] == "bulk":
 		n, err := strconv.Atoi(f[1])
@@ -71,14 +68,23 @@ func helperCommand(f []string, targets *[]*Target, bulk **LocalBulk) (string, er
 		if err != nil {
 			return "", err
 		}
-		*bulk = &LocalBulk{Dial: dial, Target: f[3], Streams: n}
-		return "ok", (*bulk).Start()
-	case len(f) == 1 && f[0] == "stop" && *bulk != nil:
-		n, err := (*bulk).Stop()
-		*bulk = nil
+		h.bulk = &LocalBulk{Dial: dial, Target: f[3], Streams: n}
+		return "ok", h.bulk.Start()
+	case len(f) == 1 && f[0] == "stop" && h.bulk != nil:
+		n, err := h.bulk.Stop()
+		h.bulk = nil
 		return "ok " + strconv.FormatInt(n, 10), err
 	}
 	return "", fmt.Errorf("unknown command %q", strings.Join(f, " "))
+}
+
+func (h *helperState) close() {
+	if h.bulk != nil {
+		_, _ = h.bulk.Stop()
+	}
+	for _, t := range h.targets {
+		t.Close()
+	}
 }
 
 // DialerFor names a path as the helper's commands do: direct, or

@@ -10,8 +10,6 @@ import (
 	"time"
 )
 
-var timeZero time.Time
-
 // SetupTimes opens n connections to target one after another and returns
 // how long each took from the dial to the first byte back from the target
 // (for a proxy: dial the socket, CONNECT, 200, then one round trip).

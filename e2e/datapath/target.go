@@ -1,7 +1,8 @@
 // Package datapath measures CONNECT data paths: how long a tunnelled
 // connection takes to set up and how many bytes it moves, through whatever
 // proxy a Dialer goes through (none, Konnectivity, spoke). The benchmark in
-// e2e (make bench-datapath) runs it against each system in turn.
+// e2e (make bench-datapath) runs it against each system in turn; it also
+// reads the CPU time and memory of processes (proxies, spoke-load's clients).
 package datapath
 
 import (

@@ -115,12 +115,14 @@ func TestSettings(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 	for name, mutate := range map[string]func(*Settings){
-		"cluster id with colon": func(s *Settings) { s.ClusterID = "a:b" },
-		"empty tenant":          func(s *Settings) { s.TenantID = "" },
-		"relative socket":       func(s *Settings) { s.EgressSocketPath = "egress.sock" },
-		"bad routing":           func(s *Settings) { s.PodRouting = "prefix" },
-		"zero count":            func(s *Settings) { s.TunnelsPerEndpoint = 0 },
-		"bad endpoint":          func(s *Settings) { s.APIServerEndpoints = []string{"apiserver:443"} },
+		"cluster id with colon":      func(s *Settings) { s.ClusterID = "a:b" },
+		"empty tenant":               func(s *Settings) { s.TenantID = "" },
+		"relative socket":            func(s *Settings) { s.EgressSocketPath = "egress.sock" },
+		"bad routing":                func(s *Settings) { s.PodRouting = "prefix" },
+		"zero count":                 func(s *Settings) { s.TunnelsPerEndpoint = 0 },
+		"bad endpoint":               func(s *Settings) { s.APIServerEndpoints = []string{"apiserver:443"} },
+		"stream window < 64 KiB":     func(s *Settings) { s.TunnelStreamWindow = 1000 },
+		"connection window > 2^31-1": func(s *Settings) { s.TunnelConnectionWindow = 1 << 31 },
 	} {
 		bad := DefaultSettings()
 		mutate(&bad)

@@ -129,13 +129,19 @@ func LoadSettings(path string) (Settings, error) {
 	if err != nil {
 		return s, fmt.Errorf("read settings: %w", err)
 	}
-	if err := yaml.UnmarshalStrict(raw, &s); err != nil {
-		return s, fmt.Errorf("settings file %s: %w (examples/settings.yaml lists every field)", path, err)
-	}
-	if err := s.Validate(); err != nil {
+	if s, err = ApplySettings(s, raw); err != nil {
 		return s, fmt.Errorf("settings file %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// ApplySettings reads YAML or JSON settings over s and validates the result.
+// Unknown fields are errors, so a typo never silently falls back to s.
+func ApplySettings(s Settings, raw []byte) (Settings, error) {
+	if err := yaml.UnmarshalStrict(raw, &s); err != nil {
+		return s, fmt.Errorf("%w (examples/settings.yaml lists every field)", err)
+	}
+	return s, s.Validate()
 }
 
 // Validate reports the first setting that would produce config Envoy rejects
@@ -169,6 +175,9 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("tunnelHandshakeTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
 		return fmt.Errorf("keepaliveInterval and keepaliveTimeout must be positive")
+	case !validWindow(s.TunnelStreamWindow) || !validWindow(s.TunnelConnectionWindow):
+		return fmt.Errorf("tunnelStreamWindow %d, tunnelConnectionWindow %d: each must be 0 (Envoy's default) or %d-%d bytes (HTTP/2's window range, as Envoy accepts it)",
+			s.TunnelStreamWindow, s.TunnelConnectionWindow, minHTTP2Window, maxHTTP2Window)
 	case s.Secrets.TunnelCA == "" || s.Secrets.NodeCertificate == "" || s.Secrets.APIServerCertificate == "":
 		return fmt.Errorf("secrets: every secret name must be set")
 	}
@@ -187,6 +196,15 @@ func (s *Settings) Validate() error {
 	}
 	return nil
 }
+
+// The HTTP/2 window sizes Envoy accepts (RFC 9113 6.9.2 bounds them above;
+// Envoy's Http2ProtocolOptions, below).
+const (
+	minHTTP2Window = 65535
+	maxHTTP2Window = 2147483647
+)
+
+func validWindow(w uint32) bool { return w == 0 || w >= minHTTP2Window && w <= maxHTTP2Window }
 
 // ValidTunnelID checks an id against the rc:// address grammar
 // (rc://node:cluster:tenant@upstream:count): non-empty, no ':' '@' or '/'.
