@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd into $1 (default: ../../.tools/kube-<version>),
-# once per version: a cached build is reused.
+# Builds kube-apiserver, etcd, kubectl and kubeadm into $1 (default:
+# ../../.tools/kube-<version>), once per version: a cached build is reused.
+# kubectl and kubeadm are the upstream commands (go.mod's tool lines), stamped
+# with the version as a release build is: kubeadm checks it against the
+# control plane's.
 set -euo pipefail
 cd "$(dirname "$0")"
 # etcd's version is the one k8s.io/kubernetes requires (go.sum pins both).
 K8S_VERSION=v1.37.2
 out=${1:-../../.tools/kube-$K8S_VERSION}
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then
-  echo "kube-apiserver $K8S_VERSION and etcd: cached in $out"
-  exit 0
-fi
 mkdir -p "$out"
-go build -o "$out/etcd" ./cmd/etcd
-go build -o "$out/kube-apiserver" ./cmd/kube-apiserver
-echo "built kube-apiserver $K8S_VERSION and etcd into $out"
+[ -x "$out/etcd" ] || go build -o "$out/etcd" ./cmd/etcd
+[ -x "$out/kube-apiserver" ] || go build -o "$out/kube-apiserver" ./cmd/kube-apiserver
+minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+for tool in kubectl kubeadm; do
+  [ -x "$out/$tool" ] || go build -ldflags "$stamp" -o "$out/$tool" "k8s.io/kubernetes/cmd/$tool"
+done
+echo "kube-apiserver, etcd, kubectl and kubeadm $K8S_VERSION in $out (built once, then cached)"
