@@ -281,7 +281,7 @@ func startKonnectivity(t *testing.T, _ benchConfig) benchEnv {
 	}
 	return benchEnv{dial: dial, path: "unix:" + k.socket, helper: h, bulkTarget: bulk, targets: targets, proxies: k.pids, nodeStart: reachable.Sub(started),
 		restart: func() (time.Duration, error) {
-			k.server.stop()
+			stopProcess(k.server)
 			started := k.startServer()
 			back, err := waitAll(dial, targets, 30*time.Second)
 			return back.Sub(started), err

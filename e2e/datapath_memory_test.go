@@ -130,7 +130,7 @@ func konnectivityMemoryPerNode(t *testing.T, n int) (int64, error) {
 	k := newKonnectivity(t)
 	k.startServer()
 	time.Sleep(time.Second)
-	before, err := datapath.ProcessRSS(k.server.pid())
+	before, err := datapath.ProcessRSS(k.server.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
@@ -150,7 +150,7 @@ func konnectivityMemoryPerNode(t *testing.T, n int) (int64, error) {
 		return 0, fmt.Errorf("agent-swarm: %q %v: %s", line, err, stderr.String())
 	}
 	time.Sleep(time.Second)
-	after, err := datapath.ProcessRSS(k.server.pid())
+	after, err := datapath.ProcessRSS(k.server.Process.Pid)
 	if err != nil {
 		return 0, err
 	}

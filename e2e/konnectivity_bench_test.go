@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
 )
 
 // konnectivityVersion keys the cached build of proxy-server and proxy-agent
@@ -51,8 +50,8 @@ type konnectivity struct {
 	socket                  string
 	agentPort               int
 	serverArgs              []string
-	server                  *benchProcess
-	agents                  map[string]*benchProcess
+	server                  *exec.Cmd
+	agents                  map[string]*exec.Cmd
 	caFile                  string
 	agentCert               [2]string // cert, key files
 }
@@ -61,7 +60,7 @@ func newKonnectivity(t *testing.T) *konnectivity {
 	t.Helper()
 	serverBin, agentBin, swarm := konnectivityBinaries(t)
 	dir := t.TempDir()
-	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, swarm: swarm, socket: filepath.Join(dir, "konnectivity.sock"), agentPort: freePort(t), agents: map[string]*benchProcess{}}
+	k := &konnectivity{t: t, serverBin: serverBin, agent: agentBin, swarm: swarm, socket: filepath.Join(dir, "konnectivity.sock"), agentPort: freePort(t), agents: map[string]*exec.Cmd{}}
 	ca := authtest.NewCA(t, "konnectivity bench CA")
 	k.caFile = authtest.WriteFile(t, dir, "ca.crt", ca.CertPEM)
 	serverCert, serverKey := ca.Server(t, net.ParseIP("127.0.0.1"))
@@ -84,7 +83,7 @@ func (k *konnectivity) startServer() time.Time {
 	k.t.Helper()
 	_ = os.Remove(k.socket)
 	started := time.Now()
-	k.server = startBenchProcess(k.t, "konnectivity-server", k.serverBin, k.serverArgs...)
+	k.server = startProcess(k.t, "konnectivity-server", filepath.Join(k.t.TempDir(), "server.log"), k.serverBin, k.serverArgs...)
 	waitFor(k.t, 10*time.Second, "the Konnectivity server's socket", func() bool {
 		_, err := os.Stat(k.socket)
 		return err == nil
@@ -96,7 +95,7 @@ func (k *konnectivity) startServer() time.Time {
 func (k *konnectivity) startAgent(node, podIP string) time.Time {
 	k.t.Helper()
 	started := time.Now()
-	k.agents[node] = startBenchProcess(k.t, "konnectivity-agent-"+node, k.agent,
+	k.agents[node] = startProcess(k.t, "konnectivity-agent-"+node, filepath.Join(k.t.TempDir(), "agent.log"), k.agent,
 		"--agent-id="+node, "--agent-identifiers=ipv4="+podIP,
 		"--proxy-server-host=127.0.0.1", "--proxy-server-port="+strconv.Itoa(k.agentPort),
 		"--ca-cert="+k.caFile, "--agent-cert="+k.agentCert[0], "--agent-key="+k.agentCert[1],
@@ -107,48 +106,21 @@ func (k *konnectivity) startAgent(node, podIP string) time.Time {
 
 // pids are the proxies whose CPU the benchmark counts.
 func (k *konnectivity) pids() []int {
-	pids := []int{k.server.pid()}
+	pids := []int{k.server.Process.Pid}
 	for _, a := range k.agents {
-		pids = append(pids, a.pid())
+		pids = append(pids, a.Process.Pid)
 	}
 	return pids
 }
 
-// benchProcess is a component the benchmark started. It dies with the test
-// process (Pdeathsig), so an interrupted benchmark leaves nothing running.
-type benchProcess struct {
-	name string
-	cmd  *exec.Cmd
-	log  *envoytest.LogBuffer
-}
-
-func startBenchProcess(t *testing.T, name, bin string, args ...string) *benchProcess {
-	t.Helper()
-	p := &benchProcess{name: name, cmd: exec.Command(bin, args...), log: &envoytest.LogBuffer{}}
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	dieWithTest(p.cmd)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("---- %s log ----\n%s", name, tail(p.log.String(), 40))
-		}
-	})
-	return p
-}
-
-// dieWithTest has cmd killed when the test binary dies, even by SIGKILL.
+// dieWithTest has cmd killed when the test binary dies, even by SIGKILL:
+// an interrupted test or benchmark leaves nothing running.
 func dieWithTest(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-func (p *benchProcess) pid() int { return p.cmd.Process.Pid }
-
-func (p *benchProcess) stop() {
-	if p.cmd.ProcessState == nil {
-		_ = p.cmd.Process.Kill()
-		_ = p.cmd.Wait()
-	}
+// stopProcess kills a process started by startProcess and waits for it.
+func stopProcess(cmd *exec.Cmd) {
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
 }

@@ -137,6 +137,7 @@ func startProcess(t *testing.T, name, logFile, bin string, args ...string) *exec
 	}
 	cmd := exec.CommandContext(context.Background(), bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
