@@ -27,19 +27,24 @@ const kubeVersion = "v1.37.2"
 // under SPOKE_REQUIRE_KUBE=1) saying how to build them.
 func kubeBinaries(t *testing.T) (apiserver, etcd string) {
 	t.Helper()
+	return kubeTool(t, "kube-apiserver"), kubeTool(t, "etcd")
+}
+
+// kubeTool returns one cached binary of e2e/kube/build.sh (kube-apiserver,
+// etcd, kubectl, kubeadm), or skips (fails under SPOKE_REQUIRE_KUBE=1)
+// saying how to build it.
+func kubeTool(t *testing.T, name string) string {
+	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "kube-"+kubeVersion)
-	apiserver, etcd = filepath.Join(dir, "kube-apiserver"), filepath.Join(dir, "etcd")
-	for _, b := range []string{apiserver, etcd} {
-		if _, err := os.Stat(b); err != nil {
-			msg := fmt.Sprintf("%s missing: run `make tools-kube` (builds kube-apiserver %s and etcd from Go modules, ~8 min cold)", b, kubeVersion)
-			if os.Getenv("SPOKE_REQUIRE_KUBE") == "1" {
-				t.Fatal("SPOKE_REQUIRE_KUBE=1: " + msg)
-			}
-			t.Skip(msg)
+	bin := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "kube-"+kubeVersion, name)
+	if _, err := os.Stat(bin); err != nil {
+		msg := fmt.Sprintf("%s missing: run `make tools-kube` (builds kube-apiserver, etcd, kubectl and kubeadm %s from Go modules, ~8 min cold)", bin, kubeVersion)
+		if os.Getenv("SPOKE_REQUIRE_KUBE") == "1" {
+			t.Fatal("SPOKE_REQUIRE_KUBE=1: " + msg)
 		}
+		t.Skip(msg)
 	}
-	return apiserver, etcd
+	return bin
 }
 
 // controlPlane is a real etcd and kube-apiserver on loopback.

@@ -27,7 +27,7 @@ import (
 
 const serverAccount = "system:serviceaccount:spoke-system:spoke-server"
 
-// TestManifestRBACIsExactlyEnough applies manifests/rbac.yaml to a real
+// TestManifestRBACIsExactlyEnough applies manifests/base/rbac.yaml to a real
 // kube-apiserver (RBAC authorization) and acts as the spoke-server
 // ServiceAccount: the Kubernetes source syncs and follows a new node, the
 // tunnel CA Secret loads, ServiceCIDRs are followed; everything else tried
@@ -38,7 +38,7 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	admin := cp.client()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	applyManifest(t, admin, "../manifests/rbac.yaml")
+	applyManifest(t, admin, "../manifests/base/rbac.yaml")
 	caCert, caKey, err := pki.GenerateCA("e2e tunnel CA")
 	if err != nil {
 		t.Fatal(err)
