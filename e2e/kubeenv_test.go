@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spokeproxy/spoke/auth/authtest"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -56,7 +58,16 @@ type controlPlane struct {
 	url       string
 	token     string
 	logFile   string
+	// kubeletClientCA signs the client certificate the apiserver presents
+	// to kubelets; kubelets trust it (x509 authentication).
+	kubeletClientCA string
 }
+
+// testNodes have tokens in every control plane (static token file): user
+// system:node:<name>, group system:nodes, as the Node authorizer expects.
+var testNodes = []string{"node-a", "node-b", "node-c"}
+
+func nodeToken(node string) string { return "spoke-test-" + node + "-token" }
 
 func startControlPlane(t *testing.T) *controlPlane {
 	apiserverBin, etcdBin := kubeBinaries(t)
@@ -77,7 +88,14 @@ func startControlPlane(t *testing.T) *controlPlane {
 	keyFile := filepath.Join(dir, "sa.key")
 	writeTestFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
 	cp := &controlPlane{t: t, bin: apiserverBin, token: "spoke-test-admin-token", logFile: filepath.Join(dir, "apiserver.log")}
-	writeTestFile(t, filepath.Join(dir, "tokens.csv"), []byte(cp.token+",admin,admin,system:masters\n"))
+	tokens := cp.token + ",admin,admin,system:masters\n"
+	for _, n := range testNodes {
+		tokens += fmt.Sprintf("%s,system:node:%s,node-%s,system:nodes\n", nodeToken(n), n, n)
+	}
+	writeTestFile(t, filepath.Join(dir, "tokens.csv"), []byte(tokens))
+	kubeletCA := authtest.NewCA(t, "kubelet client CA")
+	clientCert, clientKey := kubeletCA.Client(t, pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}}, time.Now().Add(time.Hour))
+	cp.kubeletClientCA = authtest.WriteFile(t, dir, "kubelet-client-ca.crt", kubeletCA.CertPEM)
 	port := freePort(t)
 	cp.url = fmt.Sprintf("https://127.0.0.1:%d", port)
 	cp.args = []string{
@@ -86,7 +104,10 @@ func startControlPlane(t *testing.T) *controlPlane {
 		"--service-account-key-file", keyFile, "--service-account-signing-key-file", keyFile,
 		"--cert-dir", filepath.Join(dir, "certs"), "--secure-port", fmt.Sprint(port),
 		"--bind-address", "127.0.0.1", "--advertise-address", "192.0.2.10",
-		"--authorization-mode", "RBAC", "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--authorization-mode", "Node,RBAC", "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--kubelet-client-certificate", authtest.WriteFile(t, dir, "kubelet-client.crt", clientCert),
+		"--kubelet-client-key", authtest.WriteFile(t, dir, "kubelet-client.key", clientKey),
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		// No controller-manager runs, so nothing creates the default ServiceAccount.
 		"--disable-admission-plugins", "ServiceAccount",

@@ -21,6 +21,16 @@ import (
 // talks to that control plane as its admin.
 func kubectl(t *testing.T, cp *controlPlane, stdin []byte, args ...string) string {
 	t.Helper()
+	out, err := kubectlRun(t, cp, stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// kubectlRun is kubectl that returns its failure (with its output) instead.
+func kubectlRun(t *testing.T, cp *controlPlane, stdin []byte, args ...string) (string, error) {
+	t.Helper()
 	if cp != nil {
 		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 		writeTestFile(t, kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
@@ -38,9 +48,9 @@ current-context: test
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+		return string(out), fmt.Errorf("kubectl %s: %w\n%s%s", strings.Join(args, " "), err, out, stderr.String())
 	}
-	return string(out)
+	return string(out), nil
 }
 
 // documents splits rendered YAML into its objects' YAML.

@@ -12,6 +12,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"flag"
 	"fmt"
 	"io"
@@ -39,14 +40,24 @@ const EnvoyPath = "/usr/local/bin/envoy"
 func main() {
 	binary := flag.String("binary", "", "the static spoke binary (CGO_ENABLED=0)")
 	envoyBinary := flag.String("envoy", "", "build the envoy image from this Envoy binary instead (its shared libraries found with ldd)")
+	staticBinary := flag.String("static", "", "build a test image from this other static binary instead (e.g. agnhost), at --path, run with --arg")
+	path := flag.String("path", "", "where --static goes in the image (default: /<its file name>)")
+	var args []string
+	flag.Func("arg", "argument after --static's path in the entrypoint (repeat for more)", func(a string) error { args = append(args, a); return nil })
 	tag := flag.String("tag", "spoke:dev", "image reference written into the archive")
 	version := flag.String("version", "dev", "org.opencontainers.image.version label")
 	out := flag.String("out", "dist/spoke-image.tar", "the image archive to write")
 	flag.Parse()
 	var err error
-	if *envoyBinary != "" {
+	switch {
+	case *envoyBinary != "":
 		err = runEnvoy(*envoyBinary, *tag, *version, *out)
-	} else {
+	case *staticBinary != "":
+		var img v1.Image
+		if img, err = BuildStatic(*staticBinary, cmp.Or(*path, "/"+filepath.Base(*staticBinary)), args, *version); err == nil {
+			err = write(img, *tag, *out)
+		}
+	default:
 		err = run(*binary, *tag, *version, *out)
 	}
 	if err != nil {
@@ -99,6 +110,17 @@ func Build(binary, version string) (v1.Image, error) {
 		return nil, err
 	}
 	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version)
+}
+
+// BuildStatic assembles an image of one other static binary at path, whose
+// entrypoint is path and args: the test workloads (agnhost, and agnhost
+// pause as the pod sandbox image) of clusters that reach no registry.
+func BuildStatic(binary, path string, args []string, version string) (v1.Image, error) {
+	raw, err := readExecutable(binary)
+	if err != nil {
+		return nil, err
+	}
+	return image([]file{{path: path, data: raw, mode: 0o755}}, append([]string{path}, args...), filepath.Base(path), version)
 }
 
 // BuildEnvoy assembles the envoy image: the binary and the shared libraries

@@ -1,0 +1,312 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// kubeNode is a real node on this machine: containerd (Debian's, with
+// Debian's runc and CNI plugins) and the upstream kubelet, registered with a
+// test control plane under its node identity, running pods from image
+// archives built here (no registry is reachable).
+type kubeNode struct {
+	name, ip, dir string
+	socket        string          // containerd's CRI socket
+	netnsBefore   map[string]bool // pod network namespaces that were there before the node
+}
+
+func podNetworkNamespaces() map[string]bool {
+	entries, _ := os.ReadDir("/var/run/netns")
+	names := map[string]bool{}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "cni-") {
+			names[e.Name()] = true
+		}
+	}
+	return names
+}
+
+// nodeHostTools are the Debian packages a node needs: `make tools-node`
+// installs them.
+var nodeHostTools = map[string]string{"containerd": "/usr/bin/containerd", "runc": "/usr/sbin/runc", "ctr": "/usr/bin/ctr", "CNI bridge plugin": "/usr/lib/cni/bridge", "busybox": "/bin/busybox"}
+
+func requireNodeHostTools(t *testing.T) {
+	t.Helper()
+	for what, path := range nodeHostTools {
+		if _, err := os.Stat(path); err != nil {
+			msg := fmt.Sprintf("%s (%s) missing: run `make tools-node` (Debian's containerd, runc, containernetworking-plugins and busybox-static)", what, path)
+			if os.Getenv("SPOKE_REQUIRE_KUBE") == "1" {
+				t.Fatal("SPOKE_REQUIRE_KUBE=1: " + msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("a kubelet and containerd need root")
+	}
+}
+
+// startKubeNode starts containerd and a kubelet for name, whose InternalIP
+// is ip (on a dummy link of its own) and whose pods get addresses from podCIDR on
+// their own bridge, imports images (archives), and waits until the node is
+// Ready.
+func startKubeNode(t *testing.T, cp *controlPlane, name, ip, podCIDR string, images ...string) *kubeNode {
+	t.Helper()
+	requireNodeHostTools(t)
+	kubelet := kubeTool(t, "kubelet")
+	dir, err := os.MkdirTemp("", "spoke-node-"+name+"-") // short: socket paths are limited to 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &kubeNode{name: name, ip: ip, dir: dir, socket: filepath.Join(dir, "containerd.sock"), netnsBefore: podNetworkNamespaces()}
+	t.Cleanup(func() { n.cleanUp(t) })
+	n.writeConfigs(t, cp, podCIDR)
+	n.makeCgroupRoot(t)
+	n.addAddress(t)
+	startProcess(t, name+"-containerd", filepath.Join(dir, "containerd.log"), nodeHostTools["containerd"], "--config", filepath.Join(dir, "containerd.toml"))
+	waitFor(t, 20*time.Second, name+"'s containerd socket", func() bool { _, err := os.Stat(n.socket); return err == nil })
+	for _, archive := range images {
+		if out, err := exec.Command(nodeHostTools["ctr"], "--address", n.socket, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
+			t.Fatalf("import %s into %s: %v\n%s", archive, name, err, out)
+		}
+	}
+	startProcess(t, name+"-kubelet", filepath.Join(dir, "kubelet.log"), kubelet,
+		"--config", filepath.Join(dir, "kubelet.yaml"), "--kubeconfig", filepath.Join(dir, "kubelet.kubeconfig"),
+		"--hostname-override", name, "--node-ip", ip, "--root-dir", filepath.Join(dir, "kubelet"), "--cert-dir", filepath.Join(dir, "pki"))
+	waitFor(t, 60*time.Second, "node "+name+" Ready", func() bool {
+		node, err := cp.client().CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return true
+			}
+		}
+		return false
+	})
+	return n
+}
+
+// writeConfigs writes containerd's, the CNI's and the kubelet's
+// configuration. Two settings fit this machine and are not defaults:
+//   - restrict_oom_score_adj: the VM withholds CAP_SYS_RESOURCE, so runc
+//     cannot give the pod sandbox oom_score_adj -998 ("can't get final
+//     child's PID from pipe: EOF" without it);
+//   - failCgroupV1: false: the machine has cgroup v1, which kubelet 1.37
+//     refuses by default.
+func (n *kubeNode) writeConfigs(t *testing.T, cp *controlPlane, podCIDR string) {
+	t.Helper()
+	writeTestFile(t, filepath.Join(n.dir, "containerd.toml"), []byte(fmt.Sprintf(`version = 2
+root = "%[1]s/containerd"
+state = "%[1]s/containerd-state"
+[grpc]
+  address = "%[2]s"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "pause:local"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "%[1]s/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+`, n.dir, n.socket)))
+	if err := os.MkdirAll(filepath.Join(n.dir, "cni"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(n.dir, "cni", "10-bridge.conflist"), []byte(fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "%[1]s", "plugins": [
+ {"type": "bridge", "bridge": "br-%[1]s", "isGateway": true, "ipam": {"type": "host-local", "dataDir": "%[2]s/ipam", "ranges": [[{"subnet": "%[3]s"}]]}}]}
+`, n.name, n.dir, podCIDR)))
+	writeTestFile(t, filepath.Join(n.dir, "kubelet.yaml"), []byte(fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: /spoke-%[1]s
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://%[2]s
+staticPodPath: %[3]s/static
+podLogsDir: %[3]s/pod-logs
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: %[4]s}}
+authorization: {mode: AlwaysAllow}
+address: %[5]s
+port: 10250
+healthzPort: 0
+readOnlyPort: 0
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
+`, n.name, n.socket, n.dir, cp.kubeletClientCA, n.ip)))
+	writeTestFile(t, filepath.Join(n.dir, "kubelet.kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: node, user: {token: %q}}]
+contexts: [{name: test, context: {cluster: test, user: node}}]
+current-context: test
+`, cp.url, nodeToken(n.name))))
+	if err := os.MkdirAll(filepath.Join(n.dir, "static"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addAddress gives the host the node's address on a link of its own (a
+// veth pair; this kernel has no dummy links): kubelet reports no address
+// for a loopback node IP.
+func (n *kubeNode) addAddress(t *testing.T) {
+	t.Helper()
+	link := "spk-" + n.name
+	for _, args := range [][]string{{"link", "add", link, "type", "veth", "peer", "name", link + "-p"}, {"addr", "add", n.ip + "/32", "dev", link},
+		{"link", "set", link + "-p", "up"}, {"link", "set", link, "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+}
+
+// cgroupHierarchies are the cgroup v1 hierarchies (one directory per mounted
+// controller set, and the named systemd one).
+func cgroupHierarchies() []string {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*")
+	var out []string
+	for _, d := range dirs {
+		if fi, err := os.Lstat(d); err == nil && fi.IsDir() { // not the cpu,cpuacct symlinks
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// makeCgroupRoot creates the node's cgroupRoot in every hierarchy: each
+// kubelet on this host keeps its pods under its own root, and kubelet
+// requires the root to exist.
+func (n *kubeNode) makeCgroupRoot(t *testing.T) {
+	t.Helper()
+	for _, h := range cgroupHierarchies() {
+		if err := os.MkdirAll(filepath.Join(h, "spoke-"+n.name), 0o755); err != nil {
+			t.Fatalf("cgroup root for %s: %v", n.name, err)
+		}
+	}
+}
+
+// removeCgroupRoot removes the node's cgroups, deepest first (cgroup
+// directories go only when empty).
+func (n *kubeNode) removeCgroupRoot() {
+	for _, h := range cgroupHierarchies() {
+		var dirs []string
+		_ = filepath.WalkDir(filepath.Join(h, "spoke-"+n.name), func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			// The containers outlive containerd and its shims: kill them.
+			if raw, err := os.ReadFile(filepath.Join(dirs[i], "cgroup.procs")); err == nil {
+				for _, pid := range strings.Fields(string(raw)) {
+					_ = exec.Command("kill", "-9", pid).Run()
+				}
+			}
+		}
+		for i := len(dirs) - 1; i >= 0; i-- {
+			for try := 0; try < 20 && os.Remove(dirs[i]) != nil; try++ {
+				time.Sleep(50 * time.Millisecond) // killed processes leave their cgroup a moment later
+			}
+		}
+	}
+}
+
+// cleanUp removes what the node left on the host beyond its processes:
+// containerd's shims and mounts, its links, the pods' network namespaces,
+// its cgroups and the containers still in them.
+func (n *kubeNode) cleanUp(t *testing.T) {
+	_ = exec.Command("pkill", "-f", "containerd-shim-runc-v2 -namespace k8s.io -address "+n.socket).Run()
+	if out, err := exec.Command("sh", "-c", "grep -o ' "+n.dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r umount -l").CombinedOutput(); err != nil {
+		t.Logf("unmount %s: %v %s", n.dir, err, out)
+	}
+	_ = exec.Command("ip", "link", "delete", "br-"+n.name).Run()
+	_ = exec.Command("ip", "link", "delete", "spk-"+n.name).Run()
+	for ns := range podNetworkNamespaces() { // containerd, killed, never tore its pods' down
+		if !n.netnsBefore[ns] {
+			_ = exec.Command("ip", "netns", "delete", ns).Run()
+		}
+	}
+	n.removeCgroupRoot()
+	if t.Failed() {
+		for _, f := range []string{"containerd.log", "kubelet.log"} {
+			raw, _ := os.ReadFile(filepath.Join(n.dir, f))
+			t.Logf("---- %s %s ----\n%s", n.name, f, tail(string(raw), 3000))
+		}
+	}
+	if os.Getenv("SPOKE_KEEP_NODE") == "" {
+		_ = os.RemoveAll(n.dir)
+	}
+}
+
+// localImages writes the images a test node runs, from binaries on this
+// machine: pause (agnhost pause, the sandbox), agnhost (the workloads) and
+// busybox (Debian's static one: a shell-less cat for exec with stdin).
+func localImages(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := kubeTool(t, "agnhost")
+	images := []string{filepath.Join(dir, "pause.tar"), filepath.Join(dir, "agnhost.tar"), filepath.Join(dir, "busybox.tar")}
+	for _, args := range [][]string{
+		{"--static", bin, "--arg", "pause", "--tag", "pause:local", "--out", images[0]},
+		{"--static", bin, "--tag", "agnhost:local", "--out", images[1]},
+		{"--static", nodeHostTools["busybox"], "--tag", "busybox:local", "--out", images[2]},
+	} {
+		if out, err := exec.Command("go", append([]string{"run", "../cmd/spoke-image"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("spoke-image %v: %v\n%s", args, err, out)
+		}
+	}
+	return images
+}
+
+// TestRealKubeletRunsPodsFromLocalImages is the ground the cluster suite
+// stands on: a real kubelet and containerd on this machine register a node
+// with a real kube-apiserver and run a pod from an image built here, and
+// kubectl logs and exec reach it through the apiserver (directly, without
+// spoke yet).
+func TestRealKubeletRunsPodsFromLocalImages(t *testing.T) {
+	requireNodeHostTools(t)
+	images := localImages(t)
+	cp := startControlPlane(t)
+	startKubeNode(t, cp, "node-a", "172.30.1.1", "10.244.1.0/24", images...)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "logger", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{
+			Name: "logger", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever,
+			Args: []string{"logs-generator", "--log-lines-total", "1000000", "--run-duration", "1h"},
+		}, {
+			Name: "shell", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"sleep", "3600"},
+		}}},
+	}
+	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "pod logger Running", func() bool {
+		p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), "logger", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	var logs string
+	waitFor(t, 30*time.Second, "log lines through the apiserver", func() bool {
+		var err error
+		logs, err = kubectlRun(t, cp, nil, "logs", "logger", "--tail", "3")
+		if err != nil {
+			t.Logf("kubectl logs: %v", err)
+		}
+		return err == nil && strings.Count(logs, "\n") == 3
+	})
+	if strings.Count(logs, "logs_generator.go") != 3 || !strings.Contains(logs, " /api/v1/namespaces/") {
+		t.Errorf("kubectl logs: %q, want logs-generator's lines", logs)
+	}
+	if got := kubectl(t, cp, []byte("hello from stdin\n"), "exec", "-i", "logger", "-c", "shell", "--", "/busybox", "cat"); got != "hello from stdin\n" {
+		t.Errorf("kubectl exec with stdin: %q", got)
+	}
+}
