@@ -69,7 +69,11 @@ var testNodes = []string{"node-a", "node-b", "node-c"}
 
 func nodeToken(node string) string { return "spoke-test-" + node + "-token" }
 
-func startControlPlane(t *testing.T) *controlPlane {
+func startControlPlane(t *testing.T) *controlPlane { return startControlPlaneWith(t) }
+
+// startControlPlaneWith adds kube-apiserver flags (an egress selector, a
+// client CA).
+func startControlPlaneWith(t *testing.T, extraArgs ...string) *controlPlane {
 	apiserverBin, etcdBin := kubeBinaries(t)
 	dir := t.TempDir()
 	etcdPort, peerPort := freePort(t), freePort(t)
@@ -112,6 +116,7 @@ func startControlPlane(t *testing.T) *controlPlane {
 		// No controller-manager runs, so nothing creates the default ServiceAccount.
 		"--disable-admission-plugins", "ServiceAccount",
 	}
+	cp.args = append(cp.args, extraArgs...)
 	cp.start()
 	return cp
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spokeproxy/spoke/auth/authtest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -20,6 +21,7 @@ import (
 // archives built here (no registry is reachable).
 type kubeNode struct {
 	name, ip, dir string
+	pki           string          // the kubelet's /var/lib/kubelet/pki: kubelet-client-current.pem when a cluster CA signed one
 	socket        string          // containerd's CRI socket
 	netnsBefore   map[string]bool // pod network namespaces that were there before the node
 }
@@ -60,6 +62,14 @@ func requireNodeHostTools(t *testing.T) {
 // their own bridge, imports images (archives), and waits until the node is
 // Ready.
 func startKubeNode(t *testing.T, cp *controlPlane, name, ip, podCIDR string, images ...string) *kubeNode {
+	return startKubeNodeWith(t, cp, nil, name, ip, podCIDR, images...)
+}
+
+// startKubeNodeWith is startKubeNode with a cluster CA: it signs the
+// kubelet's client certificate (CN system:node:<name>), kept as kubelet keeps
+// it, cert and key in pki/kubelet-client-current.pem, and the kubelet
+// authenticates with it instead of a token.
+func startKubeNodeWith(t *testing.T, cp *controlPlane, clusterCA *authtest.CA, name, ip, podCIDR string, images ...string) *kubeNode {
 	t.Helper()
 	requireNodeHostTools(t)
 	kubelet := kubeTool(t, "kubelet")
@@ -67,9 +77,18 @@ func startKubeNode(t *testing.T, cp *controlPlane, name, ip, podCIDR string, ima
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &kubeNode{name: name, ip: ip, dir: dir, socket: filepath.Join(dir, "containerd.sock"), netnsBefore: podNetworkNamespaces()}
+	n := &kubeNode{name: name, ip: ip, dir: dir, pki: filepath.Join(dir, "kubelet-pki"), socket: filepath.Join(dir, "containerd.sock"), netnsBefore: podNetworkNamespaces()}
+	if err := os.MkdirAll(n.pki, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	user := fmt.Sprintf("{token: %q}", nodeToken(name))
+	if clusterCA != nil {
+		cert, key := clusterCA.KubeletClient(t, name)
+		pem := authtest.WriteFile(t, n.pki, "kubelet-client-current.pem", cert, key)
+		user = fmt.Sprintf("{client-certificate: %q, client-key: %q}", pem, pem)
+	}
 	t.Cleanup(func() { n.cleanUp(t) })
-	n.writeConfigs(t, cp, podCIDR)
+	n.writeConfigs(t, cp, podCIDR, user)
 	n.makeCgroupRoot(t)
 	n.addAddress(t)
 	startProcess(t, name+"-containerd", filepath.Join(dir, "containerd.log"), nodeHostTools["containerd"], "--config", filepath.Join(dir, "containerd.toml"))
@@ -104,7 +123,7 @@ func startKubeNode(t *testing.T, cp *controlPlane, name, ip, podCIDR string, ima
 //     child's PID from pipe: EOF" without it);
 //   - failCgroupV1: false: the machine has cgroup v1, which kubelet 1.37
 //     refuses by default.
-func (n *kubeNode) writeConfigs(t *testing.T, cp *controlPlane, podCIDR string) {
+func (n *kubeNode) writeConfigs(t *testing.T, cp *controlPlane, podCIDR, user string) {
 	t.Helper()
 	writeTestFile(t, filepath.Join(n.dir, "containerd.toml"), []byte(fmt.Sprintf(`version = 2
 root = "%[1]s/containerd"
@@ -146,10 +165,10 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.avail
 	writeTestFile(t, filepath.Join(n.dir, "kubelet.kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
-users: [{name: node, user: {token: %q}}]
+users: [{name: node, user: %s}]
 contexts: [{name: test, context: {cluster: test, user: node}}]
 current-context: test
-`, cp.url, nodeToken(n.name))))
+`, cp.url, user)))
 	if err := os.MkdirAll(filepath.Join(n.dir, "static"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -278,26 +297,11 @@ func TestRealKubeletRunsPodsFromLocalImages(t *testing.T) {
 	images := localImages(t)
 	cp := startControlPlane(t)
 	startKubeNode(t, cp, "node-a", "172.30.1.1", "10.244.1.0/24", images...)
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "logger", Namespace: "default"},
-		Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{
-			Name: "logger", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever,
-			Args: []string{"logs-generator", "--log-lines-total", "1000000", "--run-duration", "1h"},
-		}, {
-			Name: "shell", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"sleep", "3600"},
-		}}},
-	}
-	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 60*time.Second, "pod logger Running", func() bool {
-		p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), "logger", metav1.GetOptions{})
-		return err == nil && p.Status.Phase == corev1.PodRunning
-	})
+	createLogger(t, cp, "node-a")
 	var logs string
 	waitFor(t, 30*time.Second, "log lines through the apiserver", func() bool {
 		var err error
-		logs, err = kubectlRun(t, cp, nil, "logs", "logger", "--tail", "3")
+		logs, err = kubectlRun(t, cp, nil, "logs", "logger", "-c", "logger", "--tail", "3")
 		if err != nil {
 			t.Logf("kubectl logs: %v", err)
 		}

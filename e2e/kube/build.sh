@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet and agnhost into $1 (default:
+# Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager,
+# kube-scheduler and agnhost into $1 (default:
 # ../../.tools/kube-<version>), once per version: a cached build is reused.
-# kubectl, kubeadm and kubelet are the upstream commands (go.mod's tool lines), stamped
+# kubectl, kubeadm, kubelet, the controller manager and the scheduler are the upstream commands (go.mod's tool lines), stamped
 # with the version as a release build is: kubeadm checks it against the
 # control plane's.
 set -euo pipefail
@@ -14,10 +15,10 @@ mkdir -p "$out"
 [ -x "$out/kube-apiserver" ] || go build -o "$out/kube-apiserver" ./cmd/kube-apiserver
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-for tool in kubectl kubeadm kubelet; do
+for tool in kubectl kubeadm kubelet kube-controller-manager kube-scheduler; do
   [ -x "$out/$tool" ] || go build -ldflags "$stamp" -o "$out/$tool" "k8s.io/kubernetes/cmd/$tool"
 done
 # agnhost: the test workload, and with "pause" the pod sandbox (static: it
 # runs alone in its image).
 [ -x "$out/agnhost" ] || CGO_ENABLED=0 go build -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost
-echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet and agnhost $K8S_VERSION in $out (built once, then cached)"
+echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler and agnhost $K8S_VERSION in $out (built once, then cached)"

@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/envoy"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/source"
+	"github.com/spokeproxy/spoke/translator"
+	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/xds"
+)
+
+// adminKubeconfig writes a kubeconfig for cp's admin.
+func (cp *controlPlane) adminKubeconfig(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	writeTestFile(t, path, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: %q}}]
+contexts: [{name: test, context: {cluster: test, user: admin}}]
+current-context: test
+`, cp.url, cp.token)))
+	return path
+}
+
+// startControllers runs the upstream kube-controller-manager (for the
+// DaemonSet controller) and kube-scheduler (which binds DaemonSet pods).
+func startControllers(t *testing.T, cp *controlPlane) {
+	t.Helper()
+	kubeconfig := cp.adminKubeconfig(t)
+	dir := t.TempDir()
+	startProcess(t, "kube-controller-manager", filepath.Join(dir, "controller-manager.log"), kubeTool(t, "kube-controller-manager"),
+		"--kubeconfig", kubeconfig, "--controllers", "daemonset-controller,garbage-collector-controller", "--secure-port", "0", "--leader-elect=false")
+	startProcess(t, "kube-scheduler", filepath.Join(dir, "scheduler.log"), kubeTool(t, "kube-scheduler"),
+		"--kubeconfig", kubeconfig, "--secure-port", "0", "--leader-elect=false")
+}
+
+// spokeImages builds the spoke image (static binary) and the Envoy image
+// (the installed Envoy 1.40), as make image does.
+func spokeImages(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "spoke")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/spoke")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build spoke: %v\n%s", err, out)
+	}
+	envoys, _ := filepath.Glob("../.tools/venv/lib/python3*/site-packages/envoy/_bin/envoy")
+	if len(envoys) == 0 {
+		t.Fatal("no installed Envoy binary under .tools/venv: run make tools")
+	}
+	images := []string{filepath.Join(dir, "spoke.tar"), filepath.Join(dir, "envoy.tar")}
+	for _, args := range [][]string{
+		{"--binary", bin, "--tag", "spoke:local", "--out", images[0]},
+		{"--envoy", envoys[0], "--tag", "envoy:1.40.0-local", "--out", images[1]},
+	} {
+		if out, err := exec.Command("go", append([]string{"run", "../cmd/spoke-image"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("spoke-image %v: %v\n%s", args, err, out)
+		}
+	}
+	return images
+}
+
+// TestKubectlReachesARealKubeletThroughSpoke: kube-apiserver with the
+// egress selector, spoke serve watching it, an apiserver proxy, and the node
+// proxy deployed from manifests/ as a DaemonSet pod on a real kubelet (its
+// controller and scheduler real too). kubectl logs and exec -i reach the
+// pod through the egress socket and the node's tunnel; without the node
+// proxy they fail at once with spoke's no-tunnel answer.
+func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
+	requireNodeHostTools(t)
+	envoyBin := envoytest.Binary(t)
+	images := append(localImages(t), spokeImages(t)...)
+	dir := t.TempDir()
+	clusterCA := authtest.NewCA(t, "cluster CA")
+	clusterCAFile := authtest.WriteFile(t, dir, "cluster-ca.crt", clusterCA.CertPEM)
+
+	s := model.DefaultSettings()
+	s.EgressSocketPath = filepath.Join(dir, "egress.sock")
+	s.TunnelListenAddress = "127.0.0.1"
+	s.TunnelPort = uint32(freePort(t))
+	s.APIServerEndpoints = []string{fmt.Sprintf("127.0.0.1:%d", s.TunnelPort)}
+	egress, err := os.ReadFile("../manifests/control-plane/egress-selector-configuration.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	egressFile := filepath.Join(dir, "egress-selector.yaml")
+	writeTestFile(t, egressFile, []byte(strings.ReplaceAll(string(egress), model.DefaultSettings().EgressSocketPath, s.EgressSocketPath)))
+	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile)
+	startControllers(t, cp)
+
+	// spoke serve, watching the cluster; its apiserver proxy on the socket.
+	issuer, err := pki.NewDevelopmentIssuer(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(&envoytest.LogBuffer{})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "0.0.0.0:0", XDSSocket: filepath.Join(dir, "xds.sock"), Issuer: issuer,
+		TLS:         &auth.TLSOptions{ClientCAFile: clusterCAFile, ServerNames: []string{"spoke-server"}},
+		HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0", Settings: s,
+		Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond, CertValidity: time.Hour, ShutdownGrace: time.Second,
+		Log: log.WithField("test", t.Name()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Run(ctx) }()
+	go func() { _ = (&source.Kubernetes{Client: cp.client(), Log: log}).Run(ctx, srv.Sink()) }()
+	waitFor(t, 10*time.Second, "the xDS socket", func() bool { return srv.Addr("socket") != "" })
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: srv.Addr("socket")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiProxy := envoytest.Start(t, envoyBin, "apiserver-proxy", b)
+
+	node := startKubeNodeWith(t, cp, clusterCA, "node-a", "172.30.1.1", "10.244.1.0/24", images...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpCluster(t, cp, node)
+		}
+	})
+	kubectl(t, cp, nil, "create", "namespace", "spoke-system")
+	kubectl(t, cp, nil, "-n", "spoke-system", "create", "configmap", "spoke-server-ca", "--from-file=ca.crt="+authtest.WriteFile(t, dir, "tunnel-ca.crt", issuer.CAPEM()))
+	_, port, _ := net.SplitHostPort(srv.Addr("xds"))
+	deployNodeProxies(t, cp, "127.0.0.1:"+port, node.pki)
+	waitFor(t, 60*time.Second, "node-a's tunnel at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") > 0 })
+
+	createLogger(t, cp, "node-a")
+	before := apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
+	var logs string
+	waitFor(t, 30*time.Second, "kubectl logs through spoke", func() bool {
+		var err error
+		logs, err = kubectlRun(t, cp, nil, "logs", "logger", "-c", "logger", "--tail", "3")
+		return err == nil && strings.Count(logs, "logs_generator.go") == 3
+	})
+	if got := kubectl(t, cp, []byte("through the tunnel\n"), "exec", "-i", "logger", "-c", "shell", "--", "/busybox", "cat"); got != "through the tunnel\n" {
+		t.Errorf("kubectl exec -i through spoke: %q", got)
+	}
+	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2 {
+		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least 2", after-before)
+	}
+
+	// Without the node proxy the apiserver has no way to the kubelet.
+	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")
+	waitFor(t, 60*time.Second, "node-a's tunnel to go", func() bool { return apiProxy.StatSum("total_nodes") == 0 })
+	start := time.Now()
+	out, err := kubectlRun(t, cp, nil, "logs", "logger", "-c", "logger", "--tail", "1")
+	if err == nil || !strings.Contains(out, "502") && !strings.Contains(err.Error(), "502") {
+		t.Errorf("kubectl logs with no tunnel to node-a: %q, %v; want spoke's 502", out, err)
+	}
+	t.Logf("kubectl logs with no tunnel failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+// deployNodeProxies applies the local overlay of manifests/ with what this
+// machine's single-node test needs on top (a generated overlay, not a copy):
+// the server's address instead of its Service's DNS name (no cluster DNS
+// runs here) and this node's kubelet certificate directory.
+func deployNodeProxies(t *testing.T, cp *controlPlane, xdsAddress, kubeletPKI string) {
+	t.Helper()
+	overlay := t.TempDir()
+	abs, err := filepath.Abs("../manifests/overlays/local/cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := filepath.Rel(overlay, abs) // kustomize takes relative roots only
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(overlay, "kustomization.yaml"), []byte(fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [%q]
+patches:
+- target: {kind: DaemonSet, name: spoke-node-proxy}
+  patch: |
+    - op: replace
+      path: /spec/template/spec/initContainers/0/args/3
+      value: --xds-address=%s
+    - op: replace
+      path: /spec/template/spec/volumes/2/hostPath/path
+      value: %s
+`, base, xdsAddress, kubeletPKI)))
+	rendered := kubectl(t, nil, nil, "kustomize", "--load-restrictor", "LoadRestrictionsNone", overlay)
+	if !strings.Contains(rendered, "--xds-address="+xdsAddress) || !strings.Contains(rendered, "path: "+kubeletPKI) {
+		t.Fatalf("the test overlay did not patch the DaemonSet:\n%s", rendered)
+	}
+	kubectl(t, cp, []byte(rendered), "apply", "--server-side", "-f", "-")
+}
+
+// createLogger runs a pod on node with a log generator and a busybox shell.
+func createLogger(t *testing.T, cp *controlPlane, node string) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "logger", Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
+			Name: "logger", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever,
+			Args: []string{"logs-generator", "--log-lines-total", "1000000", "--run-duration", "1h"},
+		}, {
+			Name: "shell", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"sleep", "3600"},
+		}}},
+	}
+	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "pod logger Running", func() bool {
+		p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), "logger", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+}
+
+// dumpCluster logs what a failed cluster test needs: the pods and events,
+// and every container log the node wrote (read from its disk: kubectl logs
+// may be the very thing that broke).
+func dumpCluster(t *testing.T, cp *controlPlane, nodes ...*kubeNode) {
+	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
+		out, err := kubectlRun(t, cp, nil, args...)
+		t.Logf("---- kubectl %s ----\n%s%v", strings.Join(args, " "), out, err)
+	}
+	for _, n := range nodes {
+		logs, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "*", "*", "*.log"))
+		for _, f := range logs {
+			raw, _ := os.ReadFile(f)
+			t.Logf("---- %s: %s ----\n%s", n.name, strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
+		}
+	}
+}
