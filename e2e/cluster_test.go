@@ -79,12 +79,15 @@ func spokeImages(t *testing.T) []string {
 	return images
 }
 
-// TestKubectlReachesARealKubeletThroughSpoke: kube-apiserver with the
-// egress selector, spoke serve watching it, an apiserver proxy, and the node
-// proxy deployed from manifests/ as a DaemonSet pod on a real kubelet (its
-// controller and scheduler real too). kubectl logs and exec -i reach the
-// pod through the egress socket and the node's tunnel; without the node
-// proxy they fail at once with spoke's no-tunnel answer.
+// TestKubectlReachesARealKubeletThroughSpoke: two real nodes (kubelet,
+// containerd, pods) in network namespaces of their own, which the control
+// plane (kube-apiserver with the egress selector, its controller manager and
+// scheduler, spoke serve watching it, an apiserver proxy) has no route to:
+// the test first proves a direct connection fails. The node proxies are
+// deployed from manifests/ as DaemonSet pods on the real kubelets; kubectl
+// logs and exec -i reach each node's pod through the egress socket and that
+// node's tunnel; without the node proxies they fail at once with spoke's
+// no-tunnel answer.
 func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	requireNodeHostTools(t)
 	envoyBin := envoytest.Binary(t)
@@ -95,16 +98,25 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 
 	s := model.DefaultSettings()
 	s.EgressSocketPath = filepath.Join(dir, "egress.sock")
-	s.TunnelListenAddress = "127.0.0.1"
+	nodes := []struct {
+		name, ip, pods string
+		opts           nodeOptions
+	}{
+		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
+		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
+	}
+	controlPlaneAddress := nodes[0].opts.hostAddress() // the host's: every node reaches it
+	s.TunnelListenAddress = "0.0.0.0"
 	s.TunnelPort = uint32(freePort(t))
-	s.APIServerEndpoints = []string{fmt.Sprintf("127.0.0.1:%d", s.TunnelPort)}
+	s.APIServerEndpoints = []string{fmt.Sprintf("%s:%d", controlPlaneAddress, s.TunnelPort)}
+	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
 	egress, err := os.ReadFile("../manifests/control-plane/egress-selector-configuration.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	egressFile := filepath.Join(dir, "egress-selector.yaml")
 	writeTestFile(t, egressFile, []byte(strings.ReplaceAll(string(egress), model.DefaultSettings().EgressSocketPath, s.EgressSocketPath)))
-	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile)
+	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile, "--bind-address", "0.0.0.0")
 	startControllers(t, cp)
 
 	// spoke serve, watching the cluster; its apiserver proxy on the socket.
@@ -135,38 +147,55 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	}
 	apiProxy := envoytest.Start(t, envoyBin, "apiserver-proxy", b)
 
-	node := startKubeNodeWith(t, cp, clusterCA, "node-a", "172.30.1.1", "10.244.1.0/24", images...)
+	var started []*kubeNode
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpCluster(t, cp, node)
+			dumpCluster(t, cp, started...)
 		}
 	})
+	for _, n := range nodes {
+		n.opts.clusterCA = clusterCA
+		started = append(started, startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...))
+	}
+	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
+		conn.Close()
+		t.Fatal("the control plane reached node-a's kubelet directly: the test would prove nothing")
+	} else {
+		t.Logf("direct connection from the control plane to node-a's kubelet: %v", err)
+	}
 	kubectl(t, cp, nil, "create", "namespace", "spoke-system")
 	kubectl(t, cp, nil, "-n", "spoke-system", "create", "configmap", "spoke-server-ca", "--from-file=ca.crt="+authtest.WriteFile(t, dir, "tunnel-ca.crt", issuer.CAPEM()))
 	_, port, _ := net.SplitHostPort(srv.Addr("xds"))
-	deployNodeProxies(t, cp, "127.0.0.1:"+port, node.pki)
-	waitFor(t, 60*time.Second, "node-a's tunnel at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") > 0 })
+	deployNodeProxies(t, cp, net.JoinHostPort(controlPlaneAddress, port))
+	waitFor(t, 60*time.Second, "both nodes' tunnels at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes) })
 
-	createLogger(t, cp, "node-a")
 	before := apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
-	var logs string
-	waitFor(t, 30*time.Second, "kubectl logs through spoke", func() bool {
-		var err error
-		logs, err = kubectlRun(t, cp, nil, "logs", "logger", "-c", "logger", "--tail", "3")
-		return err == nil && strings.Count(logs, "logs_generator.go") == 3
-	})
-	if got := kubectl(t, cp, []byte("through the tunnel\n"), "exec", "-i", "logger", "-c", "shell", "--", "/busybox", "cat"); got != "through the tunnel\n" {
-		t.Errorf("kubectl exec -i through spoke: %q", got)
+	for _, n := range nodes {
+		pod := "logger-" + n.name
+		createLogger(t, cp, pod, n.name)
+		var logs string
+		start := time.Now()
+		waitFor(t, 30*time.Second, "kubectl logs through spoke to "+n.name, func() bool {
+			var err error
+			logs, err = kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "3")
+			return err == nil && strings.Count(logs, "logs_generator.go") == 3
+		})
+		t.Logf("%s: kubectl logs --tail 3 through spoke: %v (first success)", n.name, time.Since(start).Round(time.Millisecond))
+		start = time.Now()
+		if got := kubectl(t, cp, []byte("through the tunnel of "+n.name+"\n"), "exec", "-i", pod, "-c", "shell", "--", "/busybox", "cat"); got != "through the tunnel of "+n.name+"\n" {
+			t.Errorf("kubectl exec -i through spoke to %s: %q", n.name, got)
+		}
+		t.Logf("%s: kubectl exec -i through spoke: %v", n.name, time.Since(start).Round(time.Millisecond))
 	}
-	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2 {
-		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least 2", after-before)
+	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2*len(nodes) {
+		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
 	}
 
-	// Without the node proxy the apiserver has no way to the kubelet.
+	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")
-	waitFor(t, 60*time.Second, "node-a's tunnel to go", func() bool { return apiProxy.StatSum("total_nodes") == 0 })
+	waitFor(t, 60*time.Second, "the tunnels to go", func() bool { return apiProxy.StatSum("total_nodes") == 0 })
 	start := time.Now()
-	out, err := kubectlRun(t, cp, nil, "logs", "logger", "-c", "logger", "--tail", "1")
+	out, err := kubectlRun(t, cp, nil, "logs", "logger-node-a", "-c", "logger", "--tail", "1")
 	if err == nil || !strings.Contains(out, "502") && !strings.Contains(err.Error(), "502") {
 		t.Errorf("kubectl logs with no tunnel to node-a: %q, %v; want spoke's 502", out, err)
 	}
@@ -174,10 +203,9 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 }
 
 // deployNodeProxies applies the local overlay of manifests/ with what this
-// machine's single-node test needs on top (a generated overlay, not a copy):
-// the server's address instead of its Service's DNS name (no cluster DNS
-// runs here) and this node's kubelet certificate directory.
-func deployNodeProxies(t *testing.T, cp *controlPlane, xdsAddress, kubeletPKI string) {
+// machine needs on top (a generated overlay, not a copy): the server's
+// address instead of its Service's DNS name, as no cluster DNS runs here.
+func deployNodeProxies(t *testing.T, cp *controlPlane, xdsAddress string) {
 	t.Helper()
 	overlay := t.TempDir()
 	abs, err := filepath.Abs("../manifests/overlays/local/cluster")
@@ -197,22 +225,20 @@ patches:
     - op: replace
       path: /spec/template/spec/initContainers/0/args/3
       value: --xds-address=%s
-    - op: replace
-      path: /spec/template/spec/volumes/2/hostPath/path
-      value: %s
-`, base, xdsAddress, kubeletPKI)))
+`, base, xdsAddress)))
 	rendered := kubectl(t, nil, nil, "kustomize", "--load-restrictor", "LoadRestrictionsNone", overlay)
-	if !strings.Contains(rendered, "--xds-address="+xdsAddress) || !strings.Contains(rendered, "path: "+kubeletPKI) {
+	if !strings.Contains(rendered, "--xds-address="+xdsAddress) {
 		t.Fatalf("the test overlay did not patch the DaemonSet:\n%s", rendered)
 	}
 	kubectl(t, cp, []byte(rendered), "apply", "--server-side", "-f", "-")
 }
 
-// createLogger runs a pod on node with a log generator and a busybox shell.
-func createLogger(t *testing.T, cp *controlPlane, node string) {
+// createLogger runs pod name on node with a log generator and a busybox
+// shell.
+func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 	t.Helper()
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "logger", Namespace: "default"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
 			Name: "logger", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever,
 			Args: []string{"logs-generator", "--log-lines-total", "1000000", "--run-duration", "1h"},
@@ -223,8 +249,8 @@ func createLogger(t *testing.T, cp *controlPlane, node string) {
 	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "pod logger Running", func() bool {
-		p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), "logger", metav1.GetOptions{})
+	waitFor(t, 60*time.Second, "pod "+name+" Running", func() bool {
+		p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), name, metav1.GetOptions{})
 		return err == nil && p.Status.Phase == corev1.PodRunning
 	})
 }

@@ -24,6 +24,59 @@ type kubeNode struct {
 	pki           string          // the kubelet's /var/lib/kubelet/pki: kubelet-client-current.pem when a cluster CA signed one
 	socket        string          // containerd's CRI socket
 	netnsBefore   map[string]bool // pod network namespaces that were there before the node
+	netns         string          // the node's network namespace; "" when it shares the host's
+}
+
+// start runs a node process (containerd, kubelet), in the node's network
+// namespace when it has one, where /var/lib/kubelet/pki is its own.
+func (n *kubeNode) start(t *testing.T, what, bin string, args ...string) {
+	t.Helper()
+	logFile := filepath.Join(n.dir, what+".log")
+	if n.netns == "" {
+		startProcess(t, n.name+"-"+what, logFile, bin, args...)
+		return
+	}
+	// nsenter, not ip netns exec, which mounts a new /sys and so hides the
+	// cgroup hierarchies from kubelet; unshare for a mount namespace of the
+	// node's own, where its kubelet certificate is at the usual path.
+	script := fmt.Sprintf(`mkdir -p /var/lib/kubelet/pki && mount --bind %s /var/lib/kubelet/pki && exec "$0" "$@"`, n.pki)
+	startProcess(t, n.name+"-"+what, logFile, "nsenter", append([]string{"--net=/var/run/netns/" + n.netns, "unshare", "--mount", "--propagation", "slave", "sh", "-c", script, bin}, args...)...)
+}
+
+// isolate creates the node's network namespace and links it to the host.
+func (n *kubeNode) isolate(t *testing.T, opts nodeOptions) {
+	t.Helper()
+	host, node := opts.hostAddress(), fmt.Sprintf("100.64.%d.2", opts.index)
+	in := []string{"-n", n.netns}
+	for _, args := range [][]string{
+		{"netns", "add", n.netns},
+		{"link", "add", n.netns, "type", "veth", "peer", "name", "eth0", "netns", n.netns},
+		{"addr", "add", host + "/30", "dev", n.netns},
+		{"link", "set", n.netns, "up"},
+		append(in, "addr", "add", node+"/30", "dev", "eth0"),
+		append(in, "addr", "add", n.ip+"/32", "dev", "eth0"),
+		append(in, "link", "set", "eth0", "up"),
+		append(in, "link", "set", "lo", "up"),
+		append(in, "route", "add", "default", "via", host),
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+}
+
+// blockNodeNetworks makes the host, where the control plane runs, unable
+// to route to node and pod addresses (unreachable routes, so a direct
+// connection fails at once), as a control plane in front of private or
+// NATed nodes is; connections the nodes open still work.
+func blockNodeNetworks(t *testing.T, cidrs ...string) {
+	t.Helper()
+	for _, cidr := range cidrs {
+		if out, err := exec.Command("ip", "route", "add", "unreachable", cidr).CombinedOutput(); err != nil {
+			t.Fatalf("ip route add unreachable %s: %v %s", cidr, err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "route", "delete", "unreachable", cidr).Run() })
+	}
 }
 
 func podNetworkNamespaces() map[string]bool {
@@ -62,14 +115,32 @@ func requireNodeHostTools(t *testing.T) {
 // their own bridge, imports images (archives), and waits until the node is
 // Ready.
 func startKubeNode(t *testing.T, cp *controlPlane, name, ip, podCIDR string, images ...string) *kubeNode {
-	return startKubeNodeWith(t, cp, nil, name, ip, podCIDR, images...)
+	return startKubeNodeWith(t, cp, nodeOptions{}, name, ip, podCIDR, images...)
 }
 
-// startKubeNodeWith is startKubeNode with a cluster CA: it signs the
-// kubelet's client certificate (CN system:node:<name>), kept as kubelet keeps
-// it, cert and key in pki/kubelet-client-current.pem, and the kubelet
-// authenticates with it instead of a token.
-func startKubeNodeWith(t *testing.T, cp *controlPlane, clusterCA *authtest.CA, name, ip, podCIDR string, images ...string) *kubeNode {
+// nodeOptions make a node more like a real one.
+type nodeOptions struct {
+	// clusterCA signs the kubelet's client certificate (CN
+	// system:node:<name>), kept as kubelet keeps it, cert and key in
+	// kubelet-client-current.pem; the kubelet authenticates with it. nil: a
+	// token.
+	clusterCA *authtest.CA
+	// isolated puts the node in a network namespace of its own: a veth pair
+	// to the host (host 100.64.<index>.1, node 100.64.<index>.2 and its
+	// default route), ip on the node side, its pods behind its own bridge
+	// there. The node reaches the host's addresses (the control plane); the
+	// host has no route to ip or the pods (see blockNodeNetworks). Its
+	// containerd sees its own kubelet-client-current.pem at
+	// /var/lib/kubelet/pki, as a DaemonSet's hostPath expects.
+	isolated bool
+	index    int
+}
+
+// hostAddress is the host's address on an isolated node's veth pair.
+func (o nodeOptions) hostAddress() string { return fmt.Sprintf("100.64.%d.1", o.index) }
+
+// startKubeNodeWith is startKubeNode with options.
+func startKubeNodeWith(t *testing.T, cp *controlPlane, opts nodeOptions, name, ip, podCIDR string, images ...string) *kubeNode {
 	t.Helper()
 	requireNodeHostTools(t)
 	kubelet := kubeTool(t, "kubelet")
@@ -82,23 +153,32 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, clusterCA *authtest.CA, n
 		t.Fatal(err)
 	}
 	user := fmt.Sprintf("{token: %q}", nodeToken(name))
-	if clusterCA != nil {
-		cert, key := clusterCA.KubeletClient(t, name)
+	if opts.clusterCA != nil {
+		cert, key := opts.clusterCA.KubeletClient(t, name)
 		pem := authtest.WriteFile(t, n.pki, "kubelet-client-current.pem", cert, key)
 		user = fmt.Sprintf("{client-certificate: %q, client-key: %q}", pem, pem)
 	}
 	t.Cleanup(func() { n.cleanUp(t) })
-	n.writeConfigs(t, cp, podCIDR, user)
+	server := cp.url
+	if opts.isolated {
+		n.netns = "spk-" + name
+		server = strings.Replace(cp.url, "127.0.0.1", opts.hostAddress(), 1)
+	}
+	n.writeConfigs(t, server, cp.kubeletClientCA, podCIDR, user)
 	n.makeCgroupRoot(t)
-	n.addAddress(t)
-	startProcess(t, name+"-containerd", filepath.Join(dir, "containerd.log"), nodeHostTools["containerd"], "--config", filepath.Join(dir, "containerd.toml"))
+	if opts.isolated {
+		n.isolate(t, opts)
+	} else {
+		n.addAddress(t)
+	}
+	n.start(t, "containerd", nodeHostTools["containerd"], "--config", filepath.Join(dir, "containerd.toml"))
 	waitFor(t, 20*time.Second, name+"'s containerd socket", func() bool { _, err := os.Stat(n.socket); return err == nil })
 	for _, archive := range images {
 		if out, err := exec.Command(nodeHostTools["ctr"], "--address", n.socket, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
 			t.Fatalf("import %s into %s: %v\n%s", archive, name, err, out)
 		}
 	}
-	startProcess(t, name+"-kubelet", filepath.Join(dir, "kubelet.log"), kubelet,
+	n.start(t, "kubelet", kubelet,
 		"--config", filepath.Join(dir, "kubelet.yaml"), "--kubeconfig", filepath.Join(dir, "kubelet.kubeconfig"),
 		"--hostname-override", name, "--node-ip", ip, "--root-dir", filepath.Join(dir, "kubelet"), "--cert-dir", filepath.Join(dir, "pki"))
 	waitFor(t, 60*time.Second, "node "+name+" Ready", func() bool {
@@ -123,7 +203,7 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, clusterCA *authtest.CA, n
 //     child's PID from pipe: EOF" without it);
 //   - failCgroupV1: false: the machine has cgroup v1, which kubelet 1.37
 //     refuses by default.
-func (n *kubeNode) writeConfigs(t *testing.T, cp *controlPlane, podCIDR, user string) {
+func (n *kubeNode) writeConfigs(t *testing.T, server, kubeletClientCA, podCIDR, user string) {
 	t.Helper()
 	writeTestFile(t, filepath.Join(n.dir, "containerd.toml"), []byte(fmt.Sprintf(`version = 2
 root = "%[1]s/containerd"
@@ -161,14 +241,14 @@ port: 10250
 healthzPort: 0
 readOnlyPort: 0
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
-`, n.name, n.socket, n.dir, cp.kubeletClientCA, n.ip)))
+`, n.name, n.socket, n.dir, kubeletClientCA, n.ip)))
 	writeTestFile(t, filepath.Join(n.dir, "kubelet.kubeconfig"), []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
 users: [{name: node, user: %s}]
 contexts: [{name: test, context: {cluster: test, user: node}}]
 current-context: test
-`, cp.url, user)))
+`, server, user)))
 	if err := os.MkdirAll(filepath.Join(n.dir, "static"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -244,12 +324,15 @@ func (n *kubeNode) removeCgroupRoot() {
 // containerd's shims and mounts, its links, the pods' network namespaces,
 // its cgroups and the containers still in them.
 func (n *kubeNode) cleanUp(t *testing.T) {
-	_ = exec.Command("pkill", "-f", "containerd-shim-runc-v2 -namespace k8s.io -address "+n.socket).Run()
+	_ = exec.Command("pkill", "-f", "containerd-shim-runc-v2 .*-address "+n.socket).Run()
 	if out, err := exec.Command("sh", "-c", "grep -o ' "+n.dir+"[^ ]*' /proc/self/mounts | sort -r | xargs -r umount -l").CombinedOutput(); err != nil {
 		t.Logf("unmount %s: %v %s", n.dir, err, out)
 	}
 	_ = exec.Command("ip", "link", "delete", "br-"+n.name).Run()
 	_ = exec.Command("ip", "link", "delete", "spk-"+n.name).Run()
+	if n.netns != "" {
+		_ = exec.Command("ip", "netns", "delete", n.netns).Run()
+	}
 	for ns := range podNetworkNamespaces() { // containerd, killed, never tore its pods' down
 		if !n.netnsBefore[ns] {
 			_ = exec.Command("ip", "netns", "delete", ns).Run()
@@ -297,7 +380,7 @@ func TestRealKubeletRunsPodsFromLocalImages(t *testing.T) {
 	images := localImages(t)
 	cp := startControlPlane(t)
 	startKubeNode(t, cp, "node-a", "172.30.1.1", "10.244.1.0/24", images...)
-	createLogger(t, cp, "node-a")
+	createLogger(t, cp, "logger", "node-a")
 	var logs string
 	waitFor(t, 30*time.Second, "log lines through the apiserver", func() bool {
 		var err error
