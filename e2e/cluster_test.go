@@ -1,8 +1,12 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -47,7 +51,7 @@ func startControllers(t *testing.T, cp *controlPlane) {
 	kubeconfig := cp.adminKubeconfig(t)
 	dir := t.TempDir()
 	startProcess(t, "kube-controller-manager", filepath.Join(dir, "controller-manager.log"), kubeTool(t, "kube-controller-manager"),
-		"--kubeconfig", kubeconfig, "--controllers", "daemonset-controller,garbage-collector-controller", "--secure-port", "0", "--leader-elect=false")
+		"--kubeconfig", kubeconfig, "--controllers", "daemonset-controller,garbage-collector-controller,endpointslice-controller", "--secure-port", "0", "--leader-elect=false")
 	startProcess(t, "kube-scheduler", filepath.Join(dir, "scheduler.log"), kubeTool(t, "kube-scheduler"),
 		"--kubeconfig", kubeconfig, "--secure-port", "0", "--leader-elect=false")
 }
@@ -187,6 +191,9 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		}
 		t.Logf("%s: kubectl exec -i through spoke: %v", n.name, time.Since(start).Round(time.Millisecond))
 	}
+	for _, n := range nodes {
+		checkStreamingPaths(t, cp, "logger-"+n.name, n.name)
+	}
 	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2*len(nodes) {
 		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
 	}
@@ -233,17 +240,22 @@ patches:
 	kubectl(t, cp, []byte(rendered), "apply", "--server-side", "-f", "-")
 }
 
-// createLogger runs pod name on node with a log generator and a busybox
-// shell.
+// createLogger runs pod name on node (label app=<name>) with a log
+// generator, a busybox shell, a TCP echo server on 9000 and an HTTP server
+// on 8080 (agnhost netexec: /hostname answers the pod's name).
 func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 	t.Helper()
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": name}},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{
 			Name: "logger", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever,
 			Args: []string{"logs-generator", "--log-lines-total", "1000000", "--run-duration", "1h"},
 		}, {
 			Name: "shell", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"sleep", "3600"},
+		}, {
+			Name: "echo", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"nc", "-ll", "-p", "9000", "-e", "/busybox", "cat"},
+		}, {
+			Name: "web", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever, Args: []string{"netexec", "--http-port=8080", "--udp-port=-1"},
 		}}},
 	}
 	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
@@ -270,4 +282,122 @@ func dumpCluster(t *testing.T, cp *controlPlane, nodes ...*kubeNode) {
 			t.Logf("---- %s: %s ----\n%s", n.name, strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
 		}
 	}
+}
+
+// checkStreamingPaths runs the rest of the control-plane-to-node paths
+// through spoke against pod (on node), each checked for content: logs -f,
+// port-forward of 64 MiB each way, the kubelet, pod and service proxies.
+func checkStreamingPaths(t *testing.T, cp *controlPlane, pod, node string) {
+	t.Helper()
+	checkLogsFollow(t, cp, pod)
+	checkPortForward(t, cp, pod, 64<<20)
+	if got := kubectl(t, cp, nil, "get", "--raw", "/api/v1/nodes/"+node+"/proxy/healthz"); got != "ok" {
+		t.Errorf("%s: the kubelet's /healthz through the node proxy subresource: %q", node, got)
+	}
+	if got := kubectl(t, cp, nil, "get", "--raw", "/api/v1/namespaces/default/pods/"+pod+":8080/proxy/hostname"); got != pod {
+		t.Errorf("%s: pod proxy to %s:8080/hostname: %q", node, pod, got)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: "default"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": pod}, Ports: []corev1.ServicePort{{Port: 8080}}},
+	}
+	if _, err := cp.client().CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, 30*time.Second, "the service proxy to "+pod, func() bool {
+		got, _ = kubectlRun(t, cp, nil, "get", "--raw", "/api/v1/namespaces/default/services/"+pod+":8080/proxy/hostname")
+		return got == pod
+	})
+}
+
+// checkLogsFollow: kubectl logs -f delivers lines while the pod writes them.
+func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
+	t.Helper()
+	cmd := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "logs", "-f", pod, "-c", "logger", "--tail", "0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := make(chan time.Time, 100000)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- time.Now()
+		}
+		close(lines)
+	}()
+	start := time.Now()
+	var first time.Time
+	n := 0
+	for deadline := time.After(3 * time.Second); ; {
+		select {
+		case at, ok := <-lines:
+			if !ok {
+				t.Fatalf("%s: kubectl logs -f ended after %d lines", pod, n)
+			}
+			if n == 0 {
+				first = at
+			}
+			n++
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	// logs-generator writes about 280 lines a second.
+	if n < 200 || first.IsZero() || first.Sub(start) > 2*time.Second {
+		t.Errorf("%s: kubectl logs -f delivered %d lines in 3 s, the first after %v; want them as they are written", pod, n, first.Sub(start))
+	}
+	t.Logf("%s: kubectl logs -f: first line after %v, %d lines in 3 s", pod, first.Sub(start).Round(time.Millisecond), n)
+}
+
+// checkPortForward sends size random bytes through kubectl port-forward to
+// the pod's echo server and checks that the same bytes come back.
+func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
+	t.Helper()
+	cmd := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "port-forward", "pod/"+pod, ":9000", "--address", "127.0.0.1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n') // Forwarding from 127.0.0.1:PORT -> 9000
+	if err != nil {
+		t.Fatalf("%s: kubectl port-forward: %v", pod, err)
+	}
+	local, _, _ := strings.Cut(strings.TrimPrefix(line, "Forwarding from "), " ->")
+	conn, err := net.DialTimeout("tcp", local, 5*time.Second)
+	if err != nil {
+		t.Fatalf("%s: port-forward %q: %v", pod, line, err)
+	}
+	defer conn.Close()
+	data := make([]byte, size)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	back := make(chan []byte, 1)
+	go func() {
+		got := make([]byte, size)
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		n, _ := io.ReadFull(conn, got)
+		back <- got[:n]
+	}()
+	if _, err := conn.Write(data); err != nil {
+		t.Fatalf("%s: port-forward write: %v", pod, err)
+	}
+	got := <-back
+	elapsed := time.Since(start)
+	if sha256.Sum256(got) != sha256.Sum256(data) {
+		t.Fatalf("%s: port-forward echoed %d of %d bytes, checksum differs", pod, len(got), size)
+	}
+	t.Logf("%s: port-forward: %d MiB each way in %v (%.0f MB/s each way), checksums match", pod, size>>20, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds())
 }
