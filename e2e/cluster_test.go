@@ -109,6 +109,13 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
 	}
+	// node-c's kubelet serves a certificate from another CA: with
+	// --kubelet-certificate-authority the apiserver must refuse it, tunnel
+	// or not.
+	rogue := struct {
+		name, ip, pods string
+		opts           nodeOptions
+	}{"node-c", "172.30.3.1", "10.244.3.0/24", nodeOptions{isolated: true, index: 3, servingCA: authtest.NewCA(t, "not the cluster CA")}}
 	controlPlaneAddress := nodes[0].opts.hostAddress() // the host's: every node reaches it
 	s.TunnelListenAddress = "0.0.0.0"
 	s.TunnelPort = uint32(freePort(t))
@@ -120,7 +127,8 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	}
 	egressFile := filepath.Join(dir, "egress-selector.yaml")
 	writeTestFile(t, egressFile, []byte(strings.ReplaceAll(string(egress), model.DefaultSettings().EgressSocketPath, s.EgressSocketPath)))
-	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile, "--bind-address", "0.0.0.0")
+	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile, "--bind-address", "0.0.0.0",
+		"--kubelet-certificate-authority", clusterCAFile)
 	startControllers(t, cp)
 
 	// spoke serve, watching the cluster; its apiserver proxy on the socket.
@@ -157,8 +165,11 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 			dumpCluster(t, cp, started...)
 		}
 	})
-	for _, n := range nodes {
+	for _, n := range append(nodes, rogue) {
 		n.opts.clusterCA = clusterCA
+		if n.opts.servingCA == nil {
+			n.opts.servingCA = clusterCA
+		}
 		started = append(started, startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...))
 	}
 	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
@@ -171,7 +182,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	kubectl(t, cp, nil, "-n", "spoke-system", "create", "configmap", "spoke-server-ca", "--from-file=ca.crt="+authtest.WriteFile(t, dir, "tunnel-ca.crt", issuer.CAPEM()))
 	_, port, _ := net.SplitHostPort(srv.Addr("xds"))
 	deployNodeProxies(t, cp, net.JoinHostPort(controlPlaneAddress, port))
-	waitFor(t, 60*time.Second, "both nodes' tunnels at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes) })
+	waitFor(t, 60*time.Second, "every node's tunnel at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes)+1 })
 
 	before := apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
 	for _, n := range nodes {
@@ -193,6 +204,13 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	}
 	for _, n := range nodes {
 		checkStreamingPaths(t, cp, "logger-"+n.name, n.name)
+	}
+	// node-c's tunnel works, but its kubelet's certificate is not the
+	// cluster CA's: the apiserver refuses it inside the tunnel.
+	if out, err := kubectlRun(t, cp, nil, "get", "--raw", "/api/v1/nodes/node-c/proxy/healthz"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("the apiserver accepted node-c's kubelet with a certificate from another CA: %q %v", out, err)
+	} else {
+		t.Logf("node-c, wrong kubelet serving certificate: %v", lastLine(err.Error()))
 	}
 	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2*len(nodes) {
 		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
@@ -400,4 +418,9 @@ func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 		t.Fatalf("%s: port-forward echoed %d of %d bytes, checksum differs", pod, len(got), size)
 	}
 	t.Logf("%s: port-forward: %d MiB each way in %v (%.0f MB/s each way), checksums match", pod, size>>20, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds())
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

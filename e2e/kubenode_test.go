@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,6 +135,10 @@ type nodeOptions struct {
 	// /var/lib/kubelet/pki, as a DaemonSet's hostPath expects.
 	isolated bool
 	index    int
+	// servingCA signs the kubelet's serving certificate (for its node IP),
+	// as with serverTLSBootstrap and approved CSRs. nil: kubelet signs its
+	// own.
+	servingCA *authtest.CA
 }
 
 // hostAddress is the host's address on an isolated node's veth pair.
@@ -165,6 +170,17 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, opts nodeOptions, name, i
 		server = strings.Replace(cp.url, "127.0.0.1", opts.hostAddress(), 1)
 	}
 	n.writeConfigs(t, server, cp.kubeletClientCA, podCIDR, user)
+	if opts.servingCA != nil {
+		cert, key := opts.servingCA.Server(t, net.ParseIP(ip))
+		config := filepath.Join(dir, "kubelet.yaml")
+		raw, err := os.ReadFile(config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = fmt.Appendf(raw, "tlsCertFile: %s\ntlsPrivateKeyFile: %s\n",
+			authtest.WriteFile(t, dir, "kubelet-serving.crt", cert), authtest.WriteFile(t, dir, "kubelet-serving.key", key))
+		writeTestFile(t, config, raw)
+	}
 	n.makeCgroupRoot(t)
 	if opts.isolated {
 		n.isolate(t, opts)
