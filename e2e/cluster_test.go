@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -215,6 +216,8 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2*len(nodes) {
 		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
 	}
+
+	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
 
 	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")
@@ -423,4 +426,37 @@ func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// restartAPIServerProxyUnderLoad kills and restarts the apiserver proxy
+// while a kubectl logs -f is open, reports what happened to it, and
+// measures how long until a new kubectl logs works again.
+func restartAPIServerProxyUnderLoad(t *testing.T, cp *controlPlane, apiProxy *envoytest.Process, envoyBin string, b *bootstrapv3.Bootstrap, pod string) *envoytest.Process {
+	t.Helper()
+	follow := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "logs", "-f", pod, "-c", "logger", "--tail", "0")
+	followOut, _ := follow.StdoutPipe()
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = follow.Process.Kill(); _ = follow.Wait() }()
+	followed := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, followOut); followed <- err }()
+	time.Sleep(500 * time.Millisecond)
+
+	apiProxy.Stop()
+	stopped := time.Now()
+	apiProxy = envoytest.Start(t, envoyBin, "apiserver-proxy-restarted", b)
+	up := time.Since(stopped)
+	waitFor(t, 30*time.Second, "kubectl logs after the apiserver proxy restart", func() bool {
+		logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1")
+		return err == nil && strings.Contains(logs, "logs_generator.go")
+	})
+	t.Logf("apiserver proxy restart: Envoy ready %v after the kill, a new kubectl logs worked %v after it", up.Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond))
+	select {
+	case err := <-followed:
+		t.Logf("apiserver proxy restart: the open kubectl logs -f ended (%v): its stream lived in the killed Envoy; kubectl does not reconnect it", err)
+	case <-time.After(2 * time.Second):
+		t.Logf("apiserver proxy restart: the open kubectl logs -f is still open")
+	}
+	return apiProxy
 }
