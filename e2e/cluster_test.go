@@ -31,10 +31,13 @@ import (
 	"github.com/spokeproxy/spoke/xds"
 )
 
-// adminKubeconfig writes a kubeconfig for cp's admin.
+// adminKubeconfig is a kubeconfig for cp's admin, written on first use.
 func (cp *controlPlane) adminKubeconfig(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	if cp.kubeconfig != "" {
+		return cp.kubeconfig
+	}
+	path := filepath.Join(cp.t.TempDir(), "admin.kubeconfig")
 	writeTestFile(t, path, []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
@@ -42,7 +45,23 @@ users: [{name: admin, user: {token: %q}}]
 contexts: [{name: test, context: {cluster: test, user: admin}}]
 current-context: test
 `, cp.url, cp.token)))
+	cp.kubeconfig = path
 	return path
+}
+
+// startKubectl runs a long-lived kubectl (logs -f, port-forward) against cp
+// and returns its output; it is killed when the calling function's stop runs.
+func startKubectl(t *testing.T, cp *controlPlane, args ...string) (out io.Reader, stop func()) {
+	t.Helper()
+	cmd := exec.Command(kubeTool(t, "kubectl"), append([]string{"--kubeconfig", cp.adminKubeconfig(t)}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return stdout, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
 // startControllers runs the upstream kube-controller-manager (for the
@@ -335,15 +354,8 @@ func checkStreamingPaths(t *testing.T, cp *controlPlane, pod, node string) {
 // checkLogsFollow: kubectl logs -f delivers lines while the pod writes them.
 func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 	t.Helper()
-	cmd := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "logs", "-f", pod, "-c", "logger", "--tail", "0")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	out, stop := startKubectl(t, cp, "logs", "-f", pod, "-c", "logger", "--tail", "0")
+	defer stop()
 	lines := make(chan time.Time, 100000)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -381,15 +393,8 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 // the pod's echo server and checks that the same bytes come back.
 func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 	t.Helper()
-	cmd := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "port-forward", "pod/"+pod, ":9000", "--address", "127.0.0.1")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	out, stop := startKubectl(t, cp, "port-forward", "pod/"+pod, ":9000", "--address", "127.0.0.1")
+	defer stop()
 	line, err := bufio.NewReader(out).ReadString('\n') // Forwarding from 127.0.0.1:PORT -> 9000
 	if err != nil {
 		t.Fatalf("%s: kubectl port-forward: %v", pod, err)
@@ -433,12 +438,8 @@ func lastLine(s string) string {
 // measures how long until a new kubectl logs works again.
 func restartAPIServerProxyUnderLoad(t *testing.T, cp *controlPlane, apiProxy *envoytest.Process, envoyBin string, b *bootstrapv3.Bootstrap, pod string) *envoytest.Process {
 	t.Helper()
-	follow := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "logs", "-f", pod, "-c", "logger", "--tail", "0")
-	followOut, _ := follow.StdoutPipe()
-	if err := follow.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = follow.Process.Kill(); _ = follow.Wait() }()
+	followOut, stop := startKubectl(t, cp, "logs", "-f", pod, "-c", "logger", "--tail", "0")
+	defer stop()
 	followed := make(chan error, 1)
 	go func() { _, err := io.Copy(io.Discard, followOut); followed <- err }()
 	time.Sleep(500 * time.Millisecond)

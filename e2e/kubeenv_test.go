@@ -51,13 +51,14 @@ func kubeTool(t *testing.T, name string) string {
 
 // controlPlane is a real etcd and kube-apiserver on loopback.
 type controlPlane struct {
-	t         *testing.T
-	bin       string
-	args      []string
-	apiserver *exec.Cmd
-	url       string
-	token     string
-	logFile   string
+	t          *testing.T
+	bin        string
+	args       []string
+	apiserver  *exec.Cmd
+	url        string
+	token      string
+	logFile    string
+	kubeconfig string // the admin's (adminKubeconfig)
 	// kubeletClientCA signs the client certificate the apiserver presents
 	// to kubelets; kubelets trust it (x509 authentication).
 	kubeletClientCA string

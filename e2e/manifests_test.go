@@ -32,15 +32,7 @@ func kubectl(t *testing.T, cp *controlPlane, stdin []byte, args ...string) strin
 func kubectlRun(t *testing.T, cp *controlPlane, stdin []byte, args ...string) (string, error) {
 	t.Helper()
 	if cp != nil {
-		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-		writeTestFile(t, kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
-users: [{name: admin, user: {token: %q}}]
-contexts: [{name: test, context: {cluster: test, user: admin}}]
-current-context: test
-`, cp.url, cp.token)))
-		args = append([]string{"--kubeconfig", kubeconfig}, args...)
+		args = append([]string{"--kubeconfig", cp.adminKubeconfig(t)}, args...)
 	}
 	cmd := exec.Command(kubeTool(t, "kubectl"), args...)
 	cmd.Stdin = bytes.NewReader(stdin)
