@@ -237,6 +237,19 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	}
 
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
+	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
+	joined := startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
+	started = append(started, joined)
+	ready := time.Now()
+	waitFor(t, 60*time.Second, "node-d's tunnel", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes)+2 })
+	tunnel := time.Since(ready)
+	createLogger(t, cp, "logger-node-d", "node-d")
+	waitFor(t, 30*time.Second, "kubectl logs to node-d", func() bool {
+		logs, err := kubectlRun(t, cp, nil, "logs", "logger-node-d", "-c", "logger", "--tail", "1")
+		return err == nil && strings.Contains(logs, "logs_generator.go")
+	})
+	t.Logf("node-d joined: its tunnel %v after the node was Ready (DaemonSet pod created, scheduled, started), kubectl logs to its pod worked %v after Ready (pod start included)",
+		tunnel.Round(time.Millisecond), time.Since(ready).Round(time.Millisecond))
 
 	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")
@@ -426,6 +439,43 @@ func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 		t.Fatalf("%s: port-forward echoed %d of %d bytes, checksum differs", pod, len(got), size)
 	}
 	t.Logf("%s: port-forward: %d MiB each way in %v (%.0f MB/s each way), checksums match", pod, size>>20, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds())
+}
+
+// tp is the settings' egress socket, for CONNECTs sent as the apiserver
+// sends them.
+func tp(s model.Settings) string { return s.EgressSocketPath }
+
+// checkDeletedPodRefused deletes pod and waits until spoke refuses a
+// CONNECT to its old address (the apiserver's own path to it), measuring how
+// long that takes.
+func checkDeletedPodRefused(t *testing.T, cp *controlPlane, socket, pod string) {
+	t.Helper()
+	p, err := cp.client().CoreV1().Pods("default").Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := net.JoinHostPort(p.Status.PodIP, "8080")
+	waitFor(t, 30*time.Second, "a CONNECT to "+target+" before the delete", func() bool {
+		conn, _, st, err := sendCONNECT(socket, target, 5*time.Second)
+		if conn != nil {
+			conn.Close()
+		}
+		return err == nil && st == 200
+	})
+	start := time.Now()
+	if err := cp.client().CoreV1().Pods("default").Delete(context.Background(), pod, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	var status int
+	waitFor(t, 30*time.Second, "spoke to refuse the deleted pod's address", func() bool {
+		conn, _, st, err := sendCONNECT(socket, target, 5*time.Second)
+		if conn != nil {
+			conn.Close()
+		}
+		status = st
+		return err == nil && st != 200
+	})
+	t.Logf("pod %s deleted: CONNECT to its address %s refused (%d) %v after the delete", pod, target, status, time.Since(start).Round(time.Millisecond))
 }
 
 func lastLine(s string) string {
