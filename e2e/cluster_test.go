@@ -309,6 +309,9 @@ func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 			Name: "echo", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"nc", "-ll", "-p", "9000", "-e", "/busybox", "cat"},
 		}, {
 			Name: "web", Image: "agnhost:local", ImagePullPolicy: corev1.PullNever, Args: []string{"netexec", "--http-port=8080", "--udp-port=-1"},
+		}, {
+			// Echoes its stdin: for kubectl attach.
+			Name: "attach", Image: "busybox:local", ImagePullPolicy: corev1.PullNever, Args: []string{"cat"}, Stdin: true,
 		}}},
 	}
 	if _, err := cp.client().CoreV1().Pods("default").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
@@ -344,6 +347,7 @@ func checkStreamingPaths(t *testing.T, cp *controlPlane, pod, node string) {
 	t.Helper()
 	checkLogsFollow(t, cp, pod)
 	checkPortForward(t, cp, pod, 64<<20)
+	checkAttachAndTTY(t, cp, pod)
 	if got := kubectl(t, cp, nil, "get", "--raw", "/api/v1/nodes/"+node+"/proxy/healthz"); got != "ok" {
 		t.Errorf("%s: the kubelet's /healthz through the node proxy subresource: %q", node, got)
 	}
@@ -362,6 +366,41 @@ func checkStreamingPaths(t *testing.T, cp *controlPlane, pod, node string) {
 		got, _ = kubectlRun(t, cp, nil, "get", "--raw", "/api/v1/namespaces/default/services/"+pod+":8080/proxy/hostname")
 		return got == pod
 	})
+}
+
+// checkAttachAndTTY: kubectl attach -i reaches the running container's
+// stdin and brings back its output; kubectl exec -it gets a terminal (run
+// under script(1), which gives kubectl one).
+func checkAttachAndTTY(t *testing.T, cp *controlPlane, pod string) {
+	t.Helper()
+	// stdin stays open until the echo is back: at EOF kubectl attach leaves
+	// before the container answers.
+	attach := exec.Command(kubeTool(t, "kubectl"), "--kubeconfig", cp.adminKubeconfig(t), "attach", "-i", pod, "-c", "attach")
+	in, _ := attach.StdinPipe()
+	out, _ := attach.StdoutPipe()
+	if err := attach.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = attach.Process.Kill(); _ = attach.Wait() }()
+	echoed := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		echoed <- line
+	}()
+	fmt.Fprintln(in, "hello over attach")
+	select {
+	case line := <-echoed:
+		if line != "hello over attach\n" {
+			t.Errorf("%s: kubectl attach -i: %q", pod, line)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s: kubectl attach -i: no echo in 10 s", pod)
+	}
+	cmd := exec.Command("script", "-qec", fmt.Sprintf("%s --kubeconfig %s exec -it %s -c shell -- /busybox tty", kubeTool(t, "kubectl"), cp.adminKubeconfig(t), pod), "/dev/null")
+	raw, err := cmd.CombinedOutput()
+	if got := strings.TrimSpace(string(raw)); err != nil || !strings.HasPrefix(got, "/dev/pts/") {
+		t.Errorf("%s: kubectl exec -it ... tty: %q %v; want a terminal in the container", pod, got, err)
+	}
 }
 
 // checkLogsFollow: kubectl logs -f delivers lines while the pod writes them.
