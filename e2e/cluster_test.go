@@ -179,10 +179,9 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	}
 	apiProxy := envoytest.Start(t, envoyBin, "apiserver-proxy", b)
 
-	var started []*kubeNode
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpCluster(t, cp, started...)
+			dumpCluster(t, cp)
 		}
 	})
 	for _, n := range append(nodes, rogue) {
@@ -190,7 +189,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		if n.opts.servingCA == nil {
 			n.opts.servingCA = clusterCA
 		}
-		started = append(started, startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...))
+		startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...)
 	}
 	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
 		conn.Close()
@@ -238,8 +237,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
 	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
-	joined := startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
-	started = append(started, joined)
+	startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
 	ready := time.Now()
 	waitFor(t, 60*time.Second, "node-d's tunnel", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes)+2 })
 	tunnel := time.Since(ready)
@@ -323,20 +321,12 @@ func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 	})
 }
 
-// dumpCluster logs what a failed cluster test needs: the pods and events,
-// and every container log the node wrote (read from its disk: kubectl logs
-// may be the very thing that broke).
-func dumpCluster(t *testing.T, cp *controlPlane, nodes ...*kubeNode) {
+// dumpCluster logs the pods and events of a failed cluster test (each node
+// logs its containers' logs from disk when it is cleaned up).
+func dumpCluster(t *testing.T, cp *controlPlane) {
 	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
 		out, err := kubectlRun(t, cp, nil, args...)
 		t.Logf("---- kubectl %s ----\n%s%v", strings.Join(args, " "), out, err)
-	}
-	for _, n := range nodes {
-		logs, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "*", "*", "*.log"))
-		for _, f := range logs {
-			raw, _ := os.ReadFile(f)
-			t.Logf("---- %s: %s ----\n%s", n.name, strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
-		}
 	}
 }
 

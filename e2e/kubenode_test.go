@@ -356,9 +356,11 @@ func (n *kubeNode) cleanUp(t *testing.T) {
 	}
 	n.removeCgroupRoot()
 	if t.Failed() {
-		for _, f := range []string{"containerd.log", "kubelet.log"} {
-			raw, _ := os.ReadFile(filepath.Join(n.dir, f))
-			t.Logf("---- %s %s ----\n%s", n.name, f, tail(string(raw), 3000))
+		// The containers' own logs, from disk: kubectl logs may be what broke.
+		logs, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "*", "*", "*.log"))
+		for _, f := range append([]string{filepath.Join(n.dir, "containerd.log"), filepath.Join(n.dir, "kubelet.log")}, logs...) {
+			raw, _ := os.ReadFile(f)
+			t.Logf("---- %s %s ----\n%s", n.name, strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
 		}
 	}
 	if os.Getenv("SPOKE_KEEP_NODE") == "" {
