@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/translator/model"
+)
+
+// spokeServer is `spoke serve --source kubernetes` in its own process with
+// the control-plane static pod's flags: the spoke-server ServiceAccount's
+// token (the RBAC of manifests/), the tunnel CA from its Secret, node
+// proxies authenticated by the cluster CA. restart kills it (SIGKILL, as a
+// crash would) and starts it again on the same addresses.
+type spokeServer struct {
+	t      *testing.T
+	bin    string
+	args   []string
+	dir    string
+	http   string // health and metrics
+	xds    string // what the node proxies dial
+	socket string // the apiserver proxy's ADS
+	cmd    *exec.Cmd
+	starts int
+}
+
+// createTunnelCA stores a new tunnel CA as the Secret the server reads and
+// its certificate as the ConfigMap the node proxies trust.
+func createTunnelCA(t *testing.T, cp *controlPlane, dir string) {
+	t.Helper()
+	cert, key, err := pki.GenerateCA("spoke cluster-test tunnel CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := authtest.WriteFile(t, dir, "tunnel-ca.crt", cert), authtest.WriteFile(t, dir, "tunnel-ca.key", key)
+	kubectl(t, cp, nil, "-n", "spoke-system", "create", "secret", "tls", "spoke-tunnel-ca", "--cert", certFile, "--key", keyFile)
+	kubectl(t, cp, nil, "-n", "spoke-system", "create", "configmap", "spoke-server-ca", "--from-file=ca.crt="+certFile)
+}
+
+// startSpokeServer runs the server for settings s; the node proxies reach
+// it at host:xdsPort. The manifests must be applied (ServiceAccount, RBAC).
+func startSpokeServer(t *testing.T, cp *controlPlane, s model.Settings, clusterCAFile, host string, xdsPort int) *spokeServer {
+	t.Helper()
+	dir := t.TempDir()
+	settings, err := json.Marshal(s) // a settings file may be JSON: YAML's superset
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(dir, "settings.yaml"), settings)
+	token := strings.TrimSpace(kubectl(t, cp, nil, "-n", "spoke-system", "create", "token", "spoke-server", "--duration", "2h"))
+	kubeconfig := filepath.Join(dir, "server.kubeconfig")
+	writeTestFile(t, kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: spoke-server, user: {token: %q}}]
+contexts: [{name: test, context: {cluster: test, user: spoke-server}}]
+current-context: test
+`, cp.url, token)))
+	srv := &spokeServer{t: t, bin: buildSpoke(t), dir: dir,
+		http: fmt.Sprintf("127.0.0.1:%d", freePort(t)), xds: net.JoinHostPort(host, strconv.Itoa(xdsPort)),
+		socket: filepath.Join(dir, "xds.sock")}
+	_, port, _ := net.SplitHostPort(srv.xds)
+	srv.args = []string{"serve", "--source=kubernetes", "--kubeconfig=" + kubeconfig,
+		"--tunnel-ca-secret=spoke-system/spoke-tunnel-ca", "--client-ca-file=" + clusterCAFile,
+		"--xds-address=0.0.0.0:" + port, "--xds-server-name=spoke-server", "--xds-socket=" + srv.socket,
+		"--http-address=" + srv.http, fmt.Sprintf("--debug-address=127.0.0.1:%d", freePort(t)),
+		"--config=" + filepath.Join(dir, "settings.yaml"), "--shutdown-grace=1s"}
+	srv.start()
+	return srv
+}
+
+func (s *spokeServer) start() {
+	s.t.Helper()
+	s.starts++
+	s.cmd = startProcess(s.t, "spoke serve", filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", s.starts)), s.bin, s.args...)
+	waitFor(s.t, 30*time.Second, "spoke serve to be ready", func() bool { _, err := httpBody("http://" + s.http + "/readyz"); return err == nil })
+}
+
+// restart kills the server and starts it again; it returns when the new
+// one is ready.
+func (s *spokeServer) restart() {
+	s.t.Helper()
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.start()
+}
+
+// connected is spoke_connected_envoys{role=role} from /metrics.
+func (s *spokeServer) connected(role string) int {
+	body, err := httpBody("http://" + s.http + "/metrics")
+	if err != nil {
+		return -1
+	}
+	prefix := fmt.Sprintf(`spoke_connected_envoys{role=%q} `, role)
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return 0
+}
+
+// openStreams holds a kubectl logs -f and a kubectl port-forward (with one
+// connection echoing through it) to pod while something restarts, and says
+// afterwards which of them lived.
+type openStreams struct {
+	t       *testing.T
+	pod     string
+	stop    []func()
+	follow  chan error
+	lines   chan struct{}
+	echo    net.Conn
+	forward string // the port-forward's local address
+}
+
+func holdStreams(t *testing.T, cp *controlPlane, pod string) *openStreams {
+	t.Helper()
+	o := &openStreams{t: t, pod: pod, follow: make(chan error, 1), lines: make(chan struct{}, 1<<16)}
+	out, stop := startKubectl(t, cp, "logs", "-f", pod, "-c", "logger", "--tail", "0")
+	o.stop = append(o.stop, stop)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case o.lines <- struct{}{}:
+			default:
+			}
+		}
+		o.follow <- sc.Err()
+	}()
+	fwd, stop := startKubectl(t, cp, "port-forward", "pod/"+pod, ":9000", "--address", "127.0.0.1")
+	o.stop = append(o.stop, stop)
+	line, err := bufio.NewReader(fwd).ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s: kubectl port-forward: %v", pod, err)
+	}
+	o.forward, _, _ = strings.Cut(strings.TrimPrefix(line, "Forwarding from "), " ->")
+	if o.echo, err = net.DialTimeout("tcp", o.forward, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !echoes(o.echo) {
+		t.Fatalf("%s: the port-forward does not echo before the restart", pod)
+	}
+	waitFor(t, 5*time.Second, "kubectl logs -f to deliver a line", func() bool { return len(o.lines) > 0 })
+	return o
+}
+
+// echoes sends a line through conn and wants it back within 3 s.
+func echoes(conn net.Conn) bool {
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	defer func() { _ = conn.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(conn, "ping\n"); err != nil {
+		return false
+	}
+	got := make([]byte, 5)
+	_, err := io.ReadFull(conn, got)
+	return err == nil && string(got) == "ping\n"
+}
+
+// report says what lived: the logs -f still delivering lines, the open
+// port-forward connection still echoing, a new connection through the same
+// kubectl port-forward. It returns whether the logs -f and the open
+// connection lived.
+func (o *openStreams) report(what string) (followLived, echoLived bool) {
+	o.t.Helper()
+	defer func() {
+		o.echo.Close()
+		for _, stop := range o.stop {
+			stop()
+		}
+	}()
+	for len(o.lines) > 0 {
+		<-o.lines
+	}
+	select {
+	case <-o.lines:
+		followLived = true
+	case err := <-o.follow:
+		o.t.Logf("%s: the open kubectl logs -f ended (%v)", what, err)
+	case <-time.After(3 * time.Second):
+		o.t.Logf("%s: the open kubectl logs -f delivered nothing for 3 s", what)
+	}
+	echoLived = echoes(o.echo)
+	newConn := false
+	if conn, err := net.DialTimeout("tcp", o.forward, 2*time.Second); err == nil {
+		newConn = echoes(conn)
+		conn.Close()
+	}
+	o.t.Logf("%s: open kubectl logs -f still delivering: %v; open port-forward connection still echoing: %v; a new connection through the same kubectl port-forward echoes: %v",
+		what, followLived, echoLived, newConn)
+	return followLived, echoLived
+}
+
+// restartServerUnderLoad kills the spoke server while a logs -f and a
+// port-forward are open and kubectl logs runs in a loop: the data path
+// does not go through the server, so nothing of it may notice. It measures
+// how long until every Envoy is connected to the new server.
+func restartServerUnderLoad(t *testing.T, cp *controlPlane, srv *spokeServer, apiProxy *envoytest.Process, pod string, nodes int) {
+	t.Helper()
+	open := holdStreams(t, cp, pod)
+	tunnels := apiProxy.StatSum("total_nodes")
+	killed := time.Now()
+	_ = srv.cmd.Process.Kill()
+	_ = srv.cmd.Wait()
+	// The server is down: new requests still go through the tunnels.
+	start := time.Now()
+	if logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1"); err != nil || !strings.Contains(logs, "logs_generator.go") {
+		t.Errorf("kubectl logs while the spoke server is down: %q %v", logs, err)
+	} else {
+		t.Logf("spoke server down: a new kubectl logs through spoke took %v", time.Since(start).Round(time.Millisecond))
+	}
+	srv.start()
+	ready := time.Since(killed)
+	waitFor(t, 60*time.Second, "every Envoy back on the restarted server", func() bool {
+		return srv.connected("node") >= nodes && srv.connected("apiserver") == 1
+	})
+	t.Logf("spoke server restart (SIGKILL): ready again %v after the kill, every Envoy (%d node proxies, 1 apiserver proxy) connected %v after it",
+		ready.Round(time.Millisecond), nodes, time.Since(killed).Round(time.Millisecond))
+	if after := apiProxy.StatSum("total_nodes"); after < tunnels {
+		t.Errorf("tunnels at the apiserver proxy: %d before the server restart, %d after", tunnels, after)
+	}
+	if follow, echo := open.report("spoke server restart"); !follow || !echo {
+		t.Errorf("a spoke server restart broke an open stream (logs -f lived: %v, port-forward lived: %v); the data path must not depend on the server", follow, echo)
+	}
+}
