@@ -236,3 +236,92 @@ func restartServerUnderLoad(t *testing.T, cp *controlPlane, srv *spokeServer, ap
 		t.Errorf("a spoke server restart broke an open stream (logs -f lived: %v, port-forward lived: %v); the data path must not depend on the server", follow, echo)
 	}
 }
+
+// tunnelsPerNode reads the apiserver proxy's per-node tunnel gauges (as
+// spoke's tunnel watcher does).
+func tunnelsPerNode(apiProxy *envoytest.Process) (map[string]int, error) {
+	body, err := apiProxy.Get("/stats?hidden=include&filter=^reverse_tunnel_responder%5C.nodes%5C.")
+	if err != nil {
+		return nil, err
+	}
+	held := map[string]int{}
+	for _, line := range strings.Split(body, "\n") {
+		name, value, ok := strings.Cut(line, ": ")
+		if node, isNode := strings.CutPrefix(name, "reverse_tunnel_responder.nodes."); ok && isNode {
+			n, _ := strconv.Atoi(strings.TrimSpace(value))
+			held[node] += n
+		}
+	}
+	return held, nil
+}
+
+// rollSample is what a DaemonSet roll did to one node.
+type rollSample struct {
+	fewestTunnels, probes, failed int
+}
+
+// rollNodeProxies restarts the DaemonSet (kubectl rollout restart) and
+// watches every node throughout: the tunnels it holds at the apiserver
+// proxy (every 100 ms) and a CONNECT to its kubelet through the egress
+// socket (every 250 ms). The manifests' surge update promises that a node
+// never loses every tunnel, so no probe may fail.
+func rollNodeProxies(t *testing.T, cp *controlPlane, apiProxy *envoytest.Process, socket string, kubelets map[string]string, pod string) {
+	t.Helper()
+	open := holdStreams(t, cp, pod)
+	samples := map[string]*rollSample{}
+	for node := range kubelets {
+		samples[node] = &rollSample{fewestTunnels: 1 << 30}
+	}
+	done := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			if held, err := tunnelsPerNode(apiProxy); err == nil {
+				for node, s := range samples {
+					s.fewestTunnels = min(s.fewestTunnels, held[node])
+				}
+			}
+			if i%3 != 0 {
+				continue
+			}
+			for node, kubelet := range kubelets {
+				conn, _, st, err := sendCONNECT(socket, kubelet, 2*time.Second)
+				if conn != nil {
+					conn.Close()
+				}
+				samples[node].probes++
+				if err != nil || st != 200 {
+					samples[node].failed++
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "restart", "daemonset/spoke-node-proxy")
+	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "240s")
+	// rollout status returns when the new pods are available; the last old
+	// pod may still be going.
+	waitFor(t, 60*time.Second, "the old node proxy pods to go", func() bool {
+		out, err := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "name")
+		return err == nil && strings.Count(out, "pod/") == len(kubelets)
+	})
+	time.Sleep(time.Second)
+	close(done)
+	<-watched
+	t.Logf("DaemonSet roll of %d nodes took %v", len(kubelets), time.Since(start).Round(time.Second))
+	for node, s := range samples {
+		t.Logf("DaemonSet roll, %s: fewest tunnels held %d; CONNECTs to its kubelet: %d of %d failed", node, s.fewestTunnels, s.failed, s.probes)
+		if s.fewestTunnels == 0 || s.failed > 0 || s.probes < 10 {
+			t.Errorf("DaemonSet roll: %s held %d tunnels at its worst and %d of %d CONNECTs failed; the surge update must keep it reachable", node, s.fewestTunnels, s.failed, s.probes)
+		}
+	}
+	open.report("DaemonSet roll")
+}

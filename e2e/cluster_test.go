@@ -216,6 +216,11 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 
 	restartServerUnderLoad(t, cp, srv, apiProxy, "logger-node-a", len(nodes)+1)
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
+	kubelets := map[string]string{}
+	for _, n := range append(nodes, rogue) {
+		kubelets[n.name] = n.ip + ":10250"
+	}
+	rollNodeProxies(t, cp, apiProxy, tp(s), kubelets, "logger-node-a")
 	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
 	startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
 	ready := time.Now()
