@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity tools-node build image vet fmt-check golden bench bench-datapath fuzz race
+.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath fuzz race e2e-cluster e2e-kind
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -58,6 +58,20 @@ tools-node:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q $(NODE_PACKAGES) || { apt-get update -q && apt-get install -y -q $(NODE_PACKAGES); }; \
 	fi
+
+## e2e-cluster: the real-cluster suite alone (kubelets, containerd, pods in network namespaces, spoke deployed from manifests/; root); make test runs it too
+CLUSTER_TESTS := TestKubectlReachesARealKubeletThroughSpoke|TestRealKubeletRunsPodsFromLocalImages|TestManifestsApplyToARealAPIServer|TestControlPlaneManifestsFitTogether|TestNodeProxyDaemonSetIsLeastPrivilege|TestKindConfig
+e2e-cluster: tools tools-kube tools-node
+	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 go test -count=1 -v -run '^($(CLUSTER_TESTS))$$' ./e2e/
+
+## tools-kind: kind $(KIND_VERSION) from its Go module into .tools/kind-$(KIND_VERSION)
+KIND_VERSION := v0.33.0
+tools-kind:
+	@[ -x $(TOOLS)/kind-$(KIND_VERSION)/kind ] || GOBIN=$(TOOLS)/kind-$(KIND_VERSION) go install sigs.k8s.io/kind@$(KIND_VERSION)
+
+## e2e-kind: the same checks on a kind cluster (needs a running Docker daemon; run from the repository root)
+e2e-kind: tools tools-kube tools-kind
+	SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKindClusterThroughSpoke$$' ./e2e/
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-node fmt-check vet

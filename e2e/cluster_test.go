@@ -47,6 +47,7 @@ current-context: test
 
 // startKubectl runs a long-lived kubectl (logs -f, port-forward) against cp
 // and returns its output; it is killed when the calling function's stop runs.
+// Its standard error is logged if the test fails.
 func startKubectl(t *testing.T, cp *controlPlane, args ...string) (out io.Reader, stop func()) {
 	t.Helper()
 	cmd := exec.Command(kubeTool(t, "kubectl"), append([]string{"--kubeconfig", cp.adminKubeconfig(t)}, args...)...)
@@ -54,9 +55,16 @@ func startKubectl(t *testing.T, cp *controlPlane, args ...string) (out io.Reader
 	if err != nil {
 		t.Fatal(err)
 	}
+	stderr := &envoytest.LogBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() && stderr.String() != "" {
+			t.Logf("kubectl %s: standard error:\n%s", strings.Join(args, " "), stderr.String())
+		}
+	})
 	return stdout, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
@@ -133,18 +141,25 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		opts           nodeOptions
 	}{"node-c", "172.30.3.1", "10.244.3.0/24", nodeOptions{isolated: true, index: 3, servingCA: authtest.NewCA(t, "not the cluster CA")}}
 	controlPlaneAddress := nodes[0].opts.hostAddress() // the host's: every node reaches it
-	s.TunnelListenAddress = "0.0.0.0"
+	// Two apiserver proxies, each on an address of its own on the host (the
+	// second comes with a second kube-apiserver late in the test); the node
+	// proxies dial both from the start.
+	proxyAddresses := []string{"100.64.0.1", "100.64.0.2"}
+	addHostAddresses(t, proxyAddresses...)
 	s.TunnelPort = uint32(freePort(t))
-	s.APIServerEndpoints = []string{fmt.Sprintf("%s:%d", controlPlaneAddress, s.TunnelPort)}
-	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
-	egress, err := os.ReadFile("../manifests/control-plane/egress-selector-configuration.yaml")
-	if err != nil {
-		t.Fatal(err)
+	for _, a := range proxyAddresses {
+		s.APIServerEndpoints = append(s.APIServerEndpoints, fmt.Sprintf("%s:%d", a, s.TunnelPort))
 	}
-	egressFile := filepath.Join(dir, "egress-selector.yaml")
-	writeTestFile(t, egressFile, []byte(strings.ReplaceAll(string(egress), model.DefaultSettings().EgressSocketPath, s.EgressSocketPath)))
+	s.TunnelListenAddress = proxyAddresses[0]
+	s2 := s
+	s2.TunnelListenAddress, s2.EgressSocketPath = proxyAddresses[1], filepath.Join(dir, "egress-2.sock")
+	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
+	egressFile := egressSelectorFile(t, s, filepath.Join(dir, "egress-selector.yaml"))
 	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile, "--bind-address", "0.0.0.0",
-		"--kubelet-certificate-authority", clusterCAFile)
+		"--kubelet-certificate-authority", clusterCAFile,
+		// Webhooks and APIServices at their pods' addresses: no kube-proxy
+		// runs on these nodes to carry a ClusterIP.
+		"--enable-aggregator-routing=true")
 	startControllers(t, cp)
 
 	// spoke deployed from manifests/: the namespace, the server's RBAC and
@@ -167,12 +182,13 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 			dumpCluster(t, cp)
 		}
 	})
+	kubeNodes := map[string]*kubeNode{}
 	for _, n := range append(nodes, rogue) {
 		n.opts.clusterCA = clusterCA
 		if n.opts.servingCA == nil {
 			n.opts.servingCA = clusterCA
 		}
-		startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...)
+		kubeNodes[n.name] = startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...)
 	}
 	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
 		conn.Close()
@@ -214,13 +230,15 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
 	}
 
+	podB, err := cp.client().CoreV1().Pods("default").Get(context.Background(), "logger-node-b", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNodeCannotReachOtherNodes(t, kubeNodes["node-a"], s.APIServerEndpoints[0], []string{nodes[1].ip + ":10250", net.JoinHostPort(podB.Status.PodIP, "8080")})
+	checkWebhookAndAPIService(t, cp, "node-b")
+	checkUnknownNode(t, cp, srv, clusterCA, filepath.Join(dir, "tunnel-ca.crt"), envoyBin, "logger-node-a")
 	restartServerUnderLoad(t, cp, srv, apiProxy, "logger-node-a", len(nodes)+1)
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
-	kubelets := map[string]string{}
-	for _, n := range append(nodes, rogue) {
-		kubelets[n.name] = n.ip + ":10250"
-	}
-	rollNodeProxies(t, cp, apiProxy, tp(s), kubelets, "logger-node-a")
 	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
 	startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
 	ready := time.Now()
@@ -234,9 +252,17 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	t.Logf("node-d joined: its tunnel %v after the node was Ready (DaemonSet pod created, scheduled, started), kubectl logs to its pod worked %v after Ready (pod start included)",
 		tunnel.Round(time.Millisecond), time.Since(ready).Round(time.Millisecond))
 
+	apiProxy2 := checkSecondAPIServer(t, cp, s2, clusterCAFile, controlPlaneAddress, envoyBin, []string{"node-a", "node-b", "node-c", "node-d"},
+		map[string]string{"node-a": "logger-node-a", "node-d": "logger-node-d"})
+	kubelets := map[string]string{"node-d": "172.30.4.1:10250"}
+	for _, n := range append(nodes, rogue) {
+		kubelets[n.name] = n.ip + ":10250"
+	}
+	rollNodeProxies(t, cp, []*envoytest.Process{apiProxy, apiProxy2}, []string{s.EgressSocketPath, s2.EgressSocketPath}, kubelets, "logger-node-a")
+
 	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")
-	waitFor(t, 60*time.Second, "the tunnels to go", func() bool { return apiProxy.StatSum("total_nodes") == 0 })
+	waitFor(t, 60*time.Second, "the tunnels to go", func() bool { return apiProxy.StatSum("total_nodes") == 0 && apiProxy2.StatSum("total_nodes") == 0 })
 	start := time.Now()
 	out, err := kubectlRun(t, cp, nil, "logs", "logger-node-a", "-c", "logger", "--tail", "1")
 	if err == nil || !strings.Contains(out, "502") && !strings.Contains(err.Error(), "502") {

@@ -62,6 +62,9 @@ type controlPlane struct {
 	// kubeletClientCA signs the client certificate the apiserver presents
 	// to kubelets; kubelets trust it (x509 authentication).
 	kubeletClientCA string
+	// clientset, when set, is the client (a cluster this test did not
+	// start: kind).
+	clientset kubernetes.Interface
 }
 
 // testNodes have tokens in every control plane (static token file): user
@@ -153,6 +156,9 @@ func (cp *controlPlane) waitReady() {
 }
 
 func (cp *controlPlane) client() kubernetes.Interface {
+	if cp.clientset != nil {
+		return cp.clientset
+	}
 	cfg := &rest.Config{Host: cp.url, BearerToken: cp.token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, QPS: 100, Burst: 200}
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

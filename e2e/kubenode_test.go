@@ -29,7 +29,7 @@ type kubeNode struct {
 }
 
 // start runs a node process (containerd, kubelet), in the node's network
-// namespace when it has one, where /var/lib/kubelet/pki is its own.
+// namespace when it has one, and then in the node's mount namespace too.
 func (n *kubeNode) start(t *testing.T, what, bin string, args ...string) {
 	t.Helper()
 	logFile := filepath.Join(n.dir, what+".log")
@@ -38,10 +38,26 @@ func (n *kubeNode) start(t *testing.T, what, bin string, args ...string) {
 		return
 	}
 	// nsenter, not ip netns exec, which mounts a new /sys and so hides the
-	// cgroup hierarchies from kubelet; unshare for a mount namespace of the
-	// node's own, where its kubelet certificate is at the usual path.
-	script := fmt.Sprintf(`mkdir -p /var/lib/kubelet/pki && mount --bind %s /var/lib/kubelet/pki && exec "$0" "$@"`, n.pki)
-	startProcess(t, n.name+"-"+what, logFile, "nsenter", append([]string{"--net=/var/run/netns/" + n.netns, "unshare", "--mount", "--propagation", "slave", "sh", "-c", script, bin}, args...)...)
+	// cgroup hierarchies from kubelet.
+	startProcess(t, n.name+"-"+what, logFile, "nsenter", append([]string{"--net=/var/run/netns/" + n.netns, "--mount=" + n.mountNamespace(), bin}, args...)...)
+}
+
+func (n *kubeNode) mountNamespace() string { return filepath.Join(n.dir, "mntns", "ns") }
+
+// pinMountNamespace creates the node's mount namespace, kept by a bind
+// mount as ip netns keeps network namespaces: kubelet and containerd share
+// it, so the tmpfs kubelet mounts for a pod's Secret volume is what runc
+// bind-mounts into the container; the node's kubelet certificate is at the
+// usual /var/lib/kubelet/pki there, as a DaemonSet's hostPath expects. It
+// is a slave of the host's: the node's mounts stay its own.
+func (n *kubeNode) pinMountNamespace(t *testing.T) {
+	t.Helper()
+	dir := filepath.Dir(n.mountNamespace())
+	script := fmt.Sprintf(`mkdir -p %[1]s /var/lib/kubelet/pki && mount --bind %[1]s %[1]s && mount --make-private %[1]s && touch %[2]s &&
+unshare --mount=%[2]s --propagation slave mount --bind %[3]s /var/lib/kubelet/pki`, dir, n.mountNamespace(), n.pki)
+	if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
+		t.Fatalf("mount namespace of %s: %v %s", n.name, err, out)
+	}
 }
 
 // isolate creates the node's network namespace and links it to the host.
@@ -184,6 +200,7 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, opts nodeOptions, name, i
 	n.makeCgroupRoot(t)
 	if opts.isolated {
 		n.isolate(t, opts)
+		n.pinMountNamespace(t)
 	} else {
 		n.addAddress(t)
 	}
@@ -196,7 +213,8 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, opts nodeOptions, name, i
 	}
 	n.start(t, "kubelet", kubelet,
 		"--config", filepath.Join(dir, "kubelet.yaml"), "--kubeconfig", filepath.Join(dir, "kubelet.kubeconfig"),
-		"--hostname-override", name, "--node-ip", ip, "--root-dir", filepath.Join(dir, "kubelet"), "--cert-dir", filepath.Join(dir, "pki"))
+		"--hostname-override", name, "--node-ip", ip, "--root-dir", filepath.Join(dir, "kubelet"), "--cert-dir", filepath.Join(dir, "pki"),
+		"--v=2") // SyncLoop ADD/UPDATE/DELETE: which pods the kubelet saw, when a test fails
 	waitFor(t, 60*time.Second, "node "+name+" Ready", func() bool {
 		node, err := cp.client().CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
 		if err != nil {

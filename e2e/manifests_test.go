@@ -148,23 +148,11 @@ func checkContainersLocked(t *testing.T, what string, containers []corev1.Contai
 // static pod, the egress selector file and the default settings agree on
 // every path; both pods pass a real apiserver's server-side dry run.
 func TestControlPlaneManifestsFitTogether(t *testing.T) {
-	kubeadm := kubeTool(t, "kubeadm")
-	root := t.TempDir()
 	fragment, err := os.ReadFile("../manifests/control-plane/kubeadm-config.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	config := "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint: {advertiseAddress: 192.0.2.10, bindPort: 6443}\nnodeRegistration: {name: cp-1}\n---\n" +
-		string(fragment) + "kubernetesVersion: " + kubeVersion + "\n"
-	writeTestFile(t, filepath.Join(root, "kubeadm.yaml"), []byte(config))
-	// --rootfs: kubeadm chroots there, so it writes the manifest under root.
-	if out, err := exec.Command(kubeadm, "init", "phase", "control-plane", "apiserver", "--config", "/kubeadm.yaml", "--rootfs", root).CombinedOutput(); err != nil {
-		t.Fatalf("kubeadm: %v\n%s", err, out)
-	}
-	apiserverYAML, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/manifests/kube-apiserver.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	apiserverYAML := renderAPIServerPod(t, string(fragment))
 	var apiserver, spoke corev1.Pod
 	renderedObject(t, string(apiserverYAML), "Pod", &apiserver)
 	renderedObject(t, kubectl(t, nil, nil, "kustomize", "../manifests/control-plane"), "Pod", &spoke)
@@ -212,6 +200,25 @@ func TestControlPlaneManifestsFitTogether(t *testing.T) {
 	kubectl(t, cp, nil, "create", "namespace", "spoke-system")
 	kubectl(t, cp, apiserverYAML, "apply", "--server-side", "--dry-run=server", "-f", "-")
 	kubectl(t, cp, []byte(kubectl(t, nil, nil, "kustomize", "../manifests/control-plane")), "apply", "--server-side", "--dry-run=server", "-f", "-")
+}
+
+// renderAPIServerPod has the real kubeadm write kube-apiserver's static pod
+// for a ClusterConfiguration (kubernetesVersion added).
+func renderAPIServerPod(t *testing.T, clusterConfiguration string) []byte {
+	t.Helper()
+	root := t.TempDir()
+	config := "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint: {advertiseAddress: 192.0.2.10, bindPort: 6443}\nnodeRegistration: {name: cp-1}\n---\n" +
+		strings.TrimRight(clusterConfiguration, "\n") + "\nkubernetesVersion: " + kubeVersion + "\n"
+	writeTestFile(t, filepath.Join(root, "kubeadm.yaml"), []byte(config))
+	// --rootfs: kubeadm chroots there, so it writes the manifest under root.
+	if out, err := exec.Command(kubeTool(t, "kubeadm"), "init", "phase", "control-plane", "apiserver", "--config", "/kubeadm.yaml", "--rootfs", root).CombinedOutput(); err != nil {
+		t.Fatalf("kubeadm: %v\n%s", err, out)
+	}
+	pod, err := os.ReadFile(filepath.Join(root, "etc/kubernetes/manifests/kube-apiserver.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pod
 }
 
 // hostPathMountedAt returns the host path that c mounts at path, "" if none.

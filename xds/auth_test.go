@@ -452,3 +452,55 @@ func TestHandshakeLogOnlyFromTheLocalSocket(t *testing.T) {
 		t.Errorf("the socket's entry was not recorded under worker-2: %s", body)
 	}
 }
+
+// TestSocketDirectoryChecked: a socket directory others may write to (no
+// sticky bit) or a missing one stops the server with one error saying what
+// to do; a sticky world-writable one (/tmp) and a private one are fine.
+func TestSocketDirectoryChecked(t *testing.T) {
+	base := t.TempDir()
+	issuer, err := pki.NewDevelopmentIssuer(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		mode os.FileMode
+		want string // "" : accepted
+	}{
+		{"private", 0o755, ""},
+		{"sticky", 0o777 | os.ModeSticky, ""},
+		{"open", 0o777, "chmod go-w"},
+		{"group", 0o775, "chmod go-w"},
+		{"missing", 0, "create it"},
+	} {
+		dir := filepath.Join(base, c.name)
+		if c.mode != 0 {
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, c.mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv, err := xds.NewServer(xds.Options{XDSAddress: "127.0.0.1:0", XDSSocket: filepath.Join(dir, "xds.sock"), HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+			Insecure: true, Settings: model.DefaultSettings(), Issuer: issuer, CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.NewEntry(logrus.New())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		runErr := make(chan error, 1)
+		go func() { runErr <- srv.Run(ctx) }()
+		select {
+		case err = <-runErr:
+		case <-time.After(2 * time.Second):
+			err = nil
+		}
+		cancel()
+		if c.want == "" && err != nil {
+			t.Errorf("%s (%v): %v", c.name, c.mode, err)
+		}
+		if c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), dir)) {
+			t.Errorf("%s (%v): want an error naming %s and saying %q, got %v", c.name, c.mode, dir, c.want, err)
+		}
+	}
+}

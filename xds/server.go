@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -347,6 +348,9 @@ var umaskMu sync.Mutex
 // (umask, not chmod after the fact: a connection accepted in between would
 // be the apiserver role).
 func listenPrivateSocket(path string) (net.Listener, error) {
+	if err := checkSocketDirectory(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove the stale xDS socket %s: %w", path, err)
 	}
@@ -356,9 +360,27 @@ func listenPrivateSocket(path string) (net.Listener, error) {
 	syscall.Umask(old)
 	umaskMu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("listen on the xDS socket %s: %w (does its directory exist?)", path, err)
+		return nil, fmt.Errorf("listen on the xDS socket %s: %w (can the server's user write to %s?)", path, err, filepath.Dir(path))
 	}
 	return ln, nil
+}
+
+// checkSocketDirectory refuses a directory for the xDS socket that is
+// missing, or that users other than its owner may write to without the
+// sticky bit: they could replace the socket, and the apiserver proxy would
+// take its config (and its tunnel key) from them.
+func checkSocketDirectory(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("the xDS socket's directory %s: %w (create it; the control-plane static pod mounts the host's /var/run/spoke with DirectoryOrCreate)", dir, err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("the xDS socket's directory %s is not a directory", dir)
+	}
+	if mode := info.Mode(); mode.Perm()&0o022 != 0 && mode&os.ModeSticky == 0 {
+		return fmt.Errorf("the xDS socket's directory %s has mode %o: other users may replace the socket the apiserver proxy takes its config from; chmod go-w %s (or give it the sticky bit)", dir, mode.Perm(), dir)
+	}
+	return nil
 }
 
 func (s *Server) listen(name, address string) (net.Listener, error) {

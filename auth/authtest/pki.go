@@ -93,6 +93,18 @@ func (c *CA) Server(t testing.TB, ips ...net.IP) (certPEM, keyPEM []byte) {
 	})
 }
 
+// ServerForNames returns a serving certificate for the given DNS names
+// (a Service's <name>.<namespace>.svc), valid for an hour.
+func (c *CA) ServerForNames(t testing.TB, names ...string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	return c.issue(t, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: names[0]},
+		DNSNames:    names,
+		NotAfter:    time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
 // WriteFile writes the concatenation of parts to dir/name and returns the path.
 func WriteFile(t testing.TB, dir, name string, parts ...[]byte) string {
 	t.Helper()

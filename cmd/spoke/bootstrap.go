@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"io"
 	"os"
 	"path/filepath"
@@ -20,6 +22,7 @@ type bootstrapOptions struct {
 	tls                               envoy.XDSClientTLS
 	o                                 envoy.BootstrapOptions
 	maxHeapMiB                        uint64
+	requireClientCert                 bool
 }
 
 func newBootstrapCommand() *cobra.Command {
@@ -70,6 +73,7 @@ development only).`,
 	f.BoolVar(&b.o.Delta, "delta", false, "use incremental (delta) xDS")
 	f.Uint64Var(&b.o.MaxDownstreamConnections, "max-connections", 50000, "cap on accepted downstream connections")
 	f.Uint64Var(&b.maxHeapMiB, "max-heap", 0, "heap limit in MiB: at 95% Envoy refuses new requests and connections (default: 1024 for the apiserver proxy, 256 for a node proxy; keep the container limit above it)")
+	f.BoolVar(&b.requireClientCert, "require-client-cert", false, "fail unless --client-cert and --client-key exist here (node role; for an init container on the node itself, so a node without them says so instead of an Envoy waiting forever)")
 	f.StringVarP(&b.output, "output", "o", "yaml", "yaml or json")
 	_ = cmd.MarkFlagRequired("role")
 	return cmd
@@ -99,6 +103,11 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 			}
 			b.tls.SDSDir = dir
 			o.TLS = &b.tls
+			if b.requireClientCert {
+				if err := checkClientCert(b.nodeName, b.clientCert, b.clientKey); err != nil {
+					return err
+				}
+			}
 		}
 	case "apiserver":
 		o.Role = translator.RoleAPIServer
@@ -143,6 +152,21 @@ func (b *bootstrapOptions) run(stdout io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, "wrote", path)
 	return err
+}
+
+// checkClientCert fails when the kubelet client certificate or key is not
+// there. It only looks (os.Stat): the file is root's, mode 0600, and the
+// init container running this is not root. A directory it may not search
+// is left for Envoy to report.
+func checkClientCert(node string, paths ...string) error {
+	for _, path := range paths {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("node %s: the kubelet client certificate %s is missing (the node proxy authenticates to spoke serve with it): "+
+				"mount the directory where this node's kubelet keeps it (kubelet --cert-dir, default /var/lib/kubelet/pki) or pass --client-cert/--client-key; "+
+				"the kubelet writes it only with client certificate rotation on (rotateCertificates)", node, path)
+		}
+	}
+	return nil
 }
 
 // makeAbsolute resolves a relative path against the working directory.

@@ -120,3 +120,27 @@ func TestBootstrapMakesPathsAbsolute(t *testing.T) {
 		t.Error("WriteSDSFiles accepted a relative certificate path")
 	}
 }
+
+// TestBootstrapRefusesAMissingKubeletCertificate: the DaemonSet's init
+// container checks that the kubelet's certificate is there and says what to
+// do in one line, instead of an Envoy that waits for its secret forever.
+func TestBootstrapRefusesAMissingKubeletCertificate(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "pki", "kubelet-client-current.pem")
+	_, _, err := runSpoke("bootstrap", "--role", "node", "--node-name", "worker-1", "--output-dir", dir,
+		"--client-cert", missing, "--client-key", missing, "--require-client-cert")
+	if err == nil || !strings.Contains(err.Error(), "node worker-1: the kubelet client certificate "+missing+" is missing") || !strings.Contains(err.Error(), "--cert-dir") {
+		t.Fatalf("want one clear error naming the node, the file and what to do, got %v", err)
+	}
+	if _, statErr := os.Stat(filepath.Join(dir, "envoy.yaml")); statErr == nil {
+		t.Error("a bootstrap was written anyway")
+	}
+	present := filepath.Join(dir, "kubelet.pem")
+	if err := os.WriteFile(present, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runSpoke("bootstrap", "--role", "node", "--node-name", "worker-1", "--output-dir", dir,
+		"--client-cert", present, "--client-key", present, "--require-client-cert"); err != nil {
+		t.Errorf("with the certificate there: %v", err)
+	}
+}
