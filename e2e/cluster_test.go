@@ -237,6 +237,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	checkNodeCannotReachOtherNodes(t, kubeNodes["node-a"], s.APIServerEndpoints[0], []string{nodes[1].ip + ":10250", net.JoinHostPort(podB.Status.PodIP, "8080")})
 	checkWebhookAndAPIService(t, cp, "node-b")
 	checkUnknownNode(t, cp, srv, clusterCA, filepath.Join(dir, "tunnel-ca.crt"), envoyBin, "logger-node-a")
+	checkMissingEgressSocket(t, cp, s, "logger-node-a")
 	restartServerUnderLoad(t, cp, srv, apiProxy, "logger-node-a", len(nodes)+1)
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
 	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
@@ -259,6 +260,8 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		kubelets[n.name] = n.ip + ":10250"
 	}
 	rollNodeProxies(t, cp, []*envoytest.Process{apiProxy, apiProxy2}, []string{s.EgressSocketPath, s2.EgressSocketPath}, kubelets, "logger-node-a")
+
+	checkNodeWithoutKubeletCertificate(t, cp, apiProxy, "logger-node-a", images)
 
 	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")

@@ -69,7 +69,7 @@ type controlPlane struct {
 
 // testNodes have tokens in every control plane (static token file): user
 // system:node:<name>, group system:nodes, as the Node authorizer expects.
-var testNodes = []string{"node-a", "node-b", "node-c"}
+var testNodes = []string{"node-a", "node-b", "node-c", "node-e"}
 
 func nodeToken(node string) string { return "spoke-test-" + node + "-token" }
 

@@ -170,7 +170,12 @@ func startKubeNodeWith(t *testing.T, cp *controlPlane, opts nodeOptions, name, i
 		t.Fatal(err)
 	}
 	n := &kubeNode{name: name, ip: ip, dir: dir, pki: filepath.Join(dir, "kubelet-pki"), socket: filepath.Join(dir, "containerd.sock"), netnsBefore: podNetworkNamespaces()}
-	if err := os.MkdirAll(n.pki, 0o700); err != nil {
+	// 0755 as kubelet makes /var/lib/kubelet/pki: the files in it are
+	// root's, 0600, but the node proxy's non-root init container may look.
+	if err := os.MkdirAll(n.pki, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(n.pki, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	user := fmt.Sprintf("{token: %q}", nodeToken(name))
