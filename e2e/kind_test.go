@@ -29,6 +29,10 @@ const (
 	// static pod; the kind config mounts it into the control-plane node.
 	kindStaticPod = "dist/kind/spoke-control-plane.yaml"
 	kindCluster   = "spoke-e2e"
+	// kindStaticPodOnNode is where the control-plane node sees it; the test
+	// copies it into the kubelet's manifest directory when its images and
+	// kubeconfig are there.
+	kindStaticPodOnNode = "/etc/kubernetes/spoke-control-plane.yaml"
 )
 
 // loadKindConfig decodes the kind config as kind does: strictly (unknown
@@ -111,8 +115,8 @@ func TestKindConfig(t *testing.T) {
 	if mounted["/etc/kubernetes/egress-selector-configuration.yaml"] != "manifests/control-plane/egress-selector-configuration.yaml" {
 		t.Error("the control-plane node must get manifests' egress selector file where kube-apiserver reads it")
 	}
-	if mounted["/etc/kubernetes/manifests/spoke-control-plane.yaml"] != kindStaticPod {
-		t.Error("the control-plane node must get spoke's static pod in the kubelet's manifest directory")
+	if mounted[kindStaticPodOnNode] != kindStaticPod {
+		t.Errorf("the control-plane node must get spoke's static pod at %s", kindStaticPodOnNode)
 	}
 	serverTLSBootstrap := false
 	for _, p := range cfg.KubeadmConfigPatches {
@@ -202,10 +206,11 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	token := strings.TrimSpace(kubectl(t, cp, nil, "-n", "spoke-system", "create", "token", "spoke-server", "--duration", "2h"))
 	serverKubeconfig := "apiVersion: v1\nkind: Config\nclusters: [{name: kind, cluster: {server: \"https://127.0.0.1:6443\", certificate-authority: /etc/kubernetes/pki/ca.crt}}]\n" +
 		"users: [{name: spoke-server, user: {token: " + token + "}}]\ncontexts: [{name: kind, context: {cluster: kind, user: spoke-server}}]\ncurrent-context: kind\n"
-	write := exec.Command("docker", "exec", "-i", kindCluster+"-control-plane", "sh", "-c", "mkdir -p /etc/spoke && cat > /etc/spoke/server.kubeconfig")
+	write := exec.Command("docker", "exec", "-i", kindCluster+"-control-plane", "sh", "-c",
+		"mkdir -p /etc/spoke && cat > /etc/spoke/server.kubeconfig && cp "+kindStaticPodOnNode+" /etc/kubernetes/manifests/")
 	write.Stdin = strings.NewReader(serverKubeconfig)
 	if out, err := write.CombinedOutput(); err != nil {
-		t.Fatalf("write the server's kubeconfig on the control-plane node: %v %s", err, out)
+		t.Fatalf("write the server's kubeconfig and static pod on the control-plane node: %v %s", err, out)
 	}
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "3m")
 
