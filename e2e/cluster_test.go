@@ -68,14 +68,32 @@ func startKubectl(t *testing.T, cp *controlPlane, args ...string) (out io.Reader
 	return stdout, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
+// flagValue is the value of the last "--flag value" pair in args.
+func flagValue(args []string, flag string) string {
+	v := ""
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			v = args[i+1]
+		}
+	}
+	return v
+}
+
 // startControllers runs the upstream kube-controller-manager (for the
 // DaemonSet controller) and kube-scheduler (which binds DaemonSet pods).
 func startControllers(t *testing.T, cp *controlPlane) {
 	t.Helper()
 	kubeconfig := cp.adminKubeconfig(t)
 	dir := t.TempDir()
+	// The upstream e2e framework (TestConformanceThroughSpoke) needs more
+	// than the DaemonSet: default ServiceAccounts, the root CA ConfigMap in
+	// every namespace, namespace deletion, Deployments, and nodes without
+	// the not-ready taint once Ready.
+	controllers := "daemonset-controller,garbage-collector-controller,endpointslice-controller,serviceaccount-controller,namespace-controller," +
+		"deployment-controller,replicaset-controller,node-lifecycle-controller,root-ca-certificate-publisher-controller"
 	startProcess(t, "kube-controller-manager", filepath.Join(dir, "controller-manager.log"), kubeTool(t, "kube-controller-manager"),
-		"--kubeconfig", kubeconfig, "--controllers", "daemonset-controller,garbage-collector-controller,endpointslice-controller", "--secure-port", "0", "--leader-elect=false")
+		"--kubeconfig", kubeconfig, "--controllers", controllers, "--root-ca-file", filepath.Join(flagValue(cp.args, "--cert-dir"), "apiserver.crt"),
+		"--secure-port", "0", "--leader-elect=false")
 	startProcess(t, "kube-scheduler", filepath.Join(dir, "scheduler.log"), kubeTool(t, "kube-scheduler"),
 		"--kubeconfig", kubeconfig, "--secure-port", "0", "--leader-elect=false")
 }
@@ -107,6 +125,99 @@ func spokeImages(t *testing.T) []string {
 	return images
 }
 
+// clusterNode is a node of a test cluster: its name, address, pod range.
+type clusterNode struct {
+	name, ip, pods string
+	opts           nodeOptions
+}
+
+// spokeCluster is a real cluster with spoke deployed from manifests/.
+type spokeCluster struct {
+	cp                            *controlPlane
+	s, s2                         model.Settings // the first and the second apiserver proxy's
+	dir, clusterCAFile            string
+	controlPlaneAddress, envoyBin string
+	images                        []string
+	clusterCA                     *authtest.CA
+	srv                           *spokeServer
+	apiProxy                      *envoytest.Process
+	bootstrap                     *bootstrapv3.Bootstrap
+	nodes                         map[string]*kubeNode
+}
+
+// startSpokeCluster starts a control plane on the host with no route to
+// node or pod addresses (proven by a direct dial), the nodes in network
+// namespaces of their own, and spoke from manifests/: the server as the
+// static pod runs it, an apiserver proxy, the node proxy DaemonSet. It
+// returns when every node holds a tunnel. The nodes run images as well as
+// the test workloads and spoke's.
+func startSpokeCluster(t *testing.T, nodes []clusterNode, images ...string) *spokeCluster {
+	t.Helper()
+	requireNodeHostTools(t)
+	c := &spokeCluster{envoyBin: envoytest.Binary(t), dir: t.TempDir(), clusterCA: authtest.NewCA(t, "cluster CA"), nodes: map[string]*kubeNode{}}
+	c.images = append(append(localImages(t), spokeImages(t)...), images...)
+	c.clusterCAFile = authtest.WriteFile(t, c.dir, "cluster-ca.crt", c.clusterCA.CertPEM)
+	c.s = model.DefaultSettings()
+	c.s.EgressSocketPath = filepath.Join(c.dir, "egress.sock")
+	c.controlPlaneAddress = nodes[0].opts.hostAddress() // the host's: every node reaches it
+	// Two apiserver proxies, each on an address of its own on the host (a
+	// second comes with a second kube-apiserver if a test starts one); the
+	// node proxies dial both from the start.
+	proxyAddresses := []string{"100.64.0.1", "100.64.0.2"}
+	addHostAddresses(t, proxyAddresses...)
+	c.s.TunnelPort = uint32(freePort(t))
+	for _, a := range proxyAddresses {
+		c.s.APIServerEndpoints = append(c.s.APIServerEndpoints, fmt.Sprintf("%s:%d", a, c.s.TunnelPort))
+	}
+	c.s.TunnelListenAddress = proxyAddresses[0]
+	c.s2 = c.s
+	c.s2.TunnelListenAddress, c.s2.EgressSocketPath = proxyAddresses[1], filepath.Join(c.dir, "egress-2.sock")
+	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
+	egressFile := egressSelectorFile(t, c.s, filepath.Join(c.dir, "egress-selector.yaml"))
+	c.cp = startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", c.clusterCAFile, "--bind-address", "0.0.0.0",
+		"--kubelet-certificate-authority", c.clusterCAFile,
+		// Webhooks and APIServices at their pods' addresses: no kube-proxy
+		// runs on these nodes to carry a ClusterIP.
+		"--enable-aggregator-routing=true")
+	startControllers(t, c.cp)
+
+	// spoke deployed from manifests/: the namespace, the server's RBAC and
+	// Service, the node proxies' DaemonSet; the tunnel CA as its Secret and
+	// ConfigMap; the server as the static pod runs it, on its
+	// ServiceAccount's token; the apiserver proxy on its socket.
+	kubectl(t, c.cp, nil, "create", "namespace", "spoke-system")
+	createTunnelCA(t, c.cp, c.dir)
+	xdsPort := freePort(t)
+	deployNodeProxies(t, c.cp, net.JoinHostPort(c.controlPlaneAddress, strconv.Itoa(xdsPort)))
+	c.srv = startSpokeServer(t, c.cp, c.s, c.clusterCAFile, c.controlPlaneAddress, xdsPort)
+	var err error
+	if c.bootstrap, err = envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: c.srv.socket}); err != nil {
+		t.Fatal(err)
+	}
+	c.apiProxy = envoytest.Start(t, c.envoyBin, "apiserver-proxy", c.bootstrap)
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpCluster(t, c.cp)
+		}
+	})
+	for _, n := range nodes {
+		n.opts.clusterCA = c.clusterCA
+		if n.opts.servingCA == nil {
+			n.opts.servingCA = c.clusterCA
+		}
+		c.nodes[n.name] = startKubeNodeWith(t, c.cp, n.opts, n.name, n.ip, n.pods, c.images...)
+	}
+	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
+		conn.Close()
+		t.Fatal("the control plane reached " + nodes[0].name + "'s kubelet directly: the test would prove nothing")
+	} else {
+		t.Logf("direct connection from the control plane to %s's kubelet: %v", nodes[0].name, err)
+	}
+	waitFor(t, 60*time.Second, "every node's tunnel at the apiserver proxy", func() bool { return c.apiProxy.StatSum("total_nodes") >= len(nodes) })
+	return c
+}
+
 // TestKubectlReachesARealKubeletThroughSpoke: two real nodes (kubelet,
 // containerd, pods) in network namespaces of their own, which the control
 // plane (kube-apiserver with the egress selector, its controller manager and
@@ -117,86 +228,17 @@ func spokeImages(t *testing.T) []string {
 // node's tunnel; without the node proxies they fail at once with spoke's
 // no-tunnel answer.
 func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
-	requireNodeHostTools(t)
-	envoyBin := envoytest.Binary(t)
-	images := append(localImages(t), spokeImages(t)...)
-	dir := t.TempDir()
-	clusterCA := authtest.NewCA(t, "cluster CA")
-	clusterCAFile := authtest.WriteFile(t, dir, "cluster-ca.crt", clusterCA.CertPEM)
-
-	s := model.DefaultSettings()
-	s.EgressSocketPath = filepath.Join(dir, "egress.sock")
-	nodes := []struct {
-		name, ip, pods string
-		opts           nodeOptions
-	}{
+	nodes := []clusterNode{
 		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
 	}
 	// node-c's kubelet serves a certificate from another CA: with
 	// --kubelet-certificate-authority the apiserver must refuse it, tunnel
 	// or not.
-	rogue := struct {
-		name, ip, pods string
-		opts           nodeOptions
-	}{"node-c", "172.30.3.1", "10.244.3.0/24", nodeOptions{isolated: true, index: 3, servingCA: authtest.NewCA(t, "not the cluster CA")}}
-	controlPlaneAddress := nodes[0].opts.hostAddress() // the host's: every node reaches it
-	// Two apiserver proxies, each on an address of its own on the host (the
-	// second comes with a second kube-apiserver late in the test); the node
-	// proxies dial both from the start.
-	proxyAddresses := []string{"100.64.0.1", "100.64.0.2"}
-	addHostAddresses(t, proxyAddresses...)
-	s.TunnelPort = uint32(freePort(t))
-	for _, a := range proxyAddresses {
-		s.APIServerEndpoints = append(s.APIServerEndpoints, fmt.Sprintf("%s:%d", a, s.TunnelPort))
-	}
-	s.TunnelListenAddress = proxyAddresses[0]
-	s2 := s
-	s2.TunnelListenAddress, s2.EgressSocketPath = proxyAddresses[1], filepath.Join(dir, "egress-2.sock")
-	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
-	egressFile := egressSelectorFile(t, s, filepath.Join(dir, "egress-selector.yaml"))
-	cp := startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", clusterCAFile, "--bind-address", "0.0.0.0",
-		"--kubelet-certificate-authority", clusterCAFile,
-		// Webhooks and APIServices at their pods' addresses: no kube-proxy
-		// runs on these nodes to carry a ClusterIP.
-		"--enable-aggregator-routing=true")
-	startControllers(t, cp)
-
-	// spoke deployed from manifests/: the namespace, the server's RBAC and
-	// Service, the node proxies' DaemonSet; the tunnel CA as its Secret and
-	// ConfigMap; the server as the static pod runs it, on its
-	// ServiceAccount's token; the apiserver proxy on its socket.
-	kubectl(t, cp, nil, "create", "namespace", "spoke-system")
-	createTunnelCA(t, cp, dir)
-	xdsPort := freePort(t)
-	deployNodeProxies(t, cp, net.JoinHostPort(controlPlaneAddress, strconv.Itoa(xdsPort)))
-	srv := startSpokeServer(t, cp, s, clusterCAFile, controlPlaneAddress, xdsPort)
-	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: srv.socket})
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiProxy := envoytest.Start(t, envoyBin, "apiserver-proxy", b)
-
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpCluster(t, cp)
-		}
-	})
-	kubeNodes := map[string]*kubeNode{}
-	for _, n := range append(nodes, rogue) {
-		n.opts.clusterCA = clusterCA
-		if n.opts.servingCA == nil {
-			n.opts.servingCA = clusterCA
-		}
-		kubeNodes[n.name] = startKubeNodeWith(t, cp, n.opts, n.name, n.ip, n.pods, images...)
-	}
-	if conn, err := net.DialTimeout("tcp", nodes[0].ip+":10250", 2*time.Second); err == nil {
-		conn.Close()
-		t.Fatal("the control plane reached node-a's kubelet directly: the test would prove nothing")
-	} else {
-		t.Logf("direct connection from the control plane to node-a's kubelet: %v", err)
-	}
-	waitFor(t, 60*time.Second, "every node's tunnel at the apiserver proxy", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes)+1 })
+	rogue := clusterNode{"node-c", "172.30.3.1", "10.244.3.0/24", nodeOptions{isolated: true, index: 3, servingCA: authtest.NewCA(t, "not the cluster CA")}}
+	c := startSpokeCluster(t, append(nodes, rogue))
+	cp, s, s2, dir, srv, apiProxy, b := c.cp, c.s, c.s2, c.dir, c.srv, c.apiProxy, c.bootstrap
+	envoyBin, images, clusterCA, clusterCAFile, kubeNodes, controlPlaneAddress := c.envoyBin, c.images, c.clusterCA, c.clusterCAFile, c.nodes, c.controlPlaneAddress
 
 	before := apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
 	for _, n := range nodes {

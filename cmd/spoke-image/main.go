@@ -42,8 +42,11 @@ func main() {
 	envoyBinary := flag.String("envoy", "", "build the envoy image from this Envoy binary instead (its shared libraries found with ldd)")
 	staticBinary := flag.String("static", "", "build a test image from this other static binary instead (e.g. agnhost), at --path, run with --arg")
 	path := flag.String("path", "", "where --static goes in the image (default: /<its file name>)")
-	var args []string
+	var args, links, adds []string
 	flag.Func("arg", "argument after --static's path in the entrypoint (repeat for more)", func(a string) error { args = append(args, a); return nil })
+	flag.Func("link", "a symbolic link to --static's path, e.g. /bin/sh for a busybox, or PATH=TARGET (repeat for more)", func(a string) error { links = append(links, a); return nil })
+	flag.Func("add", "SRC=DST: one more file in the --static image (repeat for more)", func(a string) error { adds = append(adds, a); return nil })
+	user := flag.String("user", NonRootUser, "the --static image's user (some upstream test images run as root: 0)")
 	tag := flag.String("tag", "spoke:dev", "image reference written into the archive")
 	version := flag.String("version", "dev", "org.opencontainers.image.version label")
 	out := flag.String("out", "dist/spoke-image.tar", "the image archive to write")
@@ -54,7 +57,8 @@ func main() {
 		err = runEnvoy(*envoyBinary, *tag, *version, *out)
 	case *staticBinary != "":
 		var img v1.Image
-		if img, err = BuildStatic(*staticBinary, cmp.Or(*path, "/"+filepath.Base(*staticBinary)), args, *version); err == nil {
+		st := Static{Binary: *staticBinary, Path: cmp.Or(*path, "/"+filepath.Base(*staticBinary)), Args: args, Links: links, Adds: adds, User: *user, Version: *version}
+		if img, err = st.Build(); err == nil {
 			err = write(img, *tag, *out)
 		}
 	default:
@@ -71,6 +75,7 @@ type file struct {
 	path string // absolute, in the image
 	data []byte
 	mode int64
+	link string // a symbolic link to this path instead of data
 }
 
 func run(binary, tag, version, out string) error {
@@ -109,18 +114,57 @@ func Build(binary, version string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version)
+	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version, NonRootUser)
 }
 
 // BuildStatic assembles an image of one other static binary at path, whose
 // entrypoint is path and args: the test workloads (agnhost, and agnhost
 // pause as the pod sandbox image) of clusters that reach no registry.
 func BuildStatic(binary, path string, args []string, version string) (v1.Image, error) {
-	raw, err := readExecutable(binary)
+	return Static{Binary: binary, Path: path, Args: args, User: NonRootUser, Version: version}.Build()
+}
+
+// Static is a test image of one static binary, with links to it (a
+// busybox's commands), other files (certificates a test server reads) and
+// a user: what upstream's test images hold, for tests that expect them.
+type Static struct {
+	Binary, Path  string
+	Args          []string
+	Links         []string // absolute paths in the image, each a link to Path (or PATH=TARGET)
+	Adds          []string // SRC=DST, with SRC's permissions
+	User, Version string
+}
+
+// Build assembles the image.
+func (st Static) Build() (v1.Image, error) {
+	raw, err := readExecutable(st.Binary)
 	if err != nil {
 		return nil, err
 	}
-	return image([]file{{path: path, data: raw, mode: 0o755}}, append([]string{path}, args...), filepath.Base(path), version)
+	files := []file{{path: st.Path, data: raw, mode: 0o755}}
+	for _, l := range st.Links {
+		name, target, explicit := strings.Cut(l, "=")
+		if !explicit {
+			target = st.Path
+		}
+		files = append(files, file{path: name, link: target, mode: 0o777})
+	}
+	for _, a := range st.Adds {
+		src, dst, ok := strings.Cut(a, "=")
+		if !ok || !strings.HasPrefix(dst, "/") {
+			return nil, fmt.Errorf("--add %q: want SRC=/absolute/destination", a)
+		}
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return nil, err
+		}
+		info, err := os.Stat(src)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, file{path: dst, data: data, mode: int64(info.Mode().Perm() | 0o444)})
+	}
+	return image(files, append([]string{st.Path}, st.Args...), filepath.Base(st.Path), st.Version, st.User)
 }
 
 // BuildEnvoy assembles the envoy image: the binary and the shared libraries
@@ -142,7 +186,7 @@ func BuildEnvoy(binary, version string) (v1.Image, error) {
 		}
 		files = append(files, file{path: lib, data: data, mode: 0o755})
 	}
-	return image(files, []string{EnvoyPath}, "envoy", version)
+	return image(files, []string{EnvoyPath}, "envoy", version, NonRootUser)
 }
 
 func readExecutable(path string) ([]byte, error) {
@@ -179,8 +223,8 @@ func sharedLibraries(binary string) ([]string, error) {
 	return libs, nil
 }
 
-// image is one layer of files on an empty base, run as NonRootUser.
-func image(files []file, entrypoint []string, title, version string) (v1.Image, error) {
+// image is one layer of files on an empty base, run as user.
+func image(files []file, entrypoint []string, title, version, user string) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return layerTar(files) })
 	if err != nil {
 		return nil, err
@@ -196,7 +240,8 @@ func image(files []file, entrypoint []string, title, version string) (v1.Image, 
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
 	cfg.Config.Entrypoint = entrypoint
-	cfg.Config.User = NonRootUser
+	cfg.Config.User = user
+	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
 	cfg.Config.WorkingDir = "/"
 	cfg.Config.Labels = map[string]string{
 		"org.opencontainers.image.title":   title,
@@ -230,6 +275,9 @@ func layerTar(files []file) (io.ReadCloser, error) {
 	}
 	for _, f := range files {
 		hdr := &tar.Header{Name: strings.TrimPrefix(f.path, "/"), Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
+		if f.link != "" {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeSymlink, f.link, 0
+		}
 		if err := w.WriteHeader(hdr); err != nil {
 			return nil, err
 		}

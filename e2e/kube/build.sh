@@ -21,4 +21,7 @@ done
 # agnhost: the test workload, and with "pause" the pod sandbox (static: it
 # runs alone in its image).
 [ -x "$out/agnhost" ] || CGO_ENABLED=0 go build -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost
+# e2e.test: the upstream end-to-end suite, for the conformance tests of the
+# control-plane-to-node paths (logs, exec, proxy) run through spoke.
+[ -x "$out/e2e.test" ] || go test -c -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
 echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler and agnhost $K8S_VERSION in $out (built once, then cached)"
