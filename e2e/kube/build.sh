@@ -24,4 +24,4 @@ done
 # e2e.test: the upstream end-to-end suite, for the conformance tests of the
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 [ -x "$out/e2e.test" ] || go test -c -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
-echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler and agnhost $K8S_VERSION in $out (built once, then cached)"
+echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, agnhost and e2e.test $K8S_VERSION in $out (built once, then cached)"
