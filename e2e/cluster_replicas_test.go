@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,9 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
@@ -32,18 +28,6 @@ func addHostAddresses(t *testing.T, addrs ...string) {
 		}
 		t.Cleanup(func() { _ = exec.Command("ip", "addr", "del", a+"/32", "dev", "lo").Run() })
 	}
-}
-
-// withFlag returns args with every value of flag (a "--flag value" pair)
-// replaced.
-func withFlag(args []string, flag, value string) []string {
-	out := append([]string(nil), args...)
-	for i := 0; i+1 < len(out); i++ {
-		if out[i] == flag {
-			out[i+1] = value
-		}
-	}
-	return out
 }
 
 // startReplica runs a second kube-apiserver on cp's etcd, with its own port
@@ -110,68 +94,4 @@ func checkSecondAPIServer(t *testing.T, cp *controlPlane, s2 model.Settings, clu
 		t.Errorf("the second apiserver proxy carried %d streams for %d kubectl logs: the second apiserver did not use its own proxy", after-before, len(pods))
 	}
 	return apiProxy2
-}
-
-// checkMissingEgressSocket: a kube-apiserver whose EgressSelectorConfiguration
-// names a socket that is not there (a typo, the apiserver proxy not
-// running) starts and serves its API; each request that needs a node
-// fails with kube-apiserver's own error naming the socket, and nothing
-// else breaks. The test logs that error: it is what operators will see
-// (docs/operations.md, troubleshooting).
-func checkMissingEgressSocket(t *testing.T, cp *controlPlane, s model.Settings, pod string) {
-	t.Helper()
-	wrong := s
-	wrong.EgressSocketPath = filepath.Join(t.TempDir(), "missing.sock")
-	replica := cp.startReplica(t, egressSelectorFile(t, wrong, filepath.Join(t.TempDir(), "egress-selector-wrong.yaml")))
-	if _, err := kubectlRun(t, replica, nil, "get", "nodes"); err != nil {
-		t.Errorf("kube-apiserver with a missing egress socket does not serve its API: %v", err)
-	}
-	out, err := kubectlRun(t, replica, nil, "logs", pod, "-c", "logger", "--tail", "1")
-	if err == nil || !strings.Contains(out+err.Error(), wrong.EgressSocketPath) {
-		t.Errorf("kubectl logs through a kube-apiserver with a missing egress socket: want an error naming %s, got %q %v", wrong.EgressSocketPath, out, err)
-	} else {
-		t.Logf("egress selector naming a missing socket: %s", lastLine(out+err.Error()))
-	}
-	if logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1"); err != nil || !strings.Contains(logs, "logs_generator.go") {
-		t.Errorf("the well-configured kube-apiserver beside it: %q %v", logs, err)
-	}
-	_ = replica.apiserver.Process.Kill()
-}
-
-// checkNodeWithoutKubeletCertificate: a node whose kubelet keeps no client
-// certificate where the DaemonSet looks (this one authenticates with a
-// token) gets a node proxy pod that stops in its init container with one
-// line saying what is missing and what to do; the other nodes keep their
-// tunnels.
-func checkNodeWithoutKubeletCertificate(t *testing.T, cp *controlPlane, apiProxy *envoytest.Process, pod string, images []string) {
-	t.Helper()
-	tunnels := apiProxy.StatSum("total_nodes")
-	startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 5}, "node-e", "172.30.5.1", "10.244.5.0/24", images...)
-	// Not kubectl logs: that would need node-e's tunnel, which is what
-	// fails. The message is in the pod's status.
-	var line string
-	waitFor(t, 60*time.Second, "node-e's node proxy to say why it cannot start", func() bool {
-		pods, err := cp.client().CoreV1().Pods("spoke-system").List(context.Background(), metav1.ListOptions{FieldSelector: "spec.nodeName=node-e"})
-		if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Status.InitContainerStatuses) != 1 {
-			return false
-		}
-		st := pods.Items[0].Status.InitContainerStatuses[0]
-		for _, term := range []*corev1.ContainerStateTerminated{st.State.Terminated, st.LastTerminationState.Terminated} {
-			if term != nil && term.Message != "" {
-				line = lastLine(term.Message)
-				return true
-			}
-		}
-		return false
-	})
-	if !strings.Contains(line, "node node-e") || !strings.Contains(line, "/var/lib/kubelet/pki/kubelet-client-current.pem is missing") || !strings.Contains(line, "--cert-dir") {
-		t.Errorf("node-e's bootstrap: want what, where and what to do in one line, got %q", line)
-	}
-	t.Logf("node without a kubelet client certificate: its node proxy's init container says: %s", line)
-	if after := apiProxy.StatSum("total_nodes"); after < tunnels {
-		t.Errorf("the other nodes lost tunnels: %d before node-e, %d after", tunnels, after)
-	}
-	if logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1"); err != nil || !strings.Contains(logs, "logs_generator.go") {
-		t.Errorf("kubectl logs beside node-e: %q %v", logs, err)
-	}
 }

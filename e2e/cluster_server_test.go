@@ -18,14 +18,14 @@ import (
 	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // spokeServer is `spoke serve --source kubernetes` in its own process with
 // the control-plane static pod's flags: the spoke-server ServiceAccount's
 // token (the RBAC of manifests/), the tunnel CA from its Secret, node
-// proxies authenticated by the cluster CA. restart kills it (SIGKILL, as a
-// crash would) and starts it again on the same addresses.
+// proxies authenticated by the cluster CA.
 type spokeServer struct {
 	t      *testing.T
 	bin    string
@@ -73,10 +73,9 @@ current-context: test
 	srv := &spokeServer{t: t, bin: buildSpoke(t), dir: dir,
 		http: fmt.Sprintf("127.0.0.1:%d", freePort(t)), xds: net.JoinHostPort(host, strconv.Itoa(xdsPort)),
 		socket: filepath.Join(dir, "xds.sock")}
-	_, port, _ := net.SplitHostPort(srv.xds)
 	srv.args = []string{"serve", "--source=kubernetes", "--kubeconfig=" + kubeconfig,
 		"--tunnel-ca-secret=spoke-system/spoke-tunnel-ca", "--client-ca-file=" + clusterCAFile,
-		"--xds-address=0.0.0.0:" + port, "--xds-server-name=spoke-server", "--xds-socket=" + srv.socket,
+		"--xds-address=0.0.0.0:" + strconv.Itoa(xdsPort), "--xds-server-name=spoke-server", "--xds-socket=" + srv.socket,
 		"--http-address=" + srv.http, fmt.Sprintf("--debug-address=127.0.0.1:%d", freePort(t)),
 		"--config=" + filepath.Join(dir, "settings.yaml"), "--shutdown-grace=1s"}
 	srv.start()
@@ -90,13 +89,11 @@ func (s *spokeServer) start() {
 	waitFor(s.t, 30*time.Second, "spoke serve to be ready", func() bool { _, err := httpBody("http://" + s.http + "/readyz"); return err == nil })
 }
 
-// restart kills the server and starts it again; it returns when the new
-// one is ready.
-func (s *spokeServer) restart() {
-	s.t.Helper()
+// kill stops the server at once (SIGKILL, as a crash would); start brings
+// it back on the same addresses.
+func (s *spokeServer) kill() {
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
-	s.start()
 }
 
 // connected is spoke_connected_envoys{role=role} from /metrics.
@@ -120,7 +117,6 @@ func (s *spokeServer) connected(role string) int {
 // afterwards which of them lived.
 type openStreams struct {
 	t       *testing.T
-	pod     string
 	stop    []func()
 	follow  chan error
 	lines   chan struct{}
@@ -130,7 +126,7 @@ type openStreams struct {
 
 func holdStreams(t *testing.T, cp *controlPlane, pod string) *openStreams {
 	t.Helper()
-	o := &openStreams{t: t, pod: pod, follow: make(chan error, 1), lines: make(chan struct{}, 1<<16)}
+	o := &openStreams{t: t, follow: make(chan error, 1), lines: make(chan struct{}, 1<<16)}
 	out, stop := startKubectl(t, cp, "logs", "-f", pod, "-c", "logger", "--tail", "0")
 	o.stop = append(o.stop, stop)
 	go func() {
@@ -215,8 +211,7 @@ func restartServerUnderLoad(t *testing.T, cp *controlPlane, srv *spokeServer, ap
 	open := holdStreams(t, cp, pod)
 	tunnels := apiProxy.StatSum("total_nodes")
 	killed := time.Now()
-	_ = srv.cmd.Process.Kill()
-	_ = srv.cmd.Wait()
+	srv.kill()
 	// The server is down: new requests still go through the tunnels.
 	start := time.Now()
 	if logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1"); err != nil || !strings.Contains(logs, "logs_generator.go") {
@@ -239,22 +234,14 @@ func restartServerUnderLoad(t *testing.T, cp *controlPlane, srv *spokeServer, ap
 	}
 }
 
-// tunnelsPerNode reads the apiserver proxy's per-node tunnel gauges (as
-// spoke's tunnel watcher does).
+// tunnelsPerNode reads the apiserver proxy's per-node tunnel gauges, as
+// spoke's tunnel watcher does.
 func tunnelsPerNode(apiProxy *envoytest.Process) (map[string]int, error) {
-	body, err := apiProxy.Get("/stats?hidden=include&filter=^reverse_tunnel_responder%5C.nodes%5C.")
+	body, err := apiProxy.Get(status.TunnelStatsPath)
 	if err != nil {
 		return nil, err
 	}
-	held := map[string]int{}
-	for _, line := range strings.Split(body, "\n") {
-		name, value, ok := strings.Cut(line, ": ")
-		if node, isNode := strings.CutPrefix(name, "reverse_tunnel_responder.nodes."); ok && isNode {
-			n, _ := strconv.Atoi(strings.TrimSpace(value))
-			held[node] += n
-		}
-	}
-	return held, nil
+	return status.ParseTunnelStats(bufio.NewScanner(strings.NewReader(body)))
 }
 
 // rollSample is what a DaemonSet roll did to one node at one apiserver
@@ -352,44 +339,4 @@ func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Proces
 func (s *spokeServer) log() string {
 	raw, _ := os.ReadFile(filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", s.starts)))
 	return string(raw)
-}
-
-// checkUnknownNode: a node proxy with a valid kubelet certificate for a
-// node the cluster does not have (a DaemonSet pod of another cluster, a
-// deleted Node) gets no config, and the server says so in one log line;
-// the other nodes' paths are untouched.
-func checkUnknownNode(t *testing.T, cp *controlPlane, srv *spokeServer, clusterCA *authtest.CA, tunnelCAFile, envoyBin, pod string) {
-	t.Helper()
-	sec := &secureServer{clusterCA: clusterCA, dir: t.TempDir(), serverCA: tunnelCAFile, logs: &envoytest.LogBuffer{}, xdsAddr: srv.xds}
-	cert, key := clusterCA.KubeletClient(t, "node-ghost")
-	ghost := sec.startOutsider(t, envoyBin, "node-ghost", cert, key)
-	defer ghost.Stop()
-	var lines []string
-	waitFor(t, 15*time.Second, "the server's line about node-ghost", func() bool {
-		lines = grepLinesOf(srv.log(), "node/node-ghost")
-		return len(lines) > 0
-	})
-	time.Sleep(3 * time.Second) // time for more lines, if it repeats itself
-	lines = grepLinesOf(srv.log(), "node/node-ghost")
-	if len(lines) != 1 || !strings.Contains(lines[0], "not in the cluster") {
-		t.Errorf("a node proxy for a node the cluster does not have: want one server log line saying so, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
-	} else {
-		t.Logf("node proxy for an unknown node: %s", lines[0])
-	}
-	if ready, _ := ghost.Get("/ready"); strings.Contains(ready, "LIVE") {
-		t.Error("the unknown node's proxy got a config")
-	}
-	if logs, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1"); err != nil || !strings.Contains(logs, "logs_generator.go") {
-		t.Errorf("kubectl logs beside the unknown node proxy: %q %v", logs, err)
-	}
-}
-
-func grepLinesOf(s, fragment string) []string {
-	var out []string
-	for _, line := range strings.Split(s, "\n") {
-		if strings.Contains(line, fragment) {
-			out = append(out, line)
-		}
-	}
-	return out
 }

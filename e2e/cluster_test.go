@@ -68,17 +68,6 @@ func startKubectl(t *testing.T, cp *controlPlane, args ...string) (out io.Reader
 	return stdout, func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 }
 
-// flagValue is the value of the last "--flag value" pair in args.
-func flagValue(args []string, flag string) string {
-	v := ""
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == flag {
-			v = args[i+1]
-		}
-	}
-	return v
-}
-
 // startControllers runs the upstream kube-controller-manager (for the
 // DaemonSet controller) and kube-scheduler (which binds DaemonSet pods).
 func startControllers(t *testing.T, cp *controlPlane) {
@@ -282,7 +271,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	checkMissingEgressSocket(t, cp, s, "logger-node-a")
 	restartServerUnderLoad(t, cp, srv, apiProxy, "logger-node-a", len(nodes)+1)
 	apiProxy = restartAPIServerProxyUnderLoad(t, cp, apiProxy, envoyBin, b, "logger-node-a")
-	checkDeletedPodRefused(t, cp, tp(s), "logger-node-b")
+	checkDeletedPodRefused(t, cp, s.EgressSocketPath, "logger-node-b")
 	startKubeNodeWith(t, cp, nodeOptions{isolated: true, index: 4, clusterCA: clusterCA, servingCA: clusterCA}, "node-d", "172.30.4.1", "10.244.4.0/24", images...)
 	ready := time.Now()
 	waitFor(t, 60*time.Second, "node-d's tunnel", func() bool { return apiProxy.StatSum("total_nodes") >= len(nodes)+2 })
@@ -525,10 +514,6 @@ func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 	}
 	t.Logf("%s: port-forward: %d MiB each way in %v (%.0f MB/s each way), checksums match", pod, size>>20, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds())
 }
-
-// tp is the settings' egress socket, for CONNECTs sent as the apiserver
-// sends them.
-func tp(s model.Settings) string { return s.EgressSocketPath }
 
 // checkDeletedPodRefused deletes pod and waits until spoke refuses a
 // CONNECT to its old address (the apiserver's own path to it), measuring how

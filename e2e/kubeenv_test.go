@@ -125,6 +125,29 @@ func startControlPlaneWith(t *testing.T, extraArgs ...string) *controlPlane {
 	return cp
 }
 
+// withFlag returns args with every value of flag (a "--flag value" pair)
+// replaced.
+func withFlag(args []string, flag, value string) []string {
+	out := append([]string(nil), args...)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == flag {
+			out[i+1] = value
+		}
+	}
+	return out
+}
+
+// flagValue is the value of the last "--flag value" pair in args.
+func flagValue(args []string, flag string) string {
+	v := ""
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			v = args[i+1]
+		}
+	}
+	return v
+}
+
 func (cp *controlPlane) start() {
 	cp.apiserver = startProcess(cp.t, "kube-apiserver", cp.logFile, cp.bin, cp.args...)
 	cp.waitReady()

@@ -21,6 +21,10 @@ import (
 // it; Envoy hides them from /stats unless asked).
 const tunnelStat = "reverse_tunnel_responder.nodes."
 
+// TunnelStatsPath is the apiserver proxy's admin path that lists the
+// per-node tunnel gauges (ParseTunnelStats reads its answer).
+const TunnelStatsPath = "/stats?hidden=include&filter=^reverse_tunnel_responder%5C.nodes%5C."
+
 // Tunnels is what the local apiserver proxy holds: tunnels per node, every
 // node of the cluster listed (0: no tunnel), read at ReadAt.
 type Tunnels struct {
@@ -71,7 +75,7 @@ func (w *TunnelWatcher) Latest() Tunnels {
 }
 
 func (w *TunnelWatcher) read(ctx context.Context, client *http.Client) (map[string]int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.Admin+"/stats?hidden=include&filter=^reverse_tunnel_responder%5C.nodes%5C.", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.Admin+TunnelStatsPath, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -83,12 +87,12 @@ func (w *TunnelWatcher) read(ctx context.Context, client *http.Client) (map[stri
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("read the apiserver proxy's tunnels at %s: %s", w.Admin, resp.Status)
 	}
-	return parseTunnelStats(bufio.NewScanner(resp.Body))
+	return ParseTunnelStats(bufio.NewScanner(resp.Body))
 }
 
-// parseTunnelStats reads "reverse_tunnel_responder.nodes.<node>: <count>"
+// ParseTunnelStats reads "reverse_tunnel_responder.nodes.<node>: <count>"
 // lines (node names may contain dots).
-func parseTunnelStats(lines *bufio.Scanner) (map[string]int, error) {
+func ParseTunnelStats(lines *bufio.Scanner) (map[string]int, error) {
 	held := map[string]int{}
 	for lines.Scan() {
 		name, value, ok := strings.Cut(lines.Text(), ": ")

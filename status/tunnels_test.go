@@ -18,11 +18,11 @@ reverse_tunnel_responder.nodes.node-b.example.com: 4
 reverse_tunnel_responder.worker_0.node.node-a: 2
 reverse_tunnel_responder.clusters.spoke-nodes: 6
 `
-	held, err := parseTunnelStats(bufio.NewScanner(strings.NewReader(stats)))
+	held, err := ParseTunnelStats(bufio.NewScanner(strings.NewReader(stats)))
 	if err != nil || len(held) != 2 || held["node-a"] != 2 || held["node-b.example.com"] != 4 {
 		t.Errorf("got %v, %v", held, err)
 	}
-	if _, err := parseTunnelStats(bufio.NewScanner(strings.NewReader("reverse_tunnel_responder.nodes.x: lots\n"))); err == nil {
+	if _, err := ParseTunnelStats(bufio.NewScanner(strings.NewReader("reverse_tunnel_responder.nodes.x: lots\n"))); err == nil {
 		t.Error("a stat that is not a number was accepted")
 	}
 }

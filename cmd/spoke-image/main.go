@@ -117,16 +117,12 @@ func Build(binary, version string) (v1.Image, error) {
 	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version, NonRootUser)
 }
 
-// BuildStatic assembles an image of one other static binary at path, whose
-// entrypoint is path and args: the test workloads (agnhost, and agnhost
-// pause as the pod sandbox image) of clusters that reach no registry.
-func BuildStatic(binary, path string, args []string, version string) (v1.Image, error) {
-	return Static{Binary: binary, Path: path, Args: args, User: NonRootUser, Version: version}.Build()
-}
-
-// Static is a test image of one static binary, with links to it (a
-// busybox's commands), other files (certificates a test server reads) and
-// a user: what upstream's test images hold, for tests that expect them.
+// Static is a test image of one other static binary at Path, whose
+// entrypoint is Path and Args: the test workloads (agnhost, agnhost pause as
+// the pod sandbox image, busybox) of clusters that reach no registry. Links
+// (a busybox's commands), other files (certificates a test server reads)
+// and a user give what upstream's test images hold, for tests that expect
+// them.
 type Static struct {
 	Binary, Path  string
 	Args          []string
