@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -25,7 +27,8 @@ type benchConfig struct {
 	oneStream      int64 // bytes of the 1-stream download
 	perStream16    int64 // bytes of each of the 16 parallel downloads
 	bulkStreams    int
-	envoyWorkers   int // --concurrency of both Envoys
+	apiWorkers     int // --concurrency of the apiserver proxy (the manifests')
+	nodeWorkers    int // --concurrency of the node proxies (the manifests')
 	restartPause   time.Duration
 	full           bool
 	memoryNodes    []int // simulated nodes for the memory figure
@@ -36,9 +39,9 @@ type benchConfig struct {
 
 func benchConfigFor(full bool) benchConfig {
 	if full {
-		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
+		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
 	}
-	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, envoyWorkers: runtime.NumCPU(), restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
+	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
 }
 
 // benchEnv is one system, started, with what a round needs to measure it.
@@ -85,9 +88,7 @@ func TestDatapathBenchmark(t *testing.T) {
 	cfg := benchConfigFor(full)
 	cfg.systems, cfg.settings = os.Getenv("SPOKE_BENCH_SYSTEMS"), os.Getenv("SPOKE_BENCH_SETTINGS")
 	cfg.tunnelsPerNode = int(model.DefaultSettings().TunnelsPerEndpoint)
-	if w, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")); err == nil {
-		cfg.envoyWorkers = w
-	}
+	cfg.apiWorkers, cfg.nodeWorkers = benchWorkers(t)
 	if r, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ROUNDS")); err == nil && r > 0 {
 		cfg.rounds = r
 	}
@@ -135,6 +136,43 @@ func TestDatapathBenchmark(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// benchWorkers is each Envoy's --concurrency: the manifests' unless
+// SPOKE_BENCH_ENVOY_CONCURRENCY says "N" (both) or "API,NODE".
+func benchWorkers(t *testing.T) (api, node int) {
+	api = manifestConcurrency(t, "manifests/control-plane/spoke-control-plane.yaml")
+	node = manifestConcurrency(t, "manifests/base/node-proxy.yaml")
+	knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")
+	if knob == "" {
+		return api, node
+	}
+	a, n, pair := strings.Cut(knob, ",")
+	if !pair {
+		n = a
+	}
+	var errA, errN error
+	api, errA = strconv.Atoi(a)
+	node, errN = strconv.Atoi(n)
+	if errA != nil || errN != nil || api < 1 || node < 1 {
+		t.Fatalf("SPOKE_BENCH_ENVOY_CONCURRENCY=%q: want N or API,NODE (workers, >= 1)", knob)
+	}
+	return api, node
+}
+
+// manifestConcurrency reads the Envoy --concurrency a manifest deploys with,
+// so the benchmark measures what users run.
+func manifestConcurrency(t *testing.T, path string) int {
+	raw, err := os.ReadFile(filepath.Join("..", path)) // tests run in e2e/
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`--concurrency, "(\d+)"`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatalf("%s: no Envoy --concurrency argument found", path)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
 }
 
 func memoryTable(rows []memoryPerNode, cfg benchConfig) string {
@@ -297,8 +335,9 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	})
 	targets, h, bulk := benchTargets(t, tp.port)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	workers := []string{"--concurrency", strconv.Itoa(cfg.envoyWorkers)}
-	apiProxy := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", workers...)
+	apiWorkers := []string{"--concurrency", strconv.Itoa(cfg.apiWorkers)}
+	workers := []string{"--concurrency", strconv.Itoa(cfg.nodeWorkers)}
+	apiProxy := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", apiWorkers...)
 	dial := datapath.ConnectOverUnix(tp.settings.EgressSocketPath)
 	nodes := []*envoytest.Process{sec.startNodeProxyFlags(t, tp.bin, "node-a", workers...)}
 	if _, err := waitAll(dial, targets[:1], 30*time.Second); err != nil {
@@ -331,7 +370,7 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 		restart: func() (time.Duration, error) {
 			apiProxy.Stop()
 			started := time.Now()
-			apiProxy = sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", workers...)
+			apiProxy = sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", apiWorkers...)
 			back, err := waitAll(dial, targets, 30*time.Second)
 			return back.Sub(started), err
 		}}
@@ -341,7 +380,7 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 // rounds a system passed, with the targets' ratios.
 func benchTables(results []roundResult, cfg benchConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), fmt.Sprintf("Envoy --concurrency %d", cfg.envoyWorkers))
+	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), fmt.Sprintf("Envoy --concurrency %d on the apiserver proxy, %d on node proxies", cfg.apiWorkers, cfg.nodeWorkers))
 	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		if r.err != nil {

@@ -86,7 +86,7 @@ func simulatedNode(addr, node string, tunnel int, cert pki.Certificate, caPEM []
 func spokeMemoryPerNode(t *testing.T, n int, cfg benchConfig) (int64, error) {
 	tp := newTopology(t)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", "--concurrency", strconv.Itoa(cfg.envoyWorkers))
+	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", "--concurrency", strconv.Itoa(cfg.apiWorkers))
 	time.Sleep(time.Second)
 	before, err := datapath.ProcessRSS(api.PID())
 	if err != nil {

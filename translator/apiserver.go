@@ -289,9 +289,10 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 		},
 	}
 	return &listenerv3.Listener{
-		Name:      HandshakeListener,
-		Address:   socketAddress(s.TunnelListenAddress, s.TunnelPort),
-		AccessLog: []*accesslogv3.AccessLog{handshakeLog()},
+		Name:          HandshakeListener,
+		Address:       socketAddress(s.TunnelListenAddress, s.TunnelPort),
+		SocketOptions: tunnelSocketOptions(s, corev3.SocketOption_STATE_LISTENING),
+		AccessLog:     []*accesslogv3.AccessLog{handshakeLog()},
 		FilterChains: []*listenerv3.FilterChain{{
 			TransportSocket:               tlsTransportSocket(tls),
 			TransportSocketConnectTimeout: dur(s.TunnelHandshakeTimeout),

@@ -178,7 +178,18 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
 		TransportSocket:      tlsTransportSocket(tls),
+		UpstreamBindConfig:   tunnelBindConfig(s),
 	}
+}
+
+// tunnelBindConfig carries the tunnel socket options to the tunnels this
+// node proxy dials; it binds no source address.
+func tunnelBindConfig(s model.Settings) *corev3.BindConfig {
+	options := tunnelSocketOptions(s, corev3.SocketOption_STATE_PREBIND)
+	if options == nil {
+		return nil
+	}
+	return &corev3.BindConfig{SocketOptions: options}
 }
 
 func apiServerEndpoints(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
@@ -204,9 +215,10 @@ func kubeletCluster(node *model.Node, s model.Settings) *clusterv3.Cluster {
 		return nil
 	}
 	return &clusterv3.Cluster{
-		Name:                 KubeletCluster,
-		ConnectTimeout:       dur(s.ConnectTimeout),
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		Name:                          KubeletCluster,
+		ConnectTimeout:                dur(s.ConnectTimeout),
+		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: KubeletCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -222,10 +234,11 @@ func kubeletCluster(node *model.Node, s model.Settings) *clusterv3.Cluster {
 // routes whose domains list this node's pods and Service pairs lead here.
 func originalDstCluster(s model.Settings) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 OriginalDstTarget,
-		ConnectTimeout:       dur(s.ConnectTimeout),
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
-		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		Name:                          OriginalDstTarget,
+		ConnectTimeout:                dur(s.ConnectTimeout),
+		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:                      clusterv3.Cluster_CLUSTER_PROVIDED,
 		LbConfig: &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{
 			UseHttpHeader:  true,
 			HttpHeaderName: ":authority",

@@ -51,6 +51,30 @@ func http2Options(s model.Settings) *corev3.Http2ProtocolOptions {
 	}
 }
 
+// The Linux numbers of TCP_NOTSENT_LOWAT (linux/tcp.h) and its level: the
+// config is for Envoys on Linux whatever the OS that translates it.
+const (
+	ipProtoTCP      = 6
+	tcpNotSentLowat = 25
+)
+
+// tunnelSocketOptions limit the unsent bytes the kernel queues on a tunnel
+// socket (TunnelUnsentLimit), in state: STATE_PREBIND for the node proxy's
+// dialled tunnels, STATE_LISTENING for the apiserver proxy's listener, whose
+// accepted sockets inherit it.
+func tunnelSocketOptions(s model.Settings, state corev3.SocketOption_SocketState) []*corev3.SocketOption {
+	if s.TunnelUnsentLimit == 0 {
+		return nil
+	}
+	return []*corev3.SocketOption{{
+		Description: "TCP_NOTSENT_LOWAT: a new stream's first frame waits behind little unsent data",
+		Level:       ipProtoTCP,
+		Name:        tcpNotSentLowat,
+		Value:       &corev3.SocketOption_IntValue{IntValue: int64(s.TunnelUnsentLimit)},
+		State:       state,
+	}}
+}
+
 // optionalUint32 leaves 0 unset: Envoy's default.
 func optionalUint32(v uint32) *wrapperspb.UInt32Value {
 	if v == 0 {

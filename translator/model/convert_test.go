@@ -115,6 +115,16 @@ func TestSettings(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 	for name, mutate := range map[string]func(*Settings){
+		"16 MiB connection window":     func(s *Settings) { s.TunnelConnectionWindow = 16 << 20 },
+		"4 MiB window, 256 KiB buffer": func(s *Settings) { s.TunnelBufferLimit, s.TunnelConnectionWindow = 256<<10, 4<<20 },
+	} {
+		good := DefaultSettings()
+		mutate(&good)
+		if err := good.Validate(); err != nil {
+			t.Errorf("%s: refused: %v", name, err)
+		}
+	}
+	for name, mutate := range map[string]func(*Settings){
 		"cluster id with colon":      func(s *Settings) { s.ClusterID = "a:b" },
 		"empty tenant":               func(s *Settings) { s.TenantID = "" },
 		"relative socket":            func(s *Settings) { s.EgressSocketPath = "egress.sock" },
@@ -123,6 +133,10 @@ func TestSettings(t *testing.T) {
 		"bad endpoint":               func(s *Settings) { s.APIServerEndpoints = []string{"apiserver:443"} },
 		"stream window < 64 KiB":     func(s *Settings) { s.TunnelStreamWindow = 1000 },
 		"connection window > 2^31-1": func(s *Settings) { s.TunnelConnectionWindow = 1 << 31 },
+		"connection window 2 MiB":    func(s *Settings) { s.TunnelConnectionWindow = 2 << 20 },
+		"connection window < 16 buffers": func(s *Settings) {
+			s.TunnelBufferLimit, s.TunnelConnectionWindow = 256<<10, 4<<20-1
+		},
 	} {
 		bad := DefaultSettings()
 		mutate(&bad)

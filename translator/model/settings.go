@@ -70,8 +70,17 @@ type Settings struct {
 	// of a tunnel, both sides. 0: Envoy's default (256 MiB).
 	TunnelConnectionWindow uint32 `json:"tunnelConnectionWindow"`
 	// TunnelBufferLimit is Envoy's per-connection buffer limit (bytes) on
-	// tunnel connections, both sides. 0: Envoy's default (1 MiB).
+	// tunnel connections, both sides, and on the node proxy's connections to
+	// its targets (how much of a stream Envoy reads at once). 0: Envoy's
+	// default (1 MiB).
 	TunnelBufferLimit uint32 `json:"tunnelBufferLimit"`
+	// TunnelUnsentLimit is TCP_NOTSENT_LOWAT on tunnel sockets, both sides:
+	// the unsent bytes the kernel queues per tunnel. Bytes queued there are
+	// in front of every new stream's first frame; above this Envoy keeps
+	// them in its own buffers, where its flow control sees them. It leaves
+	// bytes in flight alone, so long-distance throughput is unchanged.
+	// 0: the kernel's default (no limit).
+	TunnelUnsentLimit uint32 `json:"tunnelUnsentLimit"`
 	// Secrets names the SDS secrets the generated TLS contexts reference.
 	Secrets SecretNames `json:"secrets"`
 }
@@ -178,6 +187,9 @@ func (s *Settings) Validate() error {
 	case !validWindow(s.TunnelStreamWindow) || !validWindow(s.TunnelConnectionWindow):
 		return fmt.Errorf("tunnelStreamWindow %d, tunnelConnectionWindow %d: each must be 0 (Envoy's default) or %d-%d bytes (HTTP/2's window range, as Envoy accepts it)",
 			s.TunnelStreamWindow, s.TunnelConnectionWindow, minHTTP2Window, maxHTTP2Window)
+	case s.TunnelConnectionWindow != 0 && uint64(s.TunnelConnectionWindow) < connectionWindowStreams*uint64(s.effectiveBufferLimit()):
+		return fmt.Errorf("tunnelConnectionWindow %d: must be 0 (Envoy's default) or at least %d x the tunnel buffer limit (%d): the data a stream's slow reader leaves unread holds the whole tunnel's window, and below that a few such streams stop every stream in the tunnel (measured: 1 MiB stalls new CONNECTs, 2 MiB delays them by seconds)",
+			s.TunnelConnectionWindow, connectionWindowStreams, connectionWindowStreams*uint64(s.effectiveBufferLimit()))
 	case s.Secrets.TunnelCA == "" || s.Secrets.NodeCertificate == "" || s.Secrets.APIServerCertificate == "":
 		return fmt.Errorf("secrets: every secret name must be set")
 	}
@@ -195,6 +207,20 @@ func (s *Settings) Validate() error {
 		}
 	}
 	return nil
+}
+
+// connectionWindowStreams is how many streams with a full buffer of unread
+// data a tunnel's connection window must absorb before it stops the others.
+const connectionWindowStreams = 16
+
+// envoyDefaultBufferLimit is Envoy's per_connection_buffer_limit_bytes default.
+const envoyDefaultBufferLimit = 1 << 20
+
+func (s Settings) effectiveBufferLimit() uint32 {
+	if s.TunnelBufferLimit == 0 {
+		return envoyDefaultBufferLimit
+	}
+	return s.TunnelBufferLimit
 }
 
 // The HTTP/2 window sizes Envoy accepts (RFC 9113 6.9.2 bounds them above;
