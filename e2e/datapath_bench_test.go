@@ -359,6 +359,14 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	if reachable.IsZero() {
 		t.Fatal("node-b never reachable through its node proxy")
 	}
+	// A node's first tunnel makes it reachable from one apiserver-proxy
+	// worker; the measurements start once each node holds all of its
+	// tunnels, one or more on every worker (Envoy spreads them).
+	want := cfg.nodeWorkers * int(tp.settings.TunnelsPerEndpoint)
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d tunnels per node at the apiserver proxy", want), func() bool {
+		held, err := tunnelsPerNode(apiProxy)
+		return err == nil && held["node-a"] >= want && held["node-b"] >= want
+	})
 	return benchEnv{dial: dial, path: "unix:" + tp.settings.EgressSocketPath, helper: h, bulkTarget: bulk, targets: targets, nodeStart: reachable.Sub(started),
 		proxies: func() []int {
 			pids := []int{apiProxy.PID()}
