@@ -3,12 +3,22 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/spokeproxy/spoke/envoy"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
@@ -36,8 +46,8 @@ func TestTunnelSocketsCarryUnsentLimit(t *testing.T) {
 				t.Fatalf("CONNECT through the tuned tunnel: status %d, answer %q", status, got)
 			}
 			port := int(tp.settings.TunnelPort)
-			apiSide := tunnelSocketLowats(t, tp.apiProxy.PID(), func(local, _ int) bool { return local == port })
-			nodeSide := tunnelSocketLowats(t, node.PID(), func(_, peer int) bool { return peer == port })
+			apiSide := lowats(tcpSockets(t, tp.apiProxy.PID(), func(local, _ int) bool { return local == port }))
+			nodeSide := lowats(tcpSockets(t, node.PID(), func(_, peer int) bool { return peer == port }))
 			for side, lowats := range map[string][]int{"apiserver proxy": apiSide, "node proxy": nodeSide} {
 				if len(lowats) == 0 {
 					t.Errorf("%s: no tunnel socket found", side)
@@ -53,9 +63,20 @@ func TestTunnelSocketsCarryUnsentLimit(t *testing.T) {
 	}
 }
 
-// tunnelSocketLowats returns TCP_NOTSENT_LOWAT of each connected TCP socket
-// of process pid whose local and peer ports pass match.
-func tunnelSocketLowats(t *testing.T, pid int, match func(local, peer int) bool) []int {
+// tcpSocket is one connected TCP socket of a running process.
+type tcpSocket struct{ local, peer, lowat int }
+
+func lowats(sockets []tcpSocket) []int {
+	var out []int
+	for _, s := range sockets {
+		out = append(out, s.lowat)
+	}
+	return out
+}
+
+// tcpSockets reads the connected IPv4 TCP sockets of process pid whose local
+// and peer ports pass match, through pidfd_getfd.
+func tcpSockets(t *testing.T, pid int, match func(local, peer int) bool) []tcpSocket {
 	t.Helper()
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
@@ -66,7 +87,7 @@ func tunnelSocketLowats(t *testing.T, pid int, match func(local, peer int) bool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lowats []int
+	var sockets []tcpSocket
 	for _, e := range entries {
 		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
 		n, _ := strconv.Atoi(e.Name())
@@ -77,28 +98,110 @@ func tunnelSocketLowats(t *testing.T, pid int, match func(local, peer int) bool)
 		if err != nil {
 			continue // closed meanwhile
 		}
-		if v, ok := lowatIfMatching(fd, match); ok {
-			lowats = append(lowats, v)
+		if s, ok := matchingSocket(fd, match); ok {
+			sockets = append(sockets, s)
 		}
 		unix.Close(fd)
 	}
-	return lowats
+	return sockets
 }
 
-func lowatIfMatching(fd int, match func(local, peer int) bool) (int, bool) {
+func matchingSocket(fd int, match func(local, peer int) bool) (tcpSocket, bool) {
 	local, err := unix.Getsockname(fd)
 	if err != nil {
-		return 0, false
+		return tcpSocket{}, false
 	}
 	peer, err := unix.Getpeername(fd)
 	if err != nil {
-		return 0, false // a listener, or not connected
+		return tcpSocket{}, false // a listener, or not connected
 	}
 	l, lok := local.(*unix.SockaddrInet4)
 	p, pok := peer.(*unix.SockaddrInet4)
 	if !lok || !pok || !match(l.Port, p.Port) {
-		return 0, false
+		return tcpSocket{}, false
 	}
 	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
-	return v, err == nil
+	return tcpSocket{local: l.Port, peer: p.Port, lowat: v}, err == nil
+}
+
+// TestQuietTunnelsAreKept: Envoy closes an HTTP connection with no stream for
+// its idle timeout (1 hour unless set), and a closed tunnel leaves its
+// apiserver-proxy worker without a tunnel to the node until the node
+// re-dials. spoke turns the timeout off on both ends. With it shortened to
+// 1 s on the node proxy (the same config otherwise) the node's tunnel
+// sockets are replaced during 3 quiet seconds: the timeout is real and
+// reaches tunnels. With spoke's config they are the same sockets after it,
+// and a CONNECT works. The golden files guard the config itself (the hour
+// does not fit in a test).
+func TestQuietTunnelsAreKept(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("reading another process's sockets (pidfd_getfd) needs root: run make test as root")
+	}
+	for _, tc := range []struct {
+		name     string
+		idle     time.Duration // 0: spoke's config as translated
+		replaced bool
+	}{{"spoke's config", 0, false}, {"idle timeout 1s", time.Second, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := newTopology(t)
+			serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+			tp.startAPIServerProxy()
+			node := tp.startNodeProxyIdle(t, "node-a", tc.idle)
+			socket, target := tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port)
+			waitForTunnel(t, socket, target)
+			port := int(tp.settings.TunnelPort)
+			tunnels := func() []int {
+				var ports []int
+				for _, s := range tcpSockets(t, node.PID(), func(_, peer int) bool { return peer == port }) {
+					ports = append(ports, s.local)
+				}
+				slices.Sort(ports)
+				return ports
+			}
+			want := int(tp.settings.TunnelsPerEndpoint) // the node proxy runs one worker (envoytest)
+			waitFor(t, 10*time.Second, "all of the node's tunnels", func() bool { return len(tunnels()) >= want })
+			before := tunnels()
+			time.Sleep(3 * time.Second)
+			waitFor(t, 10*time.Second, "all of the node's tunnels after the quiet", func() bool { return len(tunnels()) >= want })
+			after := tunnels()
+			if replaced := !slices.Equal(before, after); replaced != tc.replaced {
+				t.Errorf("tunnel sockets (local ports) before %v, after 3 quiet seconds %v: replaced=%v, want %v", before, after, replaced, tc.replaced)
+			}
+			got, status := roundTrip(t, socket, target)
+			if !tc.replaced && (status != 200 || got != "node-a/pod web-a") {
+				t.Errorf("CONNECT after the quiet: status %d, answer %q", status, got)
+			}
+			// With the timeout, the tunnel an apiserver-proxy worker had
+			// pooled is gone: its next CONNECT can fail although the node
+			// holds new tunnels (seen: 502). Logged, not asserted: timing.
+			t.Logf("%s: CONNECT after the quiet: status %d", tc.name, status)
+		})
+	}
+}
+
+// startNodeProxyIdle runs node's proxy with the tunnel listener's connection
+// idle timeout set to idle (0: as translated).
+func (tp *topology) startNodeProxyIdle(t *testing.T, node string, idle time.Duration) *envoytest.Process {
+	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle > 0 {
+		filter := res.Listeners[0].FilterChains[0].Filters[0]
+		hcm := new(hcmv3.HttpConnectionManager)
+		if err := filter.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+		hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
+		typed, err := anypb.New(hcm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		filter.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: typed}
+	}
+	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, tp.pki.Secrets(t, tp.settings, translator.RoleNode, node), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return envoytest.Start(t, tp.bin, "node-proxy-"+node, b)
 }

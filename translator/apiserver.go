@@ -329,6 +329,7 @@ func handshakeLog() *accesslogv3.AccessLog {
 // proxy's certificate, and accepts only a tunnel-CA certificate.
 func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 	protocol := &httpv3.HttpProtocolOptions{
+		CommonHttpProtocolOptions: tunnelConnectionOptions(),
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: http2Options(s)},
 		}},

@@ -66,6 +66,7 @@ func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
 	hcm := connectHCM("node_tunnel", NodeTunnelRoute, s)
 	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP2
 	hcm.Http2ProtocolOptions = http2Options(s)
+	hcm.CommonHttpProtocolOptions = tunnelConnectionOptions()
 	return &listenerv3.Listener{
 		Name:                          reverseTunnelListenerName(address),
 		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),

@@ -75,6 +75,15 @@ func tunnelSocketOptions(s model.Settings, state corev3.SocketOption_SocketState
 	}}
 }
 
+// tunnelConnectionOptions turn off Envoy's connection idle timeout (1 hour by
+// default) on both ends of a tunnel: a tunnel with no stream for an hour is
+// not dead (HTTP/2 PINGs find dead ones), and closing it would leave its
+// apiserver-proxy worker without a tunnel to the node until the node
+// re-dials, so CONNECTs landing there would fail meanwhile.
+func tunnelConnectionOptions() *corev3.HttpProtocolOptions {
+	return &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(0)}
+}
+
 // optionalUint32 leaves 0 unset: Envoy's default.
 func optionalUint32(v uint32) *wrapperspb.UInt32Value {
 	if v == 0 {
