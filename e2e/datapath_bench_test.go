@@ -6,13 +6,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
@@ -141,38 +143,45 @@ func TestDatapathBenchmark(t *testing.T) {
 // benchWorkers is each Envoy's --concurrency: the manifests' unless
 // SPOKE_BENCH_ENVOY_CONCURRENCY says "N" (both) or "API,NODE".
 func benchWorkers(t *testing.T) (api, node int) {
-	api = manifestConcurrency(t, "manifests/control-plane/spoke-control-plane.yaml")
-	node = manifestConcurrency(t, "manifests/base/node-proxy.yaml")
-	knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")
-	if knob == "" {
-		return api, node
-	}
-	a, n, pair := strings.Cut(knob, ",")
-	if !pair {
-		n = a
+	var pod corev1.Pod
+	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
+	var ds appsv1.DaemonSet
+	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
+	a := containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency")
+	n := containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
+	if knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY"); knob != "" {
+		var pair bool
+		if a, n, pair = strings.Cut(knob, ","); !pair {
+			n = a
+		}
 	}
 	var errA, errN error
 	api, errA = strconv.Atoi(a)
 	node, errN = strconv.Atoi(n)
 	if errA != nil || errN != nil || api < 1 || node < 1 {
-		t.Fatalf("SPOKE_BENCH_ENVOY_CONCURRENCY=%q: want N or API,NODE (workers, >= 1)", knob)
+		t.Fatalf("Envoy workers %q (apiserver proxy), %q (node proxy): want numbers >= 1 (SPOKE_BENCH_ENVOY_CONCURRENCY: N or API,NODE)", a, n)
 	}
 	return api, node
 }
 
-// manifestConcurrency reads the Envoy --concurrency a manifest deploys with,
-// so the benchmark measures what users run.
-func manifestConcurrency(t *testing.T, path string) int {
+// containerFlag is a flag of a manifest's container, so the benchmark
+// measures what users run.
+func containerFlag(t *testing.T, spec corev1.PodSpec, container, flag string) string {
+	for _, c := range spec.Containers {
+		if c.Name == container {
+			return flagValue(c.Args, flag)
+		}
+	}
+	t.Fatalf("no container %q in the manifest", container)
+	return ""
+}
+
+func readRepoFile(t *testing.T, path string) string {
 	raw, err := os.ReadFile(filepath.Join("..", path)) // tests run in e2e/
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`--concurrency, "(\d+)"`).FindSubmatch(raw)
-	if m == nil {
-		t.Fatalf("%s: no Envoy --concurrency argument found", path)
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
+	return string(raw)
 }
 
 func memoryTable(rows []memoryPerNode, cfg benchConfig) string {

@@ -58,6 +58,9 @@ type topology struct {
 	pki      *envoytest.PKI
 	port     int // the port every test backend listens on
 	apiProxy *envoytest.Process
+	// tweakNode, when set, changes a node proxy's translated config before
+	// it starts (a test playing with one Envoy setting).
+	tweakNode func(*translator.Resources)
 }
 
 func newTopology(t *testing.T) *topology { return newTopologyWith(t, nil) }
@@ -123,6 +126,9 @@ func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secre
 	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
 	if err != nil {
 		tp.t.Fatal(err)
+	}
+	if tp.tweakNode != nil {
+		tp.tweakNode(&res)
 	}
 	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, secrets, 0)
 	if err != nil {

@@ -16,8 +16,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/spokeproxy/spoke/envoy"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 )
@@ -146,7 +144,10 @@ func TestQuietTunnelsAreKept(t *testing.T) {
 			tp := newTopology(t)
 			serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 			tp.startAPIServerProxy()
-			node := tp.startNodeProxyIdle(t, "node-a", tc.idle)
+			if tc.idle > 0 {
+				tp.tweakNode = func(res *translator.Resources) { setTunnelIdleTimeout(t, res, tc.idle) }
+			}
+			node := tp.startNodeProxy("node-a", "node-a")
 			socket, target := tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port)
 			waitForTunnel(t, socket, target)
 			port := int(tp.settings.TunnelPort)
@@ -179,29 +180,18 @@ func TestQuietTunnelsAreKept(t *testing.T) {
 	}
 }
 
-// startNodeProxyIdle runs node's proxy with the tunnel listener's connection
-// idle timeout set to idle (0: as translated).
-func (tp *topology) startNodeProxyIdle(t *testing.T, node string, idle time.Duration) *envoytest.Process {
-	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
+// setTunnelIdleTimeout sets the connection idle timeout of a node proxy's
+// tunnel listener.
+func setTunnelIdleTimeout(t *testing.T, res *translator.Resources, idle time.Duration) {
+	filter := res.Listeners[0].FilterChains[0].Filters[0]
+	hcm := new(hcmv3.HttpConnectionManager)
+	if err := filter.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
+	typed, err := anypb.New(hcm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if idle > 0 {
-		filter := res.Listeners[0].FilterChains[0].Filters[0]
-		hcm := new(hcmv3.HttpConnectionManager)
-		if err := filter.GetTypedConfig().UnmarshalTo(hcm); err != nil {
-			t.Fatal(err)
-		}
-		hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(idle)}
-		typed, err := anypb.New(hcm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		filter.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: typed}
-	}
-	b, err := envoy.StaticBootstrap(translator.RoleNode, node, res, tp.pki.Secrets(t, tp.settings, translator.RoleNode, node), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return envoytest.Start(t, tp.bin, "node-proxy-"+node, b)
+	filter.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: typed}
 }
