@@ -48,9 +48,11 @@ func (o *out) line(format string, args ...any) {
 func runClients(addr string, cfg config) error {
 	// The clients stand for 5,000 Envoys (C++, no garbage collector) on
 	// other machines; here they share the server's cores, so their own
-	// collector runs seldom (their heap stays small) to leave the CPU to
-	// the work Envoy would do too: TLS handshakes and decoding.
-	debug.SetGCPercent(400)
+	// collector runs only when their heap reaches 2 GiB (none during the
+	// start: ~450 MiB) to leave the CPU to the work Envoy would do too: TLS
+	// handshakes and decoding.
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(2 << 30)
 	o := &out{w: bufio.NewWriter(os.Stdout)}
 	var signer *clientSigner
 	if cfg.tlsDir != "" {
@@ -131,6 +133,9 @@ func (c *client) runRetrying(ctx context.Context, addr string, delta bool) {
 	}
 }
 
+// envoyDefaultWindow is Envoy's default HTTP/2 stream and connection window.
+const envoyDefaultWindow = 256 << 20
+
 func (c *client) run(ctx context.Context, addr string, delta bool) error {
 	creds := c.creds
 	// A connection attempt not done in 5 s is given up and retried, as the
@@ -139,10 +144,14 @@ func (c *client) run(ctx context.Context, addr string, delta bool) error {
 	// Small buffers: 5,000 clients in one process would otherwise hold
 	// 300 MiB of them, and their garbage collection would take CPU from the
 	// server under test on the same cores.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithSharedWriteBuffer(true), grpc.WithReadBufferSize(8<<10), grpc.WithConnectParams(grpc.ConnectParams{
-		MinConnectTimeout: 5 * time.Second,
-		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 2 * time.Second},
-	}))
+	// Fixed HTTP/2 windows of Envoy's default size (256 MiB): a real node
+	// proxy sends no BDP-estimation pings, which gRPC sends when its
+	// windows are left dynamic and the server would have to answer.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithSharedWriteBuffer(true), grpc.WithReadBufferSize(8<<10),
+		grpc.WithInitialWindowSize(envoyDefaultWindow), grpc.WithInitialConnWindowSize(envoyDefaultWindow), grpc.WithConnectParams(grpc.ConnectParams{
+			MinConnectTimeout: 5 * time.Second,
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 2, Jitter: 0.2, MaxDelay: 2 * time.Second},
+		}))
 	if err != nil {
 		return err
 	}
