@@ -131,7 +131,7 @@ func (b *LocalBulk) Start() error {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			n, _ := io.Copy(io.Discard, c)
+			n, _ := receive(c, -1)
 			b.moved.Add(n)
 		}()
 	}
