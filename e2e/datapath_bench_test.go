@@ -143,18 +143,31 @@ func TestDatapathBenchmark(t *testing.T) {
 // benchWorkers is each Envoy's --concurrency: the manifests' unless
 // SPOKE_BENCH_ENVOY_CONCURRENCY says "N" (both) or "API,NODE".
 func benchWorkers(t *testing.T) (api, node int) {
-	var pod corev1.Pod
-	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
-	var ds appsv1.DaemonSet
-	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
-	a := containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency")
-	n := containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
+	a, n := manifestWorkerFlags(t)
 	if knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY"); knob != "" {
 		var pair bool
 		if a, n, pair = strings.Cut(knob, ","); !pair {
 			n = a
 		}
 	}
+	return workerCounts(t, a, n)
+}
+
+// manifestWorkers is each Envoy's --concurrency as the manifests deploy it.
+func manifestWorkers(t *testing.T) (api, node int) {
+	a, n := manifestWorkerFlags(t)
+	return workerCounts(t, a, n)
+}
+
+func manifestWorkerFlags(t *testing.T) (api, node string) {
+	var pod corev1.Pod
+	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
+	var ds appsv1.DaemonSet
+	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
+	return containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency"), containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
+}
+
+func workerCounts(t *testing.T, a, n string) (api, node int) {
 	var errA, errN error
 	api, errA = strconv.Atoi(a)
 	node, errN = strconv.Atoi(n)

@@ -36,15 +36,16 @@ func TestStatusShowsTunnelsPerNode(t *testing.T) {
 
 	debug := "http://" + sec.srv.Addr("debug")
 	var tunnels status.Tunnels
-	waitFor(t, 10*time.Second, "the server to read node-a's tunnels", func() bool {
+	held := int(tp.settings.TunnelsPerEndpoint) // the node proxy runs one worker (envoytest)
+	waitFor(t, 10*time.Second, fmt.Sprintf("the server to read node-a's %d tunnels", held), func() bool {
 		body, err := httpBody(debug + "/debug/tunnels")
-		return err == nil && json.Unmarshal([]byte(body), &tunnels) == nil && tunnels.Nodes["node-a"] > 0
+		return err == nil && json.Unmarshal([]byte(body), &tunnels) == nil && tunnels.Nodes["node-a"] == held
 	})
 	if c, ok := tunnels.Nodes["node-b"]; !ok || c != 0 {
 		t.Errorf("node-b (no node proxy) should be listed with 0 tunnels: %+v", tunnels.Nodes)
 	}
 	metrics, _ := httpBody("http://" + sec.srv.Addr("http") + "/metrics")
-	for _, want := range []string{`spoke_tunnels{node="node-a"} 2`, `spoke_tunnels{node="node-b"} 0`, "spoke_nodes_without_tunnel 1"} {
+	for _, want := range []string{fmt.Sprintf(`spoke_tunnels{node="node-a"} %d`, held), `spoke_tunnels{node="node-b"} 0`, "spoke_nodes_without_tunnel 1"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(metrics, "tunnel"))
 		}
@@ -53,7 +54,7 @@ func TestStatusShowsTunnelsPerNode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("spoke status: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "node-b") || !strings.Contains(string(out), "NO TUNNEL") || !strings.Contains(string(out), "node-a  2") {
+	if !strings.Contains(string(out), "node-b") || !strings.Contains(string(out), "NO TUNNEL") || !strings.Contains(string(out), fmt.Sprintf("node-a  %d", held)) {
 		t.Errorf("spoke status does not show node-a's tunnels and flag node-b:\n%s", out)
 	}
 	t.Logf("spoke status:\n%s", out)

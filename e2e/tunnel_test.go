@@ -122,7 +122,13 @@ func (tp *topology) startNodeProxy(node, certName string) *envoytest.Process {
 	return tp.startNodeProxyWith(node, "node-proxy-"+node+"-cert-"+certName, tp.pki.Secrets(tp.t, tp.settings, translator.RoleNode, certName))
 }
 
-func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secret) *envoytest.Process {
+// startNodeProxyWithFlags runs node's own proxy with Envoy flags
+// (--concurrency: one worker unless set).
+func (tp *topology) startNodeProxyWithFlags(node string, flags ...string) *envoytest.Process {
+	return tp.startNodeProxyWith(node, "node-proxy-"+node, tp.pki.Secrets(tp.t, tp.settings, translator.RoleNode, node), flags...)
+}
+
+func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secret, flags ...string) *envoytest.Process {
 	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
 	if err != nil {
 		tp.t.Fatal(err)
@@ -134,7 +140,7 @@ func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secre
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	return envoytest.Start(tp.t, tp.bin, name, b)
+	return envoytest.StartWithFlags(tp.t, tp.bin, name, b, flags...)
 }
 
 // TestConnectThroughReverseTunnels sends the apiserver's CONNECTs into the

@@ -61,8 +61,12 @@ func TestTunnelSocketsCarryUnsentLimit(t *testing.T) {
 	}
 }
 
-// tcpSocket is one connected TCP socket of a running process.
-type tcpSocket struct{ local, peer, lowat int }
+// tcpSocket is one connected TCP socket of a running process: its ports,
+// TCP_NOTSENT_LOWAT and the bytes it has received (TCP_INFO).
+type tcpSocket struct {
+	local, peer, lowat int
+	received           uint64
+}
 
 func lowats(sockets []tcpSocket) []int {
 	var out []int
@@ -76,6 +80,28 @@ func lowats(sockets []tcpSocket) []int {
 // and peer ports pass match, through pidfd_getfd.
 func tcpSockets(t *testing.T, pid int, match func(local, peer int) bool) []tcpSocket {
 	t.Helper()
+	var sockets []tcpSocket
+	eachTCPSocket(t, pid, match, func(_ int, s tcpSocket) { sockets = append(sockets, s) })
+	return sockets
+}
+
+// shutDownSocket shuts down (both directions) the socket of process pid
+// with the ports of s, as a network fault would end it: the process sees
+// its connection end and must cope. It reports whether the socket was found.
+func shutDownSocket(t *testing.T, pid int, s tcpSocket) bool {
+	t.Helper()
+	found := false
+	eachTCPSocket(t, pid, func(local, peer int) bool { return local == s.local && peer == s.peer }, func(fd int, _ tcpSocket) {
+		found = unix.Shutdown(fd, unix.SHUT_RDWR) == nil
+	})
+	return found
+}
+
+// eachTCPSocket calls f with a duplicate of each connected IPv4 TCP socket
+// of process pid whose ports pass match (pidfd_getfd); the duplicate shares
+// the process's open file, so a shutdown through it is the process's too.
+func eachTCPSocket(t *testing.T, pid int, match func(local, peer int) bool, f func(fd int, s tcpSocket)) {
+	t.Helper()
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		t.Fatalf("pidfd_open %d: %v", pid, err)
@@ -85,7 +111,6 @@ func tcpSockets(t *testing.T, pid int, match func(local, peer int) bool) []tcpSo
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sockets []tcpSocket
 	for _, e := range entries {
 		link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
 		n, _ := strconv.Atoi(e.Name())
@@ -97,11 +122,10 @@ func tcpSockets(t *testing.T, pid int, match func(local, peer int) bool) []tcpSo
 			continue // closed meanwhile
 		}
 		if s, ok := matchingSocket(fd, match); ok {
-			sockets = append(sockets, s)
+			f(fd, s)
 		}
 		unix.Close(fd)
 	}
-	return sockets
 }
 
 func matchingSocket(fd int, match func(local, peer int) bool) (tcpSocket, bool) {
@@ -119,7 +143,14 @@ func matchingSocket(fd int, match func(local, peer int) bool) (tcpSocket, bool) 
 		return tcpSocket{}, false
 	}
 	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
-	return tcpSocket{local: l.Port, peer: p.Port, lowat: v}, err == nil
+	if err != nil {
+		return tcpSocket{}, false
+	}
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return tcpSocket{}, false
+	}
+	return tcpSocket{local: l.Port, peer: p.Port, lowat: v, received: info.Bytes_received}, true
 }
 
 // TestQuietTunnelsAreKept: Envoy closes an HTTP connection with no stream for

@@ -312,8 +312,9 @@ func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
 }
 
 // Default heap limits of the overload manager, by role: the apiserver proxy
-// holds tunnels of every node (at 5,000 nodes x 2 workers x 2 tunnels, with
-// HTTP/2 windows, a few hundred MiB), a node proxy only its own. Set the
+// holds tunnels of every node (at 5,000 nodes x 4 tunnels, ~90 MiB measured
+// idle; with HTTP/2 windows in use, a few hundred MiB), a node proxy only
+// its own. Set the
 // container memory limit above them: Envoy sheds load before the kernel
 // kills it.
 const (

@@ -23,7 +23,7 @@ import (
 
 // MaxTunnelsPerNode caps the tunnels one node may hold on each worker of an
 // apiserver proxy (the handshake filter enables the cap). A node proxy keeps
-// tunnelsPerEndpoint (2) per worker of its own; 64 leaves room for large
+// tunnelsPerEndpoint (4) per worker of its own; 64 leaves room for large
 // nodes and still stops one node from exhausting the apiserver proxy.
 const MaxTunnelsPerNode = 64
 

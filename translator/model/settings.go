@@ -27,7 +27,10 @@ type Settings struct {
 	// TunnelListenAddress is the address the apiserver proxy binds the tunnel port on.
 	TunnelListenAddress string `json:"tunnelListenAddress"`
 	// TunnelsPerEndpoint is how many tunnels each node proxy worker keeps to each
-	// apiserver proxy. Node workers x this must be >= the apiserver proxy's workers.
+	// apiserver proxy. Node workers x this must be >= the apiserver proxy's
+	// workers; at twice that, each apiserver-proxy worker holds a spare for
+	// each node, so a tunnel that drops costs no CONNECT (a worker with one
+	// tunnel refuses CONNECTs to the node until the node re-dials, ~1-2 s).
 	TunnelsPerEndpoint uint32 `json:"tunnelsPerEndpoint"`
 	// EgressSocketPath is the Unix socket the apiserver's EgressSelectorConfiguration names.
 	EgressSocketPath string `json:"egressSocketPath"`
@@ -109,7 +112,7 @@ func DefaultSettings() Settings {
 		TunnelPort:             8132,
 		TunnelListenAddress:    "0.0.0.0",
 		APIServerProxyName:     "spoke-apiserver-proxy",
-		TunnelsPerEndpoint:     2,
+		TunnelsPerEndpoint:     4,
 		EgressSocketPath:       "/var/run/spoke/egress.sock",
 		EgressSocketMode:       0o600,
 		PodRouting:             PodRoutingAuto,
