@@ -5,16 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
@@ -143,58 +139,15 @@ func TestDatapathBenchmark(t *testing.T) {
 // benchWorkers is each Envoy's --concurrency: the manifests' unless
 // SPOKE_BENCH_ENVOY_CONCURRENCY says "N" (both) or "API,NODE".
 func benchWorkers(t *testing.T) (api, node int) {
-	a, n := manifestWorkerFlags(t)
-	if knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY"); knob != "" {
-		var pair bool
-		if a, n, pair = strings.Cut(knob, ","); !pair {
-			n = a
-		}
+	knob := os.Getenv("SPOKE_BENCH_ENVOY_CONCURRENCY")
+	if knob == "" {
+		return manifestWorkers(t)
 	}
-	return workerCounts(t, a, n)
-}
-
-// manifestWorkers is each Envoy's --concurrency as the manifests deploy it.
-func manifestWorkers(t *testing.T) (api, node int) {
-	a, n := manifestWorkerFlags(t)
-	return workerCounts(t, a, n)
-}
-
-func manifestWorkerFlags(t *testing.T) (api, node string) {
-	var pod corev1.Pod
-	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
-	var ds appsv1.DaemonSet
-	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
-	return containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency"), containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
-}
-
-func workerCounts(t *testing.T, a, n string) (api, node int) {
-	var errA, errN error
-	api, errA = strconv.Atoi(a)
-	node, errN = strconv.Atoi(n)
-	if errA != nil || errN != nil || api < 1 || node < 1 {
-		t.Fatalf("Envoy workers %q (apiserver proxy), %q (node proxy): want numbers >= 1 (SPOKE_BENCH_ENVOY_CONCURRENCY: N or API,NODE)", a, n)
+	a, n, pair := strings.Cut(knob, ",")
+	if !pair {
+		n = a
 	}
-	return api, node
-}
-
-// containerFlag is a flag of a manifest's container, so the benchmark
-// measures what users run.
-func containerFlag(t *testing.T, spec corev1.PodSpec, container, flag string) string {
-	for _, c := range spec.Containers {
-		if c.Name == container {
-			return flagValue(c.Args, flag)
-		}
-	}
-	t.Fatalf("no container %q in the manifest", container)
-	return ""
-}
-
-func readRepoFile(t *testing.T, path string) string {
-	raw, err := os.ReadFile(filepath.Join("..", path)) // tests run in e2e/
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(raw)
+	return workerCounts(t, a, n, "SPOKE_BENCH_ENVOY_CONCURRENCY (N or API,NODE)")
 }
 
 func memoryTable(rows []memoryPerNode, cfg benchConfig) string {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -234,4 +235,49 @@ func hostPathMountedAt(spec corev1.PodSpec, c corev1.Container, path string) str
 		}
 	}
 	return ""
+}
+
+// manifestWorkers is each Envoy's --concurrency as the manifests deploy it.
+func manifestWorkers(t *testing.T) (api, node int) {
+	a, n := manifestWorkerFlags(t)
+	return workerCounts(t, a, n, "the manifests")
+}
+
+func manifestWorkerFlags(t *testing.T) (api, node string) {
+	var pod corev1.Pod
+	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
+	var ds appsv1.DaemonSet
+	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
+	return containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency"), containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
+}
+
+// workerCounts parses --concurrency values taken from where (for the error).
+func workerCounts(t *testing.T, a, n, where string) (api, node int) {
+	var errA, errN error
+	api, errA = strconv.Atoi(a)
+	node, errN = strconv.Atoi(n)
+	if errA != nil || errN != nil || api < 1 || node < 1 {
+		t.Fatalf("Envoy workers %q (apiserver proxy), %q (node proxy) from %s: want numbers >= 1", a, n, where)
+	}
+	return api, node
+}
+
+// containerFlag is a flag of a manifest's container, so tests run Envoy as
+// users do.
+func containerFlag(t *testing.T, spec corev1.PodSpec, container, flag string) string {
+	for _, c := range spec.Containers {
+		if c.Name == container {
+			return flagValue(c.Args, flag)
+		}
+	}
+	t.Fatalf("no container %q in the manifest", container)
+	return ""
+}
+
+func readRepoFile(t *testing.T, path string) string {
+	raw, err := os.ReadFile(filepath.Join("..", path)) // tests run in e2e/
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }

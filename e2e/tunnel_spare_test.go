@@ -3,15 +3,10 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/spokeproxy/spoke/envoy"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
-	"github.com/spokeproxy/spoke/translator"
 )
 
 // TestLostTunnelCostsNoConnect: Envoy gives each apiserver-proxy worker its
@@ -22,13 +17,11 @@ import (
 // next CONNECT takes the spare instead of failing until the node re-dials.
 // The fault is real: the tunnel that carried the CONNECTs is shut down
 // inside the running apiserver proxy, which must let go of it before the
-// CONNECTs are counted, and the node proxy must dial a replacement. With one tunnel per worker (the old
-// default, 2) the same fault failed 7 to 82 of 100 CONNECTs over 2 s with
-// 502, until the node had re-dialled.
+// CONNECTs are counted, and the node proxy must dial a replacement. With
+// one tunnel per worker (the old default, 2) the same fault failed 7 to 82
+// of 100 CONNECTs over 2 s with 502, until the node had re-dialled.
 func TestLostTunnelCostsNoConnect(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("shutting down another process's socket (pidfd_getfd) needs root: run make test as root")
-	}
+	needOtherProcessSockets(t)
 	apiWorkers, nodeWorkers := manifestWorkers(t)
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
@@ -37,12 +30,7 @@ func TestLostTunnelCostsNoConnect(t *testing.T) {
 		t.Fatalf("with %d node worker(s) x tunnelsPerEndpoint %d over %d apiserver-proxy workers, a worker holds %d tunnel(s) per node: no spare",
 			nodeWorkers, s.TunnelsPerEndpoint, apiWorkers, perWorker)
 	}
-	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", translator.APIServerProxy(&tp.cluster, s),
-		tp.pki.Secrets(t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp.apiProxy = envoytest.StartWithFlags(t, tp.bin, "apiserver-proxy", b, "--concurrency", strconv.Itoa(apiWorkers))
+	tp.startAPIServerProxy("--concurrency", strconv.Itoa(apiWorkers))
 	tp.startNodeProxyWithFlags("node-a", "--concurrency", strconv.Itoa(nodeWorkers))
 	socket, target := s.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port)
 	port, want := int(s.TunnelPort), nodeWorkers*int(s.TunnelsPerEndpoint)

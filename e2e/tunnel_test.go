@@ -93,14 +93,16 @@ func newTopologyWithItems(t *testing.T, tweak func(*model.Settings), items strin
 	return &topology{t: t, bin: bin, settings: s, cluster: cluster, pki: envoytest.NewPKI(t), port: port}
 }
 
-func (tp *topology) startAPIServerProxy() {
+// startAPIServerProxy runs the apiserver proxy with Envoy flags
+// (--concurrency: one worker unless set).
+func (tp *topology) startAPIServerProxy(flags ...string) {
 	s := tp.settings
 	res := translator.APIServerProxy(&tp.cluster, s)
 	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, tp.pki.Secrets(tp.t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	tp.apiProxy = envoytest.Start(tp.t, tp.bin, "apiserver-proxy", b)
+	tp.apiProxy = envoytest.StartWithFlags(tp.t, tp.bin, "apiserver-proxy", b, flags...)
 }
 
 // podBehindTunnel serves node-a's pod web-a, starts the apiserver proxy and

@@ -118,23 +118,12 @@ const receiveChunk = 64 << 10
 // receive reads and drops up to limit bytes from r (no limit if negative)
 // and returns how many arrived; io.EOF is no error.
 func receive(r io.Reader, limit int64) (int64, error) {
-	buf := make([]byte, receiveChunk)
-	var n int64
-	for limit < 0 || n < limit {
-		want := int64(len(buf))
-		if limit >= 0 {
-			want = min(want, limit-n)
-		}
-		got, err := r.Read(buf[:want])
-		n += int64(got)
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
+	if limit >= 0 {
+		r = io.LimitReader(r, limit)
 	}
-	return n, nil
+	// Wrapped so that neither io.Discard's ReadFrom nor a connection's
+	// WriteTo takes over with a buffer of its own choosing.
+	return io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{r}, make([]byte, receiveChunk))
 }
 
 // SetupTimesBeside measures n set-ups while bulk runs (head-of-line
