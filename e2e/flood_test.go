@@ -97,8 +97,12 @@ func TestXDSPortSurvivesAHandshakeFlood(t *testing.T) {
 	if err := os.WriteFile(clusterFile, []byte(fmt.Sprintf(clusterTemplate, tp.port, tp.port)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	settingsFile := filepath.Join(dir, "settings.yaml")
+	if err := os.WriteFile(settingsFile, []byte("allowPodAddresses: [127.0.0.0/8]  # pods on loopback\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	server := exec.Command("bash", "-c", `ulimit -n 1024 && exec "$@"`, "bash", spoke, "serve",
-		"--source", "file="+clusterFile, "--file-poll", "100ms",
+		"--source", "file="+clusterFile, "--file-poll", "100ms", "--config", settingsFile,
 		"--client-ca-file", authtest.WriteFile(t, dir, "client-ca.crt", sec.clusterCA.CertPEM),
 		"--tunnel-ca-cert-file", sec.serverCA, "--tunnel-ca-key-file", authtest.WriteFile(t, dir, "tunnel-ca.key", caKey),
 		"--xds-address", sec.xdsAddr, "--http-address", httpAddr, "--debug-address", fmt.Sprintf("127.0.0.1:%d", freePort(t)))

@@ -72,6 +72,16 @@ func newTopologyWith(t *testing.T, tweak func(*model.Settings)) *topology {
 
 // newTopologyWithItems adds list items (YAML) to the cluster of clusterTemplate.
 func newTopologyWithItems(t *testing.T, tweak func(*model.Settings), items string) *topology {
+	tp, problems := newTopologyWithProblems(t, tweak, items)
+	if len(problems) > 0 {
+		t.Fatalf("unexpected problems: %v", problems)
+	}
+	return tp
+}
+
+// newTopologyWithProblems is newTopologyWithItems for items the model
+// refuses in part: it returns what was refused.
+func newTopologyWithProblems(t *testing.T, tweak func(*model.Settings), items string) (*topology, []model.Problem) {
 	bin := envoytest.Binary(t)
 	port := freePort(t)
 	s := model.DefaultSettings()
@@ -79,6 +89,8 @@ func newTopologyWithItems(t *testing.T, tweak func(*model.Settings), items strin
 	s.TunnelListenAddress = "127.0.0.1"
 	s.TunnelPort = uint32(freePort(t))
 	s.APIServerEndpoints = []string{fmt.Sprintf("127.0.0.1:%d", s.TunnelPort)}
+	// Every node and pod lives on this host's loopback.
+	s.AllowPodAddresses = []string{"127.0.0.0/8"}
 	if tweak != nil {
 		tweak(&s)
 	}
@@ -87,10 +99,7 @@ func newTopologyWithItems(t *testing.T, tweak func(*model.Settings), items strin
 		t.Fatal(err)
 	}
 	cluster, problems := model.Build(objs, s)
-	if len(problems) > 0 {
-		t.Fatalf("unexpected problems: %v", problems)
-	}
-	return &topology{t: t, bin: bin, settings: s, cluster: cluster, pki: envoytest.NewPKI(t), port: port}
+	return &topology{t: t, bin: bin, settings: s, cluster: cluster, pki: envoytest.NewPKI(t), port: port}, problems
 }
 
 // startAPIServerProxy runs the apiserver proxy with Envoy flags

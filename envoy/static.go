@@ -79,7 +79,7 @@ func StaticBootstrap(role translator.Role, nodeID string, res translator.Resourc
 		StaticResources:     &bootstrapv3.Bootstrap_StaticResources{Secrets: secrets},
 		OverloadManager:     OverloadManager(0, DefaultMaxHeap(role)),
 		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: adminPort},
+			Address: translator.AdminAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: adminPort},
 		}}}},
 	}
 	for _, l := range res.Listeners {

@@ -23,6 +23,7 @@ type Metrics struct {
 	DebounceSeconds    prometheus.Histogram
 	WatchedObjects     *prometheus.GaugeVec
 	SkippedObjects     prometheus.Gauge
+	RefusedPodAddrs    prometheus.Gauge
 	Denied             *prometheus.CounterVec
 	RefusedConnections *prometheus.CounterVec
 	Tunnels            *prometheus.GaugeVec
@@ -67,6 +68,9 @@ func New() *Metrics {
 		SkippedObjects: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "spoke_skipped_objects", Help: "Objects (or parts) left out of the config in the last update; see the server log.",
 		}),
+		RefusedPodAddrs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "spoke_refused_pod_addresses", Help: "Pod addresses refused in the last update because their node may not own them (special addresses, a Service range, outside the node's pod CIDRs); spoke status lists them.",
+		}),
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed).",
 		}, []string{"reason"}),
@@ -84,7 +88,7 @@ func New() *Metrics {
 		}, []string{"class"}),
 	}
 	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
-		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects,
+		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects, m.RefusedPodAddrs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -30,6 +30,11 @@ const (
 	OriginalDstTarget = "connect-original-dst"
 )
 
+// AdminAddress is where every spoke Envoy's admin listens (the bootstraps
+// bind it there, on a port chosen at start): a node proxy never routes a
+// CONNECT to it, whatever a pod or setting claims.
+const AdminAddress = "127.0.0.1"
+
 // XDSCluster is the bootstrap cluster that reaches the spoke server; the
 // apiserver proxy also sends its tunnel handshake log through it.
 const XDSCluster = "spoke-xds"

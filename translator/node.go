@@ -2,6 +2,7 @@ package translator
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -131,11 +132,13 @@ func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3
 	pods, hostNetwork := newDomainSet(), newDomainSet()
 	for _, pod := range nodePods {
 		for _, ip := range pod.IPs {
-			pods.add(ipAnyPort(ip))
+			if !isAdminAddress(ip) {
+				pods.add(ipAnyPort(ip))
+			}
 		}
 		for _, port := range pod.HostPorts {
 			for _, ip := range node.IPs {
-				if port != node.KubeletPort { // the kubelet virtual host has it
+				if port != node.KubeletPort && !isAdminAddress(ip.Addr) { // the kubelet virtual host has it
 					hostNetwork.add(ipPort(ip.Addr, port))
 				}
 			}
@@ -152,6 +155,16 @@ func (t *Translator) nodeRoutes(node *model.Node, nodePods []model.Pod) *routev3
 	}
 	return rc
 }
+
+// adminAddress is AdminAddress parsed.
+var adminAddress = netip.MustParseAddr(AdminAddress)
+
+// isAdminAddress guards the node proxy's own admin: the model refuses
+// loopback pod addresses, but a setting (allowPodAddresses) may open them
+// for test topologies, and the admin's port is chosen at start, so no
+// port of that address may be a target. (The kubelet's own port there
+// cannot be the admin's.)
+func isAdminAddress(ip netip.Addr) bool { return ip == adminAddress }
 
 // terminatingVirtualHost ends CONNECT for domains here and opens TCP through cluster.
 func terminatingVirtualHost(name string, domains *domainSet, cluster string) *routev3.VirtualHost {

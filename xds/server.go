@@ -417,10 +417,15 @@ func (s *Server) httpHandler() http.Handler {
 }
 
 // debugHandler is the tracker's debug API plus /debug/tunnels (tunnels per
-// node, and each node's last refused tunnel).
+// node, and each node's last refused tunnel) and /debug/problems (what the
+// last update left out of the config, and why).
 func (s *Server) debugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", s.tracker.DebugHandler())
+	mux.HandleFunc("/debug/problems", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.publisher.Problems())
+	})
 	mux.HandleFunc("/debug/tunnels", func(w http.ResponseWriter, _ *http.Request) {
 		t := status.Tunnels{Error: "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)"}
 		if watcher := s.tunnels.Load(); watcher != nil {

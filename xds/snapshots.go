@@ -50,6 +50,7 @@ type Publisher struct {
 	backlog             map[string]bool            // node names waiting for a change that concerns all
 	published           map[string]*publishedState // snapshot key -> what it was last sent
 	problems            map[string]bool
+	lastProblems        []model.Problem
 	synced              bool
 }
 
@@ -370,17 +371,31 @@ func (p *Publisher) Synced() bool {
 	return p.synced
 }
 
+// reportProblems logs each problem once, when it appears, and keeps the
+// current ones for the debug API.
 func (p *Publisher) reportProblems(problems []model.Problem) {
 	current := map[string]bool{}
+	refused := 0
 	for _, pr := range problems {
 		s := pr.String()
 		current[s] = true
 		if !p.problems[s] {
 			p.log.WithField("object", pr.Object).Warn(pr.Message)
 		}
+		if pr.Kind == model.KindPodAddress {
+			refused++
+		}
 	}
-	p.problems = current
+	p.problems, p.lastProblems = current, problems
 	p.metrics.SkippedObjects.Set(float64(len(problems)))
+	p.metrics.RefusedPodAddrs.Set(float64(refused))
+}
+
+// Problems returns what the last update left out of the config, and why.
+func (p *Publisher) Problems() []model.Problem {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastProblems
 }
 
 func toResources[T types.Resource](items []T) []types.Resource {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/status"
+	"github.com/spokeproxy/spoke/translator/model"
 )
 
 const defaultDebugServer = "http://127.0.0.1:18002"
@@ -38,6 +39,9 @@ func newStatusCommand() *cobra.Command {
 				return fmt.Errorf("unexpected answer from %s: %w", server, err)
 			}
 			if err := printStatus(cmd.OutOrStdout(), rows); err != nil {
+				return err
+			}
+			if err := printRefusedPodAddresses(cmd.Context(), cmd.OutOrStdout(), server); err != nil {
 				return err
 			}
 			return printTunnels(cmd.Context(), cmd.OutOrStdout(), server)
@@ -134,6 +138,42 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return body, nil
+}
+
+// maxListedRefusals bounds the refused pod addresses printed: thousands
+// would bury the rest of the status.
+const maxListedRefusals = 20
+
+// printRefusedPodAddresses lists the pod addresses the server refused
+// because their node may not own them (a node claiming others' addresses, or
+// a misconfigured CNI).
+func printRefusedPodAddresses(ctx context.Context, w io.Writer, server string) error {
+	body, err := debugGet(ctx, server, "/debug/problems")
+	if err != nil {
+		return err
+	}
+	var problems []model.Problem
+	if err := json.Unmarshal(body, &problems); err != nil {
+		return fmt.Errorf("unexpected answer from %s: %w", server, err)
+	}
+	var refused []model.Problem
+	for _, p := range problems {
+		if p.Kind == model.KindPodAddress {
+			refused = append(refused, p)
+		}
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	fmt.Fprintf(w, "\nREFUSED POD ADDRESSES: %d (a pod's node may not own them; not routed)\n", len(refused))
+	for i, p := range refused {
+		if i == maxListedRefusals {
+			fmt.Fprintf(w, "... and %d more (the server log has each)\n", len(refused)-i)
+			break
+		}
+		fmt.Fprintln(w, p.String())
+	}
+	return nil
 }
 
 // printRefusals lists each node's last refused tunnel at the apiserver

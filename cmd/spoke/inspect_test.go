@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,4 +145,53 @@ func TestBootstrapRefusesAMissingKubeletCertificate(t *testing.T) {
 		"--client-cert", present, "--client-key", present, "--require-client-cert"); err != nil {
 		t.Errorf("with the certificate there: %v", err)
 	}
+}
+
+// TestStatusListsRefusedPodAddresses: a pod on worker-1 claiming an address
+// of worker-2's pod CIDR is refused; spoke status and the metrics say so.
+func TestStatusListsRefusedPodAddresses(t *testing.T) {
+	example, err := os.ReadFile("../../examples/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief := "\n---\n{apiVersion: v1, kind: Pod, metadata: {name: thief, namespace: default}, spec: {nodeName: worker-1}, status: {phase: Running, podIP: 10.244.2.9}}\n"
+	file := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(file, append(example, thief...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+	go (&source.File{Path: file, Interval: time.Second, Log: logrus.New()}).Run(ctx, srv.Sink())
+	for deadline := time.Now().Add(10 * time.Second); !srv.Publisher().Synced(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not sync the cluster file in 10 s")
+		}
+	}
+	out, _, err := runSpoke("status", "--server", "http://"+srv.Addr("debug"))
+	if err != nil || !strings.Contains(out, "REFUSED POD ADDRESSES: 1") || !strings.Contains(out, "Pod default/thief: pod IP 10.244.2.9 refused: it lies outside node worker-1's pod CIDRs") {
+		t.Errorf("status: err %v, output:\n%s", err, out)
+	}
+	metrics, err := httpGet("http://" + srv.Addr("http") + "/metrics")
+	if err != nil || !strings.Contains(metrics, "spoke_refused_pod_addresses 1") {
+		t.Errorf("metrics: %v\n%s", err, metrics)
+	}
+}
+
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }

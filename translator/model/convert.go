@@ -20,7 +20,13 @@ const DefaultKubeletPort = 10250
 type Problem struct {
 	Object  string // e.g. "Node node-a", "Pod default/web"
 	Message string // what is wrong and what to do
+	// Kind sorts problems operators watch for apart ("" for the rest).
+	Kind string `json:"kind,omitempty"`
 }
+
+// KindPodAddress marks a pod address refused because its node may not own
+// it (podaddresses.go): a misconfigured CNI, or a node claiming addresses.
+const KindPodAddress = "pod-address"
 
 func (p Problem) String() string { return p.Object + ": " + p.Message }
 
@@ -46,6 +52,7 @@ func Build(objs Objects, s Settings) (Cluster, []Problem) {
 	}
 	b.addServiceRanges(objs.ServiceCIDRs)
 	b.dropSharedNodeIPs()
+	b.indexNodes()
 	seenPods := map[ObjectKey]bool{}
 	for _, p := range objs.Pods {
 		key := ObjectKey{p.Namespace, p.Name}
@@ -116,6 +123,21 @@ type builder struct {
 	cluster  Cluster
 	problems []Problem
 	nodes    map[string]bool // names of the nodes kept so far
+	// Set once every node is in: what pod addresses are checked against.
+	byName map[string]*Node
+	rules  podAddressRules
+}
+
+// indexNodes prepares the pod address checks once the nodes and Service
+// ranges are final.
+func (b *builder) indexNodes() {
+	b.byName = make(map[string]*Node, len(b.cluster.Nodes))
+	b.rules = podAddressRules{allowed: allowedPodRanges(b.settings), serviceRanges: b.cluster.ServiceRanges, cidrs: cidrIndex{}}
+	for i := range b.cluster.Nodes {
+		n := &b.cluster.Nodes[i]
+		b.byName[n.Name] = n
+		b.rules.cidrs.set(n.Name, n.PodCIDRs, true)
+	}
 }
 
 func (b *builder) report(object, format string, args ...any) {
@@ -339,9 +361,19 @@ func (b *builder) addPod(p *corev1.Pod) {
 	}
 	problems, routable := c.admit(b.nodes[c.Pod.NodeName])
 	b.problems = append(b.problems, problems...)
-	if routable {
-		b.cluster.Pods = append(b.cluster.Pods, c.Pod)
+	if !routable {
+		return
 	}
+	pod := c.Pod
+	if !pod.HostNetwork {
+		var refused []Problem
+		pod.IPs, refused = b.rules.admitted(pod, b.byName[pod.NodeName])
+		b.problems = append(b.problems, refused...)
+		if len(pod.IPs) == 0 {
+			return
+		}
+	}
+	b.cluster.Pods = append(b.cluster.Pods, pod)
 }
 
 // dropConflictingPodIPs removes pod IPs that a node owns or that pods on two

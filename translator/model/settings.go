@@ -43,6 +43,13 @@ type Settings struct {
 	// addition to the networking.k8s.io/v1 ServiceCIDR objects (clusters
 	// without that API list their --service-cluster-ip-range here).
 	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
+	// AllowPodAddresses are ranges of special addresses (loopback,
+	// link-local) accepted as pod addresses. Only for test topologies where
+	// every node and pod lives on one host's loopback (the e2e suite, the
+	// local demo); empty in any real cluster, where a pod claiming such an
+	// address is refused (a CONNECT to it would reach the node proxy's own
+	// host).
+	AllowPodAddresses []string `json:"allowPodAddresses,omitempty"`
 	// PodRouting is "auto" (octet-aligned pod CIDRs become one prefix route per
 	// node on the apiserver proxy, the rest per pod IP) or "per-pod".
 	PodRouting string `json:"podRouting"`
@@ -202,6 +209,11 @@ func (s *Settings) Validate() error {
 	for _, raw := range s.ServiceCIDRs {
 		if _, err := ParseServiceRange(raw); err != nil {
 			return fmt.Errorf("serviceCIDRs: %w", err)
+		}
+	}
+	for _, raw := range s.AllowPodAddresses {
+		if _, err := netip.ParsePrefix(raw); err != nil {
+			return fmt.Errorf("allowPodAddresses: %q is not a CIDR: %w", raw, err)
 		}
 	}
 	for _, ep := range s.APIServerEndpoints {

@@ -42,6 +42,8 @@ type Store struct {
 	ipOwners   map[netip.Addr]map[string]bool // address -> routable nodes listing it
 	nameOwners map[string]map[string]bool     // host name -> routable nodes listing it
 	podClaims  map[netip.Addr][]podClaim      // pod IP -> pods listing it (almost always one)
+	podCIDRs   cidrIndex                      // pod CIDR -> routable nodes listing it
+	allowed    []netip.Prefix                 // allowPodAddresses
 
 	// The model as of the last TakeChanges.
 	views        map[string]*nodeView // node name -> view (routable node and/or problems)
@@ -123,8 +125,8 @@ func NewStore(s Settings) *Store {
 		ignoredPods: map[ObjectKey]bool{}, podsOn: map[string]map[ObjectKey]bool{},
 		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{}, cidrs: map[string]*storedCIDR{},
 		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
-		podClaims: map[netip.Addr][]podClaim{},
-		views:     map[string]*nodeView{}, withProblems: map[string]bool{},
+		podClaims: map[netip.Addr][]podClaim{}, podCIDRs: cidrIndex{}, allowed: allowedPodRanges(s),
+		views: map[string]*nodeView{}, withProblems: map[string]bool{},
 		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true, rangesDirty: true,
 	}
 }
@@ -295,17 +297,43 @@ func (s *Store) putNode(name string, next *storedNode) {
 		s.pending.NodeSet = true
 		s.indexNode(next, true)
 	}
-	if prev.isRoutable() != next.isRoutable() {
-		// Pod IP claims count only on routable nodes.
+	if prev.isRoutable() != next.isRoutable() || !slices.Equal(routableCIDRs(prev), routableCIDRs(next)) {
+		// Pod IP claims count only on routable nodes, and only inside
+		// their pod CIDRs.
 		for key := range s.podsOn[name] {
 			for _, ip := range s.pods[key].Pod.IPs {
 				s.markClaimants(ip)
 			}
 		}
+		s.markClaimsInside(routableCIDRs(prev))
+		s.markClaimsInside(routableCIDRs(next))
+	}
+}
+
+func routableCIDRs(n *storedNode) []netip.Prefix {
+	if !n.isRoutable() {
+		return nil
+	}
+	return n.node.PodCIDRs
+}
+
+// markClaimsInside marks the claimants of every pod IP inside cidrs: a node
+// without pod CIDRs may claim such an address only while no other node's
+// CIDR holds it. It reads every claim, which a node's CIDRs changing (rare)
+// can afford.
+func (s *Store) markClaimsInside(cidrs []netip.Prefix) {
+	if len(cidrs) == 0 {
+		return
+	}
+	for ip := range s.podClaims {
+		if CoveredBy(cidrs, ip) {
+			s.markClaimants(ip)
+		}
 	}
 }
 
 func (s *Store) indexNode(n *storedNode, add bool) {
+	s.podCIDRs.set(n.node.Name, n.node.PodCIDRs, add)
 	for _, ip := range n.node.IPs {
 		setMember(s.ipOwners, ip.Addr, n.node.Name, add)
 		for owner := range s.ipOwners[ip.Addr] {

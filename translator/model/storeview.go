@@ -16,6 +16,22 @@ import (
 func (s *Store) TakeChanges() Changes {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.rangesDirty || s.pending.NodeSet { // a node may now sit inside a Service range
+		ranges := s.shared.ServiceRanges
+		s.rebuildServiceRanges()
+		s.rangesDirty = false
+		if !slices.Equal(ranges, s.shared.ServiceRanges) {
+			s.pending.Shared = true
+			// Pod addresses inside a Service range are refused (the
+			// refusal names it): the claims the change moved into, out
+			// of or between ranges count anew.
+			for ip := range s.podClaims {
+				if coveringRange(ranges, ip) != coveringRange(s.shared.ServiceRanges, ip) {
+					s.markClaimants(ip)
+				}
+			}
+		}
+	}
 	ch := s.pending
 	s.pending = Changes{Nodes: map[string]bool{}}
 	for name := range ch.Nodes {
@@ -34,14 +50,6 @@ func (s *Store) TakeChanges() Changes {
 	if s.sharedDirty {
 		s.rebuildShared()
 		s.sharedDirty = false
-	}
-	if s.rangesDirty || ch.NodeSet { // a node may now sit inside a Service range
-		ranges := s.shared.ServiceRanges
-		s.rebuildServiceRanges()
-		s.rangesDirty = false
-		if !slices.Equal(ranges, s.shared.ServiceRanges) {
-			ch.Shared = true
-		}
 	}
 	return ch
 }
@@ -101,7 +109,12 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 	}
 	pod := c.Pod
 	pod.IPs = nil
+	rules := s.podAddressRules()
 	for _, ip := range c.Pod.IPs {
+		if why := rules.refusal(ip, &s.nodes[c.Pod.NodeName].node); why != "" {
+			v.problems = append(v.problems, refusedPodIPProblem(pod, ip, why))
+			continue
+		}
 		if owners := s.ipOwners[ip]; len(owners) == 1 {
 			v.problems = append(v.problems, podOnNodeIPProblem(pod, ip, slices.Sorted(maps.Keys(owners))[0]))
 			continue
@@ -118,12 +131,19 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 // claimingNodes lists the routable nodes with a pod listing ip, sorted.
 func (s *Store) claimingNodes(ip netip.Addr) []string {
 	nodes := map[string]bool{}
+	rules := s.podAddressRules()
 	for _, c := range s.podClaims[ip] {
-		if s.nodes[c.node].isRoutable() {
+		if n := s.nodes[c.node]; n.isRoutable() && rules.refusal(ip, &n.node) == "" {
 			nodes[c.node] = true
 		}
 	}
 	return slices.Sorted(maps.Keys(nodes))
+}
+
+// podAddressRules are the pod address checks as of the current Service
+// ranges and nodes.
+func (s *Store) podAddressRules() *podAddressRules {
+	return &podAddressRules{allowed: s.allowed, serviceRanges: s.shared.ServiceRanges, cidrs: s.podCIDRs}
 }
 
 func (s *Store) rebuildShared() {

@@ -46,7 +46,7 @@ func (u *Universe) some(xs ...string) []string {
 
 func (u *Universe) node() *corev1.Node {
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: u.pick("n0", "n1", "n2", "n3", "n4", "bad:name", "spoke-nodes")}}
-	for _, ip := range u.some("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "not-an-ip") {
+	for _, ip := range u.some("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "not-an-ip", "127.0.0.1") {
 		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeAddressType(u.pick("InternalIP", "ExternalIP")), Address: ip})
 	}
 	for _, h := range u.some("h1", "h2", "Bad_Name") {
@@ -63,7 +63,9 @@ func (u *Universe) pod() *corev1.Pod {
 		Spec:       corev1.PodSpec{NodeName: u.pick("n0", "n1", "n2", "n3", "n4", "", "gone", "bad:name"), HostNetwork: u.rng.IntN(8) == 0},
 		Status:     corev1.PodStatus{Phase: corev1.PodPhase(u.pick("Running", "Running", "Pending", "Succeeded"))},
 	}
-	for _, ip := range u.some("10.244.0.5", "10.244.1.5", "10.244.0.6", "10.0.0.1", "fd10:1::5", "junk") {
+	// Besides conflicts: addresses no pod may hold (loopback, link-local,
+	// inside a Service range) and one outside every pod CIDR.
+	for _, ip := range u.some("10.244.0.5", "10.244.1.5", "10.244.0.6", "10.0.0.1", "fd10:1::5", "junk", "127.0.0.1", "169.254.169.254", "10.96.0.9", "10.9.9.9") {
 		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: ip})
 	}
 	if u.rng.IntN(6) == 0 {
