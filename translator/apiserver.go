@@ -55,6 +55,7 @@ func egressListener(s model.Settings) *listenerv3.Listener {
 	// The apiserver's CONNECT is about 50 bytes; nothing legitimate is near 8 KiB.
 	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(egressMaxRequestHeadersKiB)
 	hcm.LocalReplyConfig = noTunnelReply()
+	hcm.LocalReplyConfig.Mappers = append(hcm.LocalReplyConfig.Mappers, apiServerCapReply(s))
 	return &listenerv3.Listener{
 		Name: EgressListener,
 		Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{
@@ -125,6 +126,7 @@ func egressRoutes(plan []*tunnelTargets) (rc *routev3.RouteConfiguration, versio
 type tunnelTargets struct {
 	name, hostID string
 	domains      []string
+	priority     corev3.RoutingPriority // HIGH for Services (their own budget)
 
 	once   sync.Once
 	vh     *routev3.VirtualHost
@@ -135,7 +137,7 @@ type tunnelTargets struct {
 // reusing another's node targets (ReuseNodeTargets) reuses both.
 func (tt *tunnelTargets) virtualHost() (*routev3.VirtualHost, string) {
 	tt.once.Do(func() {
-		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID)
+		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID, tt.priority)
 		tt.digest = ContentHash([]*routev3.VirtualHost{tt.vh})
 	})
 	return tt.vh, tt.digest
@@ -176,15 +178,17 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 // node (the tunnel cluster id).
 func serviceTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 	if services := serviceDomains(c); !services.empty() {
-		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, domains: services.sorted()}}
+		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, domains: services.sorted(), priority: corev3.RoutingPriority_HIGH}}
 	}
 	return nil
 }
 
 // tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
 // tunnel of hostID (a node name, or the tunnel cluster id for "any node").
-func tunnelVirtualHost(name string, domains []string, hostID string) *routev3.VirtualHost {
+// Service streams run at HIGH priority: their own stream budget.
+func tunnelVirtualHost(name string, domains []string, hostID string, priority corev3.RoutingPriority) *routev3.VirtualHost {
 	route := connectRoute(name, ReverseTunnels, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
+	route.GetRoute().Priority = priority
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
 }
@@ -336,6 +340,7 @@ func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 	}
 	return &clusterv3.Cluster{
 		Name:                          ReverseTunnels,
+		CircuitBreakers:               reverseTunnelCaps(s),
 		ConnectTimeout:                dur(s.ConnectTimeout),
 		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
 		LbPolicy:                      clusterv3.Cluster_CLUSTER_PROVIDED,

@@ -42,8 +42,8 @@ func (t *Translator) NodeProxy(nodeName string) (Resources, error) {
 // apiserver endpoints still come from the cluster, built once per Translator.
 func (t *Translator) NodeProxyOf(node *model.Node, pods []model.Pod) Resources {
 	c, s := t.cluster, t.settings
-	clusters := []*clusterv3.Cluster{apiServerProxiesCluster(s), originalDstCluster(s)}
-	if kc := kubeletCluster(node, s); kc != nil {
+	clusters := []*clusterv3.Cluster{apiServerProxiesCluster(s), originalDstCluster(c, s)}
+	if kc := kubeletCluster(c, node, s); kc != nil {
 		clusters = append(clusters, kc)
 	}
 	sortClusters(clusters)
@@ -187,7 +187,12 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		},
 	}
 	return &clusterv3.Cluster{
-		Name:                 APIServerProxies,
+		Name: APIServerProxies,
+		// It carries the tunnels this node dials (tunnelsPerEndpoint per
+		// worker per apiserver proxy), never a stream of its own: Envoy's
+		// default thresholds, written out, leave room for 256 apiserver
+		// proxies at the default tunnel count.
+		CircuitBreakers:      &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{streamThresholds(corev3.RoutingPriority_DEFAULT, 1024, 1024)}},
 		ConnectTimeout:       dur(s.ConnectTimeout),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
@@ -223,13 +228,14 @@ func apiServerEndpoints(c *model.Cluster) *endpointv3.ClusterLoadAssignment {
 // kubeletCluster dials this node's own kubelet at its first InternalIP (or
 // ExternalIP), whatever address or host name the CONNECT named: an ExternalIP
 // behind NAT may not be reachable from the node itself. nil without an IP.
-func kubeletCluster(node *model.Node, s model.Settings) *clusterv3.Cluster {
+func kubeletCluster(c *model.Cluster, node *model.Node, s model.Settings) *clusterv3.Cluster {
 	ip, ok := node.KubeletIP()
 	if !ok {
 		return nil
 	}
 	return &clusterv3.Cluster{
 		Name:                          KubeletCluster,
+		CircuitBreakers:               nodeTargetCaps(c, s),
 		ConnectTimeout:                dur(s.ConnectTimeout),
 		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
@@ -246,9 +252,10 @@ func kubeletCluster(node *model.Node, s model.Settings) *clusterv3.Cluster {
 
 // originalDstCluster opens TCP to the IP:port in the CONNECT's :authority. Only
 // routes whose domains list this node's pods and Service pairs lead here.
-func originalDstCluster(s model.Settings) *clusterv3.Cluster {
+func originalDstCluster(c *model.Cluster, s model.Settings) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                          OriginalDstTarget,
+		CircuitBreakers:               nodeTargetCaps(c, s),
 		ConnectTimeout:                dur(s.ConnectTimeout),
 		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},

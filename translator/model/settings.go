@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"strings"
@@ -64,6 +65,11 @@ type Settings struct {
 	// EgressMaxConnections caps the apiserver's concurrent CONNECTs (one per
 	// connection): each open `kubectl logs -f`, exec or port-forward is one.
 	EgressMaxConnections uint64 `json:"egressMaxConnections"`
+	// ServiceMaxStreams is the part of EgressMaxConnections kept for
+	// Services (webhooks, aggregated APIs): streams held to nodes (logs -f,
+	// exec, port-forward) can take at most the rest, so they never starve an
+	// admission webhook.
+	ServiceMaxStreams uint32 `json:"serviceMaxStreams"`
 	// TunnelHandshakeTimeout bounds a tunnel connection's TLS handshake and
 	// its tunnel handshake request on the apiserver proxy: connections that
 	// never finish them are closed, so a flood of them cannot pile up.
@@ -127,6 +133,7 @@ func DefaultSettings() Settings {
 		RequestHeadersTimeout:  Duration(10 * time.Second),
 		TunnelHandshakeTimeout: Duration(10 * time.Second),
 		EgressMaxConnections:   10000,
+		ServiceMaxStreams:      1000,
 		KeepaliveInterval:      Duration(10 * time.Second),
 		KeepaliveTimeout:       Duration(5 * time.Second),
 		Secrets: SecretNames{
@@ -188,8 +195,10 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("connectTimeout must be positive")
 	case s.RequestHeadersTimeout <= 0:
 		return fmt.Errorf("requestHeadersTimeout must be positive")
-	case s.EgressMaxConnections == 0:
-		return fmt.Errorf("egressMaxConnections must be at least 1")
+	case s.EgressMaxConnections < 2 || s.EgressMaxConnections > math.MaxUint32:
+		return fmt.Errorf("egressMaxConnections %d: must be 2-%d", s.EgressMaxConnections, uint32(math.MaxUint32))
+	case s.ServiceMaxStreams == 0 || uint64(s.ServiceMaxStreams) >= s.EgressMaxConnections:
+		return fmt.Errorf("serviceMaxStreams %d: must be at least 1 and below egressMaxConnections (%d), which nodes share with Services", s.ServiceMaxStreams, s.EgressMaxConnections)
 	case s.TunnelHandshakeTimeout <= 0:
 		return fmt.Errorf("tunnelHandshakeTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
