@@ -72,7 +72,7 @@ func New() *Metrics {
 			Name: "spoke_refused_pod_addresses", Help: "Pod addresses refused in the last update because their node may not own them (special addresses, a Service range, outside the node's pod CIDRs); spoke status lists them.",
 		}),
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed).",
+			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed, unknown_type).",
 		}, []string{"reason"}),
 		RefusedConnections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_connections_refused_total", Help: "xDS TCP connections closed at accept for breaking a cap, by cap (total, per_source).",

@@ -11,13 +11,16 @@ package status
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"sort"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
@@ -49,7 +52,16 @@ type StreamStatus struct {
 	Authenticated string `json:"authenticated"`
 
 	identity auth.Identity
-	refused  map[string]bool // resource names already reported as refused
+	refused  map[string]bool     // resource names already reported as refused
+	nackLogs map[string]*nackLog // by type label: at most the served types and "unknown"
+}
+
+// nackLog paces the log lines of one stream's NACKs of one type: an Envoy
+// (or a client with a node's certificate) may send thousands a second.
+type nackLog struct {
+	at      time.Time // last line
+	unseen  int       // NACKs since, not logged
+	message string    // the last one's message, cut
 }
 
 // Tracker implements go-control-plane's server callbacks: it authenticates
@@ -94,6 +106,12 @@ type Published interface {
 
 // NewTracker returns a Tracker reading p.
 func NewTracker(p Published, m *metrics.Metrics, log logrus.FieldLogger) *Tracker {
+	// Every NACK series exists from the start, at zero: alerts can use
+	// rate() before the first NACK.
+	for typeURL := range servedTypes {
+		m.Nacks.WithLabelValues(TypeLabel(typeURL))
+	}
+	m.Nacks.WithLabelValues(TypeLabel(""))
 	return &Tracker{published: p, metrics: m, log: log, streams: map[streamKey]*StreamStatus{}, nonces: map[streamKey]map[string]string{}}
 }
 
@@ -137,7 +155,7 @@ func (t *Tracker) open(ctx context.Context, k streamKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.streams[k] = &StreamStatus{Stream: k.id, Delta: k.delta, Connected: time.Now(), Types: map[string]*TypeStatus{},
-		Authenticated: id.Subject, identity: id, refused: map[string]bool{}}
+		Authenticated: id.Subject, identity: id, refused: map[string]bool{}, nackLogs: map[string]*nackLog{}}
 	return nil
 }
 
@@ -147,6 +165,7 @@ func (t *Tracker) closed(k streamKey) {
 	defer t.mu.Unlock()
 	if s, ok := t.streams[k]; ok && s.Proxy != "" {
 		t.metrics.Connected.WithLabelValues(roleOf(s.Proxy)).Dec()
+		t.flushNackLogs(s)
 		t.log.WithFields(logrus.Fields{"stream": k.id, "delta": k.delta, "proxy": s.Proxy}).Info("Envoy disconnected")
 	}
 	delete(t.streams, k)
@@ -238,7 +257,7 @@ func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 		return
 	}
 	t.metrics.Denied.WithLabelValues("resource_not_allowed").Add(float64(len(refused)))
-	t.log.WithFields(logrus.Fields{"proxy": proxy, "type": shortType(typeURL), "refused": len(refused),
+	t.log.WithFields(logrus.Fields{"proxy": proxy, "type": TypeLabel(typeURL), "refused": len(refused),
 		"first": refused[:min(len(refused), 3)], "authenticated": s.Authenticated}).
 		Warn("refused: the Envoy asked for resources that are not in its config")
 }
@@ -247,6 +266,9 @@ func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeS
 	s, ok := t.streams[k]
 	if !ok {
 		return nil, nil
+	}
+	if !servedTypes[typeURL] {
+		return s, nil // never stored: a client could name any number of types
 	}
 	ts, ok := s.Types[typeURL]
 	if !ok {
@@ -265,7 +287,7 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ts := t.typeStatus(k, typeURL)
-	if s == nil {
+	if s == nil || nonce == "" && ts == nil {
 		return
 	}
 	if nonce == "" {
@@ -275,13 +297,83 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 		return
 	}
 	if errDetail != nil {
-		ts.LastNack, ts.NackedAt, ts.NackedVer = errDetail.Message(), time.Now(), ts.Sent
-		t.metrics.Nacks.WithLabelValues(shortType(typeURL)).Inc()
-		t.log.WithFields(logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": shortType(typeURL), "rejected": ts.Sent, "keeps": ts.Acked}).
-			Error("Envoy NACKed config: " + errDetail.Message())
+		message := CutDetail(errDetail.Message())
+		if ts != nil {
+			ts.LastNack, ts.NackedAt, ts.NackedVer = message, time.Now(), ts.Sent
+		}
+		t.metrics.Nacks.WithLabelValues(TypeLabel(typeURL)).Inc()
+		t.logNack(s, TypeLabel(typeURL), ts, message)
 		return
 	}
-	ts.Acked = version
+	if ts != nil {
+		ts.Acked = version
+	}
+}
+
+// servedType refuses a request for a type spoke does not serve and closes
+// its stream: go-control-plane would keep a watch per type URL, so a client
+// naming thousands of made-up types would grow the server without bound.
+// Envoy asks only for the types its config names, all served.
+func (t *Tracker) servedType(k streamKey, typeURL string, nack bool) error {
+	if servedTypes[typeURL] {
+		return nil
+	}
+	if nack {
+		t.metrics.Nacks.WithLabelValues(TypeLabel(typeURL)).Inc()
+	}
+	t.metrics.Denied.WithLabelValues("unknown_type").Inc()
+	t.mu.Lock()
+	proxy := ""
+	if s, ok := t.streams[k]; ok {
+		proxy = s.Proxy
+	}
+	t.mu.Unlock()
+	t.log.WithFields(logrus.Fields{"proxy": proxy, "type": CutDetail(typeURL)}).Warn("refused: the client asked for a resource type spoke does not serve; its stream is closed")
+	return grpcstatus.Errorf(codes.InvalidArgument, "resource type %.200q is not served by spoke (it serves listeners, routes, clusters, endpoints and secrets)", typeURL)
+}
+
+// nackLogInterval paces NACK log lines: the first NACK of a type on a
+// stream is logged, then at most one line with a count per interval.
+const nackLogInterval = 5 * time.Second
+
+// logNack logs a NACK, or counts it for the next line (t.mu held).
+func (t *Tracker) logNack(s *StreamStatus, label string, ts *TypeStatus, message string) {
+	l := s.nackLogs[label]
+	if l == nil {
+		l = &nackLog{}
+		s.nackLogs[label] = l
+	}
+	l.unseen++
+	l.message = message
+	if !l.at.IsZero() && time.Since(l.at) < nackLogInterval {
+		return
+	}
+	t.writeNackLog(s, label, ts, l)
+}
+
+// writeNackLog writes l's line: the NACK, or how many came since the last
+// line and the latest message.
+func (t *Tracker) writeNackLog(s *StreamStatus, label string, ts *TypeStatus, l *nackLog) {
+	fields := logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": label}
+	if ts != nil {
+		fields["rejected"], fields["keeps"] = ts.Sent, ts.Acked
+	}
+	entry := t.log.WithFields(fields)
+	if l.at.IsZero() {
+		entry.Error("Envoy NACKed config: " + l.message)
+	} else {
+		entry.WithField("nacks", l.unseen).Error(fmt.Sprintf("Envoy NACKed config %d more times since %s; the last: %s", l.unseen, l.at.Format(time.RFC3339), l.message))
+	}
+	l.at, l.unseen = time.Now(), 0
+}
+
+// flushNackLogs writes the count of NACKs not logged yet (t.mu held).
+func (t *Tracker) flushNackLogs(s *StreamStatus) {
+	for label, l := range s.nackLogs {
+		if l.unseen > 0 {
+			t.writeNackLog(s, label, s.Types[typeURLOf(label)], l)
+		}
+	}
 }
 
 // resumed records what a delta Envoy declares it holds on a new stream (it
@@ -325,6 +417,10 @@ func (t *Tracker) response(k streamKey, typeURL, version string) {
 		t.mu.Unlock()
 		return
 	}
+	if ts == nil {
+		t.mu.Unlock()
+		return
+	}
 	ts.Sent = version
 	proxy := s.Proxy
 	t.mu.Unlock()
@@ -357,6 +453,9 @@ func (c Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) 
 	if err := c.t.identify(k, req.GetNode()); err != nil {
 		return err
 	}
+	if err := c.t.servedType(k, req.GetTypeUrl(), req.GetErrorDetail() != nil); err != nil {
+		return err
+	}
 	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNames())
 	nack := statusOf(req.GetErrorDetail())
 	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), nack)
@@ -379,6 +478,9 @@ func (c Callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.
 func (c Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	k := streamKey{delta: true, id: id}
 	if err := c.t.identify(k, req.GetNode()); err != nil {
+		return err
+	}
+	if err := c.t.servedType(k, req.GetTypeUrl(), req.GetErrorDetail() != nil); err != nil {
 		return err
 	}
 	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNamesSubscribe())
@@ -425,6 +527,49 @@ func roleOf(key string) string {
 		return "apiserver"
 	}
 	return "node"
+}
+
+// servedTypes are the resource types spoke serves: the only ones a stream's
+// status keeps, and the only metric labels besides "unknown".
+var servedTypes = map[string]bool{
+	resourcev3.ListenerType: true, resourcev3.RouteType: true, resourcev3.ClusterType: true,
+	resourcev3.EndpointType: true, resourcev3.SecretType: true,
+}
+
+// TypeLabel is typeURL's metric and log label: its short name when spoke
+// serves it, "unknown" for anything a client made up.
+func TypeLabel(typeURL string) string {
+	if servedTypes[typeURL] {
+		return shortType(typeURL)
+	}
+	return "unknown"
+}
+
+// typeURLOf is the served type URL of a label ("" for "unknown").
+func typeURLOf(label string) string {
+	for typeURL := range servedTypes {
+		if shortType(typeURL) == label {
+			return typeURL
+		}
+	}
+	return ""
+}
+
+// MaxDetail bounds what is kept and shown of an Envoy's error_detail
+// message: a client may send megabytes.
+const MaxDetail = 1024
+
+// CutDetail cuts message to MaxDetail bytes (on a character boundary) and
+// says how much was left out.
+func CutDetail(message string) string {
+	if len(message) <= MaxDetail {
+		return message
+	}
+	cut := MaxDetail
+	for cut > 0 && !utf8.RuneStart(message[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d more bytes cut)", message[:cut], len(message)-cut)
 }
 
 // shortType turns a type URL into a label: "Listener", "Cluster", ...
