@@ -61,7 +61,7 @@ func printStatus(w io.Writer, rows []status.ProxyStatus) error {
 		if r.Delta {
 			mode = "delta"
 		}
-		fields := []string{r.Proxy, r.EnvoyID, mode, time.Since(r.Connected).Round(time.Second).String()}
+		fields := []string{printable(r.Proxy), printable(r.EnvoyID), mode, time.Since(r.Connected).Round(time.Second).String()}
 		for _, t := range types {
 			state := r.States[t]
 			if state == "" {
@@ -69,11 +69,11 @@ func printStatus(w io.Writer, rows []status.ProxyStatus) error {
 			}
 			fields = append(fields, state)
 		}
-		fields = append(fields, r.Authenticated)
+		fields = append(fields, printable(r.Authenticated))
 		fmt.Fprintln(tw, strings.Join(fields, "\t"))
 		for typeURL, ts := range r.Types {
 			if ts.LastNack != "" {
-				nacks = append(nacks, fmt.Sprintf("%s %s: NACK of %s at %s: %s", r.Proxy, typeURL, ts.NackedVer, ts.NackedAt.Format(time.RFC3339), ts.LastNack))
+				nacks = append(nacks, printable(fmt.Sprintf("%s %s: NACK of %s at %s: %s", r.Proxy, typeURL, ts.NackedVer, ts.NackedAt.Format(time.RFC3339), ts.LastNack)))
 			}
 		}
 	}
@@ -135,7 +135,7 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return nil, fmt.Errorf("%s: %s", resp.Status, printable(strings.TrimSpace(string(body))))
 	}
 	return body, nil
 }
@@ -171,7 +171,7 @@ func printRefusedPodAddresses(ctx context.Context, w io.Writer, server string) e
 			fmt.Fprintf(w, "... and %d more (the server log has each)\n", len(refused)-i)
 			break
 		}
-		fmt.Fprintln(w, p.String())
+		fmt.Fprintln(w, printable(p.String()))
 	}
 	return nil
 }
@@ -187,7 +187,7 @@ func printRefusals(w io.Writer, refusals map[string]status.Refusal) error {
 	fmt.Fprintln(tw, "NODE\tWHEN\tFROM\tREASON")
 	for _, key := range status.SortedRefusalKeys(refusals) {
 		r := refusals[key]
-		fmt.Fprintf(tw, "%s\t%s ago\t%s\t%s\n", key, time.Since(r.At).Round(time.Second), r.From, r.Reason)
+		fmt.Fprintf(tw, "%s\t%s ago\t%s\t%s\n", printable(key), time.Since(r.At).Round(time.Second), printable(r.From), printable(r.Reason))
 	}
 	return tw.Flush()
 }
@@ -208,22 +208,22 @@ func printTunnels(ctx context.Context, w io.Writer, server string) error {
 		return err
 	}
 	if t.Admin == "" {
-		fmt.Fprintf(w, "\ntunnels: %s\n", t.Error)
+		fmt.Fprintf(w, "\ntunnels: %s\n", printable(t.Error))
 		return nil
 	}
 	fmt.Fprintf(w, "\nTUNNELS at the apiserver proxy %s (read %s ago)\n", t.Admin, time.Since(t.ReadAt).Round(time.Second))
 	if t.Error != "" {
-		fmt.Fprintf(w, "last read failed: %s\n", t.Error)
+		fmt.Fprintf(w, "last read failed: %s\n", printable(t.Error))
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tTUNNELS")
 	missing := t.NodesWithoutTunnel()
 	for _, n := range missing {
-		fmt.Fprintf(tw, "%s\t0  NO TUNNEL: CONNECTs to it fail with 502\n", n)
+		fmt.Fprintf(tw, "%s\t0  NO TUNNEL: CONNECTs to it fail with 502\n", printable(n))
 	}
 	for _, n := range slices.Sorted(maps.Keys(t.Nodes)) {
 		if t.Nodes[n] > 0 {
-			fmt.Fprintf(tw, "%s\t%d\n", n, t.Nodes[n])
+			fmt.Fprintf(tw, "%s\t%d\n", printable(n), t.Nodes[n])
 		}
 	}
 	return tw.Flush()

@@ -10,7 +10,13 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/source"
@@ -194,4 +200,57 @@ func httpGet(url string) (string, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return string(body), err
+}
+
+// TestStatusEscapesWhatEnvoysSend: a NACK whose message holds terminal
+// escape sequences and a newline (which retitled and cleared the terminal
+// and printed a forged SYNCED row) reaches the terminal escaped.
+func TestStatusEscapesWhatEnvoysSend(t *testing.T) {
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+	go (&source.File{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}).Run(ctx, srv.Sink())
+	for deadline := time.Now().Add(10 * time.Second); !srv.Publisher().Synced(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not sync in 10 s")
+		}
+	}
+	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "worker-1", Cluster: "spoke-node"}, TypeUrl: resourcev3.ClusterType})
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := "\x1b]0;owned\x07\x1b[2J\nnode/worker-2  forged  sotw  1s  SYNCED"
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.Nonce,
+		ErrorDetail: &rpcstatus.Status{Code: 3, Message: evil}})
+	var out string
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out, "NACK of"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no NACK in status:\n%s", out)
+		}
+		out, _, _ = runSpoke("status", "--server", "http://"+srv.Addr("debug"))
+	}
+	if strings.ContainsAny(out, "\x1b\x07") || strings.Contains(out, "\nnode/worker-2  forged") {
+		t.Errorf("status printed the Envoy's escape sequences or forged row raw:\n%q", out)
+	}
+	if !strings.Contains(out, `\x1b]0;owned\a\x1b[2J\nnode/worker-2  forged`) {
+		t.Errorf("status should show the message escaped:\n%s", out)
+	}
 }

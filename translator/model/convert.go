@@ -166,9 +166,10 @@ func (b *builder) addNode(n *corev1.Node) {
 // other nodes (shared addresses). ok is false when the node cannot be
 // routed at all; problems says why, and what else was left out.
 func ConvertNode(n *corev1.Node, s Settings) (node Node, problems []Problem, ok bool) {
-	obj := "Node " + n.Name
-	if err := ValidTunnelID(n.Name); err != nil {
-		return Node{}, []Problem{problem(obj, "skipped: node name %v; its pods are skipped too", err)}, false
+	why := nameProblem(dns1123Subdomain, n.Name)
+	obj := "Node " + shownName(n.Name, why == "")
+	if why != "" {
+		return Node{}, []Problem{problem(obj, "skipped: not a valid node name: %s; its pods are skipped too", why)}, false
 	}
 	if n.Name == s.ClusterID {
 		return Node{}, []Problem{problem(obj, "skipped: node name equals the tunnel clusterID %q; set another clusterID in the settings", s.ClusterID)}, false
@@ -281,8 +282,9 @@ func sharedHostNameProblem(node, name string, owners []string) Problem {
 // its node and the other pods.
 type PodCandidate struct {
 	Pod      Pod       // IPs parsed and deduplicated
-	problems []Problem // unparsable IPs
+	problems []Problem // unparsable IPs, an invalid name
 	running  bool
+	invalid  bool // its name or namespace is not a Kubernetes name: never routed
 }
 
 // ConvertPod converts one pod. considered is false for pods that never take
@@ -294,15 +296,22 @@ func ConvertPod(p *corev1.Pod) (c PodCandidate, considered bool) {
 	case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed, p.Spec.NodeName == "":
 		return PodCandidate{}, false
 	case p.Spec.HostNetwork:
+		if _, invalid := objectName("Pod", p.Namespace, p.Name, dns1123Subdomain); invalid != nil {
+			return PodCandidate{Pod: Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName}, problems: []Problem{*invalid}, invalid: true}, true
+		}
 		ports := hostPorts(p)
 		pod := Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil,
 			HostNetwork: true, HostPorts: ports}
 		return PodCandidate{Pod: pod}, len(ports) > 0
 	}
-	obj := "Pod " + p.Namespace + "/" + p.Name
+	obj, invalid := objectName("Pod", p.Namespace, p.Name, dns1123Subdomain)
 	c = PodCandidate{
 		Pod:     Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil},
 		running: p.Status.Phase == corev1.PodRunning,
+	}
+	if invalid != nil {
+		c.problems, c.invalid = []Problem{*invalid}, true
+		return c, true
 	}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {
@@ -338,6 +347,9 @@ func hostPorts(p *corev1.Pod) []uint32 {
 // admit says whether the pod is routable once its node is known to exist
 // (nodeKnown) and what to report; address conflicts are checked later.
 func (c PodCandidate) admit(nodeKnown bool) (problems []Problem, routable bool) {
+	if c.invalid {
+		return c.problems, false
+	}
 	obj := "Pod " + c.Pod.Namespace + "/" + c.Pod.Name
 	if !nodeKnown {
 		return []Problem{problem(obj, "skipped: node %q is not in the input (or was skipped)", c.Pod.NodeName)}, false
@@ -437,9 +449,12 @@ func sharedPodIPProblem(p Pod, ip netip.Addr, nodes []string) Problem {
 // ConvertService converts one Service; ok is false when it has nothing a
 // CONNECT could reach (ExternalName, headless, no TCP port).
 func ConvertService(svc *corev1.Service) (out Service, problems []Problem, ok bool) {
-	obj := "Service " + svc.Namespace + "/" + svc.Name
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return Service{}, nil, false
+	}
+	obj, invalid := objectName("Service", svc.Namespace, svc.Name, dns1035Label)
+	if invalid != nil {
+		return Service{}, []Problem{*invalid}, false
 	}
 	out = Service{Namespace: svc.Namespace, Name: svc.Name}
 	ips := svc.Spec.ClusterIPs

@@ -45,7 +45,7 @@ func (u *Universe) some(xs ...string) []string {
 }
 
 func (u *Universe) node() *corev1.Node {
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: u.pick("n0", "n1", "n2", "n3", "n4", "bad:name", "spoke-nodes")}}
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: u.pick("n0", "n1", "n2", "n3", "n4", "bad:name", "spoke-nodes", "été")}}
 	for _, ip := range u.some("10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "not-an-ip", "127.0.0.1") {
 		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeAddressType(u.pick("InternalIP", "ExternalIP")), Address: ip})
 	}
@@ -59,8 +59,8 @@ func (u *Universe) node() *corev1.Node {
 
 func (u *Universe) pod() *corev1.Pod {
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: u.pick("a", "b"), Name: u.pick("p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7")},
-		Spec:       corev1.PodSpec{NodeName: u.pick("n0", "n1", "n2", "n3", "n4", "", "gone", "bad:name"), HostNetwork: u.rng.IntN(8) == 0},
+		ObjectMeta: metav1.ObjectMeta{Namespace: u.pick("a", "b", "B"), Name: u.pick("p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "P_8")},
+		Spec:       corev1.PodSpec{NodeName: u.pick("n0", "n1", "n2", "n3", "n4", "", "gone", "bad:name", "été"), HostNetwork: u.rng.IntN(8) == 0},
 		Status:     corev1.PodStatus{Phase: corev1.PodPhase(u.pick("Running", "Running", "Pending", "Succeeded"))},
 	}
 	// Besides conflicts: addresses no pod may hold (loopback, link-local,
