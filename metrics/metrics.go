@@ -24,6 +24,7 @@ type Metrics struct {
 	WatchedObjects     *prometheus.GaugeVec
 	SkippedObjects     prometheus.Gauge
 	RefusedPodAddrs    prometheus.Gauge
+	SourceRefused      prometheus.Gauge
 	Denied             *prometheus.CounterVec
 	RefusedConnections *prometheus.CounterVec
 	Tunnels            *prometheus.GaugeVec
@@ -71,6 +72,9 @@ func New() *Metrics {
 		RefusedPodAddrs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "spoke_refused_pod_addresses", Help: "Pod addresses refused in the last update because their node may not own them (special addresses, a Service range, outside the node's pod CIDRs); spoke status lists them.",
 		}),
+		SourceRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "spoke_source_refused", Help: "1 while the cluster source's current input is refused (a cluster file without nodes, unreadable or unparsable): the last good config is served; spoke status and /readyz say why.",
+		}),
 		Denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spoke_xds_denied_total", Help: "xDS clients or requests refused, by reason (client_certificate, unauthenticated, identity_mismatch, no_role, resource_not_allowed, unknown_type).",
 		}, []string{"reason"}),
@@ -88,7 +92,7 @@ func New() *Metrics {
 		}, []string{"class"}),
 	}
 	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
-		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects, m.RefusedPodAddrs,
+		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects, m.RefusedPodAddrs, m.SourceRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -20,8 +20,13 @@ import (
 // Kubernetes' ConfigMap symlink swaps. A file that stops parsing keeps the
 // last good state.
 //
-// A reload that would empty the cluster or remove more than half of its
-// nodes or pods is suspect: an in-place rewrite caught halfway still parses
+// A file without a single Node is never a cluster to serve (a truncated
+// file, a dump of the wrong namespace): it is refused, at error level and
+// through the sink, and the last good config stays served until a file
+// with nodes arrives.
+//
+// A reload that would remove more than half of the nodes or pods is
+// suspect: an in-place rewrite caught halfway still parses
 // and looks exactly like that, and applying it would strip the routes of
 // every Envoy it no longer names. Such content is applied only once it has
 // stayed unchanged for Settle; a file that keeps growing is applied at once.
@@ -65,11 +70,16 @@ func (f *File) poll(sink Sink) time.Duration {
 		wait := f.retry.NextBackOff()
 		f.Log.WithError(err).WithFields(logrus.Fields{"file": f.Path, "retry_in": wait.Round(time.Millisecond)}).
 			Error("cannot read the cluster file: serving the last good config")
+		sink.refused("cannot read " + f.Path + ": " + err.Error())
 		return wait
 	}
 	f.retry.Reset()
 	if f.applied != nil && bytes.Equal(raw, f.applied) {
 		f.clearPending() // a suspect rewrite that ended where it began
+		if f.broken != nil { // so did a refused one
+			f.broken = nil
+			sink.refused("")
+		}
 		return f.Interval
 	}
 	var objs model.Objects
@@ -78,6 +88,16 @@ func (f *File) poll(sink Sink) time.Duration {
 		if f.broken == nil || !bytes.Equal(raw, f.broken) {
 			f.Log.WithError(err).WithField("file", f.Path).Error("cluster file does not parse: serving the last good config")
 			f.broken = raw // log once per broken content
+			sink.refused(f.Path + " does not parse: " + err.Error())
+		}
+		return f.Interval
+	}
+	if len(objs.Nodes) == 0 {
+		if f.broken == nil || !bytes.Equal(raw, f.broken) {
+			f.Log.WithFields(logrus.Fields{"file": f.Path, "objects": total(objs)}).
+				Error("the cluster file holds no Node: refused (a truncated or wrong file?); serving the last good config until a file with nodes arrives")
+			f.broken = raw
+			sink.refused(f.Path + " holds no Node (truncated, or the wrong file?)")
 		}
 		return f.Interval
 	}
@@ -90,8 +110,9 @@ func (f *File) poll(sink Sink) time.Duration {
 	}
 	f.Log.WithField("file", f.Path).Info("cluster file loaded")
 	sink.Store.Replace(objs, problems)
-	f.applied = raw
+	f.applied, f.broken = raw, nil
 	f.clearPending()
+	sink.refused("")
 	sink.Synced()
 	sink.Changed()
 	return f.Interval
@@ -119,18 +140,17 @@ func (f *File) settleTime() time.Duration {
 }
 
 // shrinks says how next would shrink the cluster whose object counts are
-// current, when it empties it or drops more than half of its nodes or pods;
-// "" otherwise.
+// current, when it drops more than half of its nodes or pods; "" otherwise.
 func shrinks(current map[string]int, next model.Objects) string {
-	total := len(next.Nodes) + len(next.Pods) + len(next.Services) + len(next.EndpointSlices) + len(next.ServiceCIDRs)
-	held := current["Node"] + current["Pod"] + current["Service"] + current["EndpointSlice"] + current["ServiceCIDR"]
 	switch {
-	case total == 0 && held > 0:
-		return "empty"
 	case len(next.Nodes)*2 < current["Node"]:
 		return "nodes " + strconv.Itoa(current["Node"]) + " -> " + strconv.Itoa(len(next.Nodes))
 	case len(next.Pods)*2 < current["Pod"]:
 		return "pods " + strconv.Itoa(current["Pod"]) + " -> " + strconv.Itoa(len(next.Pods))
 	}
 	return ""
+}
+
+func total(objs model.Objects) int {
+	return len(objs.Nodes) + len(objs.Pods) + len(objs.Services) + len(objs.EndpointSlices) + len(objs.ServiceCIDRs)
 }

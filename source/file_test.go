@@ -99,23 +99,59 @@ func TestHalfWrittenFileIsNotApplied(t *testing.T) {
 	ft.write(full + "\n") // the rewrite completes (new bytes, same cluster)
 	ft.pollExpect(4, "completed rewrite")
 
-	ft.write("")
-	ft.pollExpect(4, "empty file")
-	time.Sleep(ft.f.Settle + 10*time.Millisecond)
-	ft.pollExpect(0, "empty file that stayed") // meant: applied, loudly
-	if !ft.logged("it stayed unchanged, so it is meant") {
-		t.Error("applying a settled shrink was not logged")
-	}
-
 	ft.write(full)
 	ft.pollExpect(4, "growth") // never suspect
 	ft.write(clusterYAML(1))
 	ft.pollExpect(4, "a real scale-down, first seen")
 	time.Sleep(ft.f.Settle + 10*time.Millisecond)
 	ft.pollExpect(1, "a real scale-down that stayed")
+	if !ft.logged("it stayed unchanged, so it is meant") {
+		t.Error("applying a settled shrink was not logged")
+	}
 	ft.write(clusterYAML(2))
 	ft.pollExpect(2, "adding a node")
 }
+
+// TestFileWithoutNodesIsNeverServed: a truncated file, or one that holds
+// only pods and Services, is refused however long it stays: the last good
+// config is served, the refusal reaches the sink once per content and ends
+// when a file with nodes arrives. At start, nothing is served from it.
+func TestFileWithoutNodesIsNeverServed(t *testing.T) {
+	ft := newFileTest(t)
+	var refusals []string
+	ft.sink.Refused = func(reason string) { refusals = append(refusals, reason) }
+	ft.write("")
+	ft.pollExpect(0, "an empty file at start")
+	ft.write(clusterYAML(3))
+	ft.pollExpect(3, "first load")
+	for _, content := range []string{"", "apiVersion: v1\nkind: List\nitems: []\n", podsOnly} {
+		ft.write(content)
+		for range 3 {
+			ft.pollExpect(3, fmt.Sprintf("a file without nodes (%.20q)", content))
+			time.Sleep(ft.f.Settle)
+		}
+	}
+	ft.write(clusterYAML(3))
+	ft.pollExpect(3, "the file served before, back")
+	ft.write("")
+	ft.pollExpect(3, "empty again")
+	ft.write(clusterYAML(3) + "\n")
+	ft.pollExpect(3, "a file with nodes again")
+	want := []string{"holds no Node", "", "holds no Node", "holds no Node", "holds no Node", "", "holds no Node", ""}
+	if len(refusals) != len(want) {
+		t.Fatalf("refusals %q, want %d (one per content)", refusals, len(want))
+	}
+	for i, w := range want {
+		if w == "" && refusals[i] != "" || !strings.Contains(refusals[i], w) {
+			t.Errorf("refusal %d: %q, want %q", i, refusals[i], w)
+		}
+	}
+	if !ft.logged("holds no Node: refused") {
+		t.Error("the refusal was not logged")
+	}
+}
+
+const podsOnly = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: default}\nspec: {nodeName: node-1}\nstatus: {phase: Running, podIP: 10.244.1.9}\n"
 
 // TestSmallChangesApplyAtOnce: removing one node of four is an ordinary
 // change, applied at the next poll.

@@ -16,4 +16,13 @@ type Sink struct {
 	Store   *model.Store
 	Changed func()
 	Synced  func()
+	// Refused, when set, hears why the source's current input is refused
+	// (the last good one stays served), and "" once an input is accepted.
+	Refused func(reason string)
+}
+
+func (s Sink) refused(reason string) {
+	if s.Refused != nil {
+		s.Refused(reason)
+	}
 }

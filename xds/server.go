@@ -95,6 +95,7 @@ type Server struct {
 	// sourceSynced: nothing is published before a source has delivered its
 	// first full view (a half-listed cluster would strip Envoys' routes).
 	sourceSynced atomic.Bool
+	refusal      atomic.Pointer[model.Problem] // the source's refused input, nil when none
 
 	tlsConfig *tls.Config // nil: insecure plaintext
 
@@ -173,7 +174,22 @@ func (s *Server) Sink() source.Sink {
 			s.sourceSynced.Store(true)
 			s.debounce.Submit(struct{}{})
 		},
+		Refused: s.sourceRefused,
 	}
+}
+
+// sourceRefused records why the source's current input is refused ("":
+// accepted): the last good config stays served, and the refusal shows in
+// /readyz, spoke_source_refused and spoke status.
+func (s *Server) sourceRefused(reason string) {
+	if reason == "" {
+		s.refusal.Store(nil)
+		s.metrics.SourceRefused.Set(0)
+		return
+	}
+	s.refusal.Store(&model.Problem{Object: "source", Kind: model.KindSource,
+		Message: reason + "; serving the last good config since " + time.Now().UTC().Format(time.RFC3339)})
+	s.metrics.SourceRefused.Set(1)
 }
 
 // Publisher exposes the snapshot state (for tests and the debug API).
@@ -410,6 +426,10 @@ func (s *Server) httpHandler() http.Handler {
 			http.Error(w, "not ready: no full view of the cluster yet", http.StatusServiceUnavailable)
 			return
 		}
+		if r := s.refusal.Load(); r != nil {
+			http.Error(w, "not ready: the cluster source's input is refused: "+r.Message, http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
@@ -424,7 +444,11 @@ func (s *Server) debugHandler() http.Handler {
 	mux.Handle("/", s.tracker.DebugHandler())
 	mux.HandleFunc("/debug/problems", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(s.publisher.Problems())
+		problems := s.publisher.Problems()
+		if r := s.refusal.Load(); r != nil {
+			problems = append([]model.Problem{*r}, problems...)
+		}
+		_ = json.NewEncoder(w).Encode(problems)
 	})
 	mux.HandleFunc("/debug/tunnels", func(w http.ResponseWriter, _ *http.Request) {
 		t := status.Tunnels{Error: "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)"}

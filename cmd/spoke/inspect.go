@@ -144,9 +144,10 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 // would bury the rest of the status.
 const maxListedRefusals = 20
 
-// printRefusedPodAddresses lists the pod addresses the server refused
-// because their node may not own them (a node claiming others' addresses, or
-// a misconfigured CNI).
+// printRefusedPodAddresses says when the source's input is refused (the
+// last good config is served) and lists the pod addresses the server
+// refused because their node may not own them (a node claiming others'
+// addresses, or a misconfigured CNI).
 func printRefusedPodAddresses(ctx context.Context, w io.Writer, server string) error {
 	body, err := debugGet(ctx, server, "/debug/problems")
 	if err != nil {
@@ -158,8 +159,11 @@ func printRefusedPodAddresses(ctx context.Context, w io.Writer, server string) e
 	}
 	var refused []model.Problem
 	for _, p := range problems {
-		if p.Kind == model.KindPodAddress {
+		switch p.Kind {
+		case model.KindPodAddress:
 			refused = append(refused, p)
+		case model.KindSource:
+			fmt.Fprintf(w, "\nSOURCE REFUSED: %s\n", printable(p.Message))
 		}
 	}
 	if len(refused) == 0 {

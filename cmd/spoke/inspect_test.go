@@ -254,3 +254,69 @@ func TestStatusEscapesWhatEnvoysSend(t *testing.T) {
 		t.Errorf("status should show the message escaped:\n%s", out)
 	}
 }
+
+// TestTruncatedClusterFileKeepsTheLastGoodConfig: a cluster file truncated
+// to nothing is refused however long it stays (it wiped every route 2 s
+// later before): the node proxies' config stays, and /readyz,
+// spoke_source_refused and spoke status say so until a file with nodes
+// arrives.
+func TestTruncatedClusterFileKeepsTheLastGoodConfig(t *testing.T) {
+	example, err := os.ReadFile("../../examples/cluster.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(file, example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Run(ctx) }()
+	go (&source.File{Path: file, Interval: 20 * time.Millisecond, Log: logrus.New()}).Run(ctx, srv.Sink())
+	debug, httpAddr := "http://"+srv.Addr("debug"), "http://"+srv.Addr("http")
+	waitUntil(t, "the first load", func() bool { _, err := httpGet(httpAddr + "/readyz"); return srv.Publisher().Synced() && err == nil })
+
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the refusal", func() bool {
+		m, _ := httpGet(httpAddr + "/metrics")
+		return strings.Contains(m, "spoke_source_refused 1")
+	})
+	time.Sleep(500 * time.Millisecond) // > the settle time (4 polls) after which a shrink applies
+	if dump, _, err := runSpoke("config", "dump", "--server", debug, "--proxy", "node/worker-1"); err != nil || !strings.Contains(dump, "node-tunnel") {
+		t.Errorf("worker-1's config after the truncation: %v\n%.300s", err, dump)
+	}
+	if ready, _ := httpGet(httpAddr + "/readyz"); !strings.Contains(ready, "holds no Node") {
+		t.Errorf("/readyz while the file is refused: %q", ready)
+	}
+	if out, _, _ := runSpoke("status", "--server", debug); !strings.Contains(out, "SOURCE REFUSED: "+file+" holds no Node") {
+		t.Errorf("status while the file is refused:\n%s", out)
+	}
+
+	if err := os.WriteFile(file, example, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the file with nodes to be taken", func() bool {
+		m, _ := httpGet(httpAddr + "/metrics")
+		ready, _ := httpGet(httpAddr + "/readyz")
+		return strings.Contains(m, "spoke_source_refused 0") && strings.TrimSpace(ready) == "ok"
+	})
+}
+
+func waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}

@@ -28,6 +28,10 @@ type Problem struct {
 // it (podaddresses.go): a misconfigured CNI, or a node claiming addresses.
 const KindPodAddress = "pod-address"
 
+// KindSource marks a refused input of a source (a cluster file without
+// nodes): nothing of it is served; the last good config is.
+const KindSource = "source"
+
 func (p Problem) String() string { return p.Object + ": " + p.Message }
 
 // Objects is the Kubernetes input of a translation, as decoded from a dump or
