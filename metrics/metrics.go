@@ -5,6 +5,8 @@
 package metrics
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -88,7 +90,7 @@ func New() *Metrics {
 			Name: "spoke_nodes_without_tunnel", Help: "Nodes of the cluster holding no tunnel at the apiserver proxy beside this server.",
 		}),
 		TunnelRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "spoke_tunnel_refusals_total", Help: "Tunnel connections the apiserver proxy beside this server refused, by class (tls, identity, incomplete); see spoke status for each node's last one.",
+			Name: "spoke_tunnel_refusals_total", Help: "Tunnel connections the apiserver proxy beside this server refused, by class (tls, identity, malformed, incomplete); see spoke status for each node's last one.",
 		}, []string{"class"}),
 	}
 	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
@@ -102,4 +104,31 @@ func (m *Metrics) ObserveObjects(counts map[string]int) {
 	for kind, n := range counts {
 		m.WatchedObjects.WithLabelValues(kind).Set(float64(n))
 	}
+}
+
+// WatchExpiry exports seconds until expiry() as
+// spoke_certificate_expiry_seconds{certificate=name}, read at each scrape
+// (absent while expiry is zero: nothing issued yet).
+func (m *Metrics) WatchExpiry(name string, expiry func() time.Time) {
+	m.Registry.MustRegister(expiryCollector{name: name, expiry: expiry})
+}
+
+const expiryHelp = "Seconds until a certificate expires, by certificate (tunnel_ca: the CA that signs tunnel and serving certificates; xds_serving: the xDS port's current certificate, renewed on its own)."
+
+type expiryCollector struct {
+	name   string
+	expiry func() time.Time
+}
+
+func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- prometheus.NewDesc("spoke_certificate_expiry_seconds", expiryHelp, nil, prometheus.Labels{"certificate": c.name})
+}
+
+func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	at := c.expiry()
+	if at.IsZero() {
+		return
+	}
+	desc := prometheus.NewDesc("spoke_certificate_expiry_seconds", expiryHelp, nil, prometheus.Labels{"certificate": c.name})
+	ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, time.Until(at).Seconds())
 }

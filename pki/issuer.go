@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -116,12 +117,61 @@ func parseCA(caCertPEM, caKeyPEM []byte) (*caMaterial, error) {
 	case m.cert == nil:
 		return nil, fmt.Errorf("tunnel CA key does not belong to any certificate of the CA file")
 	}
+	if err := checkValidNow(m.cert, time.Now()); err != nil {
+		return nil, err
+	}
 	if m.keyDER, err = x509.MarshalPKCS8PrivateKey(key); err != nil {
 		return nil, fmt.Errorf("tunnel CA key: %w", err)
 	}
 	sum := sha256.Sum256(m.cert.Raw)
 	copy(m.id[:], sum[:])
 	return m, nil
+}
+
+// checkValidNow refuses a signing CA outside its validity: node proxies
+// would refuse every certificate it signs, and nothing else would say why.
+func checkValidNow(cert *x509.Certificate, now time.Time) error {
+	switch {
+	case now.Before(cert.NotBefore):
+		return fmt.Errorf("tunnel CA certificate %q is not valid before %s (now %s): check this host's clock, or issue the CA again",
+			cert.Subject, cert.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	case now.After(cert.NotAfter):
+		return fmt.Errorf("tunnel CA certificate %q expired at %s: node proxies would refuse every certificate it signs; rotate it (docs/operations.md, Rotating the tunnel CA)",
+			cert.Subject, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// checkKeyFileMode refuses a CA key file that group or others may read or
+// write, as ssh refuses an open private key: whoever reads it can issue
+// tunnel certificates for any node.
+func checkKeyFileMode(path string) error {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("tunnel CA key: %w", err)
+	}
+	if mode := info.Mode().Perm(); mode&0o077 != 0 {
+		return fmt.Errorf("tunnel CA key %s has mode %04o: group or others may read it and issue tunnel certificates for any node; chmod 600 %s", path, mode, path)
+	}
+	return nil
+}
+
+// CAExpiry is when the signing CA certificate expires.
+func (i *Issuer) CAExpiry() time.Time {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.ca.cert.NotAfter
+}
+
+// ServingExpiry is when the xDS serving certificate last handed out
+// expires (zero before the first TLS handshake).
+func (i *Issuer) ServingExpiry() time.Time {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.servingPair == nil || i.servingPair.Leaf == nil {
+		return time.Time{}
+	}
+	return i.servingPair.Leaf.NotAfter
 }
 
 // NewIssuer issues from the CA in caCertPEM/caKeyPEM (PEM; the key PKCS#8,
@@ -145,6 +195,9 @@ func newIssuer(ca *caMaterial, validity time.Duration) (*Issuer, error) {
 // LoadIssuerFiles reads the tunnel CA from PEM files, and re-reads them on
 // Reload (a CA rotation needs no restart).
 func LoadIssuerFiles(certPath, keyPath string, validity time.Duration) (*Issuer, error) {
+	if err := checkKeyFileMode(keyPath); err != nil {
+		return nil, err
+	}
 	files, err := filewatch.Load(func(c [][]byte) (*caMaterial, error) { return parseCA(c[0], c[1]) }, certPath, keyPath)
 	if err != nil {
 		return nil, err
@@ -190,16 +243,22 @@ func NewDevelopmentIssuer(validity time.Duration) (*Issuer, error) {
 // GenerateCA returns a new self-signed CA (P-256, ten years) as PEM, the
 // key in PKCS#8.
 func GenerateCA(commonName string) (certPEM, keyPEM []byte, err error) {
+	now := time.Now()
+	return GenerateCAValid(commonName, now.Add(-5*time.Minute), now.Add(10*365*24*time.Hour))
+}
+
+// GenerateCAValid is GenerateCA with the given validity (tests of expired
+// and future CAs).
+func GenerateCAValid(commonName string, notBefore, notAfter time.Time) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate CA key: %w", err)
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(now.UnixNano()),
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
 		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-5 * time.Minute),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,

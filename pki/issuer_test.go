@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -228,5 +229,53 @@ func TestReloadRotatesTheCAFromASecret(t *testing.T) {
 	update(newCert, newKey)
 	if changed, err := issuer.Reload(); !changed || err != nil || !bytes.Equal(issuer.CAPEM(), newCert) {
 		t.Errorf("new only: changed=%v err=%v bundle=%d bytes", changed, err, len(issuer.CAPEM()))
+	}
+}
+
+// TestCAOutsideItsValidityOrOpenKeyRefused: an expired or not yet valid
+// tunnel CA, and a CA key group or others may read, are refused with one
+// line saying what to do (the server started with no word before, and node
+// proxies then refused every certificate).
+func TestCAOutsideItsValidityOrOpenKeyRefused(t *testing.T) {
+	now := time.Now()
+	for name, window := range map[string][2]time.Time{
+		"expired at":          {now.Add(-48 * time.Hour), now.Add(-time.Hour)},
+		"is not valid before": {now.Add(time.Hour), now.Add(48 * time.Hour)},
+	} {
+		cert, key, err := pki.GenerateCAValid("bad CA", window[0], window[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pki.NewIssuer(cert, key, time.Hour); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: want a refusal saying so, got %v", name, err)
+		}
+		dir := t.TempDir()
+		if _, err := pki.LoadIssuerFiles(authtest.WriteFile(t, dir, "ca.crt", cert), authtest.WriteFile(t, dir, "ca.key", key), time.Hour); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s from files: want a refusal, got %v", name, err)
+		}
+	}
+	cert, key, err := pki.GenerateCA("good CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certPath, keyPath := authtest.WriteFile(t, dir, "ca.crt", cert), authtest.WriteFile(t, dir, "ca.key", key)
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644, 0o660} {
+		if err := os.Chmod(keyPath, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pki.LoadIssuerFiles(certPath, keyPath, time.Hour); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("key mode %04o: want a refusal, got %v", mode, err)
+		}
+	}
+	if err := os.Chmod(keyPath, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	issuer, err := pki.LoadIssuerFiles(certPath, keyPath, time.Hour)
+	if err != nil {
+		t.Fatalf("key mode 0400: %v", err)
+	}
+	if left := time.Until(issuer.CAExpiry()); left < 9*365*24*time.Hour {
+		t.Errorf("CAExpiry: %v left, want ~10 years", left)
 	}
 }

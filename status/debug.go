@@ -17,6 +17,10 @@ const (
 	StateNacked = "NACKED" // rejected the current version; runs its last good one
 )
 
+// DebugAPIHeader marks every answer of spoke's debug API, so the CLI can
+// tell it from another server at the address it was given.
+const DebugAPIHeader = "Spoke-Debug-Api"
+
 // ProxyStatus is one row of `spoke status`.
 type ProxyStatus struct {
 	StreamStatus

@@ -2,6 +2,7 @@ package status
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -37,6 +38,7 @@ const (
 	RefusedTLS        = "tls"        // the TLS handshake failed (untrusted, expired, no certificate)
 	RefusedIdentity   = "identity"   // the handshake claimed another node, cluster or tenant than allowed
 	RefusedIncomplete = "incomplete" // closed before the tunnel handshake finished (silent, too slow)
+	RefusedMalformed  = "malformed"  // answered 400: not a tunnel handshake, or a tunnel header missing or wrong
 )
 
 // maxUnattributed bounds the refusals kept for sources no node owns: a
@@ -141,7 +143,7 @@ func (h *HandshakeLog) classify(e *accesslogdatav3.TCPAccessLogEntry) (node stri
 		r.Class, r.Reason = RefusedTLS, "TLS handshake failed: "+common.GetDownstreamTransportFailureReason()+
 			" (the node and this proxy do not trust each other's certificate: another tunnel CA, expired, or none)"
 	default:
-		r.Class, r.Reason = RefusedIncomplete, "closed before its tunnel handshake finished (nothing sent within tunnelHandshakeTimeout, or the peer gave up)"
+		r.Class, r.Reason = unfinished(e.GetConnectionProperties())
 	}
 	node = certified
 	if node == "" && h.NodeWithAddress != nil {
@@ -208,9 +210,29 @@ func addressText(a *corev3.Address) string {
 	return net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))
 }
 
+// unfinished tells a handshake the filter answered without a verdict (400:
+// Envoy counts the bytes of its answer) from one that never finished; the
+// byte counts are those of the handshake's HTTP, inside TLS.
+func unfinished(c *accesslogdatav3.ConnectionProperties) (class, reason string) {
+	switch {
+	case c.GetReceivedBytes() > 0 && c.GetSentBytes() > 0:
+		return RefusedMalformed, "handshake request refused (400): not a tunnel handshake, or an x-envoy-reverse-tunnel header (node, cluster or tenant id, upstream cluster name) missing or not this cluster's"
+	case c.GetReceivedBytes() > 0:
+		return RefusedIncomplete, "closed before its tunnel handshake finished (part of the request sent, the rest not within tunnelHandshakeTimeout, or the peer gave up)"
+	}
+	return RefusedIncomplete, "closed before its tunnel handshake finished (nothing sent within tunnelHandshakeTimeout, or the peer gave up)"
+}
+
+// maxClaimShown bounds a claimed id in a refusal (the longest DNS name):
+// a handshake may claim kilobytes.
+const maxClaimShown = 253
+
 func quote(s string) string {
 	if s == "" {
 		return "(none)"
 	}
-	return "\"" + s + "\""
+	if len(s) > maxClaimShown {
+		return fmt.Sprintf("%q... (%d bytes, cut)", s[:maxClaimShown], len(s))
+	}
+	return strconv.Quote(s)
 }

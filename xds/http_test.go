@@ -26,7 +26,8 @@ func TestHealthMetricsAndDebug(t *testing.T) {
 		t.Errorf("/readyz = %q", got)
 	}
 	metrics := httpGet(t, base+"/metrics")
-	for _, want := range []string{`spoke_watched_objects{kind="Pod"}`, "spoke_translation_seconds_count", "spoke_skipped_objects"} {
+	for _, want := range []string{`spoke_watched_objects{kind="Pod"}`, "spoke_translation_seconds_count", "spoke_skipped_objects",
+		`spoke_certificate_expiry_seconds{certificate="tunnel_ca"} 3.15`, `spoke_xds_nacks_total{type="Listener"} 0`, "spoke_source_refused 0", "spoke_refused_pod_addresses 0"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

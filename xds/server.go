@@ -151,6 +151,8 @@ func NewServer(opts Options) (*Server, error) {
 	s.cache = cachev3.NewSnapshotCache(false, nodeHash{}, cacheLogger{opts.Log})
 	s.store = model.NewStore(opts.Settings)
 	s.publisher = NewPublisher(s.cache, s.store, opts.Settings, issuer, s.metrics, opts.Log)
+	s.metrics.WatchExpiry("tunnel_ca", issuer.CAExpiry)
+	s.metrics.WatchExpiry("xds_serving", issuer.ServingExpiry)
 	s.tracker = status.NewTracker(s.publisher, s.metrics, opts.Log)
 	s.handshakes = &status.HandshakeLog{Metrics: s.metrics, Log: opts.Log.WithField("component", "tunnels"), NodeWithAddress: s.store.NodeWithAddress, IsNode: s.publisher.KnowsNode}
 	s.debounce = NewDebouncer(opts.Holdoff, opts.MaxDelay, func(ctx context.Context, _ struct{}, waited time.Duration) {
@@ -346,12 +348,14 @@ func (s *Server) renewCertificates(ctx context.Context) {
 	defer renew.Stop()
 	reload := time.NewTicker(cmp.Or(s.opts.CAReloadInterval, 10*time.Second))
 	defer reload.Stop()
+	s.warnIfCAExpiresSoon()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-renew.C:
 			s.publisher.Refresh(ctx)
+			s.warnIfCAExpiresSoon()
 		case <-reload.C:
 			changed, err := s.publisher.issuer.Reload()
 			if err != nil {
@@ -362,6 +366,19 @@ func (s *Server) renewCertificates(ctx context.Context) {
 				s.publisher.Refresh(ctx)
 			}
 		}
+	}
+}
+
+// caExpiryWarning is how long before the tunnel CA expires the server
+// starts to warn (once per renewal check): a rotation takes a push to
+// every proxy and some care (docs/operations.md).
+const caExpiryWarning = 30 * 24 * time.Hour
+
+func (s *Server) warnIfCAExpiresSoon() {
+	expiry := s.publisher.issuer.CAExpiry()
+	if left := time.Until(expiry); left < caExpiryWarning {
+		s.opts.Log.WithFields(logrus.Fields{"expires": expiry.UTC().Format(time.RFC3339), "left": left.Round(time.Minute).String()}).
+			Warn("the tunnel CA expires soon: node proxies will refuse the certificates it signs then; rotate it (docs/operations.md, Rotating the tunnel CA)")
 	}
 }
 
@@ -459,7 +476,12 @@ func (s *Server) debugHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(t)
 	})
-	return mux
+	// spoke status and spoke config check it: an address that answers
+	// without it is not a spoke debug API (the metrics port, an Envoy admin).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(status.DebugAPIHeader, "1")
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // nodeHash keys the snapshot cache by proxy (the claim, which the tracker

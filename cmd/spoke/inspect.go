@@ -23,6 +23,10 @@ import (
 
 const defaultDebugServer = "http://127.0.0.1:18002"
 
+// maxDebugAnswer bounds what the CLI reads of one debug API answer (a
+// config dump of 5,000 nodes' apiserver proxy is a few MB).
+const maxDebugAnswer = 256 << 20
+
 func newStatusCommand() *cobra.Command {
 	var server string
 	cmd := &cobra.Command{
@@ -121,6 +125,9 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if !strings.Contains(server, "://") { // host:port, as the other address flags take it
+		server = "http://" + server
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(server, "/")+path, nil)
 	if err != nil {
 		return nil, err
@@ -130,7 +137,10 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 		return nil, fmt.Errorf("reach the spoke server's debug API at %s: %w (is spoke serve running? --server sets the address)", server, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	if resp.Header.Get(status.DebugAPIHeader) == "" {
+		return nil, fmt.Errorf("%s is not a spoke debug API (it answered %s without spoke's marks: the metrics port, an Envoy admin?); --server takes spoke serve's --debug-address, default 127.0.0.1:18002", server, resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDebugAnswer))
 	if err != nil {
 		return nil, err
 	}

@@ -58,6 +58,17 @@ func TestStatusAndConfigDump(t *testing.T) {
 	if _, _, err := runSpoke("status", "--server", "http://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "spoke serve running") {
 		t.Errorf("unreachable server: want a helpful error, got %v", err)
 	}
+	// host:port as every other address flag takes it (a URL parse error before)
+	if out, _, err := runSpoke("status", "--server", srv.Addr("debug")); err != nil || !strings.HasPrefix(out, "PROXY") {
+		t.Errorf("--server host:port: err %v, output %q", err, out)
+	}
+	// the metrics port answers 404 pages: say it is not a spoke debug API
+	for _, args := range [][]string{{"status"}, {"config", "dump", "--proxy", "apiserver"}} {
+		_, _, err := runSpoke(append(args, "--server", srv.Addr("http"))...)
+		if err == nil || !strings.Contains(err.Error(), "is not a spoke debug API") {
+			t.Errorf("%v against the metrics port: want 'not a spoke debug API', got %v", args, err)
+		}
+	}
 }
 
 func TestBootstrapCommand(t *testing.T) {

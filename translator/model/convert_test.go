@@ -117,6 +117,7 @@ func TestSettings(t *testing.T) {
 	for name, mutate := range map[string]func(*Settings){
 		"16 MiB connection window":     func(s *Settings) { s.TunnelConnectionWindow = 16 << 20 },
 		"4 MiB window, 256 KiB buffer": func(s *Settings) { s.TunnelBufferLimit, s.TunnelConnectionWindow = 256<<10, 4<<20 },
+		"socket mode 0400":             func(s *Settings) { s.EgressSocketMode = 0o400 },
 	} {
 		good := DefaultSettings()
 		mutate(&good)
@@ -134,6 +135,12 @@ func TestSettings(t *testing.T) {
 		"stream window < 64 KiB":     func(s *Settings) { s.TunnelStreamWindow = 1000 },
 		"connection window > 2^31-1": func(s *Settings) { s.TunnelConnectionWindow = 1 << 31 },
 		"connection window 2 MiB":    func(s *Settings) { s.TunnelConnectionWindow = 2 << 20 },
+		"socket mode 0666":           func(s *Settings) { s.EgressSocketMode = 0o666 },
+		"socket mode 0660":           func(s *Settings) { s.EgressSocketMode = 0o660 },
+		"socket mode 0601":           func(s *Settings) { s.EgressSocketMode = 0o601 },
+		"Services take every stream": func(s *Settings) { s.ServiceMaxStreams = uint32(s.EgressMaxConnections) },
+		"no Service streams":         func(s *Settings) { s.ServiceMaxStreams = 0 },
+		"pod range not a CIDR":       func(s *Settings) { s.AllowPodAddresses = []string{"127.0.0.1"} },
 		"connection window < 16 buffers": func(s *Settings) {
 			s.TunnelBufferLimit, s.TunnelConnectionWindow = 256<<10, 4<<20-1
 		},

@@ -189,6 +189,8 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("egressSocketPath %q: must be an absolute path", s.EgressSocketPath)
 	case s.EgressSocketMode > 0o777:
 		return fmt.Errorf("egressSocketMode %o: must be a file mode such as 0600 (decimal 384)", s.EgressSocketMode)
+	case s.EgressSocketMode&0o077 != 0:
+		return fmt.Errorf("egressSocketMode %04o (decimal %d): gives group or others access to the CONNECT socket, through which any local process could reach every node; use 0600 (decimal 384) or 0400", s.EgressSocketMode, s.EgressSocketMode)
 	case s.PodRouting != PodRoutingAuto && s.PodRouting != PodRoutingPerPod:
 		return fmt.Errorf("podRouting %q: must be %q or %q", s.PodRouting, PodRoutingAuto, PodRoutingPerPod)
 	case s.ConnectTimeout <= 0:
