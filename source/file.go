@@ -75,7 +75,7 @@ func (f *File) poll(sink Sink) time.Duration {
 	}
 	f.retry.Reset()
 	if f.applied != nil && bytes.Equal(raw, f.applied) {
-		f.clearPending() // a suspect rewrite that ended where it began
+		f.clearPending()     // a suspect rewrite that ended where it began
 		if f.broken != nil { // so did a refused one
 			f.broken = nil
 			sink.refused("")
