@@ -86,13 +86,15 @@ func (o *translateOptions) run() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, problems, err := input.ReadFiles(o.files, int64(o.maxInputMiB)<<20)
+	// Objects are converted as they are decoded: a dump is never held whole.
+	builder := model.NewBuilder(settings)
+	problems, err := input.ReadFilesTo(o.files, int64(o.maxInputMiB)<<20, builder)
 	if err != nil {
 		return nil, err
 	}
-	cluster, more := model.Build(objs, settings)
+	cluster, more := builder.Build()
 	problems = append(problems, more...)
-	if len(objs.Nodes)+len(objs.Pods)+len(objs.Services)+len(objs.EndpointSlices)+len(objs.ServiceCIDRs) == 0 {
+	if builder.Objects() == 0 {
 		problems = append(problems, model.Problem{Object: strings.Join(o.files, ","),
 			Message: "the input holds no Node, Pod, Service or EndpointSlice: the config routes nothing (an empty or half-written dump?)"})
 	}

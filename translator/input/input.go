@@ -4,12 +4,18 @@
 package input
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"unicode"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -27,10 +33,9 @@ type typeMeta struct {
 	} `json:"metadata"`
 }
 
-// DefaultMaxBytes bounds one cluster dump. Decoding keeps only the fields
-// the model reads, so memory is a small multiple of the input (see
-// BenchmarkDecode), but a dump far larger than any real cluster's is more
-// likely a mistake than a cluster.
+// DefaultMaxBytes bounds one cluster dump. Decoding streams and keeps only
+// the fields the model reads (see BenchmarkDecode), but a dump far larger
+// than any real cluster's is more likely a mistake than a cluster.
 const DefaultMaxBytes = 512 << 20
 
 // ReadFiles decodes every file into one set of objects. Problems are objects
@@ -39,24 +44,58 @@ const DefaultMaxBytes = 512 << 20
 // from a partial cluster.
 func ReadFiles(paths []string, maxBytes int64) (model.Objects, []model.Problem, error) {
 	var objs model.Objects
+	problems, err := ReadFilesTo(paths, maxBytes, &objs)
+	return objs, problems, err
+}
+
+// ReadFilesTo is ReadFiles into any sink, reading each file as a stream:
+// with a model.Builder, a dump is never held whole, neither as bytes nor as
+// Kubernetes objects (a YAML file is read twice: once to see its shape).
+func ReadFilesTo(paths []string, maxBytes int64, sink model.Sink) ([]model.Problem, error) {
 	var problems []model.Problem
 	for _, path := range paths {
-		raw, err := ReadFile(path, maxBytes)
-		if err != nil {
-			return objs, problems, err
+		if err := checkSize(path, maxBytes); err != nil {
+			return problems, err
 		}
-		p, err := Decode(raw, &objs)
+		open := func() (io.ReadCloser, error) {
+			f, err := os.Open(path)
+			if err != nil {
+				return nil, fmt.Errorf("read cluster dump: %w", err)
+			}
+			return readCloser{io.LimitReader(f, maxBytes), f}, nil
+		}
+		p, err := decodeStream(open, sink)
 		problems = append(problems, p...)
 		if err != nil {
-			return objs, problems, fmt.Errorf("%s: %w", path, err)
+			return problems, fmt.Errorf("%s: %w", path, err)
 		}
 	}
-	return objs, problems, nil
+	return problems, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// checkSize refuses a dump larger than maxBytes before reading it.
+func checkSize(path string, maxBytes int64) error {
+	info, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("read cluster dump: %w", err)
+	}
+	if info.Size() > maxBytes {
+		return fmt.Errorf("cluster dump %s is larger than %d MiB: split it, or raise the limit (--max-input-size) if it really is one cluster", path, maxBytes>>20)
+	}
+	return nil
 }
 
 // ReadFile reads a cluster dump, refusing one larger than maxBytes before
 // reading it.
 func ReadFile(path string, maxBytes int64) ([]byte, error) {
+	if err := checkSize(path, maxBytes); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read cluster dump: %w", err)
@@ -77,59 +116,137 @@ func ReadFile(path string, maxBytes int64) ([]byte, error) {
 // (model.Strip) one by one, so a dump never exists in memory as a whole
 // tree of objects.
 func Decode(raw []byte, objs *model.Objects) ([]model.Problem, error) {
-	trimmed := bytes.TrimSpace(raw)
-	if len(trimmed) > 0 && (trimmed[0] == '{' || trimmed[0] == '[') {
-		return decodeJSON(raw, objs)
-	}
-	return decodeYAML(raw, objs)
+	return decodeStream(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }, objs)
 }
 
-// decodeYAML reads YAML documents; a List document printed in kubectl's
-// block style is split into its items first (see splitYAMLList).
-func decodeYAML(raw []byte, objs *model.Objects) ([]model.Problem, error) {
-	docs, err := yamlDocuments(raw)
+// decodeStream decodes the dump open returns into sink: JSON in one pass,
+// YAML in two (see decodeYAML).
+func decodeStream(open func() (io.ReadCloser, error), sink model.Sink) ([]model.Problem, error) {
+	r, err := open()
 	if err != nil {
 		return nil, err
 	}
-	var problems []model.Problem
-	for doc, text := range docs {
-		if items, ok := splitYAMLList(text); ok {
-			for i, item := range items {
-				obj, err := sigsyaml.YAMLToJSON(item)
-				if err != nil {
-					return problems, fmt.Errorf("document %d: item %d: not valid YAML: %w", doc+1, i, err)
-				}
-				p, err := addObject(obj, objs, 1)
-				problems = append(problems, p...)
-				if err != nil {
-					return problems, fmt.Errorf("document %d: item %d: %w", doc+1, i, err)
-				}
-			}
-			continue
-		}
-		obj, err := sigsyaml.YAMLToJSON(text)
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	if first, err := firstByte(br); err == nil && (first == '{' || first == '[') {
+		return decodeJSON(br, sink)
+	}
+	return decodeYAML(open, sink)
+}
+
+// firstByte peeks at the first byte that is not white space.
+func firstByte(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.Peek(1)
 		if err != nil {
-			return problems, fmt.Errorf("document %d: not valid YAML or JSON: %w (is this `kubectl get -o yaml` output?)", doc+1, err)
+			return 0, err
 		}
-		if len(bytes.TrimSpace(obj)) == 0 || string(obj) == "null" {
-			continue // empty document between "---" separators
+		if !unicode.IsSpace(rune(b[0])) {
+			return b[0], nil
 		}
-		p, err := addObject(obj, objs, 0)
-		problems = append(problems, p...)
-		if err != nil {
-			return problems, fmt.Errorf("document %d: %w", doc+1, err)
+		if _, err := br.ReadByte(); err != nil {
+			return 0, err
 		}
 	}
-	return problems, nil
+}
+
+// decodeYAML reads YAML documents in two passes: the first finds which are
+// Lists in kubectl's block style (see listScanner), without keeping them;
+// the second hands each item of those to the sink as soon as it is read,
+// and parses the other documents whole, as they come.
+func decodeYAML(open func() (io.ReadCloser, error), sink model.Sink) ([]model.Problem, error) {
+	lists, err := yamlListDocuments(open)
+	if err != nil {
+		return nil, err
+	}
+	r, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var problems []model.Problem
+	var scanner *listScanner
+	var whole []byte
+	doc, item := 0, 0
+	onItem := func(text []byte) error {
+		defer func() { item++ }()
+		obj, err := sigsyaml.YAMLToJSON(text)
+		if err != nil {
+			return fmt.Errorf("document %d: item %d: not valid YAML: %w", doc, item, err)
+		}
+		p, err := addObject(obj, sink, 1)
+		problems = append(problems, p...)
+		if err != nil {
+			return fmt.Errorf("document %d: item %d: %w", doc, item, err)
+		}
+		return nil
+	}
+	begin := func(n int) {
+		doc, item, whole, scanner = n, 0, whole[:0], nil
+		if lists[n] {
+			scanner = newListScanner(onItem)
+		}
+	}
+	line := func(l []byte) error {
+		if scanner != nil {
+			return scanner.line(l)
+		}
+		whole = append(whole, l...)
+		return nil
+	}
+	end := func() error {
+		if scanner != nil {
+			_, err := scanner.end()
+			return err
+		}
+		p, err := decodeYAMLDocument(whole, doc, sink)
+		problems = append(problems, p...)
+		return err
+	}
+	return problems, eachYAMLDocument(r, begin, line, end)
+}
+
+// yamlListDocuments is the first pass of decodeYAML: the documents (by
+// number) that are Lists in kubectl's block style.
+func yamlListDocuments(open func() (io.ReadCloser, error)) (map[int]bool, error) {
+	r, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	lists := map[int]bool{}
+	var scanner *listScanner
+	doc := 0
+	err = eachYAMLDocument(r,
+		func(n int) { doc, scanner = n, newListScanner(nil) },
+		func(l []byte) error { return scanner.line(l) },
+		func() error { lists[doc], _ = scanner.end(); return nil })
+	return lists, err
+}
+
+// decodeYAMLDocument parses one document whole.
+func decodeYAMLDocument(text []byte, doc int, sink model.Sink) ([]model.Problem, error) {
+	obj, err := sigsyaml.YAMLToJSON(text)
+	if err != nil {
+		return nil, fmt.Errorf("document %d: not valid YAML or JSON: %w (is this `kubectl get -o yaml` output?)", doc, err)
+	}
+	if len(bytes.TrimSpace(obj)) == 0 || string(obj) == "null" {
+		return nil, nil // empty document between "---" separators
+	}
+	p, err := addObject(obj, sink, 0)
+	if err != nil {
+		return p, fmt.Errorf("document %d: %w", doc, err)
+	}
+	return p, nil
 }
 
 // decodeJSON reads concatenated JSON values; a List's items are decoded
 // from the token stream one at a time.
-func decodeJSON(raw []byte, objs *model.Objects) ([]model.Problem, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
+func decodeJSON(r io.Reader, sink model.Sink) ([]model.Problem, error) {
+	dec := json.NewDecoder(r)
 	var problems []model.Problem
 	for doc := 1; ; doc++ {
-		p, err := decodeJSONValue(dec, objs)
+		p, err := decodeJSONValue(dec, sink)
 		problems = append(problems, p...)
 		if errors.Is(err, io.EOF) {
 			return problems, nil
@@ -141,7 +258,7 @@ func decodeJSON(raw []byte, objs *model.Objects) ([]model.Problem, error) {
 }
 
 // decodeJSONValue reads one top-level JSON object, streaming its "items".
-func decodeJSONValue(dec *json.Decoder, objs *model.Objects) ([]model.Problem, error) {
+func decodeJSONValue(dec *json.Decoder, sink model.Sink) ([]model.Problem, error) {
 	tok, err := dec.Token()
 	if err != nil {
 		return nil, err
@@ -150,9 +267,9 @@ func decodeJSONValue(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 		return nil, fmt.Errorf("not valid JSON: want an object, got %v (is this `kubectl get -o json` output?)", tok)
 	}
 	fields := map[string]json.RawMessage{}
-	// kubectl sorts keys: "items" comes before "kind", so items are decoded
-	// aside and kept only if the object turns out to be a List.
-	var listed *model.Objects
+	// kubectl sorts keys: "items" comes before "kind", so items go to the
+	// sink at once and are taken back if the object is not a List.
+	mark, listed := sink.Mark(), false
 	var listProblems []model.Problem
 	for dec.More() {
 		key, err := dec.Token()
@@ -160,8 +277,8 @@ func decodeJSONValue(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 			return nil, fmt.Errorf("not valid JSON: %w", err)
 		}
 		if key == "items" {
-			listed = &model.Objects{}
-			if listProblems, err = decodeJSONItems(dec, listed); err != nil {
+			listed = true
+			if listProblems, err = decodeJSONItems(dec, sink); err != nil {
 				return listProblems, err
 			}
 			continue
@@ -175,19 +292,15 @@ func decodeJSONValue(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 	if _, err := dec.Token(); err != nil { // the closing brace
 		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
-	if listed != nil && isListObject(fields) {
-		objs.Nodes = append(objs.Nodes, listed.Nodes...)
-		objs.Pods = append(objs.Pods, listed.Pods...)
-		objs.Services = append(objs.Services, listed.Services...)
-		objs.EndpointSlices = append(objs.EndpointSlices, listed.EndpointSlices...)
-		objs.ServiceCIDRs = append(objs.ServiceCIDRs, listed.ServiceCIDRs...)
+	if listed && isListObject(fields) {
 		return listProblems, nil
 	}
+	sink.Rollback(mark)
 	obj, err := json.Marshal(fields) // one object: small
 	if err != nil {
 		return nil, err
 	}
-	return addObject(obj, objs, 0)
+	return addObject(obj, sink, 0)
 }
 
 func isListObject(fields map[string]json.RawMessage) bool {
@@ -195,7 +308,7 @@ func isListObject(fields map[string]json.RawMessage) bool {
 	return json.Unmarshal(fields["kind"], &kind) == nil && (kind == "List" || isListKind(kind))
 }
 
-func decodeJSONItems(dec *json.Decoder, objs *model.Objects) ([]model.Problem, error) {
+func decodeJSONItems(dec *json.Decoder, sink model.Sink) ([]model.Problem, error) {
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
 		return nil, fmt.Errorf("not valid JSON: items is not an array")
 	}
@@ -205,7 +318,7 @@ func decodeJSONItems(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 		if err := dec.Decode(&item); err != nil {
 			return problems, fmt.Errorf("item %d: not valid JSON: %w", i, err)
 		}
-		p, err := addObject(item, objs, 1)
+		p, err := addObject(item, sink, 1)
 		problems = append(problems, p...)
 		if err != nil {
 			return problems, fmt.Errorf("item %d: %w", i, err)
@@ -215,7 +328,7 @@ func decodeJSONItems(dec *json.Decoder, objs *model.Objects) ([]model.Problem, e
 	return problems, err
 }
 
-func addObject(raw json.RawMessage, objs *model.Objects, depth int) ([]model.Problem, error) {
+func addObject(raw json.RawMessage, sink model.Sink, depth int) ([]model.Problem, error) {
 	var tm typeMeta
 	if err := json.Unmarshal(raw, &tm); err != nil {
 		return nil, fmt.Errorf("not a Kubernetes object: %w", err)
@@ -231,7 +344,7 @@ func addObject(raw json.RawMessage, objs *model.Objects, depth int) ([]model.Pro
 		}
 		var problems []model.Problem
 		for i, item := range tm.Items {
-			p, err := addObject(item, objs, depth+1)
+			p, err := addObject(item, sink, depth+1)
 			problems = append(problems, p...)
 			if err != nil {
 				return problems, fmt.Errorf("item %d: %w", i, err)
@@ -241,15 +354,15 @@ func addObject(raw json.RawMessage, objs *model.Objects, depth int) ([]model.Pro
 	case tm.Kind == "" || tm.APIVersion == "":
 		return nil, fmt.Errorf("object without apiVersion or kind (name %q): every item needs both", tm.Metadata.Name)
 	case tm.APIVersion == "v1" && tm.Kind == "Node":
-		return decodeInto(raw, name, &objs.Nodes), nil
+		return decodeInto[corev1.Node](raw, name, sink), nil
 	case tm.APIVersion == "v1" && tm.Kind == "Pod":
-		return decodeInto(raw, name, &objs.Pods), nil
+		return decodeInto[corev1.Pod](raw, name, sink), nil
 	case tm.APIVersion == "v1" && tm.Kind == "Service":
-		return decodeInto(raw, name, &objs.Services), nil
+		return decodeInto[corev1.Service](raw, name, sink), nil
 	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
-		return decodeInto(raw, name, &objs.EndpointSlices), nil
+		return decodeInto[discoveryv1.EndpointSlice](raw, name, sink), nil
 	case tm.APIVersion == "networking.k8s.io/v1" && tm.Kind == "ServiceCIDR":
-		return decodeInto(raw, name, &objs.ServiceCIDRs), nil
+		return decodeInto[networkingv1.ServiceCIDR](raw, name, sink), nil
 	default:
 		return []model.Problem{{Object: name, Message: fmt.Sprintf("skipped: kind %s/%s is not used by spoke (it reads v1 Node, Pod, Service, discovery.k8s.io/v1 EndpointSlice and networking.k8s.io/v1 ServiceCIDR)", tm.APIVersion, tm.Kind)}}, nil
 	}
@@ -260,13 +373,14 @@ func isListKind(kind string) bool {
 	return len(kind) > 4 && kind[len(kind)-4:] == "List"
 }
 
-// decodeInto appends the typed object; a malformed one is skipped and reported
-// so that one broken object never hides the rest of the cluster.
-func decodeInto[T any](raw json.RawMessage, name string, into *[]*T) []model.Problem {
+// decodeInto hands the typed object, stripped, to the sink; a malformed one
+// is skipped and reported so that one broken object never hides the rest of
+// the cluster.
+func decodeInto[T any](raw json.RawMessage, name string, sink model.Sink) []model.Problem {
 	obj := new(T)
 	if err := json.Unmarshal(raw, obj); err != nil {
 		return []model.Problem{{Object: name, Message: fmt.Sprintf("skipped: malformed: %v", err)}}
 	}
-	*into = append(*into, model.Strip(obj).(*T))
+	sink.Add(model.Strip(obj))
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -166,5 +167,53 @@ func BenchmarkDecode(b *testing.B) {
 			b.ReportMetric(float64(int64(held.HeapInuse)-int64(before.HeapInuse))/(1<<20)/mb, "held-MB/input-MB")
 			runtime.KeepAlive(objs)
 		})
+	}
+}
+
+// TestFilesStreamIntoABuilderAsBuildSees: every encoding of a synthetic
+// List, written to a file and streamed into a model.Builder (as spoke
+// translate does, never holding the dump), gives the model and problems
+// Build gives on the decoded objects.
+func TestFilesStreamIntoABuilderAsBuildSees(t *testing.T) {
+	list := syntheticList(20, 5)
+	dir := t.TempDir()
+	for name, raw := range encodings(t, list) {
+		var objs model.Objects
+		if _, err := Decode(raw, &objs); err != nil {
+			t.Fatal(err)
+		}
+		want, wantProblems := model.Build(objs, model.DefaultSettings())
+		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		b := model.NewBuilder(model.DefaultSettings())
+		if _, err := ReadFilesTo([]string{path}, DefaultMaxBytes, b); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got, gotProblems := b.Build()
+		if b.Objects() != 120 || !reflect.DeepEqual(got, want) || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
+			t.Errorf("%s: streamed into a Builder (%d objects), the model or problems differ from Build's", name, b.Objects())
+		}
+	}
+}
+
+// TestItemsOfWhatIsNotAListAreTakenBack: a document whose items come before
+// a kind that is no List (the JSON decoder hands items over as it reads
+// them) keeps none of them, as before; a leading "---" still streams.
+func TestItemsOfWhatIsNotAListAreTakenBack(t *testing.T) {
+	for name, doc := range map[string]string{
+		"json": `{"apiVersion": "v1", "items": [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a"}}], "kind": "Widget", "metadata": {"name": "w"}}`,
+		"yaml": "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: a}\nkind: Widget\nmetadata: {name: w}\n",
+	} {
+		b := model.NewBuilder(model.DefaultSettings())
+		problems, err := decodeStream(func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(doc)), nil }, b)
+		if err != nil || b.Objects() != 0 || len(problems) != 1 || !strings.Contains(problems[0].Message, "Widget is not used") {
+			t.Errorf("%s: objects %d, problems %v, err %v; want the Widget skipped and no node", name, b.Objects(), problems, err)
+		}
+	}
+	var objs model.Objects
+	if _, err := Decode([]byte("---\napiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: a}\nkind: List\n"), &objs); err != nil || len(objs.Nodes) != 1 {
+		t.Errorf("a List after a leading ---: %d nodes, %v", len(objs.Nodes), err)
 	}
 }

@@ -50,39 +50,60 @@ type Objects struct {
 // one object at a time with a Store; Build is the reference it is tested
 // against.
 func Build(objs Objects, s Settings) (Cluster, []Problem) {
-	b := builder{settings: s, nodes: map[string]bool{}}
+	b := NewBuilder(s)
 	for _, n := range objs.Nodes {
+		b.Add(n)
+	}
+	for _, p := range objs.Pods {
+		b.Add(p)
+	}
+	for _, svc := range objs.Services {
+		b.Add(svc)
+	}
+	for _, slice := range objs.EndpointSlices {
+		b.Add(slice)
+	}
+	for _, sc := range objs.ServiceCIDRs {
+		b.Add(sc)
+	}
+	return b.Build()
+}
+
+// build runs Build's checks on the converted input of a Builder, in Build's
+// order (which the reported problems follow).
+func build(in *Builder) (Cluster, []Problem) {
+	b := builder{settings: in.settings, nodes: map[string]bool{}}
+	for _, n := range in.nodes {
 		b.addNode(n)
 	}
-	b.addServiceRanges(objs.ServiceCIDRs)
+	b.addServiceRanges(in.cidrs)
 	b.dropSharedNodeIPs()
 	b.indexNodes()
-	seenPods := map[ObjectKey]bool{}
-	for _, p := range objs.Pods {
-		key := ObjectKey{p.Namespace, p.Name}
-		if seenPods[key] {
-			b.report("Pod "+key.String(), "skipped: the input holds this pod twice; keep one copy")
+	seenPods := make(map[ObjectKey]bool, len(in.pods))
+	for _, p := range in.pods {
+		if seenPods[p.key] {
+			b.report("Pod "+p.key.String(), "skipped: the input holds this pod twice; keep one copy")
 			continue
 		}
-		seenPods[key] = true
-		b.addPod(p)
+		seenPods[p.key] = true
+		if p.considered {
+			b.addPod(p.c)
+		}
 	}
 	b.dropConflictingPodIPs()
 	seenServices := map[ObjectKey]bool{}
-	for _, svc := range objs.Services {
-		key := ObjectKey{svc.Namespace, svc.Name}
-		if seenServices[key] {
-			b.report("Service "+key.String(), "skipped: the input holds this Service twice; keep one copy")
+	for _, svc := range in.services {
+		if seenServices[svc.key] {
+			b.report("Service "+svc.key.String(), "skipped: the input holds this Service twice; keep one copy")
 			continue
 		}
-		seenServices[key] = true
-		out, problems, ok := ConvertService(svc)
-		b.problems = append(b.problems, problems...)
-		if ok {
-			b.cluster.Services = append(b.cluster.Services, out)
+		seenServices[svc.key] = true
+		b.problems = append(b.problems, svc.problems...)
+		if svc.ok {
+			b.cluster.Services = append(b.cluster.Services, svc.svc)
 		}
 	}
-	b.addAPIServerEndpoints(objs.EndpointSlices)
+	b.addAPIServerEndpoints(in.slices)
 	b.sortAll()
 	b.cluster.Index()
 	return b.cluster, b.problems
@@ -91,18 +112,17 @@ func Build(objs Objects, s Settings) (Cluster, []Problem) {
 // addServiceRanges collects the ranges of the settings and the ServiceCIDR
 // objects and keeps the safe ones; it runs before shared node addresses are
 // dropped, because a shared address is still some node's.
-func (b *builder) addServiceRanges(objs []*networkingv1.ServiceCIDR) {
+func (b *builder) addServiceRanges(cidrs []cidrInput) {
 	ranges := settingsServiceRanges(b.settings)
 	seen := map[string]bool{}
-	for _, sc := range objs {
-		if seen[sc.Name] {
-			b.report("ServiceCIDR "+sc.Name, "skipped: the input holds this ServiceCIDR twice; keep one copy")
+	for _, sc := range cidrs {
+		if seen[sc.name] {
+			b.report("ServiceCIDR "+sc.name, "skipped: the input holds this ServiceCIDR twice; keep one copy")
 			continue
 		}
-		seen[sc.Name] = true
-		rs, problems := ConvertServiceCIDR(sc)
-		ranges = append(ranges, rs...)
-		b.problems = append(b.problems, problems...)
+		seen[sc.name] = true
+		ranges = append(ranges, sc.ranges...)
+		b.problems = append(b.problems, sc.problems...)
 	}
 	safe, problems := SafeServiceRanges(ranges, b.cluster.Nodes)
 	b.cluster.ServiceRanges = safe
@@ -152,14 +172,14 @@ func problem(object, format string, args ...any) Problem {
 	return Problem{Object: object, Message: fmt.Sprintf(format, args...)}
 }
 
-func (b *builder) addNode(n *corev1.Node) {
-	node, problems, ok := ConvertNode(n, b.settings)
-	b.problems = append(b.problems, problems...)
-	if !ok {
+func (b *builder) addNode(n nodeInput) {
+	b.problems = append(b.problems, n.problems...)
+	if !n.ok {
 		return
 	}
-	if b.nodes[n.Name] {
-		b.report("Node "+n.Name, "skipped: the input holds this node twice; keep one copy")
+	node := n.node
+	if b.nodes[node.Name] {
+		b.report("Node "+node.Name, "skipped: the input holds this node twice; keep one copy")
 		return
 	}
 	b.cluster.Nodes = append(b.cluster.Nodes, node)
@@ -370,11 +390,7 @@ func (c PodCandidate) admit(nodeKnown bool) (problems []Problem, routable bool) 
 	return c.problems, true
 }
 
-func (b *builder) addPod(p *corev1.Pod) {
-	c, considered := ConvertPod(p)
-	if !considered {
-		return
-	}
+func (b *builder) addPod(c PodCandidate) {
 	problems, routable := c.admit(b.nodes[c.Pod.NodeName])
 	b.problems = append(b.problems, problems...)
 	if !routable {
@@ -496,15 +512,14 @@ func ConvertService(svc *corev1.Service) (out Service, problems []Problem, ok bo
 // addAPIServerEndpoints takes the apiserver proxies from the settings if given,
 // else from the EndpointSlices of default/kubernetes (one proxy per apiserver,
 // reached on the tunnel port, never through a load balancer).
-func (b *builder) addAPIServerEndpoints(slices []*discoveryv1.EndpointSlice) {
+func (b *builder) addAPIServerEndpoints(slices []sliceInput) {
 	if eps, problems, fromSettings := SettingsEndpoints(b.settings); fromSettings {
 		b.cluster.APIServerEndpoints, b.problems = eps, append(b.problems, problems...)
 		return
 	}
 	for _, slice := range slices {
-		eps, problems, _ := SliceEndpoints(slice, b.settings.TunnelPort)
-		b.problems = append(b.problems, problems...)
-		for _, ep := range eps {
+		b.problems = append(b.problems, slice.problems...)
+		for _, ep := range slice.endpoints {
 			b.cluster.APIServerEndpoints = appendEndpoint(b.cluster.APIServerEndpoints, ep)
 		}
 	}
