@@ -253,14 +253,7 @@ func prefixesSharedByNodes(c *model.Cluster) map[netip.Prefix]bool {
 }
 
 // CoveredBy reports whether ip lies in one of prefixes.
-func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool {
-	for _, p := range prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
+func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool { return model.CoveredBy(prefixes, ip) }
 
 // handshakeListener accepts tunnel handshakes from node proxies over mTLS. The
 // handshake's node id must equal the certificate's single DNS SAN, its cluster

@@ -26,22 +26,7 @@ import (
 
 // TestStatusAndConfigDump runs the inspection commands against a live server.
 func TestStatusAndConfigDump(t *testing.T) {
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = srv.Run(ctx) }()
-	src := &source.File{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}
-	go src.Run(ctx, srv.Sink())
-	for !srv.Publisher().Synced() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	srv, _ := serveFile(t, "../../examples/cluster.yaml", time.Second)
 	server := "http://" + srv.Addr("debug")
 
 	out, _, err := runSpoke("config", "dump", "--server", server, "--proxy", "node/worker-1")
@@ -176,23 +161,7 @@ func TestStatusListsRefusedPodAddresses(t *testing.T) {
 	if err := os.WriteFile(file, append(example, thief...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = srv.Run(ctx) }()
-	go (&source.File{Path: file, Interval: time.Second, Log: logrus.New()}).Run(ctx, srv.Sink())
-	for deadline := time.Now().Add(10 * time.Second); !srv.Publisher().Synced(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server did not sync the cluster file in 10 s")
-		}
-	}
+	srv, _ := serveFile(t, file, time.Second)
 	out, _, err := runSpoke("status", "--server", "http://"+srv.Addr("debug"))
 	if err != nil || !strings.Contains(out, "REFUSED POD ADDRESSES: 1") || !strings.Contains(out, "Pod default/thief: pod IP 10.244.2.9 refused: it lies outside node worker-1's pod CIDRs") {
 		t.Errorf("status: err %v, output:\n%s", err, out)
@@ -217,23 +186,7 @@ func httpGet(url string) (string, error) {
 // escape sequences and a newline (which retitled and cleared the terminal
 // and printed a forged SYNCED row) reaches the terminal escaped.
 func TestStatusEscapesWhatEnvoysSend(t *testing.T) {
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = srv.Run(ctx) }()
-	go (&source.File{Path: "../../examples/cluster.yaml", Interval: time.Second, Log: logrus.New()}).Run(ctx, srv.Sink())
-	for deadline := time.Now().Add(10 * time.Second); !srv.Publisher().Synced(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server did not sync in 10 s")
-		}
-	}
+	srv, ctx := serveFile(t, "../../examples/cluster.yaml", time.Second)
 	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -280,20 +233,8 @@ func TestTruncatedClusterFileKeepsTheLastGoodConfig(t *testing.T) {
 	if err := os.WriteFile(file, example, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := xds.NewServer(xds.Options{
-		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
-		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
-		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = srv.Run(ctx) }()
-	go (&source.File{Path: file, Interval: 20 * time.Millisecond, Log: logrus.New()}).Run(ctx, srv.Sink())
+	srv, _ := serveFile(t, file, 20*time.Millisecond)
 	debug, httpAddr := "http://"+srv.Addr("debug"), "http://"+srv.Addr("http")
-	waitUntil(t, "the first load", func() bool { _, err := httpGet(httpAddr + "/readyz"); return srv.Publisher().Synced() && err == nil })
 
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -330,4 +271,24 @@ func waitUntil(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// serveFile runs an insecure server on the cluster file, polled every
+// poll, until the test ends, and waits until it has synced.
+func serveFile(t *testing.T, file string, poll time.Duration) (*xds.Server, context.Context) {
+	t.Helper()
+	srv, err := xds.NewServer(xds.Options{
+		XDSAddress: "127.0.0.1:0", Insecure: true, HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0",
+		Settings: model.DefaultSettings(), Holdoff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		CertValidity: time.Hour, ShutdownGrace: time.Second, Log: logrus.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = srv.Run(ctx) }()
+	go (&source.File{Path: file, Interval: poll, Log: logrus.New()}).Run(ctx, srv.Sink())
+	waitUntil(t, "the server to sync "+file, srv.Publisher().Synced)
+	return srv, ctx
 }
