@@ -75,7 +75,8 @@ e2e-kind: tools tools-kube tools-kind
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-node fmt-check vet
-	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 ./...
+	# e2e alone runs ~7 of go test's default 10 minutes: an explicit limit with headroom
+	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 25m ./...
 	$(MAKE) race
 	# A count, not a duration: Go 1.26's fuzz coordinator can fail a
 	# duration-bounded run with "context deadline exceeded" and no crasher
