@@ -31,6 +31,9 @@ func TestStreamCapsKeepOthersAnswering(t *testing.T) {
 	expectCapRefusal(t, sock, service, "serviceMaxStreams")
 	expectQuickAnswer(t, sock, webA, "node-a/pod web-a")
 	release()
+	waitFor(t, 10*time.Second, "the released streams to leave the apiserver proxy", func() bool {
+		return tp.apiProxy.Stat("http.apiserver_egress.downstream_cx_active") == 0
+	})
 
 	// Services keep their share of the egress connections (the listener's
 	// cap is egressMaxConnections): with the nodes' budget held, a Service
@@ -76,8 +79,7 @@ func (tp *topology) capTargets() (webA, webB, service string) {
 }
 
 // holdCONNECTs opens n CONNECTs to target that stay open until release
-// (or the end of the test) and returns release, which waits a moment for
-// the proxies to count the streams closed.
+// (or the end of the test) and returns release.
 func holdCONNECTs(t *testing.T, socket, target string, n int) (release func()) {
 	t.Helper()
 	var conns []net.Conn
@@ -94,7 +96,6 @@ func holdCONNECTs(t *testing.T, socket, target string, n int) (release func()) {
 			c.Close()
 		}
 		conns = nil
-		time.Sleep(200 * time.Millisecond)
 	}
 	t.Cleanup(func() {
 		for _, c := range conns {
