@@ -88,6 +88,7 @@ func (n *kubeNode) isolate(t *testing.T, opts nodeOptions) {
 // NATed nodes is; connections the nodes open still work.
 func blockNodeNetworks(t *testing.T, cidrs ...string) {
 	t.Helper()
+	lockHost(t)
 	for _, cidr := range cidrs {
 		if out, err := exec.Command("ip", "route", "add", "unreachable", cidr).CombinedOutput(); err != nil {
 			t.Fatalf("ip route add unreachable %s: %v %s", cidr, err, out)
@@ -125,6 +126,7 @@ func requireNodeHostTools(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("a kubelet and containerd need root")
 	}
+	lockHost(t)
 }
 
 // startKubeNode starts containerd and a kubelet for name, whose InternalIP
