@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/sirupsen/logrus"
@@ -11,7 +12,9 @@ import (
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
-		logrus.Error(err)
+		// A plain line, not a log record: what the user ran failed, and
+		// how is what they read (a record quoted and escaped its newlines).
+		fmt.Fprintln(os.Stderr, "spoke: "+err.Error())
 		os.Exit(1)
 	}
 }

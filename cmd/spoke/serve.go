@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -113,8 +114,12 @@ localhost.`,
 }
 
 func (o *serveOptions) run(ctx context.Context) error {
-	if o.logFormat == "json" {
+	switch o.logFormat {
+	case "json":
 		logrus.SetFormatter(&logrus.JSONFormatter{})
+	case "text":
+	default:
+		return fmt.Errorf("--log-format %q: use text or json", o.logFormat)
 	}
 	settings, err := model.LoadSettings(o.settingsFile)
 	if err != nil {
@@ -264,6 +269,12 @@ func (o *serveOptions) kubeClient() (kubernetes.Interface, error) {
 // sourceRunner returns the chosen source's Run.
 func (o *serveOptions) sourceRunner(client kubernetes.Interface) (func(context.Context, source.Sink) error, error) {
 	if path, ok := strings.CutPrefix(o.source, "file="); ok && path != "" {
+		// At start, a missing file is a mistake, not a file on its way:
+		// serving nothing until it appears would hide it. Later, a file
+		// that goes away keeps the last good config.
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("--source file=%s: %w", path, err)
+		}
 		src := &source.File{Path: path, Interval: o.pollInterval, Log: logrus.WithField("component", "file-source")}
 		return func(ctx context.Context, sink source.Sink) error { src.Run(ctx, sink); return nil }, nil
 	}

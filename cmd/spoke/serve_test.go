@@ -35,6 +35,8 @@ current-context: c
 		{[]string{"serve", "--source", "kubernetes", "--client-ca-file", ca, "--kubeconfig", kubeconfig}, "tunnel CA"},
 		{[]string{"serve", "--insecure-xds", "--tunnel-ca-cert-file", ca}, "together"},
 		{[]string{"serve", "--insecure-xds", "--tunnel-ca-secret", "no-slash", "--kubeconfig", kubeconfig}, "NAMESPACE/NAME"},
+		{[]string{"serve", "--insecure-xds", "--log-format", "xml"}, "use text or json"},
+		{[]string{"serve", "--insecure-xds", "--source", "file=" + filepath.Join(dir, "missing.yaml")}, "missing.yaml: no such file"},
 	} {
 		_, _, err := runSpoke(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
