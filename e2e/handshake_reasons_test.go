@@ -13,7 +13,6 @@ import (
 
 	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator"
-	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // TestTunnelRefusalsSayWhatWasWrong, with a real apiserver proxy: a
@@ -21,13 +20,7 @@ import (
 // not as "nothing sent within tunnelHandshakeTimeout"; a handshake claiming
 // an 8 KiB node id is reported and logged with the id cut.
 func TestTunnelRefusalsSayWhatWasWrong(t *testing.T) {
-	tp := newTopologyWith(t, func(s *model.Settings) { s.TunnelHandshakeTimeout = model.Duration(time.Second) })
-	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
-	cert, err := sec.issuer.NodeCertificate("node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, sec, cert := refusalTopology(t)
 	pair, err := tls.X509KeyPair(cert.CertPEM, cert.KeyPEM)
 	if err != nil {
 		t.Fatal(err)

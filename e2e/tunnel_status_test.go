@@ -15,6 +15,7 @@ import (
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
+	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
@@ -137,6 +138,21 @@ func TestNoTunnelLogLineSilencedByComponentLevel(t *testing.T) {
 	}
 }
 
+// refusalTopology serves the topology from a server with its own tunnel
+// CA and an apiserver proxy whose tunnel handshakes time out after 1 s, and
+// returns node-a's tunnel certificate from that CA.
+func refusalTopology(t *testing.T) (*topology, *secureServer, pki.Certificate) {
+	t.Helper()
+	tp := newTopologyWith(t, func(s *model.Settings) { s.TunnelHandshakeTimeout = model.Duration(time.Second) })
+	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
+	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
+	cert, err := sec.issuer.NodeCertificate("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tp, sec, cert
+}
+
 // TestStatusShowsLastTunnelRefusalPerNode: the apiserver proxy's handshake
 // log reaches the server beside it, which keeps each node's last refused
 // tunnel with its reason. Tried with real Envoys: a node proxy holding
@@ -146,14 +162,7 @@ func TestNoTunnelLogLineSilencedByComponentLevel(t *testing.T) {
 // that never starts its handshake (closed after tunnelHandshakeTimeout).
 // spoke status prints them and /metrics counts them by class.
 func TestStatusShowsLastTunnelRefusalPerNode(t *testing.T) {
-	tp := newTopologyWith(t, func(s *model.Settings) { s.TunnelHandshakeTimeout = model.Duration(time.Second) })
-	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	sec.startAPIServerProxy(t, tp.bin, "apiserver-1")
-
-	cert, err := sec.issuer.NodeCertificate("node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp, sec, cert := refusalTopology(t)
 	impostor := translator.Secrets(tp.settings, translator.RoleNode, cert.CertPEM, cert.KeyPEM, sec.issuer.CAPEM())
 	tp.startNodeProxyWith("node-b", "impostor-b-with-a-cert", impostor)
 	tp.startNodeProxy("node-b", "node-b") // tunnel certificate from the test's own CA: not the server's tunnel CA

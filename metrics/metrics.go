@@ -110,25 +110,21 @@ func (m *Metrics) ObserveObjects(counts map[string]int) {
 // spoke_certificate_expiry_seconds{certificate=name}, read at each scrape
 // (absent while expiry is zero: nothing issued yet).
 func (m *Metrics) WatchExpiry(name string, expiry func() time.Time) {
-	m.Registry.MustRegister(expiryCollector{name: name, expiry: expiry})
+	desc := prometheus.NewDesc("spoke_certificate_expiry_seconds",
+		"Seconds until a certificate expires, by certificate (tunnel_ca: the CA that signs tunnel and serving certificates; xds_serving: the xDS port's current certificate, renewed on its own).",
+		nil, prometheus.Labels{"certificate": name})
+	m.Registry.MustRegister(expiryCollector{desc: desc, expiry: expiry})
 }
 
-const expiryHelp = "Seconds until a certificate expires, by certificate (tunnel_ca: the CA that signs tunnel and serving certificates; xds_serving: the xDS port's current certificate, renewed on its own)."
-
 type expiryCollector struct {
-	name   string
+	desc   *prometheus.Desc
 	expiry func() time.Time
 }
 
-func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- prometheus.NewDesc("spoke_certificate_expiry_seconds", expiryHelp, nil, prometheus.Labels{"certificate": c.name})
-}
+func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
-	at := c.expiry()
-	if at.IsZero() {
-		return
+	if at := c.expiry(); !at.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, time.Until(at).Seconds())
 	}
-	desc := prometheus.NewDesc("spoke_certificate_expiry_seconds", expiryHelp, nil, prometheus.Labels{"certificate": c.name})
-	ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, time.Until(at).Seconds())
 }

@@ -17,20 +17,25 @@ import (
 func TestNackLogsAreSummarised(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
 	tr := NewTracker(nil, metrics.New(), log)
-	s := &StreamStatus{Proxy: "node/a", nackLogs: map[string]*nackLog{}, Types: map[string]*TypeStatus{}}
+	ts := &TypeStatus{}
+	s := &StreamStatus{Proxy: "node/a", Types: map[string]*TypeStatus{resourcev3.ClusterType: ts}}
+	nack := func(message string) {
+		ts.LastNack = CutDetail(message)
+		tr.logNack(s, resourcev3.ClusterType, ts)
+	}
 	for range 100 {
-		tr.logNack(s, "Cluster", nil, "bad cluster")
+		nack("bad cluster")
 	}
 	if n := len(hook.AllEntries()); n != 1 {
 		t.Fatalf("%d lines for 100 NACKs at once, want 1", n)
 	}
-	s.nackLogs["Cluster"].at = time.Now().Add(-nackLogInterval)
-	tr.logNack(s, "Cluster", nil, strings.Repeat("é", MaxDetail))
+	ts.nackLog.at = time.Now().Add(-nackLogInterval)
+	nack(strings.Repeat("é", MaxDetail))
 	last := hook.LastEntry()
 	if len(hook.AllEntries()) != 2 || last.Data["nacks"] != 100 || !strings.Contains(last.Message, "100 more times") {
 		t.Fatalf("want a summary of the 99 held back and this one: %d lines, last %q %v", len(hook.AllEntries()), last.Message, last.Data)
 	}
-	tr.logNack(s, "Cluster", nil, "again")
+	nack("again")
 	tr.flushNackLogs(s)
 	if last := hook.LastEntry(); len(hook.AllEntries()) != 3 || last.Data["nacks"] != 1 || !strings.Contains(last.Message, "the last: again") {
 		t.Fatalf("the stream's end should log the NACK held back: %q %v", last.Message, last.Data)

@@ -37,6 +37,8 @@ type TypeStatus struct {
 	LastNack  string    `json:"lastNack,omitempty"`
 	NackedAt  time.Time `json:"nackedAt,omitempty"`
 	NackedVer string    `json:"nackedVersion,omitempty"`
+
+	nackLog nackLog // paces this type's NACK log lines
 }
 
 // StreamStatus is one connected Envoy.
@@ -52,16 +54,14 @@ type StreamStatus struct {
 	Authenticated string `json:"authenticated"`
 
 	identity auth.Identity
-	refused  map[string]bool     // resource names already reported as refused
-	nackLogs map[string]*nackLog // by type label: at most the served types and "unknown"
+	refused  map[string]bool // resource names already reported as refused
 }
 
 // nackLog paces the log lines of one stream's NACKs of one type: an Envoy
 // (or a client with a node's certificate) may send thousands a second.
 type nackLog struct {
-	at      time.Time // last line
-	unseen  int       // NACKs since, not logged
-	message string    // the last one's message, cut
+	at     time.Time // last line
+	unseen int       // NACKs since, not logged
 }
 
 // Tracker implements go-control-plane's server callbacks: it authenticates
@@ -155,7 +155,7 @@ func (t *Tracker) open(ctx context.Context, k streamKey) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.streams[k] = &StreamStatus{Stream: k.id, Delta: k.delta, Connected: time.Now(), Types: map[string]*TypeStatus{},
-		Authenticated: id.Subject, identity: id, refused: map[string]bool{}, nackLogs: map[string]*nackLog{}}
+		Authenticated: id.Subject, identity: id, refused: map[string]bool{}}
 	return nil
 }
 
@@ -267,10 +267,7 @@ func (t *Tracker) typeStatus(k streamKey, typeURL string) (*StreamStatus, *TypeS
 	if !ok {
 		return nil, nil
 	}
-	if !servedTypes[typeURL] {
-		return s, nil // never stored: a client could name any number of types
-	}
-	ts, ok := s.Types[typeURL]
+	ts, ok := s.Types[typeURL] // served types only: servedType refused the rest
 	if !ok {
 		ts = &TypeStatus{}
 		s.Types[typeURL] = ts
@@ -287,7 +284,7 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ts := t.typeStatus(k, typeURL)
-	if s == nil || nonce == "" && ts == nil {
+	if s == nil {
 		return
 	}
 	if nonce == "" {
@@ -297,17 +294,12 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 		return
 	}
 	if errDetail != nil {
-		message := CutDetail(errDetail.Message())
-		if ts != nil {
-			ts.LastNack, ts.NackedAt, ts.NackedVer = message, time.Now(), ts.Sent
-		}
+		ts.LastNack, ts.NackedAt, ts.NackedVer = CutDetail(errDetail.Message()), time.Now(), ts.Sent
 		t.metrics.Nacks.WithLabelValues(TypeLabel(typeURL)).Inc()
-		t.logNack(s, TypeLabel(typeURL), ts, message)
+		t.logNack(s, typeURL, ts)
 		return
 	}
-	if ts != nil {
-		ts.Acked = version
-	}
+	ts.Acked = version
 }
 
 // servedType refuses a request for a type spoke does not serve and closes
@@ -336,42 +328,33 @@ func (t *Tracker) servedType(k streamKey, typeURL string, nack bool) error {
 // stream is logged, then at most one line with a count per interval.
 const nackLogInterval = 5 * time.Second
 
-// logNack logs a NACK, or counts it for the next line (t.mu held).
-func (t *Tracker) logNack(s *StreamStatus, label string, ts *TypeStatus, message string) {
-	l := s.nackLogs[label]
-	if l == nil {
-		l = &nackLog{}
-		s.nackLogs[label] = l
-	}
-	l.unseen++
-	l.message = message
-	if !l.at.IsZero() && time.Since(l.at) < nackLogInterval {
+// logNack logs ts's last NACK, or counts it for the next line (t.mu held).
+func (t *Tracker) logNack(s *StreamStatus, typeURL string, ts *TypeStatus) {
+	ts.nackLog.unseen++
+	if at := ts.nackLog.at; !at.IsZero() && time.Since(at) < nackLogInterval {
 		return
 	}
-	t.writeNackLog(s, label, ts, l)
+	t.writeNackLog(s, typeURL, ts)
 }
 
-// writeNackLog writes l's line: the NACK, or how many came since the last
-// line and the latest message.
-func (t *Tracker) writeNackLog(s *StreamStatus, label string, ts *TypeStatus, l *nackLog) {
-	fields := logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": label}
-	if ts != nil {
-		fields["rejected"], fields["keeps"] = ts.Sent, ts.Acked
-	}
-	entry := t.log.WithFields(fields)
+// writeNackLog writes ts's NACK line: the NACK, or how many came since the
+// last line and the latest message.
+func (t *Tracker) writeNackLog(s *StreamStatus, typeURL string, ts *TypeStatus) {
+	l := &ts.nackLog
+	entry := t.log.WithFields(logrus.Fields{"proxy": s.Proxy, "envoy": s.EnvoyID, "type": TypeLabel(typeURL), "rejected": ts.Sent, "keeps": ts.Acked})
 	if l.at.IsZero() {
-		entry.Error("Envoy NACKed config: " + l.message)
+		entry.Error("Envoy NACKed config: " + ts.LastNack)
 	} else {
-		entry.WithField("nacks", l.unseen).Error(fmt.Sprintf("Envoy NACKed config %d more times since %s; the last: %s", l.unseen, l.at.Format(time.RFC3339), l.message))
+		entry.WithField("nacks", l.unseen).Error(fmt.Sprintf("Envoy NACKed config %d more times since %s; the last: %s", l.unseen, l.at.Format(time.RFC3339), ts.LastNack))
 	}
 	l.at, l.unseen = time.Now(), 0
 }
 
 // flushNackLogs writes the count of NACKs not logged yet (t.mu held).
 func (t *Tracker) flushNackLogs(s *StreamStatus) {
-	for label, l := range s.nackLogs {
-		if l.unseen > 0 {
-			t.writeNackLog(s, label, s.Types[typeURLOf(label)], l)
+	for typeURL, ts := range s.Types {
+		if ts.nackLog.unseen > 0 {
+			t.writeNackLog(s, typeURL, ts)
 		}
 	}
 }
@@ -414,10 +397,6 @@ func (t *Tracker) response(k streamKey, typeURL, version string) {
 	t.mu.Lock()
 	s, ts := t.typeStatus(k, typeURL)
 	if s == nil {
-		t.mu.Unlock()
-		return
-	}
-	if ts == nil {
 		t.mu.Unlock()
 		return
 	}
@@ -543,16 +522,6 @@ func TypeLabel(typeURL string) string {
 		return shortType(typeURL)
 	}
 	return "unknown"
-}
-
-// typeURLOf is the served type URL of a label ("" for "unknown").
-func typeURLOf(label string) string {
-	for typeURL := range servedTypes {
-		if shortType(typeURL) == label {
-			return typeURL
-		}
-	}
-	return ""
 }
 
 // MaxDetail bounds what is kept and shown of an Envoy's error_detail

@@ -45,7 +45,7 @@ func newStatusCommand() *cobra.Command {
 			if err := printStatus(cmd.OutOrStdout(), rows); err != nil {
 				return err
 			}
-			if err := printRefusedPodAddresses(cmd.Context(), cmd.OutOrStdout(), server); err != nil {
+			if err := printProblems(cmd.Context(), cmd.OutOrStdout(), server); err != nil {
 				return err
 			}
 			return printTunnels(cmd.Context(), cmd.OutOrStdout(), server)
@@ -154,11 +154,11 @@ func debugGet(ctx context.Context, server, path string) ([]byte, error) {
 // would bury the rest of the status.
 const maxListedRefusals = 20
 
-// printRefusedPodAddresses says when the source's input is refused (the
-// last good config is served) and lists the pod addresses the server
-// refused because their node may not own them (a node claiming others'
-// addresses, or a misconfigured CNI).
-func printRefusedPodAddresses(ctx context.Context, w io.Writer, server string) error {
+// printProblems prints the problems an operator watches for: a refused
+// source input (the last good config is served) and the pod addresses the
+// server refused because their node may not own them (a node claiming
+// others' addresses, or a misconfigured CNI).
+func printProblems(ctx context.Context, w io.Writer, server string) error {
 	body, err := debugGet(ctx, server, "/debug/problems")
 	if err != nil {
 		return err

@@ -217,3 +217,17 @@ func TestItemsOfWhatIsNotAListAreTakenBack(t *testing.T) {
 		t.Errorf("a List after a leading ---: %d nodes, %v", len(objs.Nodes), err)
 	}
 }
+
+// splitYAMLList cuts a whole List document into its items' YAML (see
+// listScanner); ok is false when the document is not one.
+func splitYAMLList(doc []byte) (items [][]byte, ok bool) {
+	s := newListScanner(func(item []byte) error {
+		items = append(items, append([]byte(nil), item...))
+		return nil
+	})
+	for _, line := range bytes.SplitAfter(doc, []byte("\n")) {
+		_ = s.line(line)
+	}
+	ok, _ = s.end()
+	return items, ok
+}

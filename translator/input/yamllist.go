@@ -145,20 +145,6 @@ func (s *listScanner) end() (bool, error) {
 	return true, nil
 }
 
-// splitYAMLList cuts a whole List document into its items' YAML (see
-// listScanner); ok is false when the document is not one.
-func splitYAMLList(doc []byte) (items [][]byte, ok bool) {
-	s := newListScanner(func(item []byte) error {
-		items = append(items, append([]byte(nil), item...))
-		return nil
-	})
-	for _, line := range bytes.SplitAfter(doc, []byte("\n")) {
-		_ = s.line(line)
-	}
-	ok, _ = s.end()
-	return items, ok
-}
-
 func dedent(line []byte, n int) []byte {
 	indent := len(line) - len(bytes.TrimLeft(line, " "))
 	return line[min(indent, n):]

@@ -60,7 +60,6 @@ func NewBuilder(s Settings) *Builder { return &Builder{settings: s} }
 // *discoveryv1.EndpointSlice or *networkingv1.ServiceCIDR; others are
 // ignored). EndpointSlices other than default/kubernetes' are not kept.
 func (b *Builder) Add(obj any) {
-	b.added++
 	switch o := obj.(type) {
 	case *corev1.Node:
 		node, problems, ok := ConvertNode(o, b.settings)
@@ -79,8 +78,9 @@ func (b *Builder) Add(obj any) {
 		ranges, problems := ConvertServiceCIDR(o)
 		b.cidrs = append(b.cidrs, cidrInput{name: o.Name, ranges: ranges, problems: problems})
 	default:
-		b.added--
+		return
 	}
+	b.added++
 }
 
 // Mark is a position in what a Builder or Objects holds: Rollback returns

@@ -316,27 +316,20 @@ type PodCandidate struct {
 // unscheduled ones, and hostNetwork pods that declare no TCP port (they are
 // reached through their node's addresses, and only on declared ports).
 func ConvertPod(p *corev1.Pod) (c PodCandidate, considered bool) {
-	switch {
-	case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed, p.Spec.NodeName == "":
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.Spec.NodeName == "" {
 		return PodCandidate{}, false
-	case p.Spec.HostNetwork:
-		if _, invalid := objectName("Pod", p.Namespace, p.Name, dns1123Subdomain); invalid != nil {
-			return PodCandidate{Pod: Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName}, problems: []Problem{*invalid}, invalid: true}, true
-		}
-		ports := hostPorts(p)
-		pod := Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil,
-			HostNetwork: true, HostPorts: ports}
-		return PodCandidate{Pod: pod}, len(ports) > 0
 	}
 	obj, invalid := objectName("Pod", p.Namespace, p.Name, dns1123Subdomain)
-	c = PodCandidate{
-		Pod:     Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil},
-		running: p.Status.Phase == corev1.PodRunning,
-	}
+	c.Pod = Pod{Namespace: p.Namespace, Name: p.Name, NodeName: p.Spec.NodeName, Terminating: p.DeletionTimestamp != nil}
 	if invalid != nil {
 		c.problems, c.invalid = []Problem{*invalid}, true
 		return c, true
 	}
+	if p.Spec.HostNetwork {
+		c.Pod.HostNetwork, c.Pod.HostPorts = true, hostPorts(p)
+		return c, len(c.Pod.HostPorts) > 0
+	}
+	c.running = p.Status.Phase == corev1.PodRunning
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {
 		ips = []corev1.PodIP{{IP: p.Status.PodIP}}

@@ -129,12 +129,7 @@ func allowedPodRanges(s Settings) []netip.Prefix {
 
 // CoveredBy reports whether ip lies in one of prefixes.
 func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool {
-	for _, p := range prefixes {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return coveringRange(prefixes, ip).IsValid()
 }
 
 // coveringRange is the first of ranges holding ip; the zero (invalid)

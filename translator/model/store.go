@@ -42,8 +42,9 @@ type Store struct {
 	ipOwners   map[netip.Addr]map[string]bool // address -> routable nodes listing it
 	nameOwners map[string]map[string]bool     // host name -> routable nodes listing it
 	podClaims  map[netip.Addr][]podClaim      // pod IP -> pods listing it (almost always one)
-	podCIDRs   cidrIndex                      // pod CIDR -> routable nodes listing it
-	allowed    []netip.Prefix                 // allowPodAddresses
+	// The pod address checks: allowPodAddresses, the current safe
+	// Service ranges and every routable node's pod CIDRs.
+	addressRules podAddressRules
 
 	// The model as of the last TakeChanges.
 	views        map[string]*nodeView // node name -> view (routable node and/or problems)
@@ -125,8 +126,9 @@ func NewStore(s Settings) *Store {
 		ignoredPods: map[ObjectKey]bool{}, podsOn: map[string]map[ObjectKey]bool{},
 		services: map[ObjectKey]*storedService{}, slices: map[ObjectKey]*storedSlice{}, cidrs: map[string]*storedCIDR{},
 		ipOwners: map[netip.Addr]map[string]bool{}, nameOwners: map[string]map[string]bool{},
-		podClaims: map[netip.Addr][]podClaim{}, podCIDRs: cidrIndex{}, allowed: allowedPodRanges(s),
-		views: map[string]*nodeView{}, withProblems: map[string]bool{},
+		podClaims:    map[netip.Addr][]podClaim{},
+		addressRules: podAddressRules{allowed: allowedPodRanges(s), cidrs: cidrIndex{}},
+		views:        map[string]*nodeView{}, withProblems: map[string]bool{},
 		pending: Changes{Nodes: map[string]bool{}, Initial: true}, sharedDirty: true, rangesDirty: true,
 	}
 }
@@ -333,7 +335,7 @@ func (s *Store) markClaimsInside(cidrs []netip.Prefix) {
 }
 
 func (s *Store) indexNode(n *storedNode, add bool) {
-	s.podCIDRs.set(n.node.Name, n.node.PodCIDRs, add)
+	s.addressRules.cidrs.set(n.node.Name, n.node.PodCIDRs, add)
 	for _, ip := range n.node.IPs {
 		setMember(s.ipOwners, ip.Addr, n.node.Name, add)
 		for owner := range s.ipOwners[ip.Addr] {

@@ -109,9 +109,8 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 	}
 	pod := c.Pod
 	pod.IPs = nil
-	rules := s.podAddressRules()
 	for _, ip := range c.Pod.IPs {
-		if why := rules.refusal(ip, &s.nodes[c.Pod.NodeName].node); why != "" {
+		if why := s.addressRules.refusal(ip, &s.nodes[c.Pod.NodeName].node); why != "" {
 			v.problems = append(v.problems, refusedPodIPProblem(pod, ip, why))
 			continue
 		}
@@ -131,19 +130,12 @@ func (s *Store) evaluatePod(c *PodCandidate, v *nodeView) (Pod, bool) {
 // claimingNodes lists the routable nodes with a pod listing ip, sorted.
 func (s *Store) claimingNodes(ip netip.Addr) []string {
 	nodes := map[string]bool{}
-	rules := s.podAddressRules()
 	for _, c := range s.podClaims[ip] {
-		if n := s.nodes[c.node]; n.isRoutable() && rules.refusal(ip, &n.node) == "" {
+		if n := s.nodes[c.node]; n.isRoutable() && s.addressRules.refusal(ip, &n.node) == "" {
 			nodes[c.node] = true
 		}
 	}
 	return slices.Sorted(maps.Keys(nodes))
-}
-
-// podAddressRules are the pod address checks as of the current Service
-// ranges and nodes.
-func (s *Store) podAddressRules() *podAddressRules {
-	return &podAddressRules{allowed: s.allowed, serviceRanges: s.shared.ServiceRanges, cidrs: s.podCIDRs}
 }
 
 func (s *Store) rebuildShared() {
@@ -185,6 +177,7 @@ func (s *Store) rebuildServiceRanges() {
 	}
 	safe, problems := SafeServiceRanges(ranges, nodes)
 	s.shared.ServiceRanges, s.rangeIssues = safe, append(s.rangeIssues, problems...)
+	s.addressRules.serviceRanges = safe
 }
 
 // NodeView returns a routable node and its routable pods (read-only).
