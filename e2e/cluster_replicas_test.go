@@ -80,7 +80,7 @@ func checkSecondAPIServer(t *testing.T, cp *controlPlane, s2 model.Settings, clu
 		return true
 	})
 	t.Logf("second apiserver: every node (%d) holds tunnels to its apiserver proxy %v after it started", len(nodes), time.Since(start).Round(time.Millisecond))
-	before := apiProxy2.StatSum("reverse-tunnels.upstream_rq_total")
+	before := apiProxy2.StatSumOf("cluster.node/", ".upstream_rq_total")
 	for node, pod := range pods {
 		start := time.Now()
 		logs, err := kubectlRun(t, cp2, nil, "logs", pod, "-c", "logger", "--tail", "1")
@@ -90,7 +90,7 @@ func checkSecondAPIServer(t *testing.T, cp *controlPlane, s2 model.Settings, clu
 		}
 		t.Logf("second apiserver: kubectl logs to %s (%s) %v", pod, node, time.Since(start).Round(time.Millisecond))
 	}
-	if after := apiProxy2.StatSum("reverse-tunnels.upstream_rq_total"); after < before+len(pods) {
+	if after := apiProxy2.StatSumOf("cluster.node/", ".upstream_rq_total"); after < before+len(pods) {
 		t.Errorf("the second apiserver proxy carried %d streams for %d kubectl logs: the second apiserver did not use its own proxy", after-before, len(pods))
 	}
 	return apiProxy2

@@ -229,7 +229,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	cp, s, s2, dir, srv, apiProxy, b := c.cp, c.s, c.s2, c.dir, c.srv, c.apiProxy, c.bootstrap
 	envoyBin, images, clusterCA, clusterCAFile, kubeNodes, controlPlaneAddress := c.envoyBin, c.images, c.clusterCA, c.clusterCAFile, c.nodes, c.controlPlaneAddress
 
-	before := apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
+	before := apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total")
 	for _, n := range nodes {
 		pod := "logger-" + n.name
 		createLogger(t, cp, pod, n.name)
@@ -257,7 +257,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	} else {
 		t.Logf("node-c, wrong kubelet serving certificate: %v", lastLine(err.Error()))
 	}
-	if after := apiProxy.StatSum("reverse-tunnels.upstream_rq_total"); after < before+2*len(nodes) {
+	if after := apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total"); after < before+2*len(nodes) {
 		t.Errorf("the apiserver proxy sent %d streams into tunnels for logs and exec, want at least %d", after-before, 2*len(nodes))
 	}
 

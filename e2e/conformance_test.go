@@ -80,7 +80,7 @@ func TestConformanceThroughSpoke(t *testing.T) {
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
 	}, conformanceImages(t)...)
 	reportDir := t.TempDir()
-	before := c.apiProxy.StatSum("reverse-tunnels.upstream_rq_total")
+	before := c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total")
 	start := time.Now()
 	cmd := exec.Command(e2eTest, "--kubeconfig", c.cp.adminKubeconfig(t), "--provider", "skeleton", "--kubectl-path", kubeTool(t, "kubectl"),
 		"--report-dir", reportDir, "--ginkgo.focus", conformanceFocus, "--ginkgo.skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:`,
@@ -103,7 +103,7 @@ func TestConformanceThroughSpoke(t *testing.T) {
 	for _, name := range passed {
 		t.Logf("passed through spoke: %s", name)
 	}
-	streams := c.apiProxy.StatSum("reverse-tunnels.upstream_rq_total") - before
+	streams := c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total") - before
 	t.Logf("the apiserver proxy carried %d streams into tunnels for them", streams)
 	if len(passed) < 10 || streams < len(passed) {
 		t.Errorf("%d specs passed and the apiserver proxy carried %d streams: the suite did not go through spoke as meant", len(passed), streams)

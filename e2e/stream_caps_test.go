@@ -10,53 +10,56 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 )
 
-// TestStreamCapsKeepOthersAnswering, with real Envoys and small caps: the
-// apiserver proxy's streams to Services are held to serviceMaxStreams and
-// the next is refused with 503 naming that cap while node targets answer at
-// once; streams held to nodes up to their budget (egressMaxConnections -
-// serviceMaxStreams) refuse the next node stream, naming that cap, while a
-// Service still answers.
+// TestStreamCapsKeepOthersAnswering, with real Envoys and small caps:
+// streams held to one node up to nodeMaxStreams refuse that node's next
+// stream with 503 naming its cluster and the cap, and count it, while
+// another node and a Service answer at once; streams held to Services up
+// to serviceMaxStreams refuse the next Service stream alike while nodes
+// answer.
 func TestStreamCapsKeepOthersAnswering(t *testing.T) {
-	const egressCap, serviceCap = 40, 10
+	const nodeCap, serviceCap = 15, 10
 	tp := newTopologyWith(t, func(s *model.Settings) {
-		s.EgressMaxConnections, s.ServiceMaxStreams = egressCap, serviceCap
+		s.EgressMaxConnections, s.NodeMaxStreams, s.ServiceMaxStreams = 40, nodeCap, serviceCap
 	})
 	webA, webB, service := tp.capTargets()
 	sock := tp.settings.EgressSocketPath
 
 	release := holdCONNECTs(t, sock, service, serviceCap)
-	expectCapRefusal(t, sock, service, "serviceMaxStreams")
+	expectCapRefusal(t, sock, service, "services", "serviceMaxStreams 10")
 	expectQuickAnswer(t, sock, webA, "node-a/pod web-a")
 	release()
 	waitFor(t, 10*time.Second, "the released streams to leave the apiserver proxy", func() bool {
 		return tp.apiProxy.Stat("http.apiserver_egress.downstream_cx_active") == 0
 	})
 
-	// Services keep their share of the egress connections (the listener's
-	// cap is egressMaxConnections): with the nodes' budget held, a Service
-	// still gets through.
-	nodeBudget := egressCap - serviceCap
-	holdCONNECTs(t, sock, webA, nodeBudget/2)
-	holdCONNECTs(t, sock, webB, nodeBudget-nodeBudget/2)
-	expectCapRefusal(t, sock, webB, "egressMaxConnections - serviceMaxStreams")
-	expectCapRefusal(t, sock, webA, "egressMaxConnections - serviceMaxStreams")
+	holdCONNECTs(t, sock, webA, nodeCap)
+	expectCapRefusal(t, sock, webA, "node/node-a", "nodeMaxStreams 15")
+	expectQuickAnswer(t, sock, webB, "node-b/pod web-b")
 	expectQuickAnswer(t, sock, service, "service webhook")
+	for cluster, want := range map[string]int{"node/node-a": 1, "node/node-b": 0, "services": 1} {
+		if got := tp.apiProxy.Stat("cluster." + cluster + ".upstream_rq_active_overflow"); got != want && !(want == 0 && got == -1) {
+			t.Errorf("cluster.%s.upstream_rq_active_overflow = %d, want %d (one refusal per full cap)", cluster, got, want)
+		}
+	}
 }
 
-// TestNoStreamCeilingAt1024: with the default settings, 1,100 streams held
-// to one pod leave that pod, another node's pod and a Service answering at
-// once. Envoy's default circuit breakers stopped every CONNECT of the
-// apiserver proxy at 1,024 open streams (503 in 2 ms), and queued the
-// node proxy's 1,025th connection to one target for good.
+// TestNoStreamCeilingAt1024 holds (nodeMaxStreams + 1) streams to one pod,
+// with nodeMaxStreams above Envoy's default 1,024: the last is refused with
+// the cap's status and body, while another node's pod and a Service answer
+// at once. Envoy's default circuit breakers stopped every CONNECT of the
+// apiserver proxy at 1,024 open streams (503 in 2 ms), and queued the node
+// proxy's 1,025th connection to one target for good.
 func TestNoStreamCeilingAt1024(t *testing.T) {
-	tp := newTopology(t)
+	const nodeCap = 1100
+	tp := newTopologyWith(t, func(s *model.Settings) { s.NodeMaxStreams = nodeCap })
 	webA, webB, service := tp.capTargets()
 	sock := tp.settings.EgressSocketPath
-	holdCONNECTs(t, sock, webA, 1100)
-	expectQuickAnswer(t, sock, webA, "node-a/pod web-a")
+	holdCONNECTs(t, sock, webA, nodeCap)
+	expectCapRefusal(t, sock, webA, "node/node-a", fmt.Sprintf("nodeMaxStreams %d", nodeCap))
 	expectQuickAnswer(t, sock, webB, "node-b/pod web-b")
 	expectQuickAnswer(t, sock, service, "service webhook")
 }
@@ -105,7 +108,9 @@ func holdCONNECTs(t *testing.T, socket, target string, n int) (release func()) {
 	return release
 }
 
-func expectCapRefusal(t *testing.T, socket, target, capName string) {
+// expectCapRefusal sends one more CONNECT to target and wants 503 with a
+// body naming cluster and its cap.
+func expectCapRefusal(t *testing.T, socket, target, cluster, capName string) {
 	t.Helper()
 	conn, br, status, err := sendCONNECT(socket, target, 5*time.Second)
 	if err != nil {
@@ -113,8 +118,8 @@ func expectCapRefusal(t *testing.T, socket, target, capName string) {
 	}
 	defer conn.Close()
 	body, _ := io.ReadAll(io.LimitReader(br, 4096))
-	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), capName) {
-		t.Fatalf("CONNECT %s beyond the cap: status %d, body %q; want 503 naming %s", target, status, body, capName)
+	if status != translator.CapStatus || !strings.Contains(string(body), "spoke: "+cluster+" carries its cap") || !strings.Contains(string(body), capName) {
+		t.Fatalf("CONNECT %s beyond the cap: status %d, body %q; want %d naming %s and %s", target, status, body, translator.CapStatus, cluster, capName)
 	}
 	t.Logf("CONNECT %s beyond the cap: %d %s", target, status, strings.TrimSpace(string(body)))
 }

@@ -95,8 +95,8 @@ func TestConnectToNodeWithoutTunnelSaysSo(t *testing.T) {
 	if resp.StatusCode != translator.NoTunnelStatus || !strings.Contains(string(body), "holds no tunnel") {
 		t.Errorf("got %s %q, want %d saying the node holds no tunnel", resp.Status, body, translator.NoTunnelStatus)
 	}
-	if n := tp.apiProxy.Stat("cluster.reverse-tunnels.upstream_cx_connect_fail"); n < 1 {
-		t.Errorf("the refusal was not counted (cluster.reverse-tunnels.upstream_cx_connect_fail = %d)", n)
+	if n := tp.apiProxy.Stat("cluster.node/node-a.upstream_cx_connect_fail"); n < 1 {
+		t.Errorf("the refusal was not counted (cluster.node/node-a.upstream_cx_connect_fail = %d)", n)
 	}
 	if _, status := roundTrip(t, sock, "10.99.99.99:80"); status != http.StatusNotFound {
 		t.Errorf("a target no node owns: status %d, want 404", status)
@@ -106,7 +106,7 @@ func TestConnectToNodeWithoutTunnelSaysSo(t *testing.T) {
 // TestNoTunnelLogLineSilencedByComponentLevel: Envoy writes an error line
 // ("cluster to node mapping changed") for every CONNECT to a node without a
 // tunnel, unconditionally in its code; spoke counts those CONNECTs instead
-// (cluster.reverse-tunnels.upstream_cx_connect_fail, spoke status). The
+// (cluster.node/<node>.upstream_cx_connect_fail, spoke status). The
 // apiserver proxy started with --component-log-level filter:critical (here
 // beside the tests' connection:debug), as docs/operations.md advises,
 // writes none of them.

@@ -98,7 +98,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		apiType = corev3.ApiConfigSource_DELTA_GRPC
 	}
 	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
-	return &bootstrapv3.Bootstrap{
+	b := &bootstrapv3.Bootstrap{
 		Node:                &corev3.Node{Id: o.NodeID, Cluster: translator.ServiceCluster(o.Role)},
 		BootstrapExtensions: []*corev3.TypedExtensionConfig{ReverseTunnelExtension(o.Role)},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
@@ -118,7 +118,15 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			Address: translator.AdminAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: o.AdminPort},
 		}}}},
 		OverloadManager: OverloadManager(o.MaxDownstreamConnections, cmp.Or(o.MaxHeapBytes, DefaultMaxHeap(o.Role))),
-	}, nil
+	}
+	if o.Role == translator.RoleAPIServer {
+		// A cluster per node: most never carry a stream, and their traffic
+		// stats, created at first use, would otherwise be most of the
+		// proxy's memory per node (measured with Envoy 1.40 and 5,000
+		// clusters: 66 KiB per node, 46 KiB deferred).
+		b.DeferredStatOptions = &bootstrapv3.Bootstrap_DeferredStatOptions{EnableDeferredCreationStats: true}
+	}
+	return b, nil
 }
 
 // Re-connecting to the spoke server: Envoy's default back-off (500 ms

@@ -74,13 +74,13 @@ func TestRealEnvoyRejectsAWrongReverseTunnelCluster(t *testing.T) {
 	res := translator.APIServerProxy(&cluster, s)
 	broken := false
 	for _, c := range res.Clusters {
-		if c.GetName() == translator.ReverseTunnels {
+		if c.GetName() == translator.ServiceTunnels {
 			c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
 			broken = true
 		}
 	}
 	if !broken {
-		t.Fatalf("no %s cluster in the apiserver proxy's config", translator.ReverseTunnels)
+		t.Fatalf("no %s cluster in the apiserver proxy's config", translator.ServiceTunnels)
 	}
 	pki := envoytest.NewPKI(t)
 	b, err := envoy.StaticBootstrap(translator.RoleAPIServer, "apiserver", res, pki.Secrets(t, s, translator.RoleAPIServer, s.APIServerProxyName), 0)

@@ -28,17 +28,39 @@ import (
 
 // APIServerProxy builds the config of the Envoy beside kube-apiserver: the
 // egress socket that takes the apiserver's CONNECTs, the listener that accepts
-// node tunnels, and the cluster that sends each stream into a tunnel.
+// node tunnels, and the clusters that send each stream into a tunnel: one
+// per node (its own stream cap) and one for Services.
 func (t *Translator) APIServerProxy() Resources {
 	s := t.settings
-	routes, routeVersion := egressRoutes(t.egressPlan())
+	plan := t.egressPlan()
+	routes, routeVersion := egressRoutes(plan)
+	clusters, clusterVersion := tunnelClusters(plan, s)
 	return Resources{
-		Listeners:    sortedListeners(handshakeListener(s), egressListener(s)),
-		Routes:       []*routev3.RouteConfiguration{routes},
-		Clusters:     []*clusterv3.Cluster{reverseTunnelCluster(s)},
-		Secrets:      sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
-		RouteVersion: routeVersion,
+		Listeners:      sortedListeners(handshakeListener(s), egressListener(s)),
+		Routes:         []*routev3.RouteConfiguration{routes},
+		Clusters:       clusters,
+		Secrets:        sortedStrings(s.Secrets.APIServerCertificate, s.Secrets.TunnelCA),
+		RouteVersion:   routeVersion,
+		ClusterVersion: clusterVersion,
 	}
+}
+
+// tunnelClusters are the node targets' clusters, in the plan's (name)
+// order, then the Services' one; version is their content hash, from each
+// cluster's own (reused node targets do not marshal theirs again).
+func tunnelClusters(plan []*tunnelTargets, s model.Settings) (clusters []*clusterv3.Cluster, version string) {
+	digests := make([]string, 0, len(plan)+1)
+	for _, p := range plan {
+		if p.node {
+			c, digest := p.tunnelCluster()
+			clusters = append(clusters, c)
+			digests = append(digests, digest)
+		}
+	}
+	services := tunnelCluster(ServiceTunnels, s.ServiceMaxStreams, s)
+	clusters = append(clusters, services)
+	digests = append(digests, ContentHash([]*clusterv3.Cluster{services}))
+	return clusters, ContentHash[*clusterv3.Cluster](nil, digests...)
 }
 
 // egressListener accepts the apiserver's HTTP/1.1 CONNECTs on a Unix socket
@@ -122,25 +144,40 @@ func egressRoutes(plan []*tunnelTargets) (rc *routev3.RouteConfiguration, versio
 }
 
 // tunnelTargets is one virtual host of the egress routes before it becomes a
-// proto: which CONNECT targets go into which tunnel.
+// proto: which CONNECT targets go into which tunnel, through which cluster.
 type tunnelTargets struct {
-	name, hostID string
-	domains      []string
-	priority     corev3.RoutingPriority // HIGH for Services (their own budget)
+	name, hostID, cluster string
+	domains               []string
+	node                  bool            // a node's targets: cluster is its own
+	settings              *model.Settings // for the node's cluster
 
 	once   sync.Once
 	vh     *routev3.VirtualHost
 	digest string
+
+	clusterOnce   sync.Once
+	clusterProto  *clusterv3.Cluster
+	clusterDigest string
 }
 
 // virtualHost builds the proto and its content hash once: a Translator
 // reusing another's node targets (ReuseNodeTargets) reuses both.
 func (tt *tunnelTargets) virtualHost() (*routev3.VirtualHost, string) {
 	tt.once.Do(func() {
-		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID, tt.priority)
+		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID, tt.cluster)
 		tt.digest = ContentHash([]*routev3.VirtualHost{tt.vh})
 	})
 	return tt.vh, tt.digest
+}
+
+// tunnelCluster builds a node target's cluster and its content hash once,
+// as virtualHost does.
+func (tt *tunnelTargets) tunnelCluster() (*clusterv3.Cluster, string) {
+	tt.clusterOnce.Do(func() {
+		tt.clusterProto = tunnelCluster(tt.cluster, tt.settings.NodeMaxStreams, *tt.settings)
+		tt.clusterDigest = ContentHash([]*clusterv3.Cluster{tt.clusterProto})
+	})
+	return tt.clusterProto, tt.clusterDigest
 }
 
 // nodeTargets is the per-node part of the egress plan: it reads the nodes
@@ -168,27 +205,29 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 			}
 		}
 		if !domains.empty() {
-			plan = append(plan, &tunnelTargets{name: "node/" + n.Name, hostID: n.Name, domains: domains.sorted()})
+			plan = append(plan, &tunnelTargets{
+				name: "node/" + n.Name, hostID: n.Name, cluster: NodeTunnels(n.Name),
+				domains: domains.sorted(), node: true, settings: &s,
+			})
 		}
 	}
 	return plan
 }
 
 // serviceTargets routes every Service ClusterIP:port into the tunnel of any
-// node (the tunnel cluster id).
+// node (the tunnel cluster id), through the Services' cluster.
 func serviceTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 	if services := serviceDomains(c); !services.empty() {
-		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, domains: services.sorted(), priority: corev3.RoutingPriority_HIGH}}
+		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, cluster: ServiceTunnels, domains: services.sorted()}}
 	}
 	return nil
 }
 
-// tunnelVirtualHost forwards CONNECT for domains, unterminated, into the
-// tunnel of hostID (a node name, or the tunnel cluster id for "any node").
-// Service streams run at HIGH priority: their own stream budget.
-func tunnelVirtualHost(name string, domains []string, hostID string, priority corev3.RoutingPriority) *routev3.VirtualHost {
-	route := connectRoute(name, ReverseTunnels, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
-	route.GetRoute().Priority = priority
+// tunnelVirtualHost forwards CONNECT for domains, unterminated, through
+// cluster into the tunnel of hostID (a node name, or the tunnel cluster id
+// for "any node").
+func tunnelVirtualHost(name string, domains []string, hostID, cluster string) *routev3.VirtualHost {
+	route := connectRoute(name, cluster, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
 }
@@ -319,12 +358,13 @@ func handshakeLog() *accesslogv3.AccessLog {
 	}
 }
 
-// reverseTunnelCluster sends each stream over HTTP/2 into a tunnel of the host
-// its route names (route metadata, see HostIDFormat). The tunnel's own TLS
-// ends with the handshake (Envoy then uses the raw socket), so the HTTP/2
-// inside gets a second TLS layer: this end is its client, with the apiserver
-// proxy's certificate, and accepts only a tunnel-CA certificate.
-func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
+// tunnelCluster sends each stream over HTTP/2 into a tunnel of the host its
+// route names (route metadata, see HostIDFormat), at most maxStreams at once.
+// The tunnel's own TLS ends with the handshake (Envoy then uses the raw
+// socket), so the HTTP/2 inside gets a second TLS layer: this end is its
+// client, with the apiserver proxy's certificate, and accepts only a
+// tunnel-CA certificate.
+func tunnelCluster(name string, maxStreams uint32, s model.Settings) *clusterv3.Cluster {
 	protocol := &httpv3.HttpProtocolOptions{
 		CommonHttpProtocolOptions: tunnelConnectionOptions(),
 		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
@@ -332,8 +372,9 @@ func reverseTunnelCluster(s model.Settings) *clusterv3.Cluster {
 		}},
 	}
 	return &clusterv3.Cluster{
-		Name:                          ReverseTunnels,
-		CircuitBreakers:               reverseTunnelCaps(s),
+		Name:                          name,
+		AltStatName:                   altStatName(name),
+		CircuitBreakers:               tunnelCaps(maxStreams),
 		ConnectTimeout:                dur(s.ConnectTimeout),
 		PerConnectionBufferLimitBytes: optionalUint32(s.TunnelBufferLimit),
 		LbPolicy:                      clusterv3.Cluster_CLUSTER_PROVIDED,

@@ -18,18 +18,21 @@ import (
 // apiserver proxy once 1,024 streams were open anywhere, so every cluster of
 // both roles gets thresholds of its own:
 //
-//   - apiserver proxy, reverse-tunnels: node targets (DEFAULT priority) may
-//     hold egressMaxConnections - serviceMaxStreams streams, Services (HIGH
-//     priority, a budget of their own) serviceMaxStreams, so streams held to
-//     nodes never starve webhooks and aggregated APIs. Beyond a budget Envoy
-//     refuses at once: 503, response flag UO, a body naming the cap.
+//   - apiserver proxy: each node's cluster (node/<name>) may hold
+//     nodeMaxStreams streams, the Services' cluster serviceMaxStreams, and
+//     the egress listener egressMaxConnections in all. Streams held to one
+//     node never stop other nodes nor Services. Beyond a cap Envoy refuses
+//     at once: 503, response flag UO, a body naming the cap. A cluster per
+//     node because Envoy 1.40 has no per-host stream cap (per-host
+//     thresholds cap connections only, and the streams of a node share its
+//     HTTP/2 tunnels).
 //   - node proxy, kubelet and connect-original-dst: thresholds that every
-//     apiserver proxy's budgets together cannot reach. A CONNECT the node
-//     terminates is a TCP stream, for which Envoy enforces no request cap
-//     (measured with Envoy 1.40: 21 streams beside max_requests 20 all got
-//     200) and queues, with no deadline, a stream beyond the connection cap
-//     when its target's pool already has connections: a cap there would
-//     hang the apiserver's dial instead of refusing it.
+//     apiserver proxy's cap for this node together cannot reach. A CONNECT
+//     the node terminates is a TCP stream, for which Envoy enforces no
+//     request cap (measured with Envoy 1.40: 21 streams beside max_requests
+//     20 all got 200) and queues, with no deadline, a stream beyond the
+//     connection cap when its target's pool already has connections: a cap
+//     there would hang the apiserver's dial instead of refusing it.
 //
 // No route retries, so no retry may run (max_retries 0).
 
@@ -41,57 +44,48 @@ const CapStatus = 503
 // --max-connections, tunnels included), so this is never the limit.
 const tunnelPoolMaxConnections = 50000
 
-// nodeStreamBudget is how many streams the apiserver proxy carries to nodes
-// (their kubelets and pods) at once.
-func nodeStreamBudget(s model.Settings) uint32 {
-	return uint32(s.EgressMaxConnections) - s.ServiceMaxStreams
-}
-
-// reverseTunnelCaps splits the apiserver proxy's streams into the nodes'
-// budget (DEFAULT priority) and the Services' (HIGH).
-func reverseTunnelCaps(s model.Settings) *clusterv3.CircuitBreakers {
+// tunnelCaps holds the streams of one apiserver proxy cluster to streams.
+func tunnelCaps(streams uint32) *clusterv3.CircuitBreakers {
 	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{
-		streamThresholds(corev3.RoutingPriority_DEFAULT, nodeStreamBudget(s), tunnelPoolMaxConnections),
-		streamThresholds(corev3.RoutingPriority_HIGH, s.ServiceMaxStreams, tunnelPoolMaxConnections),
+		streamThresholds(streams, tunnelPoolMaxConnections),
 	}}
 }
 
 // nodeTargetCaps lets a node proxy cluster carry everything the apiserver
-// proxies may send it: each of them at most egressMaxConnections streams.
+// proxies may send this node: each of them at most nodeMaxStreams streams.
 // Each stream is a TCP connection of its own.
 func nodeTargetCaps(c *model.Cluster, s model.Settings) *clusterv3.CircuitBreakers {
-	streams := s.EgressMaxConnections * uint64(max(1, len(c.APIServerEndpoints)))
+	streams := uint64(s.NodeMaxStreams) * uint64(max(1, len(c.APIServerEndpoints)))
 	limit := uint32(min(streams, math.MaxUint32))
 	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{
-		streamThresholds(corev3.RoutingPriority_DEFAULT, limit, limit),
+		streamThresholds(limit, limit),
 	}}
 }
 
-func streamThresholds(p corev3.RoutingPriority, streams, connections uint32) *clusterv3.CircuitBreakers_Thresholds {
+func streamThresholds(streams, connections uint32) *clusterv3.CircuitBreakers_Thresholds {
 	return &clusterv3.CircuitBreakers_Thresholds{
-		Priority:           p,
+		Priority:           corev3.RoutingPriority_DEFAULT,
 		MaxRequests:        wrapperspb.UInt32(streams),
 		MaxPendingRequests: wrapperspb.UInt32(streams),
 		MaxConnections:     wrapperspb.UInt32(connections),
 		MaxRetries:         wrapperspb.UInt32(0),
-		TrackRemaining:     true, // remaining_rq in the stats: how close each budget is
+		TrackRemaining:     true, // remaining_rq in the stats: how close each cap is
 	}
 }
 
-// capReply answers a CONNECT refused by a stream cap (UO) with CapStatus
-// and a body naming the cap.
-func capReply(body string) *hcmv3.ResponseMapper {
+// apiServerCapReply answers a CONNECT refused by a stream cap (UO) with
+// CapStatus and a body naming the cap: the cluster it was for (node/<name>
+// or services) and the caps' sizes.
+func apiServerCapReply(s model.Settings) *hcmv3.ResponseMapper {
+	body := fmt.Sprintf("spoke: %%UPSTREAM_CLUSTER_RAW%% carries its cap of streams at this apiserver proxy (nodeMaxStreams %d for a node, serviceMaxStreams %d for Services); see docs/operations.md\n",
+		s.NodeMaxStreams, s.ServiceMaxStreams)
 	return &hcmv3.ResponseMapper{
 		Filter: &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ResponseFlagFilter{
 			ResponseFlagFilter: &accesslogv3.ResponseFlagFilter{Flags: []string{"UO"}},
 		}},
 		StatusCode: wrapperspb.UInt32(CapStatus),
-		Body:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: body}},
+		BodyFormatOverride: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormatSource{
+			TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: body}},
+		}},
 	}
-}
-
-// apiServerCapReply says the apiserver proxy is at one of its budgets.
-func apiServerCapReply(s model.Settings) *hcmv3.ResponseMapper {
-	return capReply(fmt.Sprintf("spoke: the apiserver proxy carries its cap of streams: %d to nodes (egressMaxConnections - serviceMaxStreams) or %d to Services (serviceMaxStreams); see docs/operations.md\n",
-		nodeStreamBudget(s), s.ServiceMaxStreams))
 }

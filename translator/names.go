@@ -10,6 +10,7 @@ package translator
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strings"
 )
 
 // Resource names. They are stable across versions: Envoy keys state (and the
@@ -19,7 +20,7 @@ const (
 	EgressListener     = "apiserver-egress"
 	EgressRoute        = "apiserver-egress"
 	HandshakeListener  = "tunnel-handshake"
-	ReverseTunnels     = "reverse-tunnels"
+	ServiceTunnels     = "services" // the cluster of Service streams; each node has its own (NodeTunnels)
 	routeMetadataSpace = "spoke"
 	routeMetadataHost  = "host_id"
 
@@ -55,6 +56,20 @@ const HostIDFormat = "%METADATA(ROUTE:" + routeMetadataSpace + ":" + routeMetada
 // NodeIDFromCertificate binds a tunnel handshake's claimed node id to the single
 // DNS SAN of the verified client certificate.
 const NodeIDFromCertificate = "%DOWNSTREAM_PEER_DNS_SAN%"
+
+// NodeTunnels names the apiserver proxy's cluster of the streams to node:
+// one per node, so that each node has its own stream cap (nodeMaxStreams).
+func NodeTunnels(node string) string { return "node/" + node }
+
+// altStatName is a cluster's name in Envoy's stats when it holds dots
+// (which separate stat name parts there, and node names may hold): '_'
+// instead, which DNS names do not allow, so two nodes never share one.
+func altStatName(cluster string) string {
+	if !strings.Contains(cluster, ".") {
+		return "" // the name itself
+	}
+	return strings.ReplaceAll(cluster, ".", "_")
+}
 
 // reverseTunnelListenerName names the node proxy's rc:// listener after its
 // address: Envoy cannot change a listener's address in place, so a new address

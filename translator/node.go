@@ -192,7 +192,7 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		// worker per apiserver proxy), never a stream of its own: Envoy's
 		// default thresholds, written out, leave room for 256 apiserver
 		// proxies at the default tunnel count.
-		CircuitBreakers:      &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{streamThresholds(corev3.RoutingPriority_DEFAULT, 1024, 1024)}},
+		CircuitBreakers:      &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{streamThresholds(1024, 1024)}},
 		ConnectTimeout:       dur(s.ConnectTimeout),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},

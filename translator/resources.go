@@ -5,6 +5,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
 // Resources is everything one Envoy receives over xDS, each list sorted by name.
@@ -19,6 +20,8 @@ type Resources struct {
 	// RouteVersion, when set, is the content hash of Routes, computed from
 	// cached parts: the server uses it instead of hashing Routes again.
 	RouteVersion string
+	// ClusterVersion is the same for Clusters.
+	ClusterVersion string
 }
 
 // Role says which kind of Envoy a set of resources is for.
@@ -28,3 +31,15 @@ const (
 	RoleAPIServer Role = "apiserver"
 	RoleNode      Role = "node"
 )
+
+// CachedVersion is the version the translator computed for a type from
+// cached parts (RouteVersion, ClusterVersion), or "" when it computed none.
+func (r Resources) CachedVersion(typeURL string) string {
+	switch typeURL {
+	case resourcev3.RouteType:
+		return r.RouteVersion
+	case resourcev3.ClusterType:
+		return r.ClusterVersion
+	}
+	return ""
+}

@@ -87,9 +87,16 @@ func TestRealEnvoysACKEverything(t *testing.T) {
 		t.Error("worker-1's Envoy holds worker-2's pod")
 	}
 	dump, _ = api.Get("/config_dump")
-	for _, want := range []string{"apiserver-egress", "tunnel-handshake", "reverse-tunnels", "10.244.2.*"} {
+	for _, want := range []string{"apiserver-egress", "tunnel-handshake", "10.244.2.*"} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("apiserver proxy lacks %q", want)
+		}
+	}
+	// A cluster per node (its own stream cap), one for Services.
+	clusters, _ := api.Get("/config_dump?resource=dynamic_active_clusters")
+	for _, want := range []string{`"name": "node/worker-1"`, `"name": "node/worker-2"`, `"name": "services"`} {
+		if !strings.Contains(clusters, want) {
+			t.Errorf("apiserver proxy's clusters lack %s", want)
 		}
 	}
 

@@ -254,8 +254,8 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	next := &publishedState{res: res, versions: map[string]string{}, counts: map[string]int{}, names: map[string]map[string]bool{}}
 	changed := p.published[key] == nil
 	for typeURL, items := range byType {
-		v := res.RouteVersion
-		if typeURL != resourcev3.RouteType || v == "" {
+		v := res.CachedVersion(typeURL)
+		if v == "" {
 			v = translator.ContentHash(items)
 		}
 		next.versions[typeURL], next.counts[typeURL] = v, len(items)

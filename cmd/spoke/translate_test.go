@@ -24,7 +24,7 @@ func TestTranslateExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"envoy.admin.v3.ListenersConfigDump", "apiserver-egress", "tunnel-handshake", "reverse-tunnels", "spoke-tunnel-ca"} {
+	for _, want := range []string{"envoy.admin.v3.ListenersConfigDump", "apiserver-egress", "tunnel-handshake", "node/worker-1", "spoke-tunnel-ca"} {
 		if !strings.Contains(first, want) {
 			t.Errorf("output lacks %q", want)
 		}

@@ -157,11 +157,15 @@ func (p *Process) Stats(fragment string) string {
 
 // StatSum adds up every counter or gauge whose name ends with suffix (the
 // same stat across listeners or clusters).
-func (p *Process) StatSum(suffix string) int {
+func (p *Process) StatSum(suffix string) int { return p.StatSumOf("", suffix) }
+
+// StatSumOf is StatSum over the stats whose name also starts with prefix
+// (e.g. one stat of every node's cluster: "cluster.node/", ".upstream_rq_total").
+func (p *Process) StatSumOf(prefix, suffix string) int {
 	body, _ := p.Get("/stats")
 	total := 0
 	for _, line := range strings.Split(body, "\n") {
-		if k, val, ok := strings.Cut(line, ": "); ok && strings.HasSuffix(k, suffix) {
+		if k, val, ok := strings.Cut(line, ": "); ok && strings.HasPrefix(k, prefix) && strings.HasSuffix(k, suffix) {
 			var v int
 			if _, err := fmt.Sscanf(val, "%d", &v); err == nil {
 				total += v

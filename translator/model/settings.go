@@ -65,10 +65,14 @@ type Settings struct {
 	// EgressMaxConnections caps the apiserver's concurrent CONNECTs (one per
 	// connection): each open `kubectl logs -f`, exec or port-forward is one.
 	EgressMaxConnections uint64 `json:"egressMaxConnections"`
-	// ServiceMaxStreams is the part of EgressMaxConnections kept for
-	// Services (webhooks, aggregated APIs): streams held to nodes (logs -f,
-	// exec, port-forward) can take at most the rest, so they never starve an
-	// admission webhook.
+	// NodeMaxStreams caps the streams the apiserver proxy carries to one
+	// node (its kubelet and its pods) at once: streams held to one node
+	// (logs -f, exec, port-forward) never take the whole egress budget, so
+	// other nodes and Services keep answering.
+	NodeMaxStreams uint32 `json:"nodeMaxStreams"`
+	// ServiceMaxStreams caps the streams to Services (webhooks, aggregated
+	// APIs) at once: a runaway webhook client cannot take the egress budget
+	// from the nodes, nor the nodes' streams from it (see NodeMaxStreams).
 	ServiceMaxStreams uint32 `json:"serviceMaxStreams"`
 	// TunnelHandshakeTimeout bounds a tunnel connection's TLS handshake and
 	// its tunnel handshake request on the apiserver proxy: connections that
@@ -133,6 +137,7 @@ func DefaultSettings() Settings {
 		RequestHeadersTimeout:  Duration(10 * time.Second),
 		TunnelHandshakeTimeout: Duration(10 * time.Second),
 		EgressMaxConnections:   10000,
+		NodeMaxStreams:         1000,
 		ServiceMaxStreams:      1000,
 		KeepaliveInterval:      Duration(10 * time.Second),
 		KeepaliveTimeout:       Duration(5 * time.Second),
@@ -199,8 +204,10 @@ func (s *Settings) Validate() error {
 		return fmt.Errorf("requestHeadersTimeout must be positive")
 	case s.EgressMaxConnections < 2 || s.EgressMaxConnections > math.MaxUint32:
 		return fmt.Errorf("egressMaxConnections %d: must be 2-%d", s.EgressMaxConnections, uint32(math.MaxUint32))
+	case s.NodeMaxStreams == 0 || uint64(s.NodeMaxStreams) >= s.EgressMaxConnections:
+		return fmt.Errorf("nodeMaxStreams %d: must be at least 1 and below egressMaxConnections (%d), or one node could take every stream", s.NodeMaxStreams, s.EgressMaxConnections)
 	case s.ServiceMaxStreams == 0 || uint64(s.ServiceMaxStreams) >= s.EgressMaxConnections:
-		return fmt.Errorf("serviceMaxStreams %d: must be at least 1 and below egressMaxConnections (%d), which nodes share with Services", s.ServiceMaxStreams, s.EgressMaxConnections)
+		return fmt.Errorf("serviceMaxStreams %d: must be at least 1 and below egressMaxConnections (%d), or Services could take every stream", s.ServiceMaxStreams, s.EgressMaxConnections)
 	case s.TunnelHandshakeTimeout <= 0:
 		return fmt.Errorf("tunnelHandshakeTimeout must be positive")
 	case s.KeepaliveInterval <= 0 || s.KeepaliveTimeout <= 0:
