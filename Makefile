@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath fuzz race e2e-cluster e2e-kind
+.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config fuzz race e2e-cluster e2e-kind
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -108,6 +108,13 @@ bench-datapath: tools tools-konnectivity
 	SPOKE_BENCH_DATAPATH=1 SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_BENCH_OUT=$(CURDIR)/dist/bench-datapath.md \
 		go test ./e2e/ -run '^TestDatapathBenchmark$$' -count=1 -timeout 30m
 	@cat dist/bench-datapath.md
+
+## bench-config: what a node costs the apiserver proxy's Envoy (memory, load time, CPU per change) at 5,000 nodes
+bench-config: tools
+	@mkdir -p dist
+	SPOKE_BENCH_CONFIG=1 SPOKE_REQUIRE_ENVOY=1 SPOKE_BENCH_OUT=$(CURDIR)/dist/bench-config.md \
+		go test ./e2e/ -run '^TestAPIServerProxyConfigBenchmark$$' -count=1 -timeout 20m
+	@cat dist/bench-config.md
 
 ## bench: translation of a synthetic 5,000-node / 150,000-pod cluster
 bench:

@@ -119,7 +119,14 @@ func (s *secureServer) startAPIServerProxy(t *testing.T, bin, id string) *envoyt
 // startAPIServerProxyWith is startAPIServerProxy with Envoy flags.
 func (s *secureServer) startAPIServerProxyWith(t *testing.T, bin, id string, flags ...string) *envoytest.Process {
 	t.Helper()
-	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: id, XDSSocket: s.srv.Addr("socket")})
+	return s.startAPIServerProxyOver(t, bin, id, false, flags...)
+}
+
+// startAPIServerProxyOver is startAPIServerProxyWith over delta xDS (delta)
+// or state of the world.
+func (s *secureServer) startAPIServerProxyOver(t *testing.T, bin, id string, delta bool, flags ...string) *envoytest.Process {
+	t.Helper()
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: id, XDSSocket: s.srv.Addr("socket"), Delta: delta})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,14 +119,19 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		}}}},
 		OverloadManager: OverloadManager(o.MaxDownstreamConnections, cmp.Or(o.MaxHeapBytes, DefaultMaxHeap(o.Role))),
 	}
-	if o.Role == translator.RoleAPIServer {
-		// A cluster per node: most never carry a stream, and their traffic
-		// stats, created at first use, would otherwise be most of the
-		// proxy's memory per node (measured with Envoy 1.40 and 5,000
-		// clusters: 66 KiB per node, 46 KiB deferred).
-		b.DeferredStatOptions = &bootstrapv3.Bootstrap_DeferredStatOptions{EnableDeferredCreationStats: true}
-	}
+	b.DeferredStatOptions = deferredStats(o.Role)
 	return b, nil
+}
+
+// deferredStats makes the apiserver proxy create a cluster's traffic stats
+// at its first stream: it has a cluster per node, most of which never carry
+// one, and their stats would otherwise be much of its memory per node
+// (make bench-config).
+func deferredStats(role translator.Role) *bootstrapv3.Bootstrap_DeferredStatOptions {
+	if role != translator.RoleAPIServer {
+		return nil
+	}
+	return &bootstrapv3.Bootstrap_DeferredStatOptions{EnableDeferredCreationStats: true}
 }
 
 // Re-connecting to the spoke server: Envoy's default back-off (500 ms
@@ -321,8 +326,8 @@ func WriteSDSFiles(dir, certFile, keyFile, serverCAFile string) error {
 
 // Default heap limits of the overload manager, by role: the apiserver proxy
 // holds tunnels of every node (at 5,000 nodes x 4 tunnels, ~90 MiB measured
-// idle; with HTTP/2 windows in use, a few hundred MiB), a node proxy only
-// its own. Set the
+// idle; with HTTP/2 windows in use, a few hundred MiB) and a cluster per node
+// (~250 MiB at 5,000, make bench-config), a node proxy only its own. Set the
 // container memory limit above them: Envoy sheds load before the kernel
 // kills it.
 const (

@@ -78,6 +78,7 @@ func StaticBootstrap(role translator.Role, nodeID string, res translator.Resourc
 		BootstrapExtensions: []*corev3.TypedExtensionConfig{ReverseTunnelExtension(role)},
 		StaticResources:     &bootstrapv3.Bootstrap_StaticResources{Secrets: secrets},
 		OverloadManager:     OverloadManager(0, DefaultMaxHeap(role)),
+		DeferredStatOptions: deferredStats(role),
 		Admin: &bootstrapv3.Admin{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address: translator.AdminAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: adminPort},
 		}}}},

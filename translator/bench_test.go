@@ -1,52 +1,14 @@
 package translator_test
 
 import (
-	"fmt"
-	"net/netip"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
+	"github.com/spokeproxy/spoke/translator/model/modeltest"
 )
-
-// syntheticCluster is Kubernetes' scale limit: nodes nodes with podsPerNode
-// pods each (5,000 x 30 = 150,000), a /24 pod CIDR per node (octet-aligned),
-// 1,000 Services with two ports, three apiserver proxies.
-func syntheticCluster(nodes, podsPerNode int) model.Cluster {
-	var c model.Cluster
-	for i := 0; i < nodes; i++ {
-		hi, lo := byte(i/250), byte(i%250)
-		n := model.Node{
-			Name:        fmt.Sprintf("node-%05d", i),
-			IPs:         []model.NodeIP{{Kind: model.InternalIP, Addr: netip.AddrFrom4([4]byte{172, 16 + hi, lo, 10})}},
-			HostNames:   []string{fmt.Sprintf("node-%05d", i)},
-			KubeletPort: 10250,
-			PodCIDRs:    []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 100 + hi, lo, 0}), 24)},
-			Ready:       true,
-		}
-		c.Nodes = append(c.Nodes, n)
-		for p := 0; p < podsPerNode; p++ {
-			c.Pods = append(c.Pods, model.Pod{
-				Namespace: "default", Name: fmt.Sprintf("pod-%05d-%03d", i, p), NodeName: n.Name,
-				IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 100 + hi, lo, byte(2 + p)})},
-			})
-		}
-	}
-	for i := 0; i < 1000; i++ {
-		c.Services = append(c.Services, model.Service{
-			Namespace: "default", Name: fmt.Sprintf("svc-%04d", i),
-			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i % 250)})},
-			Ports:      []uint32{443, 8080},
-		})
-	}
-	for i := 0; i < 3; i++ {
-		c.APIServerEndpoints = append(c.APIServerEndpoints, model.Endpoint{Addr: netip.AddrFrom4([4]byte{172, 31, 0, byte(10 + i)}), Port: 8132})
-	}
-	c.Index()
-	return c
-}
 
 func resourcesSize(r translator.Resources) int {
 	n := 0
@@ -68,7 +30,7 @@ func resourcesSize(r translator.Resources) int {
 // BenchmarkAPIServerProxy: the apiserver proxy's whole config at 5,000 nodes /
 // 150,000 pods, with prefix routes (octet-aligned CIDRs) and per pod IP.
 func BenchmarkAPIServerProxy(b *testing.B) {
-	c := syntheticCluster(5000, 30)
+	c := modeltest.ScaleCluster(5000, 30)
 	for _, mode := range []string{model.PodRoutingAuto, model.PodRoutingPerPod} {
 		b.Run(mode, func(b *testing.B) {
 			s := model.DefaultSettings()
@@ -84,7 +46,7 @@ func BenchmarkAPIServerProxy(b *testing.B) {
 
 // BenchmarkAllNodeProxies: every one of the 5,000 node proxies' configs.
 func BenchmarkAllNodeProxies(b *testing.B) {
-	c := syntheticCluster(5000, 30)
+	c := modeltest.ScaleCluster(5000, 30)
 	s := model.DefaultSettings()
 	for b.Loop() {
 		tr := translator.New(&c, s)
