@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config fuzz race e2e-cluster e2e-kind
+.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -115,6 +115,10 @@ bench-config: tools
 	SPOKE_BENCH_CONFIG=1 SPOKE_REQUIRE_ENVOY=1 SPOKE_BENCH_OUT=$(CURDIR)/dist/bench-config.md \
 		go test ./e2e/ -run '^TestAPIServerProxyConfigBenchmark$$' -count=1 -timeout 20m
 	@cat dist/bench-config.md
+
+## bench-curve: bench-datapath once per tunnel setting of a grid, then the picture docs/datapath-curve.svg (about 40 minutes)
+bench-curve: tools tools-konnectivity
+	bash e2e/bench-curve.sh
 
 ## bench: translation of a synthetic 5,000-node / 150,000-pod cluster
 bench:

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,12 +23,15 @@ import (
 // full one; make test runs a smoke-sized one so the benchmark keeps working.
 type benchConfig struct {
 	rounds         int
-	setups         int   // set-ups measured idle and beside the bulk streams
+	setups         int   // set-ups per round measured idle, beside paced bulk and beside unlimited bulk
+	warmupSetups   int   // the same, in the warm-up round
 	oneStream      int64 // bytes of the 1-stream download
 	perStream16    int64 // bytes of each of the 16 parallel downloads
 	bulkStreams    int
-	apiWorkers     int // --concurrency of the apiserver proxy (the manifests')
-	nodeWorkers    int // --concurrency of the node proxies (the manifests')
+	pace           int64 // B/s of the paced bulk, all streams; 0: 80% of the slowest system's unlimited bulk in the warm-up
+	restarts       int   // control-plane-side proxy restarts per round
+	apiWorkers     int   // --concurrency of the apiserver proxy (the manifests')
+	nodeWorkers    int   // --concurrency of the node proxies (the manifests')
 	restartPause   time.Duration
 	full           bool
 	memoryNodes    []int // simulated nodes for the memory figure
@@ -37,9 +42,11 @@ type benchConfig struct {
 
 func benchConfigFor(full bool) benchConfig {
 	if full {
-		return benchConfig{rounds: 3, setups: 300, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
+		return benchConfig{rounds: 3, setups: 1000, warmupSetups: 200, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, restarts: 4,
+			restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
 	}
-	return benchConfig{rounds: 1, setups: 20, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
+	return benchConfig{rounds: 1, setups: 20, warmupSetups: 10, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, restarts: 1,
+		restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
 }
 
 // benchEnv is one system, started, with what a round needs to measure it.
@@ -68,19 +75,24 @@ type benchSystem struct {
 
 // roundResult is one system's figures in one round.
 type roundResult struct {
-	round              int
-	system, load       string
-	setup, beside      []time.Duration
-	one, sixteen       datapath.Transfer
-	cpuSeconds         float64
-	bytesMoved         int64
-	nodeStart, restart time.Duration
-	err                error
+	round               int
+	system, load        string
+	overloaded          bool // the load average exceeded the cores at the round's start
+	setup, paced, free  []time.Duration
+	pacedBulk, freeBulk datapath.Transfer // what the bulk beside the set-ups moved
+	one, sixteen        datapath.Transfer
+	cpuSeconds          float64
+	bytesMoved          int64
+	nodeStart           time.Duration
+	restarts            []time.Duration
+	err                 error
 }
 
 // TestDatapathBenchmark compares direct TCP, Konnectivity and spoke on the
-// same machine in alternating rounds (make bench-datapath). Under make test
-// it runs one smoke-sized round of each, so a broken benchmark fails there.
+// same machine (make bench-datapath): a warm-up round that also sets the
+// bulk pace, then rounds whose order rotates, set-ups pooled over the rounds.
+// Under make test it runs one smoke-sized round of each, so a broken
+// benchmark fails there.
 func TestDatapathBenchmark(t *testing.T) {
 	full := os.Getenv("SPOKE_BENCH_DATAPATH") == "1"
 	cfg := benchConfigFor(full)
@@ -90,29 +102,31 @@ func TestDatapathBenchmark(t *testing.T) {
 	if r, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ROUNDS")); err == nil && r > 0 {
 		cfg.rounds = r
 	}
+	if p, err := strconv.ParseInt(os.Getenv("SPOKE_BENCH_PACE"), 10, 64); err == nil && p > 0 {
+		cfg.pace = p
+	}
+	if n, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_SETUPS")); err == nil && n > 0 {
+		cfg.setups = n
+	}
 	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
 	konnectivityBinaries(t)
-	systems := []benchSystem{
-		{directName, startDirect},
-		{konnectivityName, startKonnectivity},
-		{spokeName, startSpoke},
+	var systems []benchSystem
+	for _, sys := range []benchSystem{{directName, startDirect}, {konnectivityName, startKonnectivity}, {spokeName, startSpoke}} {
+		if cfg.systems == "" || strings.Contains(cfg.systems, strings.Fields(sys.name)[0]) {
+			systems = append(systems, sys)
+		}
+	}
+	warmup := runRound(t, 0, systems, cfg)
+	if cfg.pace == 0 {
+		cfg.pace = paceFrom(warmup)
 	}
 	var results []roundResult
 	for round := 1; round <= cfg.rounds; round++ {
-		for _, sys := range systems {
-			if cfg.systems != "" && !strings.Contains(cfg.systems, strings.Fields(sys.name)[0]) {
-				continue
-			}
-			var res roundResult
-			t.Run(fmt.Sprintf("round%d/%s", round, strings.Fields(sys.name)[0]), func(t *testing.T) {
-				res = measureRound(t, sys, cfg)
-				res.round = round
-				if res.err != nil {
-					t.Errorf("%s failed round %d: %v", sys.name, round, res.err)
-				}
-			})
-			results = append(results, res)
-		}
+		rotated := append(slices.Clone(systems[round%len(systems):]), systems[:round%len(systems)]...)
+		results = append(results, runRound(t, round, rotated, cfg)...)
+	}
+	if os.Getenv("SPOKE_BENCH_MEMORY") == "0" { // tuning runs (make bench-curve) need no memory figure
+		cfg.memoryNodes = nil
 	}
 	var memory []memoryPerNode
 	for _, n := range cfg.memoryNodes {
@@ -127,13 +141,47 @@ func TestDatapathBenchmark(t *testing.T) {
 		})
 		memory = append(memory, m)
 	}
-	report := benchTables(results, cfg) + summaryTable(results) + memoryTable(memory, cfg)
+	pooled := poolResults(results)
+	report := benchTables(append(warmup, results...), cfg) + summaryTable(pooled, cfg) + targetsText(pooled) + memoryTable(memory, cfg)
 	fmt.Print(report)
-	if out := os.Getenv("SPOKE_BENCH_OUT"); out != "" {
-		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
-			t.Fatal(err)
+	writeBenchOutputs(t, report, pooled, cfg)
+}
+
+// runRound measures each system once, in order; round 0 is the warm-up
+// (fewer set-ups, unlimited bulk only: it sets the pace).
+func runRound(t *testing.T, round int, systems []benchSystem, cfg benchConfig) []roundResult {
+	var results []roundResult
+	for _, sys := range systems {
+		res := roundResult{round: round, system: sys.name}
+		name := fmt.Sprintf("round%d/%s", round, strings.Fields(sys.name)[0])
+		if round == 0 {
+			name = "warmup/" + strings.Fields(sys.name)[0]
+		}
+		passed := t.Run(name, func(t *testing.T) {
+			res = measureRound(t, sys, cfg, round == 0)
+			res.round = round
+			if res.err != nil {
+				t.Errorf("%s failed round %d: %v", sys.name, round, res.err)
+			}
+		})
+		if !passed && res.err == nil { // it stopped while starting: a row that says so, never a blank one
+			res.system, res.err = sys.name, errors.New("failed before measuring (see the test log)")
+		}
+		results = append(results, res)
+	}
+	return results
+}
+
+// paceFrom is the paced bulk rate: 80% of the slowest system's unlimited
+// bulk in the warm-up, so every system can carry it.
+func paceFrom(warmup []roundResult) int64 {
+	var slowest float64
+	for _, r := range warmup {
+		if rate := r.freeBulk.MBps() * 1e6; r.err == nil && rate > 0 && (slowest == 0 || rate < slowest) {
+			slowest = rate
 		}
 	}
+	return int64(0.8 * slowest)
 }
 
 // benchWorkers is each Envoy's --concurrency: the manifests' unless
@@ -163,13 +211,18 @@ func memoryTable(rows []memoryPerNode, cfg benchConfig) string {
 	return b.String()
 }
 
-func measureRound(t *testing.T, sys benchSystem, cfg benchConfig) roundResult {
+func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) roundResult {
 	res := roundResult{system: sys.name, load: datapath.LoadAverage()}
+	res.overloaded = loadExceedsCores(res.load)
 	env := sys.start(t, cfg)
 	res.nodeStart = env.nodeStart
 	ctx := context.Background()
 	target := env.targets[0]
-	if res.setup, res.err = datapath.SetupTimes(ctx, env.dial, target, cfg.setups); res.err != nil {
+	setups := cfg.setups
+	if warmup {
+		setups = cfg.warmupSetups
+	}
+	if res.setup, res.err = datapath.SetupTimes(ctx, env.dial, target, setups); res.err != nil {
 		return res
 	}
 	cpuBefore, err := processesCPU(env.proxies())
@@ -189,15 +242,35 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig) roundResult {
 		return res
 	}
 	res.cpuSeconds, res.bytesMoved = (cpuAfter - cpuBefore).Seconds(), res.one.Bytes+res.sixteen.Bytes
-	bulk := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget)
-	if res.beside, _, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, cfg.setups, bulk); res.err != nil {
+	free := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget, 0)
+	if res.free, res.freeBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, free); res.err != nil {
+		res.err = fmt.Errorf("beside unlimited bulk: %w", res.err)
 		return res
 	}
-	if env.restart != nil {
+	if !warmup {
+		paced := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget, cfg.pace)
+		if res.paced, res.pacedBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, paced); res.err != nil {
+			res.err = fmt.Errorf("beside bulk paced to %.0f MB/s: %w", float64(cfg.pace)/1e6, res.err)
+			return res
+		}
+	}
+	for i := 0; env.restart != nil && !warmup && i < cfg.restarts; i++ {
 		time.Sleep(cfg.restartPause)
-		res.restart, res.err = env.restart()
+		took, err := env.restart()
+		if err != nil {
+			res.err = fmt.Errorf("restart %d: %w", i+1, err)
+			return res
+		}
+		res.restarts = append(res.restarts, took)
 	}
 	return res
+}
+
+// loadExceedsCores reads the 1-minute figure of a load average.
+func loadExceedsCores(load string) bool {
+	first, _, _ := strings.Cut(load, " ")
+	v, err := strconv.ParseFloat(first, 64)
+	return err == nil && v > float64(runtime.NumCPU())
 }
 
 func processesCPU(pids []int) (time.Duration, error) {
@@ -359,83 +432,211 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 		}}
 }
 
-// benchTables renders every round, then the median of each figure over the
-// rounds a system passed, with the targets' ratios.
+// benchTables renders every round (round 0 is the warm-up), marking those
+// that started with more load than cores.
 func benchTables(results []roundResult, cfg benchConfig) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Data path, %d rounds (%s, %d cores, Go %s, %s)\n\n", cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), fmt.Sprintf("Envoy --concurrency %d on the apiserver proxy, %d on node proxies", cfg.apiWorkers, cfg.nodeWorkers))
-	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n## Data path, %d rounds after a warm-up (%s, %d cores, Go %s, Envoy --concurrency %d on the apiserver proxy, %d on node proxies)\n\n",
+		cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), cfg.apiWorkers, cfg.nodeWorkers)
+	if cfg.settings != "" {
+		fmt.Fprintf(&b, "spoke settings over the defaults: `%s`\n\n", strings.Join(strings.Fields(cfg.settings), " "))
+	}
+	fmt.Fprintf(&b, "Set-ups beside %d bulk streams paced to %.0f MB/s in all (80%% of the slowest system's unlimited bulk in the warm-up, or SPOKE_BENCH_PACE), and beside unlimited bulk; the bulk's achieved rate in brackets. `*`: the load average exceeded the %d cores at the round's start.\n\n",
+		cfg.bulkStreams, float64(cfg.pace)/1e6, runtime.NumCPU())
+	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | beside paced bulk p50 / p99 | beside unlimited bulk p50 / p99 | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
+		round := strconv.Itoa(r.round)
+		if r.round == 0 {
+			round = "warm-up"
+		}
+		load := r.load
+		if r.overloaded {
+			load += " *"
+		}
 		if r.err != nil {
-			fmt.Fprintf(&b, "| %d | %s | %s | FAILED: %v | | | | | | |\n", r.round, r.system, r.load, r.err)
+			fmt.Fprintf(&b, "| %s | %s | %s | FAILED: %v | | | | | | | |\n", round, r.system, load, r.err)
 			continue
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s |\n", r.round, r.system, r.load,
-			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), p50p99(r.beside), cpuText(r.cpuPerGB()), ms(r.nodeStart), ms(r.restart))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", round, r.system, load,
+			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), besideText(r.paced, r.pacedBulk), besideText(r.free, r.freeBulk),
+			cpuText(r.cpuPerGB()), ms(r.nodeStart), ms(median(r.restarts)))
 	}
 	return b.String()
 }
 
-// summaryTable is the median of each figure over a system's rounds, and
-// spoke's ratios to the others. A system that failed any round gets no
-// figures: a failed round is never reported as fast.
-func summaryTable(results []roundResult) string {
-	var b strings.Builder
-	b.WriteString("\n| median of the rounds | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | set-up p50 / p99 beside 8 bulk | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|\n")
+func besideText(times []time.Duration, bulk datapath.Transfer) string {
+	if len(times) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%.0f MB/s)", p50p99(times), bulk.MBps())
+}
+
+// pooledResult is one system over every round: set-ups pooled (percentiles
+// of all samples), the rest as medians of the rounds.
+type pooledResult struct {
+	System      string     `json:"system"`
+	Rounds      int        `json:"rounds"`
+	Failed      int        `json:"failed_rounds"`
+	Samples     int        `json:"samples_per_measure"`
+	SetupMs     [3]float64 `json:"setup_ms_p50_p90_p99"`
+	PacedMs     [3]float64 `json:"beside_paced_bulk_ms_p50_p90_p99"`
+	FreeMs      [3]float64 `json:"beside_unlimited_bulk_ms_p50_p90_p99"`
+	PacedBulk   float64    `json:"paced_bulk_mbps"`
+	FreeBulk    float64    `json:"unlimited_bulk_mbps"`
+	One         float64    `json:"one_stream_mbps"`
+	Sixteen     float64    `json:"sixteen_streams_mbps"`
+	CPU         float64    `json:"cpu_seconds_per_gb"`
+	NodeStartMs float64    `json:"node_start_ms"`
+	RestartMs   [2]float64 `json:"restart_ms_p50_p99"`
+	Restarts    int        `json:"restarts"`
+}
+
+func poolResults(results []roundResult) []pooledResult {
 	var order []string
-	bySystem := map[string][]roundResult{}
+	by := map[string][]roundResult{}
 	for _, r := range results {
-		if _, ok := bySystem[r.system]; !ok {
+		if _, ok := by[r.system]; !ok {
 			order = append(order, r.system)
 		}
-		bySystem[r.system] = append(bySystem[r.system], r)
+		by[r.system] = append(by[r.system], r)
 	}
-	medians := map[string]roundMedian{}
+	var out []pooledResult
 	for _, name := range order {
-		m, failed := medianOf(bySystem[name])
-		if failed > 0 {
-			fmt.Fprintf(&b, "| %s | FAILED %d of %d rounds: no figures | | | | | | |\n", name, failed, len(bySystem[name]))
-			continue
-		}
-		medians[name] = m
-		fmt.Fprintf(&b, "| %s | %s / %s | %.0f | %.0f | %s / %s | %s | %s | %s |\n", name, ms(m.setup50), ms(m.setup99), m.one, m.sixteen,
-			ms(m.beside50), ms(m.beside99), cpuText(m.cpu), ms(m.nodeStart), ms(m.restart))
+		out = append(out, pool(name, by[name]))
 	}
-	spoke, okS := medians[spokeName]
-	konn, okK := medians[konnectivityName]
-	direct, okD := medians[directName]
-	if okS && okK && okD {
-		fmt.Fprintf(&b, "\nspoke / Konnectivity throughput: %.2fx (1 stream), %.2fx (16 streams); spoke / direct TCP: %.0f%% (1 stream), %.0f%% (16 streams); CPU per GB: spoke %.2f s, Konnectivity %.2f s\n",
-			spoke.one/konn.one, spoke.sixteen/konn.sixteen, 100*spoke.one/direct.one, 100*spoke.sixteen/direct.sixteen, spoke.cpu, konn.cpu)
-	}
-	return b.String()
+	return out
 }
 
-type roundMedian struct {
-	setup50, setup99, beside50, beside99, nodeStart, restart time.Duration
-	one, sixteen, cpu                                        float64
-}
-
-func medianOf(rounds []roundResult) (m roundMedian, failed int) {
-	var cols [9][]float64
+func pool(name string, rounds []roundResult) pooledResult {
+	p := pooledResult{System: name, Rounds: len(rounds)}
+	var setup, paced, free, restarts []time.Duration
+	var cols [6][]float64
 	for _, r := range rounds {
 		if r.err != nil {
-			failed++
+			p.Failed++
 			continue
 		}
-		for i, v := range []float64{float64(datapath.Percentile(r.setup, .5)), float64(datapath.Percentile(r.setup, .99)),
-			float64(datapath.Percentile(r.beside, .5)), float64(datapath.Percentile(r.beside, .99)),
-			float64(r.nodeStart), float64(r.restart), r.one.MBps(), r.sixteen.MBps(), r.cpuPerGB()} {
+		setup, paced, free = append(setup, r.setup...), append(paced, r.paced...), append(free, r.free...)
+		restarts = append(restarts, r.restarts...)
+		for i, v := range []float64{r.one.MBps(), r.sixteen.MBps(), r.cpuPerGB(), float64(r.nodeStart), r.pacedBulk.MBps(), r.freeBulk.MBps()} {
 			cols[i] = append(cols[i], v)
 		}
 	}
-	if failed > 0 || len(cols[0]) == 0 {
-		return m, max(failed, 1)
+	if p.Failed > 0 {
+		return p
 	}
-	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-	d := func(i int) time.Duration { return time.Duration(med(cols[i])) }
-	return roundMedian{setup50: d(0), setup99: d(1), beside50: d(2), beside99: d(3), nodeStart: d(4), restart: d(5),
-		one: med(cols[6]), sixteen: med(cols[7]), cpu: med(cols[8])}, 0
+	p.Samples = len(setup)
+	p.SetupMs, p.PacedMs, p.FreeMs = percentilesMs(setup), percentilesMs(paced), percentilesMs(free)
+	p.One, p.Sixteen, p.CPU = medianF(cols[0]), medianF(cols[1]), medianF(cols[2])
+	p.NodeStartMs, p.PacedBulk, p.FreeBulk = medianF(cols[3])/1e6, medianF(cols[4]), medianF(cols[5])
+	p.Restarts = len(restarts)
+	p.RestartMs = [2]float64{msF(datapath.Percentile(restarts, .5)), msF(datapath.Percentile(restarts, .99))}
+	return p
+}
+
+func percentilesMs(times []time.Duration) [3]float64 {
+	return [3]float64{msF(datapath.Percentile(times, .5)), msF(datapath.Percentile(times, .9)), msF(datapath.Percentile(times, .99))}
+}
+
+func msF(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func medianF(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+func median(times []time.Duration) time.Duration { return datapath.Percentile(times, .5) }
+
+// summaryTable: set-up percentiles pooled over every round (with their
+// sample count), the rest medians of the rounds. A system that failed any
+// round gets no figures: a failed round is never reported as fast.
+func summaryTable(pooled []pooledResult, cfg benchConfig) string {
+	var b strings.Builder
+	b.WriteString("\n| all rounds | set-up samples | set-up p50 / p90 / p99 | beside paced bulk p50 / p90 / p99 | beside unlimited bulk p50 / p90 / p99 | 1 stream MB/s | 16 streams MB/s | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, p := range pooled {
+		if p.Failed > 0 {
+			fmt.Fprintf(&b, "| %s | FAILED %d of %d rounds: no figures | | | | | | | | |\n", p.System, p.Failed, p.Rounds)
+			continue
+		}
+		restart := "-"
+		if p.Restarts > 0 {
+			restart = fmt.Sprintf("%.0f / %.0f ms (%d restarts)", p.RestartMs[0], p.RestartMs[1], p.Restarts)
+		}
+		fmt.Fprintf(&b, "| %s | %d per measure | %s | %s (%.0f MB/s) | %s (%.0f MB/s) | %.0f | %.0f | %s | %.0f ms | %s |\n", p.System, p.Samples,
+			msTriple(p.SetupMs), msTriple(p.PacedMs), p.PacedBulk, msTriple(p.FreeMs), p.FreeBulk, p.One, p.Sixteen, cpuText(p.CPU), p.NodeStartMs, restart)
+	}
+	return b.String()
+}
+
+func msTriple(v [3]float64) string { return fmt.Sprintf("%.2f / %.2f / %.2f ms", v[0], v[1], v[2]) }
+
+// targetsText checks spoke against the targets, as ratios to Konnectivity
+// in this run.
+func targetsText(pooled []pooledResult) string {
+	var spoke, konn *pooledResult
+	for i := range pooled {
+		switch pooled[i].System {
+		case spokeName:
+			spoke = &pooled[i]
+		case konnectivityName:
+			konn = &pooled[i]
+		}
+	}
+	if spoke == nil || konn == nil || spoke.Failed > 0 || konn.Failed > 0 {
+		return "\nTargets: not checked (spoke and Konnectivity must both pass every round).\n"
+	}
+	var b strings.Builder
+	b.WriteString("\n| target (spoke against Konnectivity, this run) | spoke | Konnectivity | ratio | met |\n|---|---|---|---|---|\n")
+	check := func(name string, s, k, limit float64, atMost bool) {
+		ratio := s / k
+		met := ratio <= limit
+		if !atMost {
+			met = ratio >= limit
+		}
+		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.2fx | %s |\n", name, s, k, ratio, map[bool]string{true: "yes", false: "NO"}[met])
+	}
+	check("set-up p50 beside paced bulk (ms), at most 1/3", spoke.PacedMs[0], konn.PacedMs[0], 1.0/3, true)
+	check("set-up p99 beside paced bulk (ms), at most 1/3", spoke.PacedMs[2], konn.PacedMs[2], 1.0/3, true)
+	check("idle set-up p99 (ms), at most 1/2", spoke.SetupMs[2], konn.SetupMs[2], 0.5, true)
+	check("1 stream (MB/s), at least 2.5x", spoke.One, konn.One, 2.5, false)
+	check("16 streams (MB/s), at least 2.5x", spoke.Sixteen, konn.Sixteen, 2.5, false)
+	check("proxy CPU per GB (s), at most 1/2", spoke.CPU, konn.CPU, 0.5, true)
+	fmt.Fprintf(&b, "| apiserver proxy restart -> every node reachable, p99 under 2 s | %.0f ms over %d restarts | %.0f ms | | %s |\n",
+		spoke.RestartMs[1], spoke.Restarts, konn.RestartMs[1], map[bool]string{true: "yes", false: "NO"}[spoke.RestartMs[1] < 2000 && spoke.Restarts >= 10])
+	return b.String()
+}
+
+// benchRun is the benchmark's machine-readable output (SPOKE_BENCH_JSON),
+// what cmd/spoke-benchplot draws.
+type benchRun struct {
+	Date     string         `json:"date"`
+	Settings string         `json:"settings"` // spoke settings over the defaults ("" for the defaults)
+	PaceMBps float64        `json:"paced_bulk_target_mbps"`
+	Rounds   int            `json:"rounds"`
+	Systems  []pooledResult `json:"systems"`
+}
+
+func writeBenchOutputs(t *testing.T, report string, pooled []pooledResult, cfg benchConfig) {
+	if out := os.Getenv("SPOKE_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out := os.Getenv("SPOKE_BENCH_JSON"); out != "" {
+		run := benchRun{Date: time.Now().UTC().Format(time.RFC3339), Settings: strings.Join(strings.Fields(cfg.settings), " "),
+			PaceMBps: float64(cfg.pace) / 1e6, Rounds: cfg.rounds, Systems: pooled}
+		raw, err := json.MarshalIndent(run, "", "  ")
+		if err == nil {
+			err = os.WriteFile(out, raw, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func p50p99(times []time.Duration) string {

@@ -2,10 +2,19 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/spokeproxy/spoke/e2e/datapath"
+	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
 
@@ -46,9 +55,10 @@ func TestNodeProxyResyncsPromptlyAfterServerRestart(t *testing.T) {
 }
 
 // TestTunnelsRedialPromptlyAfterApiserverProxyRestart: an apiserver proxy
-// that crashes and comes back gets its tunnels back within a few seconds
-// (the node proxy re-checks missing tunnels every maintain interval: 10 s
-// by default).
+// that is down for 3 s gets its tunnels back at the node's next step of its
+// re-dial schedule: its tunnels' first re-dial fails at once (4 failures),
+// the next comes ~8 s later (plus jitter and the 1 s maintain tick), not at
+// the 30 s cap nor at Envoy's 10 s default maintain interval.
 func TestTunnelsRedialPromptlyAfterApiserverProxyRestart(t *testing.T) {
 	tp := newTopology(t)
 	sock, target := tp.podBehindTunnel()
@@ -59,7 +69,115 @@ func TestTunnelsRedialPromptlyAfterApiserverProxyRestart(t *testing.T) {
 	waitForTunnel(t, sock, target)
 	took := time.Since(start)
 	t.Logf("a CONNECT through node-a worked again %v after the apiserver proxy came back", took.Round(10*time.Millisecond))
-	if took > 5*time.Second {
-		t.Errorf("tunnels needed %v to come back; the node proxy should re-dial within a few seconds", took)
+	if took > 10*time.Second {
+		t.Errorf("tunnels needed %v to come back; the node proxy should re-dial within about 8 s of its first failure", took)
+	}
+}
+
+// TestDeadEndpointRedialsBackOff: a node proxy whose apiserver endpoints
+// include one with no proxy behind it (the port takes the connection and
+// closes it, like a host whose proxy is gone) re-dials it fast at first,
+// then backs off: the whole fleet's rate at a dead endpoint stays bounded.
+// The attempts per minute are logged (docs/operations.md, the fleet's rate).
+func TestDeadEndpointRedialsBackOff(t *testing.T) {
+	dead, attempts := countingDeadEndpoint(t)
+	tp := newTopologyWith(t, func(s *model.Settings) {
+		s.APIServerEndpoints = append(s.APIServerEndpoints, dead)
+	})
+	tp.podBehindTunnel() // the live endpoint's tunnels work throughout
+	start := time.Now()
+	window := redialWindow()
+	time.Sleep(window)
+	var early, late int
+	for _, at := range attempts() {
+		if at.Sub(start) < window/2 {
+			early++
+		} else {
+			late++
+		}
+	}
+	perMinute := float64(late) / (window / 2).Minutes()
+	t.Logf("attempts at the dead endpoint: %d in the first %v, %d in the next %v (%.1f a minute per node; %.0f a second from 5,000 nodes)",
+		early, window/2, late, window/2, perMinute, perMinute*5000/60)
+	if bound := redialBound(window / 2); late > bound {
+		t.Errorf("%d attempts in %v at a dead endpoint, want at most %d: re-dials should back off to envoy.TunnelMaxReconnectBackoff", late, window/2, bound)
+	}
+}
+
+// countingDeadEndpoint listens on loopback, closes every connection at once
+// and records when each came: an apiserver endpoint with no proxy behind it.
+func countingDeadEndpoint(t *testing.T) (addr string, attempts func() []time.Time) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var mu sync.Mutex
+	var seen []time.Time
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			seen = append(seen, time.Now())
+			mu.Unlock()
+			c.Close()
+		}
+	}()
+	return ln.Addr().String(), func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// redialWindow is how long TestDeadEndpointRedialsBackOff watches (its
+// second half is measured): SPOKE_REDIAL_WINDOW, 40 s unless set.
+func redialWindow() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("SPOKE_REDIAL_WINDOW")); err == nil && d > 0 {
+		return d
+	}
+	return 40 * time.Second
+}
+
+// redialBound is the most attempts one node proxy worker may make at a dead
+// endpoint in d once backed off: one per tunnel it keeps there per
+// envoy.TunnelMaxReconnectBackoff, and one more each for the window's edge.
+func redialBound(d time.Duration) int {
+	tunnels := int(model.DefaultSettings().TunnelsPerEndpoint)
+	return (int(d/envoy.TunnelMaxReconnectBackoff) + 1) * tunnels
+}
+
+// TestRestartedApiserverProxyReachesNodesQuickly kills the apiserver proxy
+// and starts it again at once, ten times (SPOKE_RESTARTS to change), and
+// logs how long each took until a CONNECT through node-a's tunnel worked,
+// as p50 / p99: the node's first re-dial meets a proxy that is not yet
+// listening, so what follows is its re-dial schedule (TunnelMaxReconnectBackoff).
+func TestRestartedApiserverProxyReachesNodesQuickly(t *testing.T) {
+	restarts := 10
+	if n, err := strconv.Atoi(os.Getenv("SPOKE_RESTARTS")); err == nil && n > 0 {
+		restarts = n
+	}
+	tp := newTopology(t)
+	sock, target := tp.podBehindTunnel()
+	var took []time.Duration
+	for range restarts {
+		tp.apiProxy.Stop()
+		start := time.Now()
+		tp.startAPIServerProxy()
+		waitFor(t, 30*time.Second, "a CONNECT through the restarted apiserver proxy", func() bool {
+			_, status := roundTrip(t, sock, target)
+			return status == http.StatusOK
+		})
+		took = append(took, time.Since(start))
+	}
+	p50, p99 := datapath.Percentile(took, .5), datapath.Percentile(took, .99)
+	t.Logf("apiserver proxy killed and restarted %d times: a CONNECT through node-a worked again after p50 %v, p99 %v (all: %v)",
+		restarts, p50.Round(10*time.Millisecond), p99.Round(10*time.Millisecond), took)
+	if p99 > envoy.TunnelMaxReconnectBackoff+3*time.Second {
+		t.Errorf("p99 %v: a restarted apiserver proxy should have its tunnels back within the re-dial cap (%v) and a start", p99, envoy.TunnelMaxReconnectBackoff)
 	}
 }

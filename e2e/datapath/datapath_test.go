@@ -39,8 +39,41 @@ func TestMeasurementsThroughDirectTCP(t *testing.T) {
 		}
 	}
 	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 10, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2})
-	if err != nil || len(times) != 10 || bulk <= 0 {
-		t.Fatalf("beside bulk: %d set-ups, %d bulk bytes, %v", len(times), bulk, err)
+	if err != nil || len(times) != 10 || bulk.Bytes <= 0 {
+		t.Fatalf("beside bulk: %d set-ups, %d bulk bytes, %v", len(times), bulk.Bytes, err)
+	}
+}
+
+// TestPacedBulkKeepsItsRate: bulk paced to a rate never receives more than
+// the rate allows over the time it ran (plus one chunk per stream, the
+// target's burst), however fast the path.
+func TestPacedBulkKeepsItsRate(t *testing.T) {
+	tg := startTarget(t)
+	const rate = 4 << 20 // bytes a second, both streams
+	_, bulk, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2, Rate: rate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if most := int64(rate*bulk.Elapsed.Seconds()) + 2*receiveChunk; bulk.Bytes <= 0 || bulk.Bytes > most {
+		t.Fatalf("paced bulk received %d bytes in %v; at %d B/s at most %d", bulk.Bytes, bulk.Elapsed, rate, most)
+	}
+}
+
+// TestABulkStreamThatEndsFailsTheMeasure: a bulk stream cut before the
+// set-ups end fails them instead of leaving set-ups measured beside less
+// bulk than reported.
+func TestABulkStreamThatEndsFailsTheMeasure(t *testing.T) {
+	tg := startTarget(t)
+	cut := func(ctx context.Context, target string) (net.Conn, error) {
+		c, err := Direct()(ctx, target)
+		if err != nil {
+			return nil, err
+		}
+		return &cutConn{Conn: c, left: 100 << 10}, nil
+	}
+	_, _, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, &LocalBulk{Dial: cut, Target: tg.Addr(), Streams: 2})
+	if err == nil || !strings.Contains(err.Error(), "bulk stream") {
+		t.Fatalf("a cut bulk stream: %v, want it named", err)
 	}
 }
 
@@ -174,11 +207,11 @@ func TestHelperServesTargetsAndBulk(t *testing.T) {
 	if _, err := SetupTimes(context.Background(), Direct(), addr, 3); err != nil {
 		t.Fatalf("the helper's target: %v", err)
 	}
-	times, moved, err := SetupTimesBeside(context.Background(), Direct(), addr, 5, h.Bulk(2, "direct", addr))
-	if err != nil || len(times) != 5 || moved <= 0 {
-		t.Fatalf("beside the helper's bulk: %d set-ups, %d bytes, %v", len(times), moved, err)
+	times, moved, err := SetupTimesBeside(context.Background(), Direct(), addr, 5, h.Bulk(2, "direct", addr, 0))
+	if err != nil || len(times) != 5 || moved.Bytes <= 0 {
+		t.Fatalf("beside the helper's bulk: %d set-ups, %d bytes, %v", len(times), moved.Bytes, err)
 	}
-	if _, err := h.call("bulk 2 carrier-pigeon %s", addr); err == nil || !strings.Contains(err.Error(), "unknown path") {
+	if _, err := h.call("bulk 2 carrier-pigeon %s 0", addr); err == nil || !strings.Contains(err.Error(), "unknown path") {
 		t.Fatalf("a bad path: %v", err)
 	}
 	if _, err := h.call("frobnicate"); err == nil {

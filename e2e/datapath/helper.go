@@ -22,7 +22,7 @@ import (
 // The helper reads one command per line and answers one line:
 //
 //	target <ip:port>               -> ok <address>
-//	bulk <n> <path> <target>       -> ok        (path: direct | unix:<socket>)
+//	bulk <n> <path> <target> <B/s> -> ok        (path: direct | unix:<socket>; B/s: all n streams together, 0: as fast as the path lets them)
 //	stop                           -> ok <bytes the bulk streams received>
 //
 // It stops everything when its input ends.
@@ -59,16 +59,20 @@ func (h *helperState) do(f []string) (string, error) {
 		}
 		h.targets = append(h.targets, t)
 		return "ok " + t.Addr(), nil
-	case len(f) == 4 && f[0] == "bulk":
+	case len(f) == 5 && f[0] == "bulk":
 		n, err := strconv.Atoi(f[1])
 		if err != nil {
 			return "", fmt.Errorf("bulk: stream count %q", f[1])
+		}
+		rate, err := strconv.ParseInt(f[4], 10, 64)
+		if err != nil || rate < 0 {
+			return "", fmt.Errorf("bulk: rate %q", f[4])
 		}
 		dial, err := DialerFor(f[2])
 		if err != nil {
 			return "", err
 		}
-		h.bulk = &LocalBulk{Dial: dial, Target: f[3], Streams: n}
+		h.bulk = &LocalBulk{Dial: dial, Target: f[3], Streams: n, Rate: rate}
 		return "ok", h.bulk.Start()
 	case len(f) == 1 && f[0] == "stop" && h.bulk != nil:
 		n, err := h.bulk.Stop()
@@ -105,23 +109,29 @@ type Bulk interface {
 	Stop() (received int64, err error)
 }
 
-// LocalBulk receives as fast as the path lets it on Streams connections,
-// in this process.
+// LocalBulk receives on Streams connections, in this process, as fast as
+// the path lets it or, with Rate, what the target sends at Rate bytes a
+// second in all (each stream its share), so each system carries the same
+// bulk. The target keeps the pace, not the reader: a slow reader would fill
+// every buffer on the path, a different test.
 type LocalBulk struct {
 	Dial    Dialer
 	Target  string
 	Streams int
+	Rate    int64 // bytes per second, all streams together; 0: no limit
 
-	conns []net.Conn
-	wg    sync.WaitGroup
-	moved atomic.Int64
+	conns    []net.Conn
+	wg       sync.WaitGroup
+	moved    atomic.Int64
+	stopping atomic.Bool
+	failed   atomic.Pointer[error] // a stream that ended before Stop
 }
 
 func (b *LocalBulk) Start() error {
 	for i := 0; i < b.Streams; i++ {
 		c, err := b.Dial(context.Background(), b.Target)
 		if err == nil {
-			_, err = c.Write([]byte{opStream})
+			_, err = c.Write(b.streamCommand())
 		}
 		if err != nil {
 			_, _ = b.Stop()
@@ -131,18 +141,40 @@ func (b *LocalBulk) Start() error {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			n, _ := receive(c, -1)
+			n, err := receive(c, -1)
+			if err == nil {
+				err = io.EOF // the target never ends a stream
+			}
 			b.moved.Add(n)
+			if !b.stopping.Load() {
+				err = fmt.Errorf("bulk stream %d ended after %d bytes: %v", i+1, n, err)
+				b.failed.CompareAndSwap(nil, &err)
+			}
 		}()
 	}
 	return nil
 }
 
+// streamCommand asks the target for an endless stream: its share of Rate,
+// or as fast as it can.
+func (b *LocalBulk) streamCommand() []byte {
+	if b.Rate == 0 {
+		return []byte{opStream}
+	}
+	return command(opPaced, uint64(max(1, b.Rate/int64(b.Streams))))
+}
+
+// Stop ends the streams and returns what they received; a stream that had
+// ended before, or streams that received nothing, fail the measure.
 func (b *LocalBulk) Stop() (int64, error) {
+	b.stopping.Store(true)
 	for _, c := range b.conns {
 		c.Close()
 	}
 	b.wg.Wait()
+	if err := b.failed.Load(); err != nil {
+		return b.moved.Load(), *err
+	}
 	if b.moved.Load() == 0 && len(b.conns) > 0 {
 		return 0, fmt.Errorf("the %d bulk streams received nothing", len(b.conns))
 	}
@@ -197,9 +229,10 @@ func (h *HelperProcess) call(format string, args ...any) (string, error) {
 // Target serves a target on addr in the helper and returns its address.
 func (h *HelperProcess) Target(addr string) (string, error) { return h.call("target %s", addr) }
 
-// Bulk is load of streams through path (see DialerFor) run by the helper.
-func (h *HelperProcess) Bulk(streams int, path, target string) Bulk {
-	return &helperBulk{h: h, streams: streams, path: path, target: target}
+// Bulk is load of streams through path (see DialerFor) run by the helper,
+// at most rate bytes a second in all (0: no limit).
+func (h *HelperProcess) Bulk(streams int, path, target string, rate int64) Bulk {
+	return &helperBulk{h: h, streams: streams, path: path, target: target, rate: rate}
 }
 
 // Close ends the helper and waits for it.
@@ -212,10 +245,11 @@ type helperBulk struct {
 	h            *HelperProcess
 	streams      int
 	path, target string
+	rate         int64
 }
 
 func (b *helperBulk) Start() error {
-	_, err := b.h.call("bulk %d %s %s", b.streams, b.path, b.target)
+	_, err := b.h.call("bulk %d %s %s %d", b.streams, b.path, b.target, b.rate)
 	return err
 }
 

@@ -127,10 +127,13 @@ func receive(r io.Reader, limit int64) (int64, error) {
 }
 
 // SetupTimesBeside measures n set-ups while bulk runs (head-of-line
-// blocking shows here), and returns the bytes bulk received meanwhile.
-func SetupTimesBeside(ctx context.Context, dial Dialer, target string, n int, bulk Bulk) ([]time.Duration, int64, error) {
+// blocking shows here), and returns what bulk moved meanwhile (from its
+// start: its first 200 ms are its ramp-up, counted so the rate is never
+// flattered). A bulk stream that failed fails the measure.
+func SetupTimesBeside(ctx context.Context, dial Dialer, target string, n int, bulk Bulk) ([]time.Duration, Transfer, error) {
+	start := time.Now()
 	if err := bulk.Start(); err != nil {
-		return nil, 0, err
+		return nil, Transfer{}, err
 	}
 	time.Sleep(200 * time.Millisecond) // the bulk streams reach full speed
 	times, err := SetupTimes(ctx, dial, target, n)
@@ -138,7 +141,7 @@ func SetupTimesBeside(ctx context.Context, dial Dialer, target string, n int, bu
 	if err == nil {
 		err = stopErr
 	}
-	return times, moved, err
+	return times, Transfer{Bytes: moved, Elapsed: time.Since(start)}, err
 }
 
 // Percentile is the p-th (0..1) of times, nearest rank; 0 for none.

@@ -7,12 +7,15 @@ package datapath
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+
+	"golang.org/x/time/rate"
 )
 
 // The target's protocol: each command is one byte, some followed by a
@@ -22,6 +25,7 @@ const (
 	opDownload = 'd' // + count: send count bytes (target -> caller, as logs and port-forward answers)
 	opUpload   = 'u' // + count: read count bytes, then answer one byte
 	opStream   = 's' // send until the caller closes (the bulk load beside new set-ups)
+	opPaced    = 'r' // + count: opStream at count bytes a second (bulk at the same rate through every system)
 )
 
 // chunk is what the target sends: 64 KiB of a fixed pattern.
@@ -123,6 +127,23 @@ func serveTarget(conn net.Conn) error {
 			}
 		case opStream:
 			for {
+				if _, err := conn.Write(chunk); err != nil {
+					return err
+				}
+			}
+		case opPaced:
+			perSecond, err := readCount(r)
+			if err != nil {
+				return err
+			}
+			// The sender keeps the pace and the caller reads at once, so no
+			// queue builds anywhere on the path: the set-ups beside it meet
+			// the proxies' own scheduling, not a slow reader's backlog.
+			limiter := rate.NewLimiter(rate.Limit(perSecond), len(chunk))
+			for {
+				if err := limiter.WaitN(context.Background(), len(chunk)); err != nil {
+					return err
+				}
 				if _, err := conn.Write(chunk); err != nil {
 					return err
 				}
