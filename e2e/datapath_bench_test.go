@@ -142,7 +142,7 @@ func TestDatapathBenchmark(t *testing.T) {
 		memory = append(memory, m)
 	}
 	pooled := poolResults(results)
-	report := benchTables(append(warmup, results...), cfg) + summaryTable(pooled, cfg) + targetsText(pooled) + memoryTable(memory, cfg)
+	report := benchTables(append(warmup, results...), cfg) + summaryTable(pooled, cfg) + targetsText(pooled, cfg) + memoryTable(memory, cfg)
 	fmt.Print(report)
 	writeBenchOutputs(t, report, pooled, cfg)
 }
@@ -458,10 +458,19 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 			continue
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", round, r.system, load,
-			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), besideText(r.paced, r.pacedBulk), besideText(r.free, r.freeBulk),
+			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), besideText(r.paced, r.pacedBulk)+belowPace(r.pacedBulk.MBps(), cfg), besideText(r.free, r.freeBulk),
 			cpuText(r.cpuPerGB()), ms(r.nodeStart), ms(median(r.restarts)))
 	}
 	return b.String()
+}
+
+// belowPace flags a paced bulk that did not reach 90% of the pace: that
+// system's set-ups then competed with less bulk than the others'.
+func belowPace(mbps float64, cfg benchConfig) string {
+	if mbps > 0 && mbps < 0.9*float64(cfg.pace)/1e6 {
+		return " BELOW PACE"
+	}
+	return ""
 }
 
 func besideText(times []time.Duration, bulk datapath.Transfer) string {
@@ -566,8 +575,8 @@ func summaryTable(pooled []pooledResult, cfg benchConfig) string {
 		if p.Restarts > 0 {
 			restart = fmt.Sprintf("%.0f / %.0f ms (%d restarts)", p.RestartMs[0], p.RestartMs[1], p.Restarts)
 		}
-		fmt.Fprintf(&b, "| %s | %d per measure | %s | %s (%.0f MB/s) | %s (%.0f MB/s) | %.0f | %.0f | %s | %.0f ms | %s |\n", p.System, p.Samples,
-			msTriple(p.SetupMs), msTriple(p.PacedMs), p.PacedBulk, msTriple(p.FreeMs), p.FreeBulk, p.One, p.Sixteen, cpuText(p.CPU), p.NodeStartMs, restart)
+		fmt.Fprintf(&b, "| %s | %d per measure | %s | %s (%.0f MB/s%s) | %s (%.0f MB/s) | %.0f | %.0f | %s | %.0f ms | %s |\n", p.System, p.Samples,
+			msTriple(p.SetupMs), msTriple(p.PacedMs), p.PacedBulk, belowPace(p.PacedBulk, cfg), msTriple(p.FreeMs), p.FreeBulk, p.One, p.Sixteen, cpuText(p.CPU), p.NodeStartMs, restart)
 	}
 	return b.String()
 }
@@ -576,7 +585,7 @@ func msTriple(v [3]float64) string { return fmt.Sprintf("%.2f / %.2f / %.2f ms",
 
 // targetsText checks spoke against the targets, as ratios to Konnectivity
 // in this run.
-func targetsText(pooled []pooledResult) string {
+func targetsText(pooled []pooledResult, cfg benchConfig) string {
 	var spoke, konn *pooledResult
 	for i := range pooled {
 		switch pooled[i].System {
@@ -588,6 +597,9 @@ func targetsText(pooled []pooledResult) string {
 	}
 	if spoke == nil || konn == nil || spoke.Failed > 0 || konn.Failed > 0 {
 		return "\nTargets: not checked (spoke and Konnectivity must both pass every round).\n"
+	}
+	if belowPace(spoke.PacedBulk, cfg) != "" || belowPace(konn.PacedBulk, cfg) != "" {
+		return "\nTargets: not checked (a paced bulk stayed below its pace: the set-ups beside it did not compete with equal bulk).\n"
 	}
 	var b strings.Builder
 	b.WriteString("\n| target (spoke against Konnectivity, this run) | spoke | Konnectivity | ratio | met |\n|---|---|---|---|---|\n")

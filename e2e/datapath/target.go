@@ -7,15 +7,13 @@ package datapath
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
-
-	"golang.org/x/time/rate"
+	"time"
 )
 
 // The target's protocol: each command is one byte, some followed by a
@@ -136,17 +134,8 @@ func serveTarget(conn net.Conn) error {
 			if err != nil {
 				return err
 			}
-			// The sender keeps the pace and the caller reads at once, so no
-			// queue builds anywhere on the path: the set-ups beside it meet
-			// the proxies' own scheduling, not a slow reader's backlog.
-			limiter := rate.NewLimiter(rate.Limit(perSecond), len(chunk))
-			for {
-				if err := limiter.WaitN(context.Background(), len(chunk)); err != nil {
-					return err
-				}
-				if _, err := conn.Write(chunk); err != nil {
-					return err
-				}
+			if err := sendPaced(conn, perSecond); err != nil {
+				return err
 			}
 		default:
 			return fmt.Errorf("unknown command %q", op)
@@ -181,3 +170,24 @@ func command(op byte, n uint64) []byte {
 }
 
 var errShort = errors.New("the path delivered fewer bytes than were sent")
+
+// sendPaced sends chunks until the connection fails, perSecond bytes a
+// second on average: on a schedule from its start, so time a write spent
+// blocked (the path's flow control) is made up by the next writes instead
+// of lost, and every system carries the same bytes. The caller reads at
+// once, so no queue builds on the path: the set-ups beside it meet the
+// proxies' own scheduling, not a slow reader's backlog.
+func sendPaced(conn net.Conn, perSecond uint64) error {
+	start := time.Now()
+	var sent uint64
+	for {
+		due := start.Add(time.Duration(float64(sent) / float64(perSecond) * float64(time.Second)))
+		if wait := time.Until(due); wait > 0 {
+			time.Sleep(wait)
+		}
+		if _, err := conn.Write(chunk); err != nil {
+			return err
+		}
+		sent += uint64(len(chunk))
+	}
+}

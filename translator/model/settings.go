@@ -31,7 +31,7 @@ type Settings struct {
 	// apiserver proxy. Node workers x this must be >= the apiserver proxy's
 	// workers; at twice that, each apiserver-proxy worker holds a spare for
 	// each node, so a tunnel that drops costs no CONNECT (a worker with one
-	// tunnel refuses CONNECTs to the node until the node re-dials, ~1-2 s).
+	// tunnel refuses CONNECTs to the node until the node re-dials, ~1.5-2.5 s).
 	TunnelsPerEndpoint uint32 `json:"tunnelsPerEndpoint"`
 	// EgressSocketPath is the Unix socket the apiserver's EgressSelectorConfiguration names.
 	EgressSocketPath string `json:"egressSocketPath"`
