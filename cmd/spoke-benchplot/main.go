@@ -1,7 +1,8 @@
 // Command spoke-benchplot draws the data-path curve from the JSON that
 // make bench-datapath writes (SPOKE_BENCH_JSON), one file per spoke setting:
-// set-up p99 beside paced bulk against 16-stream throughput, one point per
-// spoke setting, Konnectivity and direct TCP marked, the defaults circled.
+// set-up p99 beside bulk (filled: bulk at one rate for every system; hollow:
+// unlimited bulk) against 16-stream throughput, one point per spoke setting,
+// Konnectivity and direct TCP marked, the defaults ringed.
 //
 //	go run ./cmd/spoke-benchplot -o docs/datapath-curve.svg dist/curve/*.json
 package main
@@ -13,6 +14,7 @@ import (
 	"image/color"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -38,6 +40,7 @@ type system struct {
 	Name    string     `json:"system"`
 	Failed  int        `json:"failed_rounds"`
 	Paced   [3]float64 `json:"beside_paced_bulk_ms_p50_p90_p99"`
+	Free    [3]float64 `json:"beside_unlimited_bulk_ms_p50_p90_p99"`
 	Sixteen float64    `json:"sixteen_streams_mbps"`
 }
 
@@ -45,7 +48,8 @@ type system struct {
 type point struct {
 	label      string
 	throughput float64 // MB/s, 16 streams
-	p99        float64 // ms, set-up beside paced bulk
+	paced      float64 // ms, set-up p99 beside bulk at the same rate for every system
+	free       float64 // ms, set-up p99 beside unlimited bulk
 }
 
 func main() {
@@ -62,7 +66,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	if err := p.Save(8*vg.Inch, 5*vg.Inch, *out); err != nil {
+	if err := p.Save(9*vg.Inch, 6*vg.Inch, *out); err != nil {
 		fail(fmt.Errorf("write %s: %w", *out, err))
 	}
 }
@@ -98,11 +102,10 @@ func points(runs []run) (spoke, konn, direct []point, defaults *point) {
 			if s.Failed > 0 || s.Sixteen == 0 {
 				continue
 			}
-			pt := point{label: r.Settings, throughput: s.Sixteen, p99: s.Paced[2]}
+			pt := point{label: shortSettings(r.Settings), throughput: s.Sixteen, paced: s.Paced[2], free: s.Free[2]}
 			switch {
 			case strings.HasPrefix(s.Name, spokePrefix):
-				if pt.label == "" {
-					pt.label = "defaults"
+				if r.Settings == "" {
 					defaults = &pt
 				}
 				spoke = append(spoke, pt)
@@ -117,38 +120,87 @@ func points(runs []run) (spoke, konn, direct []point, defaults *point) {
 	return spoke, konn, direct, defaults
 }
 
+// shortSettings labels a point: "defaults", or the tunnel buffer and unsent
+// limits it sets, in KiB ("buffer 128K, unsent 64K"; 0 is Envoy's or the
+// kernel's own).
+func shortSettings(settings string) string {
+	if settings == "" {
+		return "defaults"
+	}
+	var parts []string
+	for _, f := range []struct{ key, name string }{{"tunnelBufferLimit", "buffer"}, {"tunnelUnsentLimit", "unsent"}} {
+		_, rest, ok := strings.Cut(settings, f.key+":")
+		if !ok {
+			continue
+		}
+		value := strings.Trim(strings.Fields(rest)[0], ",}")
+		if n, err := strconv.Atoi(value); err == nil {
+			switch {
+			case n == 0:
+				value = "0 (" + map[string]string{"buffer": "Envoy's 1M", "unsent": "none"}[f.name] + ")"
+			case n%1024 == 0:
+				value = strconv.Itoa(n/1024) + "K"
+			}
+		}
+		parts = append(parts, f.name+" "+value)
+	}
+	if len(parts) == 0 {
+		return settings
+	}
+	return strings.Join(parts, ", ")
+}
+
+// The two bulk loads a set-up is measured beside.
+const (
+	pacedName = "beside bulk at one rate for all"
+	freeName  = "beside unlimited bulk"
+)
+
 func curve(runs []run) (*plot.Plot, error) {
 	spoke, konn, direct, defaults := points(runs)
 	if len(spoke) == 0 {
 		return nil, fmt.Errorf("no spoke figures in the given runs (every spoke round failed?)")
 	}
 	p := plot.New()
-	p.Title.Text = "spoke's tunnel settings: set-up beside bulk against throughput"
-	p.X.Label.Text = "16-stream throughput (MB/s)"
-	p.Y.Label.Text = "set-up p99 beside paced bulk (ms)"
+	p.Title.Text = "spoke's tunnel settings: set-up p99 beside bulk against 16-stream throughput"
+	p.X.Label.Text = "16-stream throughput (MB/s, log scale)"
+	p.Y.Label.Text = "set-up p99 (ms, log scale)"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
 	p.Add(plotter.NewGrid())
+	blue, red, green := color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}
 	for _, series := range []struct {
 		name  string
 		pts   []point
 		color color.Color
 		shape draw.GlyphDrawer
 	}{
-		{"spoke (one point per setting)", spoke, color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}, draw.CircleGlyph{}},
-		{"Konnectivity v0.34.0", konn, color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}, draw.SquareGlyph{}},
-		{"direct TCP", direct, color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}, draw.TriangleGlyph{}},
+		{"spoke, one point per setting", spoke, blue, draw.CircleGlyph{}},
+		{"Konnectivity v0.34.0, each run", konn, red, draw.BoxGlyph{}},
+		{"direct TCP, each run", direct, green, draw.PyramidGlyph{}},
 	} {
 		if len(series.pts) == 0 {
 			continue
 		}
-		sc, err := plotter.NewScatter(xys(series.pts))
-		if err != nil {
-			return nil, err
+		for _, load := range []struct {
+			name   string
+			y      func(point) float64
+			filled bool
+		}{{pacedName, func(pt point) float64 { return pt.paced }, true}, {freeName, func(pt point) float64 { return pt.free }, false}} {
+			sc, err := plotter.NewScatter(xys(series.pts, load.y))
+			if err != nil {
+				return nil, err
+			}
+			shape := series.shape
+			if !load.filled {
+				shape = hollow(series.shape)
+			}
+			sc.GlyphStyle = draw.GlyphStyle{Color: series.color, Radius: vg.Points(3.5), Shape: shape}
+			p.Add(sc)
+			p.Legend.Add(series.name+", "+load.name, sc)
 		}
-		sc.GlyphStyle = draw.GlyphStyle{Color: series.color, Radius: vg.Points(3.5), Shape: series.shape}
-		p.Add(sc)
-		p.Legend.Add(series.name, sc)
 	}
-	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: xys(spoke), Labels: labelsOf(spoke)})
+	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: xys(spoke, func(pt point) float64 { return pt.free }), Labels: labelsOf(spoke)})
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +211,7 @@ func curve(runs []run) (*plot.Plot, error) {
 	labels.Offset = vg.Point{X: vg.Points(6)}
 	p.Add(labels)
 	if defaults != nil {
-		ring, err := plotter.NewScatter(xys([]point{*defaults}))
+		ring, err := plotter.NewScatter(plotter.XYs{{X: defaults.throughput, Y: defaults.paced}, {X: defaults.throughput, Y: defaults.free}})
 		if err != nil {
 			return nil, err
 		}
@@ -167,14 +219,28 @@ func curve(runs []run) (*plot.Plot, error) {
 		p.Add(ring)
 		p.Legend.Add("spoke's defaults", ring)
 	}
-	p.Legend.Top = true
+	p.Legend.Top, p.Legend.Left = false, true // the corner no point reaches
+	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	return p, nil
 }
 
-func xys(pts []point) plotter.XYs {
+// hollow is the outline of a filled glyph.
+func hollow(g draw.GlyphDrawer) draw.GlyphDrawer {
+	switch g.(type) {
+	case draw.CircleGlyph:
+		return draw.RingGlyph{}
+	case draw.BoxGlyph:
+		return draw.SquareGlyph{}
+	case draw.PyramidGlyph:
+		return draw.TriangleGlyph{}
+	}
+	return g
+}
+
+func xys(pts []point, y func(point) float64) plotter.XYs {
 	out := make(plotter.XYs, len(pts))
 	for i, pt := range pts {
-		out[i] = plotter.XY{X: pt.throughput, Y: pt.p99}
+		out[i] = plotter.XY{X: pt.throughput, Y: y(pt)}
 	}
 	return out
 }
