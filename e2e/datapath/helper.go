@@ -23,6 +23,7 @@ import (
 //
 //	target <ip:port>               -> ok <address>
 //	bulk <n> <path> <target> <B/s> -> ok        (path: direct | unix:<socket>; B/s: all n streams together, 0: as fast as the path lets them)
+//	moved                          -> ok <bytes the bulk streams received so far>
 //	stop                           -> ok <bytes the bulk streams received>
 //
 // It stops everything when its input ends.
@@ -74,6 +75,9 @@ func (h *helperState) do(f []string) (string, error) {
 		}
 		h.bulk = &LocalBulk{Dial: dial, Target: f[3], Streams: n, Rate: rate}
 		return "ok", h.bulk.Start()
+	case len(f) == 1 && f[0] == "moved" && h.bulk != nil:
+		n, err := h.bulk.Moved()
+		return "ok " + strconv.FormatInt(n, 10), err
 	case len(f) == 1 && f[0] == "stop" && h.bulk != nil:
 		n, err := h.bulk.Stop()
 		h.bulk = nil
@@ -106,6 +110,7 @@ func DialerFor(path string) (Dialer, error) {
 // Bulk is load that runs beside the set-ups being measured.
 type Bulk interface {
 	Start() error
+	Moved() (received int64, err error)
 	Stop() (received int64, err error)
 }
 
@@ -141,11 +146,10 @@ func (b *LocalBulk) Start() error {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
-			n, err := receive(c, -1)
+			n, err := receive(countingReader{c, &b.moved}, -1)
 			if err == nil {
 				err = io.EOF // the target never ends a stream
 			}
-			b.moved.Add(n)
 			if !b.stopping.Load() {
 				err = fmt.Errorf("bulk stream %d ended after %d bytes: %v", i+1, n, err)
 				b.failed.CompareAndSwap(nil, &err)
@@ -153,6 +157,35 @@ func (b *LocalBulk) Start() error {
 		}()
 	}
 	return nil
+}
+
+// Moved is what the streams have received so far.
+func (b *LocalBulk) Moved() (int64, error) { return b.moved.Load(), nil }
+
+// countingReader adds what it reads to n as it reads it.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
+// OpenStream opens an endless stream from target through dial (what a bulk
+// stream reads), for tests that read it their own way.
+func OpenStream(ctx context.Context, dial Dialer, target string) (net.Conn, error) {
+	c, err := dial(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Write([]byte{opStream}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // streamCommand asks the target for an endless stream: its share of Rate,
@@ -251,6 +284,14 @@ type helperBulk struct {
 func (b *helperBulk) Start() error {
 	_, err := b.h.call("bulk %d %s %s %d", b.streams, b.path, b.target, b.rate)
 	return err
+}
+
+func (b *helperBulk) Moved() (int64, error) {
+	answer, err := b.h.call("moved")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(answer, 10, 64)
 }
 
 func (b *helperBulk) Stop() (int64, error) {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -126,22 +127,35 @@ func receive(r io.Reader, limit int64) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{r}, make([]byte, receiveChunk))
 }
 
+// bulkWindow is the shortest time over which a bulk rate is read.
+const bulkWindow = time.Second
+
 // SetupTimesBeside measures n set-ups while bulk runs (head-of-line
-// blocking shows here), and returns what bulk moved meanwhile (from its
-// start: its first 200 ms are its ramp-up, counted so the rate is never
-// flattered). A bulk stream that failed fails the measure.
+// blocking shows here), and returns what bulk moved while they ran (after
+// its 200 ms ramp-up: the rate the set-ups competed with). A bulk stream
+// that failed fails the measure.
 func SetupTimesBeside(ctx context.Context, dial Dialer, target string, n int, bulk Bulk) ([]time.Duration, Transfer, error) {
-	start := time.Now()
 	if err := bulk.Start(); err != nil {
 		return nil, Transfer{}, err
 	}
 	time.Sleep(200 * time.Millisecond) // the bulk streams reach full speed
-	times, err := SetupTimes(ctx, dial, target, n)
-	moved, stopErr := bulk.Stop()
-	if err == nil {
-		err = stopErr
+	before, err := bulk.Moved()
+	if err != nil {
+		_, _ = bulk.Stop()
+		return nil, Transfer{}, err
 	}
-	return times, Transfer{Bytes: moved, Elapsed: time.Since(start)}, err
+	start := time.Now()
+	times, err := SetupTimes(ctx, dial, target, n)
+	// Fast set-ups end in milliseconds: the rate is read over at least
+	// bulkWindow, or it would be mostly noise.
+	time.Sleep(bulkWindow - time.Since(start))
+	after, movedErr := bulk.Moved()
+	elapsed := time.Since(start)
+	_, stopErr := bulk.Stop()
+	if err == nil {
+		err = cmp.Or(movedErr, stopErr)
+	}
+	return times, Transfer{Bytes: after - before, Elapsed: elapsed}, err
 }
 
 // Percentile is the p-th (0..1) of times, nearest rank; 0 for none.

@@ -1,0 +1,79 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spokeproxy/spoke/e2e/datapath"
+)
+
+// TestSlowReadersDoNotStallNewStreams: eight streams from one pod whose
+// clients read slowly (1 MB/s each: a `kubectl logs -f` into a slow
+// terminal) share node-a's tunnels with new CONNECTs to that pod. Each
+// stream has its own HTTP/2 flow control, so the unread bytes queue in
+// their own streams and new set-ups still answer at once; with a flow
+// control shared by every stream of a tunnel they would wait behind them.
+func TestSlowReadersDoNotStallNewStreams(t *testing.T) {
+	tp := newTopology(t)
+	target, err := datapath.ListenTarget(fmt.Sprintf("127.1.1.7:%d", tp.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(target.Close)
+	tp.startAPIServerProxy()
+	tp.startNodeProxy("node-a", "node-a")
+	dial := datapath.ConnectOverUnix(tp.settings.EgressSocketPath)
+	ctx := context.Background()
+	if _, err := datapath.WaitConnect(ctx, dial, target.Addr(), 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	stop := slowReaders(t, dial, target.Addr(), 8, 1<<20)
+	defer stop()
+	time.Sleep(3 * time.Second) // the slow streams' unread bytes pile up on the path
+	times, err := datapath.SetupTimes(ctx, dial, target.Addr(), 50)
+	if err != nil {
+		t.Fatalf("new CONNECTs beside slowly read streams: %v", err)
+	}
+	p50, p99 := datapath.Percentile(times, .5), datapath.Percentile(times, .99)
+	t.Logf("set-ups beside 8 slowly read streams: p50 %v, p99 %v", p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond))
+	if p99 > 100*time.Millisecond {
+		t.Errorf("set-up p99 %v beside slowly read streams: new streams wait behind other streams' unread bytes", p99)
+	}
+}
+
+// slowReaders opens n endless streams from target and reads each at most
+// perSecond bytes a second, until stop.
+func slowReaders(t *testing.T, dial datapath.Dialer, target string, n int, perSecond int) (stop func()) {
+	t.Helper()
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	for range n {
+		c, err := datapath.OpenStream(context.Background(), dial, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, perSecond/10)
+			for {
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	return func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}
+}
