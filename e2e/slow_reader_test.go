@@ -5,21 +5,29 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
+	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // TestSlowReadersDoNotStallNewStreams: eight streams from one pod whose
 // clients read slowly (1 MB/s each: a `kubectl logs -f` into a slow
 // terminal) share node-a's tunnels with new CONNECTs to that pod. Each
-// stream has its own HTTP/2 flow control, so the unread bytes queue in
-// their own streams and new set-ups still answer at once; with a flow
-// control shared by every stream of a tunnel they would wait behind them.
+// stream may have at most tunnelStreamWindow (1 MiB) in flight, so the
+// unread bytes never fill the tunnel's connection window and new set-ups
+// answer at once. With Envoy's 256 MiB stream window the first new CONNECT
+// got no byte in 10 s (SPOKE_SLOW_SETTINGS='{tunnelStreamWindow: 0}').
 func TestSlowReadersDoNotStallNewStreams(t *testing.T) {
-	tp := newTopology(t)
+	tp := newTopologyWith(t, func(s *model.Settings) {
+		var err error
+		if *s, err = model.ApplySettings(*s, []byte(os.Getenv("SPOKE_SLOW_SETTINGS"))); err != nil {
+			t.Fatal(err)
+		}
+	})
 	target, err := datapath.ListenTarget(fmt.Sprintf("127.1.1.7:%d", tp.port))
 	if err != nil {
 		t.Fatal(err)
