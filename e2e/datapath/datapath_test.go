@@ -64,13 +64,7 @@ func TestPacedBulkKeepsItsRate(t *testing.T) {
 // bulk than reported.
 func TestABulkStreamThatEndsFailsTheMeasure(t *testing.T) {
 	tg := startTarget(t)
-	cut := func(ctx context.Context, target string) (net.Conn, error) {
-		c, err := Direct()(ctx, target)
-		if err != nil {
-			return nil, err
-		}
-		return &cutConn{Conn: c, left: 100 << 10}, nil
-	}
+	cut := cutAfter(100 << 10)
 	_, _, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, &LocalBulk{Dial: cut, Target: tg.Addr(), Streams: 2})
 	if err == nil || !strings.Contains(err.Error(), "bulk stream") {
 		t.Fatalf("a cut bulk stream: %v, want it named", err)
@@ -149,17 +143,22 @@ func TestARefusingPathFailsTheMeasurement(t *testing.T) {
 }
 
 func TestAShortTransferFails(t *testing.T) {
-	// A "proxy" that cuts every connection after 100 KiB.
 	tg := startTarget(t)
-	cut := func(ctx context.Context, target string) (net.Conn, error) {
+	cut := cutAfter(100 << 10)
+	if _, err := Download(context.Background(), cut, tg.Addr(), 1, 1<<20); err == nil || !strings.Contains(err.Error(), "fewer bytes") {
+		t.Fatalf("a cut stream: %v, want a short-transfer error", err)
+	}
+}
+
+// cutAfter dials directly and ends each connection after n bytes read: a
+// "proxy" that cuts streams short.
+func cutAfter(n int) Dialer {
+	return func(ctx context.Context, target string) (net.Conn, error) {
 		c, err := Direct()(ctx, target)
 		if err != nil {
 			return nil, err
 		}
-		return &cutConn{Conn: c, left: 100 << 10}, nil
-	}
-	if _, err := Download(context.Background(), cut, tg.Addr(), 1, 1<<20); err == nil || !strings.Contains(err.Error(), "fewer bytes") {
-		t.Fatalf("a cut stream: %v, want a short-transfer error", err)
+		return &cutConn{Conn: c, left: n}, nil
 	}
 }
 
