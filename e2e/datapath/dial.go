@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -44,8 +46,11 @@ func ConnectOverUnix(socket string) Dialer {
 			return nil, fmt.Errorf("CONNECT %s: no response: %w", target, err)
 		}
 		if resp.StatusCode != http.StatusOK {
+			// The body says which refusal it was (a stream cap, no tunnel,
+			// the node could not reach the target).
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
 			conn.Close()
-			return nil, fmt.Errorf("CONNECT %s: %s", target, resp.Status)
+			return nil, fmt.Errorf("CONNECT %s: %s %q", target, resp.Status, strings.TrimSpace(string(body)))
 		}
 		_ = conn.SetDeadline(time.Time{})
 		return &bufferedConn{Conn: conn, r: br}, nil
