@@ -133,19 +133,15 @@ func (tp *topology) servedUpdateCosts(n, workers int, table *strings.Builder) {
 		for _, change := range []struct {
 			name        string
 			nodes, svcs int
-			done        func() bool
+			applied     func() bool // besides the route reload every change brings
 		}{
 			{"one more node", 1, 0, func() bool { return clusters() == n+3 }},
-			{"one more Service", 1, 1, nil},
+			{"one more Service", 1, 1, func() bool { return true }},
 		} {
 			before, _ := datapath.ProcessCPU(api.PID())
 			routes := reloads()
 			writeScaleCluster(t, file, n, change.nodes, change.svcs)
-			done := change.done
-			if done == nil {
-				done = func() bool { return reloads() > routes }
-			}
-			waitFor(t, time.Minute, change.name, func() bool { return done() && reloads() > routes })
+			waitFor(t, time.Minute, change.name, func() bool { return change.applied() && reloads() > routes })
 			time.Sleep(500 * time.Millisecond) // the workers' share
 			after, _ := datapath.ProcessCPU(api.PID())
 			c := costs[change.name]

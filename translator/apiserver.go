@@ -51,7 +51,7 @@ func (t *Translator) APIServerProxy() Resources {
 func tunnelClusters(plan []*tunnelTargets, s model.Settings) (clusters []*clusterv3.Cluster, version string) {
 	digests := make([]string, 0, len(plan)+1)
 	for _, p := range plan {
-		if p.node {
+		if p.cluster != ServiceTunnels { // a node's own cluster
 			c, digest := p.tunnelCluster()
 			clusters = append(clusters, c)
 			digests = append(digests, digest)
@@ -148,8 +148,7 @@ func egressRoutes(plan []*tunnelTargets) (rc *routev3.RouteConfiguration, versio
 type tunnelTargets struct {
 	name, hostID, cluster string
 	domains               []string
-	node                  bool            // a node's targets: cluster is its own
-	settings              *model.Settings // for the node's cluster
+	settings              *model.Settings // for a node's own cluster (tunnelCluster)
 
 	once   sync.Once
 	vh     *routev3.VirtualHost
@@ -207,7 +206,7 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 		if !domains.empty() {
 			plan = append(plan, &tunnelTargets{
 				name: "node/" + n.Name, hostID: n.Name, cluster: NodeTunnels(n.Name),
-				domains: domains.sorted(), node: true, settings: &s,
+				domains: domains.sorted(), settings: &s,
 			})
 		}
 	}

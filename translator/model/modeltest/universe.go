@@ -152,18 +152,7 @@ func (u *Universe) apply(key string, obj any, del bool, set, remove func()) {
 func (u *Universe) View() model.Objects {
 	var objs model.Objects
 	for _, o := range u.objects {
-		switch o := o.(type) {
-		case *corev1.Node:
-			objs.Nodes = append(objs.Nodes, o)
-		case *corev1.Pod:
-			objs.Pods = append(objs.Pods, o)
-		case *corev1.Service:
-			objs.Services = append(objs.Services, o)
-		case *discoveryv1.EndpointSlice:
-			objs.EndpointSlices = append(objs.EndpointSlices, o)
-		case *networkingv1.ServiceCIDR:
-			objs.ServiceCIDRs = append(objs.ServiceCIDRs, o)
-		}
+		objs.Add(o)
 	}
 	return objs
 }
