@@ -29,17 +29,19 @@ const MaxTunnelsPerNode = 64
 
 // Re-dialing tunnels: the node proxy re-checks every TunnelMaintainInterval
 // (plus a little jitter) for apiserver proxies it holds too few tunnels to,
-// and retries failed handshakes on a 1 s, 2 s, 4 s ... schedule capped at
-// TunnelMaxReconnectBackoff. Envoy counts each tunnel's failure, so one
-// failed round of 4 tunnels already waits ~8 s: the schedule cannot be fast
-// for a few seconds and slow afterwards. Measured (e2e, 2 cores):
+// and retries each tunnel's failed dials on a 1 s, 2 s, 4 s ... schedule
+// capped at TunnelMaxReconnectBackoff (each tunnel has an rc:// listener of
+// its own, which is where Envoy counts failures: translator's
+// reverseTunnelListeners). Measured (e2e, 2 cores):
 //
-//   - a killed apiserver proxy started again at once: back after p50 0.6 s;
-//     ~1 in 20 restarts, where the node's re-check came before the new proxy
-//     listened, after ~9.8 s (TestRestartedApiserverProxyReachesNodesQuickly).
-//     A 1.5 s interval makes that rarer than 1 s did (half of the restarts).
-//   - a dead endpoint: 84 attempts a minute per node with a 2 s cap (7,000 a
-//     second from 5,000 nodes), 24 with 10 s (2,000 a second), 7 with 30 s
+//   - a killed apiserver proxy started again at once: back after p50 0.47 s,
+//     p99 1.29 s over 20 restarts (TestRestartedApiserverProxyReachesNodesQuickly);
+//     after a failed re-dial round, 1.0-1.1 s after the new proxy started
+//     (TestApiserverProxyBackSoonAfterAFailedRedial; 9.3 s when one listener
+//     held the 4 tunnels).
+//   - a dead endpoint: tried at 0, ~1.5, 4.5, 9, 18 s, then every ~11.5 s:
+//     22-24 attempts a minute per node once backed off (about 2,000 a second
+//     from 5,000 nodes); 84 a minute with a 2 s cap, 7 with 30 s
 //     (TestDeadEndpointRedialsBackOff). After an outage, tunnels come back
 //     within the cap (plus the interval) of the proxy's return.
 //
@@ -110,8 +112,8 @@ func StaticBootstrap(role translator.Role, nodeID string, res translator.Resourc
 		c := proto.Clone(c).(*clusterv3.Cluster)
 		if c.GetType() == clusterv3.Cluster_EDS {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+			c.LoadAssignment = endpoints[translator.EDSServiceName(c)]
 			c.EdsClusterConfig = nil
-			c.LoadAssignment = endpoints[c.Name]
 		}
 		if err := staticSecrets(c.TransportSocket); err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)

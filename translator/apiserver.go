@@ -295,7 +295,9 @@ func CoveredBy(prefixes []netip.Prefix, ip netip.Addr) bool { return model.Cover
 
 // handshakeListener accepts tunnel handshakes from node proxies over mTLS. The
 // handshake's node id must equal the certificate's single DNS SAN, its cluster
-// and tenant ids the configured ones, its upstream cluster the node proxies'.
+// and tenant ids the configured ones. The upstream cluster it names is not
+// checked (Envoy takes one exact name): a node dials each tunnel through a
+// cluster of its own (DialCluster), and the name grants nothing.
 func handshakeListener(s model.Settings) *listenerv3.Listener {
 	tunnel := &revtunnelv3.ReverseTunnel{
 		PingInterval:     dur(s.KeepaliveInterval),
@@ -303,7 +305,6 @@ func handshakeListener(s model.Settings) *listenerv3.Listener {
 		// A node may hold at most the bootstrap's max_connections_per_node
 		// tunnels per worker here, whatever count its rc:// address asks for.
 		EnableConnectionLimit: true,
-		RequiredClusterName:   APIServerProxies,
 		Validation: &revtunnelv3.Validation{
 			NodeIdFormat:    NodeIDFromCertificate,
 			ClusterIdFormat: s.ClusterID,

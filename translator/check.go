@@ -95,12 +95,21 @@ func (r Resources) checkReferences() []error {
 		}
 	}
 	for _, c := range r.Clusters {
-		if c.GetType() == clusterv3.Cluster_EDS && !endpoints.has(c.Name) {
-			errs = append(errs, fmt.Errorf("cluster %s: its endpoints (EDS) are not generated", c.Name))
+		if c.GetType() == clusterv3.Cluster_EDS && !endpoints.has(EDSServiceName(c)) {
+			errs = append(errs, fmt.Errorf("cluster %s: its endpoints (EDS %s) are not generated", c.Name, EDSServiceName(c)))
 		}
 		errs = append(errs, checkSecrets("cluster "+c.Name, c.TransportSocket, secrets)...)
 	}
 	return errs
+}
+
+// EDSServiceName is the endpoint resource an EDS cluster asks for: its
+// service_name when set, else its own name.
+func EDSServiceName(c *clusterv3.Cluster) string {
+	if n := c.GetEdsClusterConfig().GetServiceName(); n != "" {
+		return n
+	}
+	return c.Name
 }
 
 func checkSecrets(owner string, ts *corev3.TransportSocket, secrets set[string]) []error {

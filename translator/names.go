@@ -10,6 +10,7 @@ package translator
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 )
 
@@ -26,7 +27,7 @@ const (
 
 	// node proxy
 	NodeTunnelRoute   = "node-tunnel"
-	APIServerProxies  = "apiserver-proxies"
+	APIServerProxies  = "apiserver-proxies" // the endpoints (EDS) and stat name of the clusters tunnels are dialed through (DialCluster)
 	KubeletCluster    = "kubelet"
 	OriginalDstTarget = "connect-original-dst"
 )
@@ -70,6 +71,11 @@ func altStatName(cluster string) string {
 	}
 	return strings.ReplaceAll(cluster, ".", "_")
 }
+
+// DialCluster names the node proxy's cluster that tunnel n (1-based) of
+// each worker is dialed through: one per tunnel, so that Envoy counts each
+// tunnel's failed dials on its own (reverseTunnelListeners).
+func DialCluster(n int) string { return fmt.Sprintf("%s/%d", APIServerProxies, n) }
 
 // reverseTunnelListenerName names the node proxy's rc:// listener after its
 // address: Envoy cannot change a listener's address in place, so a new address

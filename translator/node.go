@@ -42,13 +42,13 @@ func (t *Translator) NodeProxy(nodeName string) (Resources, error) {
 // apiserver endpoints still come from the cluster, built once per Translator.
 func (t *Translator) NodeProxyOf(node *model.Node, pods []model.Pod) Resources {
 	c, s := t.cluster, t.settings
-	clusters := []*clusterv3.Cluster{apiServerProxiesCluster(s), originalDstCluster(c, s)}
+	clusters := append(dialClusters(s), originalDstCluster(c, s))
 	if kc := kubeletCluster(c, node, s); kc != nil {
 		clusters = append(clusters, kc)
 	}
 	sortClusters(clusters)
 	return Resources{
-		Listeners: []*listenerv3.Listener{reverseTunnelListener(node.Name, s)},
+		Listeners: reverseTunnelListeners(node.Name, s),
 		Routes:    []*routev3.RouteConfiguration{t.nodeRoutes(node, pods)},
 		Clusters:  clusters,
 		Endpoints: []*endpointv3.ClusterLoadAssignment{apiServerEndpoints(c)},
@@ -56,14 +56,31 @@ func (t *Translator) NodeProxyOf(node *model.Node, pods []model.Pod) Resources {
 	}
 }
 
-// ReverseTunnelAddress is the rc:// address that makes Envoy dial tunnels:
-// rc://node:cluster:tenant@upstream-cluster:count.
-func ReverseTunnelAddress(node string, s model.Settings) string {
-	return fmt.Sprintf("rc://%s:%s:%s@%s:%d", node, s.ClusterID, s.TenantID, APIServerProxies, s.TunnelsPerEndpoint)
+// ReverseTunnelAddress is the rc:// address that makes Envoy dial one tunnel
+// per worker to each host of a cluster:
+// rc://node:cluster:tenant@upstream-cluster:1.
+func ReverseTunnelAddress(node string, s model.Settings, upstream string) string {
+	return fmt.Sprintf("rc://%s:%s:%s@%s:1", node, s.ClusterID, s.TenantID, upstream)
 }
 
-func reverseTunnelListener(node string, s model.Settings) *listenerv3.Listener {
-	address := ReverseTunnelAddress(node, s)
+// reverseTunnelListeners keeps tunnelsPerEndpoint tunnels per worker to each
+// apiserver proxy as that many rc:// listeners of one tunnel each, each
+// through a cluster of its own (dialClusters), rather than one listener
+// asking for them all. Envoy backs off a host's re-dials by the failures its
+// listener counted (1 s, 2 s, 4 s ...), so one listener of 4 tunnels waited
+// ~8 s after a single failed round, e.g. when it re-dialed a restarted
+// apiserver proxy a moment before the new one listened. Alone, each tunnel
+// retries after 1 s, then 2 s, 4 s ... up to the cap (docs/envoy.md).
+// Listeners need distinct rc:// addresses, hence a cluster per tunnel.
+func reverseTunnelListeners(node string, s model.Settings) []*listenerv3.Listener {
+	listeners := make([]*listenerv3.Listener, s.TunnelsPerEndpoint)
+	for i := range listeners {
+		listeners[i] = reverseTunnelListener(ReverseTunnelAddress(node, s, DialCluster(i+1)), s)
+	}
+	return listeners
+}
+
+func reverseTunnelListener(address string, s model.Settings) *listenerv3.Listener {
 	hcm := connectHCM("node_tunnel", NodeTunnelRoute, s)
 	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP2
 	hcm.Http2ProtocolOptions = http2Options(s)
@@ -174,10 +191,22 @@ func terminatingVirtualHost(name string, domains *domainSet, cluster string) *ro
 	}))
 }
 
-// apiServerProxiesCluster lists every apiserver proxy as its own endpoint
-// (EDS): the rc:// listener keeps tunnels to each host, so no replica is left
-// without a tunnel to this node.
-func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
+// dialClusters are the clusters the node's tunnels are dialed through,
+// one per tunnel a worker keeps to each apiserver proxy. They share one
+// endpoint list (EDS service apiserver-proxies) and one stat name
+// (cluster.apiserver-proxies.*), so they read as one cluster in Envoy's stats.
+func dialClusters(s model.Settings) []*clusterv3.Cluster {
+	clusters := make([]*clusterv3.Cluster, s.TunnelsPerEndpoint)
+	for i := range clusters {
+		clusters[i] = dialCluster(DialCluster(i+1), s)
+	}
+	return clusters
+}
+
+// dialCluster lists every apiserver proxy as its own endpoint (EDS): its
+// rc:// listener keeps a tunnel to each host, so no replica is left without
+// a tunnel to this node.
+func dialCluster(name string, s model.Settings) *clusterv3.Cluster {
 	tls := &tlsv3.UpstreamTlsContext{
 		Sni: s.APIServerProxyName,
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -187,15 +216,15 @@ func apiServerProxiesCluster(s model.Settings) *clusterv3.Cluster {
 		},
 	}
 	return &clusterv3.Cluster{
-		Name: APIServerProxies,
-		// It carries the tunnels this node dials (tunnelsPerEndpoint per
-		// worker per apiserver proxy), never a stream of its own: Envoy's
-		// default thresholds, written out, leave room for 256 apiserver
-		// proxies at the default tunnel count.
+		Name:        name,
+		AltStatName: APIServerProxies,
+		// It carries one tunnel per worker per apiserver proxy, never a
+		// stream of its own: Envoy's default thresholds, written out, leave
+		// room for 1,024 apiserver proxies.
 		CircuitBreakers:      &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{streamThresholds(1024, 1024)}},
 		ConnectTimeout:       dur(s.ConnectTimeout),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads(), ServiceName: APIServerProxies},
 		TransportSocket:      tlsTransportSocket(tls),
 		UpstreamBindConfig:   tunnelBindConfig(s),
 	}
