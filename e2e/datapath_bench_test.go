@@ -23,10 +23,11 @@ import (
 // full one; make test runs a smoke-sized one so the benchmark keeps working.
 type benchConfig struct {
 	rounds         int
-	setups         int   // set-ups per round measured idle, beside paced bulk and beside unlimited bulk
-	warmupSetups   int   // the same, in the warm-up round
-	oneStream      int64 // bytes of the 1-stream download
-	perStream16    int64 // bytes of each of the 16 parallel downloads
+	setups         int           // set-ups per round measured idle, beside paced bulk and beside unlimited bulk
+	warmupSetups   int           // the same, in the warm-up round
+	setupInterval  time.Duration // set-ups start this far apart (SPOKE_BENCH_SETUP_INTERVAL): one set-up rate for every system
+	oneStream      int64         // bytes of the 1-stream download
+	perStream16    int64         // bytes of each of the 16 parallel downloads
 	bulkStreams    int
 	pace           int64 // B/s of the paced bulk, all streams; 0: 80% of the slowest system's unlimited bulk in the warm-up
 	restarts       int   // control-plane-side proxy restarts per round
@@ -42,21 +43,27 @@ type benchConfig struct {
 
 func benchConfigFor(full bool) benchConfig {
 	if full {
-		return benchConfig{rounds: 3, setups: 1000, warmupSetups: 200, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, restarts: 4,
+		return benchConfig{rounds: 3, setups: 1000, warmupSetups: 200, setupInterval: defaultSetupInterval, oneStream: 256 << 20, perStream16: 32 << 20, bulkStreams: 8, restarts: 4,
 			restartPause: time.Second, full: true, memoryNodes: []int{100, 1000}}
 	}
-	return benchConfig{rounds: 1, setups: 20, warmupSetups: 10, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, restarts: 1,
+	return benchConfig{rounds: 1, setups: 20, warmupSetups: 10, setupInterval: defaultSetupInterval, oneStream: 4 << 20, perStream16: 1 << 20, bulkStreams: 8, restarts: 1,
 		restartPause: 100 * time.Millisecond, memoryNodes: []int{10}}
 }
+
+// defaultSetupInterval: 250 set-ups a second, about what Konnectivity's
+// ~4 ms set-ups beside bulk allow back to back, so no system is measured
+// under more set-up load than another.
+const defaultSetupInterval = 4 * time.Millisecond
 
 // benchEnv is one system, started, with what a round needs to measure it.
 type benchEnv struct {
 	dial       datapath.Dialer
 	path       string // dial, named for the helper (datapath.DialerFor)
 	helper     *datapath.HelperProcess
-	bulkTarget string       // on node-a's pod, served by the helper
-	targets    []string     // one pod per node, each reachable only through its node's path
-	proxies    func() []int // processes whose CPU counts as the system's
+	bulkTarget string                           // on node-a's pod, served by the helper
+	targets    []string                         // one pod per node, each reachable only through its node's path
+	proxies    func() []int                     // processes whose CPU counts as the system's
+	envoyStats func(fragments ...string) string // spoke: its Envoys' non-zero stats that hold a fragment
 	nodeStart  time.Duration
 	restart    func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
 }
@@ -107,6 +114,9 @@ func TestDatapathBenchmark(t *testing.T) {
 	}
 	if n, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_SETUPS")); err == nil && n > 0 {
 		cfg.setups = n
+	}
+	if d, err := time.ParseDuration(os.Getenv("SPOKE_BENCH_SETUP_INTERVAL")); err == nil && d >= 0 {
+		cfg.setupInterval = d
 	}
 	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
 	konnectivityBinaries(t)
@@ -222,7 +232,7 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	if warmup {
 		setups = cfg.warmupSetups
 	}
-	if res.setup, res.err = datapath.SetupTimes(ctx, env.dial, target, setups); res.err != nil {
+	if res.setup, res.err = datapath.SetupTimesEvery(ctx, env.dial, target, setups, cfg.setupInterval); res.err != nil {
 		return res
 	}
 	cpuBefore, err := processesCPU(env.proxies())
@@ -243,13 +253,13 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	}
 	res.cpuSeconds, res.bytesMoved = (cpuAfter - cpuBefore).Seconds(), res.one.Bytes+res.sixteen.Bytes
 	free := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget, 0)
-	if res.free, res.freeBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, free); res.err != nil {
+	if res.free, res.freeBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, cfg.setupInterval, free); res.err != nil {
 		res.err = fmt.Errorf("beside unlimited bulk: %w", res.err)
 		return res
 	}
 	if !warmup {
 		paced := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget, cfg.pace)
-		if res.paced, res.pacedBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, paced); res.err != nil {
+		if res.paced, res.pacedBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, cfg.setupInterval, paced); res.err != nil {
 			res.err = fmt.Errorf("beside bulk paced to %.0f MB/s: %w", float64(cfg.pace)/1e6, res.err)
 			return res
 		}
@@ -410,12 +420,28 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	// A node's first tunnel makes it reachable from one apiserver-proxy
 	// worker; the measurements start once each node holds all of its
 	// tunnels, one or more on every worker (Envoy spreads them).
+	envoyStats := func(fragments ...string) string {
+		var b strings.Builder
+		for _, p := range append([]*envoytest.Process{apiProxy}, nodes...) {
+			var stats []string
+			for _, f := range fragments {
+				stats = append(stats, p.Stats(f))
+			}
+			fmt.Fprintf(&b, "%s:\n%s\n", p.Name, nonZero(stats...))
+		}
+		return b.String()
+	}
+	t.Cleanup(func() {
+		if t.Failed() { // what each Envoy counted of resets, refusals and retries
+			t.Log(envoyStats("http2.", "_reset", "rq_5xx", "overflow", "goaway", "cx_destroy", "retry"))
+		}
+	})
 	want := cfg.nodeWorkers * int(tp.settings.TunnelsPerEndpoint)
 	waitFor(t, 10*time.Second, fmt.Sprintf("%d tunnels per node at the apiserver proxy", want), func() bool {
 		held, err := tunnelsPerNode(apiProxy)
 		return err == nil && held["node-a"] >= want && held["node-b"] >= want
 	})
-	return benchEnv{dial: dial, path: "unix:" + tp.settings.EgressSocketPath, helper: h, bulkTarget: bulk, targets: targets, nodeStart: reachable.Sub(started),
+	return benchEnv{dial: dial, path: "unix:" + tp.settings.EgressSocketPath, helper: h, bulkTarget: bulk, targets: targets, nodeStart: reachable.Sub(started), envoyStats: envoyStats,
 		proxies: func() []int {
 			pids := []int{apiProxy.PID()}
 			for _, n := range nodes {
@@ -441,8 +467,8 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 	if cfg.settings != "" {
 		fmt.Fprintf(&b, "spoke settings over the defaults: `%s`\n\n", strings.Join(strings.Fields(cfg.settings), " "))
 	}
-	fmt.Fprintf(&b, "Set-ups beside %d bulk streams paced to %.0f MB/s in all (80%% of the slowest system's unlimited bulk in the warm-up, or SPOKE_BENCH_PACE), and beside unlimited bulk; the bulk's achieved rate in brackets. `*`: the load average exceeded the %d cores at the round's start.\n\n",
-		cfg.bulkStreams, float64(cfg.pace)/1e6, runtime.NumCPU())
+	fmt.Fprintf(&b, "Set-ups one every %v (SPOKE_BENCH_SETUP_INTERVAL), idle, beside %d bulk streams paced to %.0f MB/s in all (80%% of the slowest system's unlimited bulk in the warm-up, or SPOKE_BENCH_PACE), and beside unlimited bulk; the bulk's achieved rate in brackets. `*`: the load average exceeded the %d cores at the round's start.\n\n",
+		cfg.setupInterval, cfg.bulkStreams, float64(cfg.pace)/1e6, runtime.NumCPU())
 	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | beside paced bulk p50 / p99 | beside unlimited bulk p50 / p99 | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		round := strconv.Itoa(r.round)
@@ -675,4 +701,15 @@ func cpuText(perGB float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2f", perGB)
+}
+
+// nonZero keeps the lines of Envoy stats whose value is not 0.
+func nonZero(stats ...string) string {
+	var keep []string
+	for _, line := range strings.Split(strings.Join(stats, "\n"), "\n") {
+		if line != "" && !strings.HasSuffix(line, ": 0") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }

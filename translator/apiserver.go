@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	grpclogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
@@ -228,7 +229,25 @@ func serviceTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 func tunnelVirtualHost(name string, domains []string, hostID, cluster string) *routev3.VirtualHost {
 	route := connectRoute(name, cluster, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
+	route.GetRoute().RetryPolicy = refusedStreamRetry()
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
+}
+
+// refusedStreamRetry sends a CONNECT again when the node's Envoy refused its
+// stream unprocessed (REFUSED_STREAM, or above the last stream id of a
+// GOAWAY): safe for any request, as nothing of it was handled. A node proxy
+// under heavy stream churn now and then ends a tunnel with GOAWAY; the new
+// stream then goes through another tunnel instead of failing with 503
+// (e2e/TestSetupChurnBesideBulkFailsNothing, docs/envoy.md).
+func refusedStreamRetry() *routev3.RetryPolicy {
+	return &routev3.RetryPolicy{
+		RetryOn:    "refused-stream",
+		NumRetries: wrapperspb.UInt32(2),
+		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+			BaseInterval: durationpb.New(time.Millisecond),
+			MaxInterval:  durationpb.New(10 * time.Millisecond),
+		},
+	}
 }
 
 func serviceDomains(c *model.Cluster) *domainSet {

@@ -68,8 +68,10 @@ func streamThresholds(streams, connections uint32) *clusterv3.CircuitBreakers_Th
 		MaxRequests:        wrapperspb.UInt32(streams),
 		MaxPendingRequests: wrapperspb.UInt32(streams),
 		MaxConnections:     wrapperspb.UInt32(connections),
-		MaxRetries:         wrapperspb.UInt32(0),
-		TrackRemaining:     true, // remaining_rq in the stats: how close each cap is
+		// Only refused streams are retried (refusedStreamRetry): as many may
+		// be retried at once as may be open.
+		MaxRetries:     wrapperspb.UInt32(streams),
+		TrackRemaining: true, // remaining_rq in the stats: how close each cap is
 	}
 }
 

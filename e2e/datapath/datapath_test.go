@@ -38,7 +38,7 @@ func TestMeasurementsThroughDirectTCP(t *testing.T) {
 			t.Fatalf("%d streams moved %d bytes at %.0f MB/s, want %d", streams, tr.Bytes, tr.MBps(), want)
 		}
 	}
-	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 10, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2})
+	times, bulk, err := SetupTimesBeside(ctx, Direct(), tg.Addr(), 10, 0, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2})
 	if err != nil || len(times) != 10 || bulk.Bytes <= 0 {
 		t.Fatalf("beside bulk: %d set-ups, %d bulk bytes, %v", len(times), bulk.Bytes, err)
 	}
@@ -50,7 +50,7 @@ func TestMeasurementsThroughDirectTCP(t *testing.T) {
 func TestPacedBulkKeepsItsRate(t *testing.T) {
 	tg := startTarget(t)
 	const rate = 4 << 20 // bytes a second, both streams
-	_, bulk, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2, Rate: rate})
+	_, bulk, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, 0, &LocalBulk{Dial: Direct(), Target: tg.Addr(), Streams: 2, Rate: rate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestPacedBulkKeepsItsRate(t *testing.T) {
 func TestABulkStreamThatEndsFailsTheMeasure(t *testing.T) {
 	tg := startTarget(t)
 	cut := cutAfter(100 << 10)
-	_, _, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, &LocalBulk{Dial: cut, Target: tg.Addr(), Streams: 2})
+	_, _, err := SetupTimesBeside(context.Background(), Direct(), tg.Addr(), 20, 0, &LocalBulk{Dial: cut, Target: tg.Addr(), Streams: 2})
 	if err == nil || !strings.Contains(err.Error(), "bulk stream") {
 		t.Fatalf("a cut bulk stream: %v, want it named", err)
 	}
@@ -206,7 +206,7 @@ func TestHelperServesTargetsAndBulk(t *testing.T) {
 	if _, err := SetupTimes(context.Background(), Direct(), addr, 3); err != nil {
 		t.Fatalf("the helper's target: %v", err)
 	}
-	times, moved, err := SetupTimesBeside(context.Background(), Direct(), addr, 5, h.Bulk(2, "direct", addr, 0))
+	times, moved, err := SetupTimesBeside(context.Background(), Direct(), addr, 5, 0, h.Bulk(2, "direct", addr, 0))
 	if err != nil || len(times) != 5 || moved.Bytes <= 0 {
 		t.Fatalf("beside the helper's bulk: %d set-ups, %d bytes, %v", len(times), moved.Bytes, err)
 	}
@@ -219,5 +219,19 @@ func TestHelperServesTargetsAndBulk(t *testing.T) {
 	cmdW.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSetupsKeepTheirInterval: set-ups at a fixed rate start no closer than
+// the interval, whatever the path's speed.
+func TestSetupsKeepTheirInterval(t *testing.T) {
+	tg := startTarget(t)
+	start := time.Now()
+	times, err := SetupTimesEvery(context.Background(), Direct(), tg.Addr(), 5, 20*time.Millisecond)
+	if err != nil || len(times) != 5 {
+		t.Fatalf("set-ups: %d, %v", len(times), err)
+	}
+	if took := time.Since(start); took < 80*time.Millisecond {
+		t.Errorf("5 set-ups 20 ms apart took %v: they did not wait for their turn", took)
 	}
 }

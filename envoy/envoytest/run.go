@@ -2,6 +2,7 @@ package envoytest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -75,7 +76,8 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool,
 		args = append(args, "--concurrency", "1")
 	}
 	if !slices.Contains(flags, "--component-log-level") { // Envoy takes the flag once
-		args = append(args, "--component-log-level", "connection:debug")
+		// SPOKE_ENVOY_COMPONENT_LOG (e.g. http2:debug,pool:debug) to debug a test
+		args = append(args, "--component-log-level", cmp.Or(os.Getenv("SPOKE_ENVOY_COMPONENT_LOG"), "connection:debug"))
 	}
 	p.cmd = exec.Command(bin, append(args, flags...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -88,6 +90,7 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool,
 		p.Stop()
 		if t.Failed() {
 			t.Logf("---- envoy %s log (last 60 lines) ----\n%s", name, p.tail(60))
+			keepLog(t, p)
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -191,6 +194,19 @@ func (p *Process) tail(n int) string {
 
 // LogBuffer collects output written from many goroutines (a process, a
 // logger) for tests to read.
+// keepLog writes a failed test's whole Envoy log to $SPOKE_ENVOY_LOG_DIR,
+// when set (the test prints only its last lines).
+func keepLog(t testing.TB, p *Process) {
+	dir := os.Getenv("SPOKE_ENVOY_LOG_DIR")
+	if dir == "" {
+		return
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name() + "-" + p.Name + ".log")
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(p.log.String()), 0o644); err != nil {
+		t.Logf("keep envoy %s log: %v", p.Name, err)
+	}
+}
+
 type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
