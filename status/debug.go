@@ -1,10 +1,13 @@
 package status
 
 import (
+	"cmp"
 	"encoding/json"
 	"net/http"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"sigs.k8s.io/yaml"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/translator"
@@ -55,8 +58,9 @@ func (t *Tracker) Statuses() []ProxyStatus {
 }
 
 // DebugHandler serves /debug/status (the rows of `spoke status`) and
-// /debug/config?proxy=KEY (what the server serves one Envoy, as an Envoy
-// ConfigDump with secrets by name only).
+// /debug/config?proxy=KEY[&type=T][&name=N] (what the server serves one
+// Envoy, as an Envoy ConfigDump with secrets by name only; type secrets
+// describes their certificates instead).
 func (t *Tracker) DebugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, _ *http.Request) {
@@ -74,9 +78,16 @@ func (t *Tracker) DebugHandler() http.Handler {
 			http.Error(w, "no config for "+proxy.Key()+": not in the cluster, or the server has not synced yet", http.StatusNotFound)
 			return
 		}
-		format := r.URL.Query().Get("output")
-		if format == "" {
-			format = "yaml"
+		q := r.URL.Query()
+		format := cmp.Or(q.Get("output"), "yaml")
+		if q.Get("type") == "secrets" {
+			writeSecrets(w, t.published.ServedSecrets(proxy), q.Get("name"), format)
+			return
+		}
+		res, err = Select(res, q.Get("type"), q.Get("name"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
 		}
 		// Secrets appear by name only: ConfigDump never carries key material.
 		out, err := translator.Marshal(translator.ConfigDump(res, dumpVersions(versions)), format)
@@ -87,6 +98,26 @@ func (t *Tracker) DebugHandler() http.Handler {
 		_, _ = w.Write(out)
 	})
 	return mux
+}
+
+// writeSecrets answers --type secrets: each secret's certificate described,
+// never its key material.
+func writeSecrets(w http.ResponseWriter, secrets []*tlsv3.Secret, name, format string) {
+	infos := []SecretInfo{}
+	for _, s := range secrets {
+		if name == "" || s.GetName() == name {
+			infos = append(infos, DescribeSecret(s))
+		}
+	}
+	out, err := json.MarshalIndent(infos, "", "  ")
+	if err == nil && format == "yaml" {
+		out, err = yaml.JSONToYAML(out)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	_, _ = w.Write(out)
 }
 
 func dumpVersions(v map[string]string) translator.DumpVersions {

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
@@ -102,6 +103,9 @@ type Published interface {
 	Versions(key string) (versions map[string]string, counts map[string]int)
 	// Served is what proxy is served (secrets by name only) and its versions.
 	Served(proxy auth.Proxy) (translator.Resources, map[string]string, bool)
+	// ServedSecrets are the SDS secrets proxy is served, with key material:
+	// for describing their certificates only.
+	ServedSecrets(proxy auth.Proxy) []*tlsv3.Secret
 }
 
 // NewTracker returns a Tracker reading p.

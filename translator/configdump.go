@@ -8,6 +8,7 @@ import (
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 )
@@ -17,6 +18,28 @@ type DumpVersions struct{ Listeners, Clusters, Endpoints, Routes, Secrets string
 
 // SameVersion gives every section the same version.
 func SameVersion(v string) DumpVersions { return DumpVersions{v, v, v, v, v} }
+
+// TypeVersions are the xDS versions of each type of r, the ones spoke serve
+// stamps, so an offline translation (spoke translate) compares with what is
+// served. Secrets get none here: their served version hashes their key
+// material, which a translation does not have.
+func TypeVersions(r Resources) DumpVersions {
+	return DumpVersions{
+		Listeners: ContentHash(r.Listeners),
+		Clusters:  cachedOrHash(r.ClusterVersion, r.Clusters),
+		Endpoints: ContentHash(r.Endpoints),
+		Routes:    cachedOrHash(r.RouteVersion, r.Routes),
+	}
+}
+
+// cachedOrHash is the version the translator cached for a type, or else
+// the content hash of its resources.
+func cachedOrHash[T proto.Message](cached string, items []T) string {
+	if cached != "" {
+		return cached
+	}
+	return ContentHash(items)
+}
 
 // ConfigDump wraps resources in Envoy's admin ConfigDump, the shape of an
 // Envoy's /config_dump, with every resource dynamic (as if received over xDS).

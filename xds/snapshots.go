@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -253,9 +254,10 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	snap := &cachev3.Snapshot{}
 	next := &publishedState{res: res, versions: map[string]string{}, counts: map[string]int{}, names: map[string]map[string]bool{}}
 	changed := p.published[key] == nil
+	versions := translator.TypeVersions(res)
 	for typeURL, items := range byType {
-		v := res.CachedVersion(typeURL)
-		if v == "" {
+		v := typeVersion(versions, typeURL)
+		if typeURL == resourcev3.SecretType {
 			v = translator.ContentHash(items)
 		}
 		next.versions[typeURL], next.counts[typeURL] = v, len(items)
@@ -284,6 +286,21 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	return true
 }
 
+// typeVersion picks a type's version out of v.
+func typeVersion(v translator.DumpVersions, typeURL string) string {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return v.Listeners
+	case resourcev3.RouteType:
+		return v.Routes
+	case resourcev3.ClusterType:
+		return v.Clusters
+	case resourcev3.EndpointType:
+		return v.Endpoints
+	}
+	return ""
+}
+
 // publishedNodes lists the nodes whose proxies have a snapshot, sorted.
 func (p *Publisher) publishedNodes() []string {
 	var names []string
@@ -305,6 +322,22 @@ func (p *Publisher) Served(proxy auth.Proxy) (translator.Resources, map[string]s
 		return translator.Resources{}, nil, false
 	}
 	return st.res, st.versions, true
+}
+
+// ServedSecrets returns the SDS secrets proxy's snapshot holds, by name.
+func (p *Publisher) ServedSecrets(proxy auth.Proxy) []*tlsv3.Secret {
+	snap, err := p.cache.GetSnapshot(proxy.Key())
+	if err != nil {
+		return nil
+	}
+	items := snap.GetResources(resourcev3.SecretType)
+	var secrets []*tlsv3.Secret
+	for _, name := range slices.Sorted(maps.Keys(items)) {
+		if s, ok := items[name].(*tlsv3.Secret); ok {
+			secrets = append(secrets, s)
+		}
+	}
+	return secrets
 }
 
 // ResourceNames returns the names of the resources of typeURL that key's

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/status"
@@ -28,31 +29,106 @@ const defaultDebugServer = "http://127.0.0.1:18002"
 const maxDebugAnswer = 256 << 20
 
 func newStatusCommand() *cobra.Command {
-	var server string
+	var server, output string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "List connected Envoys and whether each type is SYNCED, STALE or NACKED",
-		Args:  cobra.NoArgs,
+		Long: `List the Envoys connected to this server replica and the sync state of each
+resource type, the problems the server refused (sources, pod addresses), and
+the tunnels each node holds at the apiserver proxy beside the server.
+
+-o json or -o yaml prints the same as one document (proxies, problems,
+tunnels) for scripts.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			body, err := debugGet(cmd.Context(), server, "/debug/status")
+			if output != "table" && output != "json" && output != "yaml" {
+				return fmt.Errorf("--output %q: use table, json or yaml", output)
+			}
+			report, err := readStatus(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
-			var rows []status.ProxyStatus
-			if err := json.Unmarshal(body, &rows); err != nil {
-				return fmt.Errorf("unexpected answer from %s: %w", server, err)
+			if output != "table" {
+				return writeDocument(cmd.OutOrStdout(), report, output)
 			}
-			if err := printStatus(cmd.OutOrStdout(), rows); err != nil {
-				return err
-			}
-			if err := printProblems(cmd.Context(), cmd.OutOrStdout(), server); err != nil {
-				return err
-			}
-			return printTunnels(cmd.Context(), cmd.OutOrStdout(), server)
+			return printReport(cmd.OutOrStdout(), report)
 		},
 	}
 	cmd.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
 	return cmd
+}
+
+// statusReport is everything spoke status shows, as -o json|yaml prints it.
+type statusReport struct {
+	Proxies  []status.ProxyStatus `json:"proxies"`
+	Problems []model.Problem      `json:"problems"`
+	// Tunnels is nil when the server could not say (TunnelsError).
+	Tunnels      *status.Tunnels `json:"tunnels,omitempty"`
+	TunnelsError string          `json:"tunnelsError,omitempty"`
+}
+
+func readStatus(ctx context.Context, server string) (statusReport, error) {
+	var r statusReport
+	if err := debugJSON(ctx, server, "/debug/status", &r.Proxies); err != nil {
+		return r, err
+	}
+	if err := debugJSON(ctx, server, "/debug/problems", &r.Problems); err != nil {
+		return r, err
+	}
+	// Empty lists print as [] for scripts, not null.
+	if r.Proxies == nil {
+		r.Proxies = []status.ProxyStatus{}
+	}
+	if r.Problems == nil {
+		r.Problems = []model.Problem{}
+	}
+	var t status.Tunnels
+	if err := debugJSON(ctx, server, "/debug/tunnels", &t); err != nil {
+		r.TunnelsError = err.Error() // the Envoys' status is still worth printing
+	} else {
+		r.Tunnels = &t
+	}
+	return r, nil
+}
+
+// debugJSON reads one debug API answer into v.
+func debugJSON(ctx context.Context, server, path string, v any) error {
+	body, err := debugGet(ctx, server, path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("unexpected answer from %s%s: %w", server, path, err)
+	}
+	return nil
+}
+
+// writeDocument prints v as JSON (indented) or YAML.
+func writeDocument(w io.Writer, v any, format string) error {
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err == nil && format == "yaml" {
+		out, err = yaml.JSONToYAML(out)
+	} else if err == nil {
+		out = append(out, '\n')
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(out)
+	return err
+}
+
+func printReport(w io.Writer, r statusReport) error {
+	if err := printStatus(w, r.Proxies); err != nil {
+		return err
+	}
+	printProblems(w, r.Problems)
+	if r.Tunnels == nil {
+		fmt.Fprintf(w, "\ntunnels: %s\n", printable(r.TunnelsError))
+		return nil
+	}
+	return printTunnels(w, *r.Tunnels)
 }
 
 func printStatus(w io.Writer, rows []status.ProxyStatus) error {
@@ -93,16 +169,29 @@ func printStatus(w io.Writer, rows []status.ProxyStatus) error {
 
 func newConfigCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Inspect the config the server serves"}
-	var server, proxy, output string
+	var server, proxy, output, typ, name string
 	dump := &cobra.Command{
-		Use:   "dump --proxy apiserver|node/NAME",
+		Use:   "dump --proxy apiserver|node/NAME [--type TYPE] [--name NAME]",
 		Short: "Print what the server serves one Envoy, as an Envoy ConfigDump (secrets by name only)",
-		Args:  cobra.NoArgs,
+		Long: `Print what the server serves one Envoy, in the shape of Envoy's own
+/config_dump (secrets by name only), so the two can be compared.
+
+--type keeps one type: listeners, routes, clusters, endpoints, or secrets
+(each secret's certificate described: subject, DNS names, issuer, serial,
+validity; never key material). --name keeps the resources of that name; for
+routes also a virtual host of that name (node/NAME, services), alone in its
+route configuration.`,
+		Example: `  spoke config dump --proxy apiserver --type routes --name node/worker-1
+  spoke config dump --proxy node/worker-1 --type secrets`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := auth.ParseProxy(proxy); err != nil {
 				return err
 			}
-			q := url.Values{"proxy": {proxy}, "output": {output}}
+			if typ != "" && !slices.Contains(status.DumpTypes, typ) {
+				return fmt.Errorf("--type %q: use one of %s", typ, strings.Join(status.DumpTypes, ", "))
+			}
+			q := url.Values{"proxy": {proxy}, "output": {output}, "type": {typ}, "name": {name}}
 			body, err := debugGet(cmd.Context(), server, "/debug/config?"+q.Encode())
 			if err != nil {
 				return err
@@ -114,6 +203,8 @@ func newConfigCommand() *cobra.Command {
 	dump.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
 	dump.Flags().StringVar(&proxy, "proxy", "", "apiserver or node/NAME")
 	dump.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
+	dump.Flags().StringVar(&typ, "type", "", "only this type: "+strings.Join(status.DumpTypes, ", "))
+	dump.Flags().StringVar(&name, "name", "", "only resources (or route virtual hosts) of this name")
 	_ = dump.MarkFlagRequired("proxy")
 	cmd.AddCommand(dump)
 	return cmd
@@ -158,15 +249,7 @@ const maxListedRefusals = 20
 // source input (the last good config is served) and the pod addresses the
 // server refused because their node may not own them (a node claiming
 // others' addresses, or a misconfigured CNI).
-func printProblems(ctx context.Context, w io.Writer, server string) error {
-	body, err := debugGet(ctx, server, "/debug/problems")
-	if err != nil {
-		return err
-	}
-	var problems []model.Problem
-	if err := json.Unmarshal(body, &problems); err != nil {
-		return fmt.Errorf("unexpected answer from %s: %w", server, err)
-	}
+func printProblems(w io.Writer, problems []model.Problem) {
 	var refused []model.Problem
 	for _, p := range problems {
 		switch p.Kind {
@@ -177,7 +260,7 @@ func printProblems(ctx context.Context, w io.Writer, server string) error {
 		}
 	}
 	if len(refused) == 0 {
-		return nil
+		return
 	}
 	fmt.Fprintf(w, "\nREFUSED POD ADDRESSES: %d (a pod's node may not own them; not routed)\n", len(refused))
 	for i, p := range refused {
@@ -187,7 +270,6 @@ func printProblems(ctx context.Context, w io.Writer, server string) error {
 		}
 		fmt.Fprintln(w, printable(p.String()))
 	}
-	return nil
 }
 
 // printRefusals lists each node's last refused tunnel at the apiserver
@@ -208,16 +290,7 @@ func printRefusals(w io.Writer, refusals map[string]status.Refusal) error {
 
 // printTunnels lists the tunnels each node holds at the apiserver proxy
 // beside the server, nodes without one first.
-func printTunnels(ctx context.Context, w io.Writer, server string) error {
-	body, err := debugGet(ctx, server, "/debug/tunnels")
-	if err != nil {
-		fmt.Fprintf(w, "\ntunnels: %v\n", err)
-		return nil // status of the Envoys was printed; tunnels are optional
-	}
-	var t status.Tunnels
-	if err := json.Unmarshal(body, &t); err != nil {
-		return fmt.Errorf("unexpected answer from %s: %w", server, err)
-	}
+func printTunnels(w io.Writer, t status.Tunnels) error {
 	if err := printRefusals(w, t.Refusals); err != nil {
 		return err
 	}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/source"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -291,4 +294,58 @@ func serveFile(t *testing.T, file string, poll time.Duration) (*xds.Server, cont
 	go (&source.File{Path: file, Interval: poll, Log: logrus.New()}).Run(ctx, srv.Sink())
 	waitUntil(t, "the server to sync "+file, srv.Publisher().Synced)
 	return srv, ctx
+}
+
+// TestInspectionViews: status as a document (-o json|yaml), config dump of
+// one type and one name (a route's virtual host alone), and secrets
+// described by their certificates without key material.
+func TestInspectionViews(t *testing.T) {
+	srv, _ := serveFile(t, "../../examples/cluster.yaml", time.Second)
+	server := srv.Addr("debug")
+
+	out, _, err := runSpoke("status", "--server", server, "-o", "json")
+	var report statusReport
+	if err != nil || json.Unmarshal([]byte(out), &report) != nil || report.Problems == nil || (report.Tunnels == nil && report.TunnelsError == "") {
+		t.Errorf("status -o json: err %v, output:\n%.400s", err, out)
+	}
+	out, _, err = runSpoke("status", "--server", server, "-o", "yaml")
+	if err != nil || !strings.Contains(out, "proxies:") || !strings.Contains(out, "problems:") {
+		t.Errorf("status -o yaml: err %v, output:\n%.400s", err, out)
+	}
+	if _, _, err := runSpoke("status", "--server", server, "-o", "xml"); err == nil || !strings.Contains(err.Error(), "table, json or yaml") {
+		t.Errorf("status -o xml: want a refusal naming the formats, got %v", err)
+	}
+
+	out, _, err = runSpoke("config", "dump", "--server", server, "--proxy", "apiserver", "--type", "routes", "--name", "node/worker-1")
+	if err != nil || !strings.Contains(out, "name: node/worker-1") || strings.Contains(out, "node/worker-2") || strings.Contains(out, "ListenersConfigDump\n  dynamic_listeners") {
+		t.Errorf("routes of node/worker-1: err %v, output:\n%.600s", err, out)
+	}
+	out, _, err = runSpoke("config", "dump", "--server", server, "--proxy", "node/worker-1", "--type", "clusters")
+	if err != nil || !strings.Contains(out, "apiserver-proxies/1") || strings.Contains(out, "reverse-tunnel-") || strings.Contains(out, "node-tunnel") {
+		t.Errorf("clusters of node/worker-1: err %v, output:\n%.600s", err, out)
+	}
+	if _, _, err := runSpoke("config", "dump", "--server", server, "--proxy", "apiserver", "--type", "bogus"); err == nil || !strings.Contains(err.Error(), "listeners, routes") {
+		t.Errorf("--type bogus: want the types listed, got %v", err)
+	}
+
+	out, _, err = runSpoke("config", "dump", "--server", server, "--proxy", "node/worker-1", "--type", "secrets", "-o", "json")
+	var secrets []status.SecretInfo
+	if err != nil || json.Unmarshal([]byte(out), &secrets) != nil {
+		t.Fatalf("secrets: err %v, output:\n%.600s", err, out)
+	}
+	kinds := map[string]status.SecretInfo{}
+	for _, s := range secrets {
+		kinds[s.Kind] = s
+	}
+	if cert := kinds["certificate"]; !slices.Contains(cert.DNSNames, "worker-1") || cert.Serial == "" || !cert.NotAfter.After(time.Now()) {
+		t.Errorf("the node's tunnel certificate: %+v", cert)
+	}
+	if ca := kinds["trusted-ca"]; ca.Subject == "" || ca.Error != "" {
+		t.Errorf("the tunnel CA: %+v", ca)
+	}
+	for _, secret := range []string{"PRIVATE KEY", "private_key", "BEGIN"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the secrets view shows %q", secret)
+		}
+	}
 }

@@ -16,12 +16,19 @@ import (
 const translateLong = `Translate a cluster dump into the Envoy config spoke serves one proxy.
 
 Input (-f, repeatable): what these commands print, in YAML or JSON:
-  kubectl get nodes,pods,services -A -o yaml
+  kubectl get nodes,pods,services,servicecidrs -A -o yaml
   kubectl get endpointslices -n default -o yaml
 A v1 List, typed lists, single objects and multi-document YAML are accepted.
-spoke reads v1 Node, Pod, Service and discovery.k8s.io/v1 EndpointSlice (the
-apiserver proxies are the endpoints of default/kubernetes unless the settings
-list them); other kinds are skipped with a warning.
+Kinds read (every one translation uses; others are skipped with a warning):
+  v1 Node                         node addresses, pod CIDRs, kubelet port
+  v1 Pod                          pod addresses and the node that owns them
+  v1 Service                      ClusterIP:port targets
+  networking.k8s.io/v1 ServiceCIDR  Service ranges node proxies accept
+  discovery.k8s.io/v1 EndpointSlice the apiserver proxies: the endpoints of
+                                  default/kubernetes, unless the settings
+                                  list them
+Without the ServiceCIDRs, node configs miss the Service ranges the server
+gives them.
 
 --proxy picks the Envoy:
   apiserver     the apiserver proxy (sidecar of kube-apiserver)
@@ -30,6 +37,9 @@ list them); other kinds are skipped with a warning.
 Output is an Envoy admin ConfigDump (the shape of an Envoy's /config_dump):
 listeners, clusters, endpoints, route configs and secrets (names only), as
 dynamic resources, sorted, so the same input always gives the same bytes.
+Each type carries the version spoke serve stamps on it for the same input,
+so a translation compares with "spoke config dump" (secrets excepted: the
+served version hashes their key material).
 
 Objects that cannot be routed safely (bad addresses, IPs claimed twice, names
 the rc:// grammar forbids, pods on unknown nodes) are skipped and reported on
@@ -113,7 +123,7 @@ func (o *translateOptions) run() ([]byte, error) {
 	if err := translator.Check(res); err != nil {
 		return nil, fmt.Errorf("generated config is invalid (a spoke bug, please report it with the input): %w", err)
 	}
-	return translator.Marshal(translator.ConfigDump(res, translator.SameVersion(translator.Version(res))), o.output)
+	return translator.Marshal(translator.ConfigDump(res, translator.TypeVersions(res)), o.output)
 }
 
 func parseProxy(proxy string) (translator.Role, string, error) {

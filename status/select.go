@@ -1,0 +1,89 @@
+package status
+
+import (
+	"fmt"
+	"slices"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/spokeproxy/spoke/translator"
+)
+
+// DumpTypes are the --type values of spoke config dump.
+var DumpTypes = []string{"listeners", "routes", "clusters", "endpoints", "secrets"}
+
+// Select keeps the resources of one type (all when typ is ""), and of
+// those, the ones named name (all when ""). A route configuration matches
+// by its own name or by one of its virtual hosts' (node/NAME, services),
+// keeping only the matching virtual hosts: the apiserver proxy's one route
+// configuration holds a virtual host per node.
+func Select(r translator.Resources, typ, name string) (translator.Resources, error) {
+	var out translator.Resources
+	switch typ {
+	case "":
+		out = r
+	case "listeners":
+		out.Listeners = r.Listeners
+	case "routes":
+		out.Routes = r.Routes
+	case "clusters":
+		out.Clusters = r.Clusters
+	case "endpoints":
+		out.Endpoints = r.Endpoints
+	default:
+		return out, fmt.Errorf("type %q: use one of %v", typ, DumpTypes)
+	}
+	if name == "" {
+		return out, nil
+	}
+	return translator.Resources{
+		Listeners: named(out.Listeners, name),
+		Clusters:  named(out.Clusters, name),
+		Endpoints: endpointsNamed(out.Endpoints, name),
+		Routes:    routesNamed(out.Routes, name),
+		Secrets:   namedStrings(out.Secrets, name),
+	}, nil
+}
+
+func named[T interface{ GetName() string }](items []T, name string) []T {
+	return slices.DeleteFunc(slices.Clone(items), func(it T) bool { return it.GetName() != name })
+}
+
+func endpointsNamed(items []*endpointv3.ClusterLoadAssignment, name string) []*endpointv3.ClusterLoadAssignment {
+	return slices.DeleteFunc(slices.Clone(items), func(it *endpointv3.ClusterLoadAssignment) bool { return it.GetClusterName() != name })
+}
+
+func namedStrings(items []string, name string) []string {
+	for _, it := range items {
+		if it == name {
+			return []string{it}
+		}
+	}
+	return nil
+}
+
+// routesNamed keeps the route configurations named name whole, and of the
+// others only their virtual hosts named name.
+func routesNamed(routes []*routev3.RouteConfiguration, name string) []*routev3.RouteConfiguration {
+	var out []*routev3.RouteConfiguration
+	for _, rc := range routes {
+		if rc.GetName() == name {
+			out = append(out, rc)
+			continue
+		}
+		var hosts []*routev3.VirtualHost
+		for _, vh := range rc.GetVirtualHosts() {
+			if vh.GetName() == name {
+				hosts = append(hosts, vh)
+			}
+		}
+		if len(hosts) > 0 {
+			part := proto.Clone(rc).(*routev3.RouteConfiguration)
+			part.VirtualHosts = hosts
+			out = append(out, part)
+		}
+	}
+	return out
+}
