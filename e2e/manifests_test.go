@@ -265,13 +265,7 @@ func workerCounts(t *testing.T, a, n, where string) (api, node int) {
 // containerFlag is a flag of a manifest's container, so tests run Envoy as
 // users do.
 func containerFlag(t *testing.T, spec corev1.PodSpec, container, flag string) string {
-	for _, c := range spec.Containers {
-		if c.Name == container {
-			return flagValue(c.Args, flag)
-		}
-	}
-	t.Fatalf("no container %q in the manifest", container)
-	return ""
+	return flagValue(containerArgs(t, spec, container), flag)
 }
 
 func readRepoFile(t *testing.T, path string) string {

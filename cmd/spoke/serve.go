@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
+	"github.com/bombsimon/logrusr/v4"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/pki"
@@ -27,6 +29,7 @@ type serveOptions struct {
 	source        string
 	kubeconfig    string
 	settingsFile  string
+	maxConnsGiven bool // --xds-max-connections was set: lowering it to fit the descriptors is a warning
 	xdsAddress    string
 	xdsSocket     string
 	httpAddress   string
@@ -80,7 +83,10 @@ Health and metrics: /healthz, /readyz, /metrics on --http-address. Inspection
 (spoke status, spoke config dump) uses --debug-address, which should stay on
 localhost.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.maxConnsGiven = cmd.Flags().Changed("xds-max-connections")
+			return o.run(cmd.Context())
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.source, "source", "file=examples/cluster.yaml", "where the cluster comes from: kubernetes or file=PATH")
@@ -114,12 +120,8 @@ localhost.`,
 }
 
 func (o *serveOptions) run(ctx context.Context) error {
-	switch o.logFormat {
-	case "json":
-		logrus.SetFormatter(&logrus.JSONFormatter{})
-	case "text":
-	default:
-		return fmt.Errorf("--log-format %q: use text or json", o.logFormat)
+	if err := setupLogging(o.logFormat); err != nil {
+		return err
 	}
 	settings, err := model.LoadSettings(o.settingsFile)
 	if err != nil {
@@ -127,7 +129,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	log := logrus.WithField("component", "server")
 	setMemoryLimit(log)
-	o.limits.Total = fitFileLimit(o.limits.Total, log)
+	o.limits.Total = fitFileLimit(o.limits.Total, o.maxConnsGiven, log)
 	opts := xds.Options{
 		Limits: o.limits, APIServerProxyAdmin: o.apiProxyAdmin,
 		XDSAddress: o.xdsAddress, XDSSocket: o.xdsSocket, HTTPAddress: o.httpAddress, DebugAddress: o.debugAddress,
@@ -184,6 +186,20 @@ func setMemoryLimit(log logrus.FieldLogger) {
 	}
 }
 
+// setupLogging sets logrus's format and sends client-go's klog lines
+// through logrus, so every line of the server has one format.
+func setupLogging(format string) error {
+	switch format {
+	case "json":
+		logrus.SetFormatter(&logrus.JSONFormatter{})
+	case "text":
+	default:
+		return fmt.Errorf("--log-format %q: use text or json", format)
+	}
+	klog.SetLogger(logrusr.New(logrus.WithField("component", "client-go")))
+	return nil
+}
+
 // reservedFiles are file descriptors kept for everything but xDS clients:
 // the apiserver watch, health and metrics, the debug API, the file source.
 const reservedFiles = 256
@@ -192,8 +208,9 @@ const reservedFiles = 256
 // (the hard limit; further when the process may raise that too) and returns
 // the xDS connection cap lowered, if needed, to leave reservedFiles free:
 // a flood of connections must never take the descriptors health checks,
-// metrics and the sources need.
-func fitFileLimit(maxConns int, log logrus.FieldLogger) int {
+// metrics and the sources need. Lowering a cap the operator gave is a
+// warning; lowering the default one is just how the default fits the host.
+func fitFileLimit(maxConns int, given bool, log logrus.FieldLogger) int {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		log.WithError(err).Warn("cannot read the file descriptor limit; keeping --xds-max-connections as given")
@@ -209,7 +226,11 @@ func fitFileLimit(maxConns int, log logrus.FieldLogger) int {
 	if room := int(lim.Cur) - reservedFiles; room < maxConns {
 		maxConns = max(room, 1)
 		fields["xds_max_connections"] = maxConns
-		log.WithFields(fields).Warn("the file descriptor limit is low: the xDS connection cap is lowered to fit it (raise the limit, e.g. LimitNOFILE)")
+		if given {
+			log.WithFields(fields).Warn("the file descriptor limit is low: --xds-max-connections is lowered to fit it (raise the limit, e.g. LimitNOFILE)")
+		} else {
+			log.WithFields(fields).Info("xDS connection cap fitted to the file descriptor limit")
+		}
 		return maxConns
 	}
 	log.WithFields(fields).Info("file descriptor limit")
