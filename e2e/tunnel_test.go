@@ -359,6 +359,18 @@ func grepLines(text, needle string) string {
 	return strings.Join(out, "\n")
 }
 
+// seriesValue is the value of one series in a /metrics body, -1 if absent.
+func seriesValue(metrics, series string) float64 {
+	for _, l := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
 // TestServiceRangeCarriesServicesThroughNodeProxies: with the Service range
 // known, node proxies hold the range (one wildcard domain) and no Service's
 // ClusterIP:port, and a Service CONNECT still goes through: the apiserver

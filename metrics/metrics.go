@@ -51,7 +51,7 @@ func New() *Metrics {
 			Name: "spoke_xds_pushes_total", Help: "xDS responses sent, by resource type.",
 		}, []string{"type"}),
 		PushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "spoke_xds_push_latency_seconds", Help: "From a snapshot being set to its response being sent, by type.",
+			Name: "spoke_xds_push_latency_seconds", Help: "From a change of an Envoy's config (made while it was connected) to that Envoy's ACK of it, by type; (re)connections are not counted.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"type"}),
 		Nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -96,8 +96,47 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects, m.RefusedPodAddrs, m.SourceRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Every labelled counter and gauge of a known label set exists from the
+	// start, at zero, so alerts can use rate() before the first event.
+	for _, r := range DenyReasons {
+		m.Denied.WithLabelValues(r)
+	}
+	for _, c := range ConnectionCaps {
+		m.RefusedConnections.WithLabelValues(c)
+	}
+	for _, c := range TunnelRefusalClasses {
+		m.TunnelRefusals.WithLabelValues(c)
+	}
+	for _, r := range Roles {
+		m.Connected.WithLabelValues(r)
+	}
 	return m
 }
+
+// Reasons xDS clients or requests are denied (spoke_xds_denied_total).
+const (
+	DeniedClientCertificate  = "client_certificate"
+	DeniedUnauthenticated    = "unauthenticated"
+	DeniedIdentityMismatch   = "identity_mismatch"
+	DeniedNoRole             = "no_role"
+	DeniedResourceNotAllowed = "resource_not_allowed"
+	DeniedUnknownType        = "unknown_type"
+)
+
+// The caps of the xDS port (spoke_xds_connections_refused_total).
+const (
+	CapTotal     = "total"
+	CapPerSource = "per_source"
+)
+
+// The label values of the labelled series, each created at zero by New.
+var (
+	DenyReasons = []string{DeniedClientCertificate, DeniedUnauthenticated, DeniedIdentityMismatch,
+		DeniedNoRole, DeniedResourceNotAllowed, DeniedUnknownType}
+	ConnectionCaps       = []string{CapTotal, CapPerSource}
+	TunnelRefusalClasses = []string{"tls", "identity", "malformed", "incomplete"}
+	Roles                = []string{"apiserver", "node"}
+)
 
 // ObserveObjects sets the watched-object gauge per kind.
 func (m *Metrics) ObserveObjects(counts map[string]int) {

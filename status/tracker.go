@@ -40,6 +40,10 @@ type TypeStatus struct {
 	NackedVer string    `json:"nackedVersion,omitempty"`
 
 	nackLog nackLog // paces this type's NACK log lines
+	// changeAt is when the change behind the last response was made, if it
+	// was made while this Envoy was connected: its ACK stops that clock
+	// (spoke_xds_push_latency_seconds).
+	changeAt time.Time
 }
 
 // StreamStatus is one connected Envoy.
@@ -152,7 +156,7 @@ func (t *Tracker) open(ctx context.Context, k streamKey) error {
 	t.metrics.StreamsOpened.Inc()
 	id, err := auth.Authenticate(ctx)
 	if err != nil {
-		t.metrics.Denied.WithLabelValues("unauthenticated").Inc()
+		t.metrics.Denied.WithLabelValues(metrics.DeniedUnauthenticated).Inc()
 		t.log.WithError(err).WithField("stream", k.id).Error("refusing unauthenticated xDS stream")
 		return grpcstatus.Error(codes.Unauthenticated, err.Error())
 	}
@@ -190,7 +194,7 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 	}
 	claimed, err := auth.ProxyOf(node)
 	if err != nil {
-		t.metrics.Denied.WithLabelValues("no_role").Inc()
+		t.metrics.Denied.WithLabelValues(metrics.DeniedNoRole).Inc()
 		t.log.WithError(err).WithFields(logrus.Fields{"stream": k.id, "authenticated": s.Authenticated}).Error("refusing xDS stream")
 		return grpcstatus.Error(codes.PermissionDenied, err.Error())
 	}
@@ -202,7 +206,7 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 		want = auth.Proxy{} // an identity never changes within a stream
 	}
 	if claimed != want {
-		t.metrics.Denied.WithLabelValues("identity_mismatch").Inc()
+		t.metrics.Denied.WithLabelValues(metrics.DeniedIdentityMismatch).Inc()
 		t.log.WithFields(logrus.Fields{"stream": k.id, "claims": claimed.Key(), "envoy": node.GetId(), "authenticated": s.Authenticated}).
 			Error("refusing xDS stream: the Envoy claims another node or role than its credentials prove")
 		return grpcstatus.Errorf(codes.PermissionDenied, "node %q (%s) does not match the authenticated identity (%s)", node.GetId(), node.GetCluster(), s.Authenticated)
@@ -260,7 +264,7 @@ func (t *Tracker) checkNames(k streamKey, typeURL string, names []string) {
 	if len(refused) == 0 {
 		return
 	}
-	t.metrics.Denied.WithLabelValues("resource_not_allowed").Add(float64(len(refused)))
+	t.metrics.Denied.WithLabelValues(metrics.DeniedResourceNotAllowed).Add(float64(len(refused)))
 	t.log.WithFields(logrus.Fields{"proxy": proxy, "type": TypeLabel(typeURL), "refused": len(refused),
 		"first": refused[:min(len(refused), 3)], "authenticated": s.Authenticated}).
 		Warn("refused: the Envoy asked for resources that are not in its config")
@@ -299,11 +303,16 @@ func (t *Tracker) request(k streamKey, typeURL, nonce, version string, errDetail
 	}
 	if errDetail != nil {
 		ts.LastNack, ts.NackedAt, ts.NackedVer = CutDetail(errDetail.Message()), time.Now(), ts.Sent
+		ts.changeAt = time.Time{} // refused: no push completed
 		t.metrics.Nacks.WithLabelValues(TypeLabel(typeURL)).Inc()
 		t.logNack(s, typeURL, ts)
 		return
 	}
 	ts.Acked = version
+	if !ts.changeAt.IsZero() {
+		t.metrics.PushLatency.WithLabelValues(shortType(typeURL)).Observe(time.Since(ts.changeAt).Seconds())
+		ts.changeAt = time.Time{}
+	}
 }
 
 // servedType refuses a request for a type spoke does not serve and closes
@@ -317,7 +326,7 @@ func (t *Tracker) servedType(k streamKey, typeURL string, nack bool) error {
 	if nack {
 		t.metrics.Nacks.WithLabelValues(TypeLabel(typeURL)).Inc()
 	}
-	t.metrics.Denied.WithLabelValues("unknown_type").Inc()
+	t.metrics.Denied.WithLabelValues(metrics.DeniedUnknownType).Inc()
 	t.mu.Lock()
 	proxy := ""
 	if s, ok := t.streams[k]; ok {
@@ -405,11 +414,20 @@ func (t *Tracker) response(k streamKey, typeURL, version string) {
 		return
 	}
 	ts.Sent = version
-	proxy := s.Proxy
+	proxy, connected := s.Proxy, s.Connected
 	t.mu.Unlock()
 	t.metrics.Pushes.WithLabelValues(shortType(typeURL)).Inc()
-	if at := t.published.SetAt(proxy); !at.IsZero() {
-		t.metrics.PushLatency.WithLabelValues(shortType(typeURL)).Observe(time.Since(at).Seconds())
+	// A response for a change made while this Envoy was connected starts
+	// the change -> ACK clock; one sent because it (re)connected does not:
+	// its snapshot may be hours old.
+	at := t.published.SetAt(proxy)
+	if !at.After(connected) {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ts := t.typeStatus(k, typeURL); ts != nil && ts.Sent == version {
+		ts.changeAt = at
 	}
 }
 

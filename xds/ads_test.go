@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/metrics"
 	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator/model"
@@ -265,5 +267,89 @@ func TestFileSourceBacksOff(t *testing.T) {
 	src.Run(ctx, sink)
 	if n := len(hook.AllEntries()); n < 2 || n > 9 {
 		t.Errorf("%d error lines in 1s; want a few (backoff), not one per 50 ms poll", n)
+	}
+}
+
+// TestPushLatencyIsChangeToACK: spoke_xds_push_latency_seconds counts the
+// time from a change of an Envoy's config to that Envoy's ACK of it: a
+// stream's first response (its snapshot was set before it connected, maybe
+// hours before) and a reconnection are not pushes of a change.
+func TestPushLatencyIsChangeToACK(t *testing.T) {
+	srv, file := serverOnExample(t)
+	const count = `spoke_xds_push_latency_seconds_count{type="RouteConfiguration"}`
+	subscribe := func() (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *discoveryv3.DiscoveryResponse) {
+		s := adsStream(t, srv)
+		_ = s.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}})
+		r, err := recvWithin(t, s, 5*time.Second)
+		if err != nil || r == nil {
+			t.Fatalf("no routes: %v", err)
+		}
+		ack(s, r)
+		return s, r
+	}
+	time.Sleep(50 * time.Millisecond) // the snapshot is older than the stream
+	s, _ := subscribe()
+	time.Sleep(200 * time.Millisecond) // the ACK is handled
+	if v := metricValue(t, srv, count); v != "" && v != "0" {
+		t.Fatalf("a stream's first response counted as a push: count %s", v)
+	}
+	raw, _ := os.ReadFile(file)
+	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("late-pod", "worker-1", "10.244.1.99"), 1)
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := recvWithin(t, s, 5*time.Second)
+	if err != nil || r == nil {
+		t.Fatalf("no push for the new pod: %v", err)
+	}
+	ack(s, r)
+	waitForMetric(t, srv, count, "1")
+	subscribe() // a second stream, as after a reconnection: not a push
+	time.Sleep(200 * time.Millisecond)
+	if v := metricValue(t, srv, count); v != "1" {
+		t.Errorf("after a reconnection the count is %s, want it still 1", v)
+	}
+}
+
+func ack(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, r *discoveryv3.DiscoveryResponse) {
+	_ = s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: r.TypeUrl, ResourceNames: []string{"node-tunnel"}, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
+}
+
+func waitForMetric(t *testing.T, srv *xds.Server, series, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for metricValue(t, srv, series) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %q, want %s", series, metricValue(t, srv, series), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLabelledCountersStartAtZero: a fresh server exposes every series of
+// its known label sets at zero, so alerts can use rate() before the first
+// event (a series born at its first event hides that event from rate()).
+func TestLabelledCountersStartAtZero(t *testing.T) {
+	srv, _ := serverOnExample(t)
+	var want []string
+	for _, r := range metrics.DenyReasons {
+		want = append(want, fmt.Sprintf(`spoke_xds_denied_total{reason=%q}`, r))
+	}
+	for _, c := range metrics.ConnectionCaps {
+		want = append(want, fmt.Sprintf(`spoke_xds_connections_refused_total{cap=%q}`, c))
+	}
+	for _, c := range metrics.TunnelRefusalClasses {
+		want = append(want, fmt.Sprintf(`spoke_tunnel_refusals_total{class=%q}`, c))
+	}
+	for _, r := range metrics.Roles {
+		want = append(want, fmt.Sprintf(`spoke_connected_envoys{role=%q}`, r))
+	}
+	for _, typ := range []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"} {
+		want = append(want, fmt.Sprintf(`spoke_xds_nacks_total{type=%q}`, typ))
+	}
+	for _, series := range want {
+		if v := metricValue(t, srv, series); v != "0" {
+			t.Errorf("%s is %q on a fresh server, want 0", series, v)
+		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/spokeproxy/spoke/metrics"
 )
 
 // ConnectionLimits bound what clients that never finish a TLS handshake can
@@ -82,9 +84,9 @@ func (c *connections) admit(conn net.Conn) *trackedConn {
 	capName := ""
 	switch {
 	case c.limits.Total > 0 && len(c.open) >= c.limits.Total:
-		capName = "total"
+		capName = metrics.CapTotal
 	case c.limits.PerSource > 0 && c.bySource[source] >= c.limits.PerSource:
-		capName = "per_source"
+		capName = metrics.CapPerSource
 	}
 	if capName != "" {
 		_ = conn.Close()

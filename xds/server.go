@@ -135,7 +135,7 @@ func NewServer(opts Options) (*Server, error) {
 		if opts.TLS.CertFile == "" {
 			issuer.Reserve("the xDS server", opts.TLS.ServerNames...)
 		}
-		refused := func(error) { s.metrics.Denied.WithLabelValues("client_certificate").Inc() }
+		refused := func(error) { s.metrics.Denied.WithLabelValues(metrics.DeniedClientCertificate).Inc() }
 		cfg, err := auth.ServerTLS(*opts.TLS, issuer, refused, opts.Log)
 		if err != nil {
 			return nil, err
