@@ -23,7 +23,8 @@ import (
 
 // TestStatusShowsTunnelsPerNode: the server reads the tunnels each node
 // holds from the apiserver proxy beside it; spoke status and /metrics show
-// node-a's tunnels and flag node-b, which has no node proxy.
+// node-a's tunnels and flag node-b, which has no node proxy; the CONNECTs
+// the apiserver proxy refuses are in /metrics by reason and node.
 func TestStatusShowsTunnelsPerNode(t *testing.T) {
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
@@ -51,6 +52,22 @@ func TestStatusShowsTunnelsPerNode(t *testing.T) {
 			t.Errorf("/metrics lacks %q:\n%s", want, grepLines(metrics, "tunnel"))
 		}
 	}
+	// Refused CONNECTs reach spoke's metrics, by reason and node: node-b
+	// has no tunnel (502), 10.99.99.99 no owner (404).
+	sock := tp.settings.EgressSocketPath
+	if _, code := roundTrip(t, sock, fmt.Sprintf("127.1.2.7:%d", tp.port)); code != translator.NoTunnelStatus {
+		t.Fatalf("a CONNECT to node-b: %d, want %d", code, translator.NoTunnelStatus)
+	}
+	if _, code := roundTrip(t, sock, "10.99.99.99:80"); code != http.StatusNotFound {
+		t.Fatalf("a CONNECT no node owns: %d, want 404", code)
+	}
+	waitFor(t, 10*time.Second, "the refused CONNECTs in spoke's metrics", func() bool {
+		m, _ := httpBody("http://" + sec.srv.Addr("http") + "/metrics")
+		return seriesValue(m, `spoke_connect_refusals_total{reason="no_tunnel"}`) >= 1 &&
+			seriesValue(m, `spoke_node_connect_refusals_total{reason="no_tunnel",target="node/node-b"}`) >= 1 &&
+			seriesValue(m, `spoke_connect_refusals_total{reason="no_owner"}`) >= 1 &&
+			seriesValue(m, `spoke_connect_refusals_total{reason="cap"}`) == 0
+	})
 	out, err := exec.Command(buildSpoke(t), "status", "--server", debug).CombinedOutput()
 	if err != nil {
 		t.Fatalf("spoke status: %v\n%s", err, out)

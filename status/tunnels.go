@@ -47,6 +47,9 @@ type TunnelWatcher struct {
 	Nodes    func() []string // the cluster's nodes, to flag those without a tunnel
 	Metrics  *metrics.Metrics
 	Log      logrus.FieldLogger
+	// Refusals, when set, gets the apiserver proxy's refused CONNECTs at
+	// each read.
+	Refusals *RefusalCollector
 
 	mu     sync.Mutex
 	latest Tunnels
@@ -59,6 +62,11 @@ func (w *TunnelWatcher) Run(ctx context.Context) {
 	for {
 		held, err := w.read(ctx, client)
 		w.record(held, err)
+		if w.Refusals != nil && err == nil {
+			if r, err := readConnectRefusals(ctx, client, w.Admin); err == nil {
+				w.Refusals.Set(r)
+			} // else the tunnels' read says why; the last read stays
+		}
 		select {
 		case <-ctx.Done():
 			return

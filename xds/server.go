@@ -31,6 +31,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
@@ -108,10 +109,18 @@ type Server struct {
 }
 
 // WatchTunnels reads, until ctx ends, the tunnels each node holds at the
-// apiserver proxy whose admin API is at admin.
+// apiserver proxy whose admin API is at admin, and the CONNECTs it refused
+// (spoke_connect_refusals_total).
 func (s *Server) WatchTunnels(ctx context.Context, admin string) {
+	refusals := &status.RefusalCollector{}
+	if err := s.metrics.Registry.Register(refusals); err != nil {
+		var taken prometheus.AlreadyRegisteredError // watched before: keep that collector
+		if errors.As(err, &taken) {
+			refusals = taken.ExistingCollector.(*status.RefusalCollector)
+		}
+	}
 	w := &status.TunnelWatcher{Admin: admin, Interval: 2 * time.Second, Nodes: s.store.NodeNames, Metrics: s.metrics,
-		Log: s.opts.Log.WithField("component", "tunnels")}
+		Log: s.opts.Log.WithField("component", "tunnels"), Refusals: refusals}
 	s.tunnels.Store(w)
 	go w.Run(ctx)
 }
