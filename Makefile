@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
+.PHONY: run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
@@ -49,6 +49,14 @@ tools-kube:
 tools-konnectivity:
 	bash e2e/konnectivity/build.sh
 
+## tools-promtool: build Prometheus's promtool from its Go module into .tools/promtool-<version> (cached), for the alert rule tests
+PROMETHEUS_VERSION := v0.316.0
+PROMTOOL := $(TOOLS)/promtool-$(PROMETHEUS_VERSION)/promtool
+export SPOKE_PROMTOOL := $(PROMTOOL)
+tools-promtool: $(PROMTOOL)
+$(PROMTOOL):
+	GOBIN=$(dir $(PROMTOOL)) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+
 ## tools-node: Debian's containerd, runc, CNI plugins and busybox-static, for the real-kubelet tests (apt-get when missing; needs root)
 NODE_PACKAGES := containerd runc containernetworking-plugins busybox-static
 tools-node:
@@ -74,9 +82,9 @@ e2e-kind: tools tools-kube tools-kind
 	SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKindClusterThroughSpoke$$' ./e2e/
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
-test: tools tools-kube tools-konnectivity tools-node fmt-check vet
+test: tools tools-kube tools-konnectivity tools-promtool tools-node fmt-check vet
 	# e2e alone runs ~7 of go test's default 10 minutes: an explicit limit with headroom
-	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 25m ./...
+	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 go test -count=1 -timeout 25m ./...
 	$(MAKE) race
 	# A count, not a duration: Go 1.26's fuzz coordinator can fail a
 	# duration-bounded run with "context deadline exceeded" and no crasher

@@ -24,7 +24,8 @@ import (
 // TestStatusShowsTunnelsPerNode: the server reads the tunnels each node
 // holds from the apiserver proxy beside it; spoke status and /metrics show
 // node-a's tunnels and flag node-b, which has no node proxy; the CONNECTs
-// the apiserver proxy refuses are in /metrics by reason and node.
+// the apiserver proxy refuses are in /metrics by reason and node; every
+// metric the shipped dashboard and alert rules name is there.
 func TestStatusShowsTunnelsPerNode(t *testing.T) {
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
@@ -68,6 +69,10 @@ func TestStatusShowsTunnelsPerNode(t *testing.T) {
 			seriesValue(m, `spoke_connect_refusals_total{reason="no_owner"}`) >= 1 &&
 			seriesValue(m, `spoke_connect_refusals_total{reason="cap"}`) == 0
 	})
+	// With tunnels, refusals and pushes served, every series a dashboard
+	// panel or an alert rule of manifests/monitoring names exists.
+	metrics, _ = httpBody("http://" + sec.srv.Addr("http") + "/metrics")
+	checkMonitoringNamesExist(t, metrics)
 	out, err := exec.Command(buildSpoke(t), "status", "--server", debug).CombinedOutput()
 	if err != nil {
 		t.Fatalf("spoke status: %v\n%s", err, out)
