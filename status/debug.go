@@ -67,6 +67,10 @@ func (t *Tracker) DebugHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(t.Statuses())
 	})
+	mux.HandleFunc("/debug/proxies", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(t.published.Proxies())
+	})
 	mux.HandleFunc("/debug/config", func(w http.ResponseWriter, r *http.Request) {
 		proxy, err := auth.ParseProxy(r.URL.Query().Get("proxy"))
 		if err != nil {

@@ -107,6 +107,8 @@ type Published interface {
 	Versions(key string) (versions map[string]string, counts map[string]int)
 	// Served is what proxy is served (secrets by name only) and its versions.
 	Served(proxy auth.Proxy) (translator.Resources, map[string]string, bool)
+	// Proxies are the snapshot keys served (apiserver, node/NAME), sorted.
+	Proxies() []string
 	// ServedSecrets are the SDS secrets proxy is served, with key material:
 	// for describing their certificates only.
 	ServedSecrets(proxy auth.Proxy) []*tlsv3.Secret

@@ -324,6 +324,14 @@ func (p *Publisher) Served(proxy auth.Proxy) (translator.Resources, map[string]s
 	return st.res, st.versions, true
 }
 
+// Proxies returns the snapshot keys, sorted: every proxy the server has a
+// config for, connected or not.
+func (p *Publisher) Proxies() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Sorted(maps.Keys(p.published))
+}
+
 // ServedSecrets returns the SDS secrets proxy's snapshot holds, by name.
 func (p *Publisher) ServedSecrets(proxy auth.Proxy) []*tlsv3.Secret {
 	snap, err := p.cache.GetSnapshot(proxy.Key())

@@ -206,6 +206,15 @@ route configuration.`,
 	dump.Flags().StringVar(&typ, "type", "", "only this type: "+strings.Join(status.DumpTypes, ", "))
 	dump.Flags().StringVar(&name, "name", "", "only resources (or route virtual hosts) of this name")
 	_ = dump.MarkFlagRequired("proxy")
+	// Shell completion of --proxy asks the server which proxies it serves.
+	_ = dump.RegisterFlagCompletionFunc("proxy", func(cmd *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
+		var proxies []string
+		if err := debugJSON(cmd.Context(), server, "/debug/proxies", &proxies); err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		return proxies, cobra.ShellCompDirectiveNoFileComp
+	})
+	_ = dump.RegisterFlagCompletionFunc("type", cobra.FixedCompletions(status.DumpTypes, cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(dump)
 	return cmd
 }

@@ -328,6 +328,15 @@ func TestInspectionViews(t *testing.T) {
 		t.Errorf("--type bogus: want the types listed, got %v", err)
 	}
 
+	// shell completion (spoke completion bash|zsh|fish) asks the server
+	out, _, err = runSpoke("__complete", "config", "dump", "--server", server, "--proxy", "")
+	if err != nil || !strings.Contains(out, "apiserver\n") || !strings.Contains(out, "node/worker-1\n") || !strings.Contains(out, "node/worker-2\n") || !strings.HasSuffix(strings.TrimSpace(out), ":4") {
+		t.Errorf("--proxy completion: err %v, output:\n%s", err, out)
+	}
+	if out, _, err := runSpoke("completion", "bash"); err != nil || !strings.Contains(out, "__start_spoke") {
+		t.Errorf("spoke completion bash: err %v, output %.200s", err, out)
+	}
+
 	out, _, err = runSpoke("config", "dump", "--server", server, "--proxy", "node/worker-1", "--type", "secrets", "-o", "json")
 	var secrets []status.SecretInfo
 	if err != nil || json.Unmarshal([]byte(out), &secrets) != nil {
