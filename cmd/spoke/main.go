@@ -37,6 +37,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand(), newVersionCommand())
+	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand(), newConnectCommand(), newVersionCommand())
 	return root
 }
