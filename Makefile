@@ -1,4 +1,4 @@
-# spoke: two entry points for a fresh machine, `make run` and `make test`.
+# spoke: two entry points for a fresh machine, `make demo` and `make test`.
 SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 TOOLS := $(CURDIR)/.tools
@@ -13,7 +13,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
+.PHONY: demo run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
+
+## demo: spoke on this host's loopback: the server, an apiserver proxy, a node proxy per node of examples/demo/cluster.yaml and a pod to reach; prints the spoke connect command that crosses a tunnel; Ctrl-C stops everything
+demo: build tools
+	go run ./cmd/spoke-demo --spoke bin/spoke --envoy $(ENVOY) --cluster examples/demo/cluster.yaml
 
 ## run: serve the bundled example cluster over xDS (file source, explicit insecure dev mode; Ctrl-C stops)
 run: build
