@@ -96,19 +96,14 @@ func New() *Metrics {
 	m.Registry.MustRegister(m.Tunnels, m.NodesWithoutTunnel, m.TunnelRefusals, m.RefusedConnections, m.Denied, m.Connected, m.StreamsOpened, m.StreamsClosed, m.Pushes, m.PushLatency, m.Nacks, m.TranslationSeconds,
 		m.DebounceSeconds, m.WatchedObjects, m.SkippedObjects, m.RefusedPodAddrs, m.SourceRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// Every labelled counter and gauge of a known label set exists from the
-	// start, at zero, so alerts can use rate() before the first event.
+	// Every labelled series of a known label set exists from the start, at
+	// zero, so alerts can use rate() before the first event (status creates
+	// those whose label values it defines).
 	for _, r := range DenyReasons {
 		m.Denied.WithLabelValues(r)
 	}
 	for _, c := range ConnectionCaps {
 		m.RefusedConnections.WithLabelValues(c)
-	}
-	for _, c := range TunnelRefusalClasses {
-		m.TunnelRefusals.WithLabelValues(c)
-	}
-	for _, r := range Roles {
-		m.Connected.WithLabelValues(r)
 	}
 	return m
 }
@@ -133,9 +128,7 @@ const (
 var (
 	DenyReasons = []string{DeniedClientCertificate, DeniedUnauthenticated, DeniedIdentityMismatch,
 		DeniedNoRole, DeniedResourceNotAllowed, DeniedUnknownType}
-	ConnectionCaps       = []string{CapTotal, CapPerSource}
-	TunnelRefusalClasses = []string{"tls", "identity", "malformed", "incomplete"}
-	Roles                = []string{"apiserver", "node"}
+	ConnectionCaps = []string{CapTotal, CapPerSource}
 )
 
 // ObserveObjects sets the watched-object gauge per kind.

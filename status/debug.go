@@ -113,15 +113,21 @@ func writeSecrets(w http.ResponseWriter, secrets []*tlsv3.Secret, name, format s
 			infos = append(infos, DescribeSecret(s))
 		}
 	}
-	out, err := json.MarshalIndent(infos, "", "  ")
-	if err == nil && format == "yaml" {
-		out, err = yaml.JSONToYAML(out)
-	}
+	out, err := Document(infos, format)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	_, _ = w.Write(out)
+}
+
+// Document renders v for a reader: indented JSON, or YAML (format "yaml").
+func Document(v any, format string) ([]byte, error) {
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil || format != "yaml" {
+		return append(out, '\n'), err
+	}
+	return yaml.JSONToYAML(out)
 }
 
 func dumpVersions(v map[string]string) translator.DumpVersions {

@@ -41,6 +41,9 @@ const (
 	RefusedMalformed  = "malformed"  // answered 400: not a tunnel handshake, or a tunnel header missing or wrong
 )
 
+// RefusalClasses are every class, each a series at zero from the start.
+var RefusalClasses = []string{RefusedTLS, RefusedIdentity, RefusedIncomplete, RefusedMalformed}
+
 // maxUnattributed bounds the refusals kept for sources no node owns: a
 // scanner or flood must not grow the server's memory.
 const maxUnattributed = 100

@@ -2,9 +2,6 @@ package status
 
 import (
 	"bufio"
-	"context"
-	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,22 +64,6 @@ func parseConnectRefusals(lines *bufio.Scanner) (ConnectRefusals, error) {
 		}
 	}
 	return out, lines.Err()
-}
-
-func readConnectRefusals(ctx context.Context, client *http.Client, admin string) (ConnectRefusals, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+refusalStatsPath, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("read the apiserver proxy's refused CONNECTs at %s: %w", admin, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read the apiserver proxy's refused CONNECTs at %s: %s", admin, resp.Status)
-	}
-	return parseConnectRefusals(bufio.NewScanner(resp.Body))
 }
 
 // RefusalCollector exports the last read ConnectRefusals at each scrape:

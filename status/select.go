@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"slices"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -39,20 +41,17 @@ func Select(r translator.Resources, typ, name string) (translator.Resources, err
 		return out, nil
 	}
 	return translator.Resources{
-		Listeners: named(out.Listeners, name),
-		Clusters:  named(out.Clusters, name),
-		Endpoints: endpointsNamed(out.Endpoints, name),
+		Listeners: named(out.Listeners, name, (*listenerv3.Listener).GetName),
+		Clusters:  named(out.Clusters, name, (*clusterv3.Cluster).GetName),
+		Endpoints: named(out.Endpoints, name, (*endpointv3.ClusterLoadAssignment).GetClusterName),
 		Routes:    routesNamed(out.Routes, name),
 		Secrets:   namedStrings(out.Secrets, name),
 	}, nil
 }
 
-func named[T interface{ GetName() string }](items []T, name string) []T {
-	return slices.DeleteFunc(slices.Clone(items), func(it T) bool { return it.GetName() != name })
-}
-
-func endpointsNamed(items []*endpointv3.ClusterLoadAssignment, name string) []*endpointv3.ClusterLoadAssignment {
-	return slices.DeleteFunc(slices.Clone(items), func(it *endpointv3.ClusterLoadAssignment) bool { return it.GetClusterName() != name })
+// named keeps the items whose nameOf is name.
+func named[T any](items []T, name string, nameOf func(T) string) []T {
+	return slices.DeleteFunc(slices.Clone(items), func(it T) bool { return nameOf(it) != name })
 }
 
 func namedStrings(items []string, name string) []string {

@@ -116,14 +116,21 @@ type Published interface {
 
 // NewTracker returns a Tracker reading p.
 func NewTracker(p Published, m *metrics.Metrics, log logrus.FieldLogger) *Tracker {
-	// Every NACK, push and push latency series exists from the start, at
-	// zero: alerts and dashboards can use rate() before the first event.
+	// Every series whose label values status defines exists from the
+	// start, at zero: alerts and dashboards can use rate() before the first
+	// event.
 	for typeURL := range servedTypes {
 		m.Nacks.WithLabelValues(TypeLabel(typeURL))
 		m.Pushes.WithLabelValues(shortType(typeURL))
 		m.PushLatency.WithLabelValues(shortType(typeURL))
 	}
 	m.Nacks.WithLabelValues(TypeLabel(""))
+	for _, role := range []translator.Role{translator.RoleAPIServer, translator.RoleNode} {
+		m.Connected.WithLabelValues(string(role))
+	}
+	for _, class := range RefusalClasses {
+		m.TunnelRefusals.WithLabelValues(class)
+	}
 	return &Tracker{published: p, metrics: m, log: log, streams: map[streamKey]*StreamStatus{}, nonces: map[streamKey]map[string]string{}}
 }
 

@@ -63,7 +63,7 @@ func (w *TunnelWatcher) Run(ctx context.Context) {
 		held, err := w.read(ctx, client)
 		w.record(held, err)
 		if w.Refusals != nil && err == nil {
-			if r, err := readConnectRefusals(ctx, client, w.Admin); err == nil {
+			if r, err := readAdminStats(ctx, client, w.Admin, refusalStatsPath, "refused CONNECTs", parseConnectRefusals); err == nil {
 				w.Refusals.Set(r)
 			} // else the tunnels' read says why; the last read stays
 		}
@@ -83,19 +83,26 @@ func (w *TunnelWatcher) Latest() Tunnels {
 }
 
 func (w *TunnelWatcher) read(ctx context.Context, client *http.Client) (map[string]int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.Admin+TunnelStatsPath, nil)
+	return readAdminStats(ctx, client, w.Admin, TunnelStatsPath, "tunnels", ParseTunnelStats)
+}
+
+// readAdminStats reads one stats path of the apiserver proxy's admin API
+// (what names what is read, for errors) and parses its lines.
+func readAdminStats[T any](ctx context.Context, client *http.Client, admin, path, what string, parse func(*bufio.Scanner) (T, error)) (T, error) {
+	var none T
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+path, nil)
 	if err != nil {
-		return nil, err
+		return none, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("read the apiserver proxy's tunnels at %s: %w (is it running, with its admin there?)", w.Admin, err)
+		return none, fmt.Errorf("read the apiserver proxy's %s at %s: %w (is it running, with its admin there?)", what, admin, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read the apiserver proxy's tunnels at %s: %s", w.Admin, resp.Status)
+		return none, fmt.Errorf("read the apiserver proxy's %s at %s: %s", what, admin, resp.Status)
 	}
-	return ParseTunnelStats(bufio.NewScanner(resp.Body))
+	return parse(bufio.NewScanner(resp.Body))
 }
 
 // ParseTunnelStats reads "reverse_tunnel_responder.nodes.<node>: <count>"

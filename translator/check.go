@@ -147,15 +147,9 @@ func UnpackTLS(ts *corev3.TransportSocket) (proto.Message, *tlsv3.CommonTlsConte
 	return nil, nil, fmt.Errorf("transport socket %q is not TLS", ts.GetName())
 }
 
-// Version is a content hash of the resources and the secret names they
-// reference: the same input gives the same version, across runs and restarts.
-func Version(r Resources) string {
-	return ContentHash(r.all(), r.Secrets...)
-}
-
 // ContentHash hashes messages (deterministically marshalled, each length-
 // prefixed so boundaries cannot shift) and extra strings. The server uses it
-// for per-type xDS versions, translate for the dump's version.
+// for per-type xDS versions (TypeVersions), translate for the dump's.
 func ContentHash[T proto.Message](items []T, extra ...string) string {
 	h := sha256.New()
 	opts := proto.MarshalOptions{Deterministic: true}

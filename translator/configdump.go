@@ -7,6 +7,7 @@ import (
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -15,9 +16,6 @@ import (
 
 // DumpVersions are the version_info of each section of a ConfigDump.
 type DumpVersions struct{ Listeners, Clusters, Endpoints, Routes, Secrets string }
-
-// SameVersion gives every section the same version.
-func SameVersion(v string) DumpVersions { return DumpVersions{v, v, v, v, v} }
 
 // TypeVersions are the xDS versions of each type of r, the ones spoke serve
 // stamps, so an offline translation (spoke translate) compares with what is
@@ -30,6 +28,23 @@ func TypeVersions(r Resources) DumpVersions {
 		Endpoints: ContentHash(r.Endpoints),
 		Routes:    cachedOrHash(r.RouteVersion, r.Routes),
 	}
+}
+
+// Of is the version of typeURL's section ("" for an unknown type).
+func (v DumpVersions) Of(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return v.Listeners
+	case resourcev3.RouteType:
+		return v.Routes
+	case resourcev3.ClusterType:
+		return v.Clusters
+	case resourcev3.EndpointType:
+		return v.Endpoints
+	case resourcev3.SecretType:
+		return v.Secrets
+	}
+	return ""
 }
 
 // cachedOrHash is the version the translator cached for a type, or else

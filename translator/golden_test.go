@@ -99,7 +99,7 @@ func render(t *testing.T, res translator.Resources) string {
 	if err := translator.Check(res); err != nil {
 		t.Fatalf("generated config fails checks: %v", err)
 	}
-	b, err := translator.Marshal(translator.ConfigDump(res, translator.SameVersion(translator.Version(res))), "yaml")
+	b, err := translator.Marshal(translator.ConfigDump(res, translator.TypeVersions(res)), "yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

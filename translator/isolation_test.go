@@ -29,7 +29,7 @@ func TestNodeOutputHoldsNothingOfOtherNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := translator.Marshal(translator.ConfigDump(res, translator.SameVersion("")), "json")
+		out, err := translator.Marshal(translator.ConfigDump(res, translator.DumpVersions{}), "json")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
 // Resources is everything one Envoy receives over xDS, each list sorted by name.
@@ -31,15 +30,3 @@ const (
 	RoleAPIServer Role = "apiserver"
 	RoleNode      Role = "node"
 )
-
-// CachedVersion is the version the translator computed for a type from
-// cached parts (RouteVersion, ClusterVersion), or "" when it computed none.
-func (r Resources) CachedVersion(typeURL string) string {
-	switch typeURL {
-	case resourcev3.RouteType:
-		return r.RouteVersion
-	case resourcev3.ClusterType:
-		return r.ClusterVersion
-	}
-	return ""
-}

@@ -24,6 +24,7 @@ import (
 	"github.com/spokeproxy/spoke/metrics"
 	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/status"
+	"github.com/spokeproxy/spoke/translator"
 	"github.com/spokeproxy/spoke/translator/model"
 	"github.com/spokeproxy/spoke/xds"
 )
@@ -172,11 +173,7 @@ func TestPodChangeReachesOnlyItsNode(t *testing.T) {
 		}
 		_ = s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
 	}
-	raw, _ := os.ReadFile(file)
-	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("late-pod", "worker-1", "10.244.1.99"), 1)
-	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	addPod(t, file, "late-pod", "worker-1", "10.244.1.99")
 	r, err := recvWithin(t, w1, 5*time.Second)
 	if err != nil || r == nil {
 		t.Fatalf("worker-1 got no push for its new pod: %v", err)
@@ -293,11 +290,7 @@ func TestPushLatencyIsChangeToACK(t *testing.T) {
 	if v := metricValue(t, srv, count); v != "" && v != "0" {
 		t.Fatalf("a stream's first response counted as a push: count %s", v)
 	}
-	raw, _ := os.ReadFile(file)
-	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("late-pod", "worker-1", "10.244.1.99"), 1)
-	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	addPod(t, file, "late-pod", "worker-1", "10.244.1.99")
 	r, err := recvWithin(t, s, 5*time.Second)
 	if err != nil || r == nil {
 		t.Fatalf("no push for the new pod: %v", err)
@@ -338,10 +331,10 @@ func TestLabelledCountersStartAtZero(t *testing.T) {
 	for _, c := range metrics.ConnectionCaps {
 		want = append(want, fmt.Sprintf(`spoke_xds_connections_refused_total{cap=%q}`, c))
 	}
-	for _, c := range metrics.TunnelRefusalClasses {
+	for _, c := range status.RefusalClasses {
 		want = append(want, fmt.Sprintf(`spoke_tunnel_refusals_total{class=%q}`, c))
 	}
-	for _, r := range metrics.Roles {
+	for _, r := range []translator.Role{translator.RoleAPIServer, translator.RoleNode} {
 		want = append(want, fmt.Sprintf(`spoke_connected_envoys{role=%q}`, r))
 	}
 	for _, typ := range []string{"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment", "Secret"} {

@@ -63,10 +63,6 @@ func startEnvoy(t *testing.T, bin string, srv *xds.Server, role translator.Role,
 func TestRealEnvoysACKEverything(t *testing.T) {
 	bin := envoytest.Binary(t)
 	srv, file := serverOnExample(t)
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
 	api := startEnvoy(t, bin, srv, translator.RoleAPIServer, "apiserver-test", false)
 	w1 := startEnvoy(t, bin, srv, translator.RoleNode, "worker-1", false)
 	w2 := startEnvoy(t, bin, srv, translator.RoleNode, "worker-2", true)
@@ -102,10 +98,7 @@ func TestRealEnvoysACKEverything(t *testing.T) {
 
 	// A new pod on worker-1: worker-1 gets it, worker-2 gets nothing.
 	w2Before := sentVersions(srv, "node/worker-2")
-	withPod := strings.Replace(string(raw), "items:\n", "items:\n"+newPod("late-pod", "worker-1", "10.244.1.99"), 1)
-	if err := os.WriteFile(file, []byte(withPod), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	addPod(t, file, "late-pod", "worker-1", "10.244.1.99")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if d, _ := w1.Get("/config_dump?resource=dynamic_route_configs"); strings.Contains(d, "10.244.1.99:*") {
@@ -119,6 +112,19 @@ func TestRealEnvoysACKEverything(t *testing.T) {
 	waitSynced(t, srv, 3)
 	if after := sentVersions(srv, "node/worker-2"); after != w2Before {
 		t.Errorf("worker-2 was pushed for a pod on worker-1: %s -> %s", w2Before, after)
+	}
+}
+
+// addPod adds a running pod to the cluster file.
+func addPod(t *testing.T, file, name, node, ip string) {
+	t.Helper()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(raw), "items:\n", "items:\n"+newPod(name, node, ip), 1)
+	if err := os.WriteFile(file, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -31,7 +31,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
@@ -106,21 +105,19 @@ type Server struct {
 	tunnels   atomic.Pointer[status.TunnelWatcher]
 	// handshakes keeps the tunnels the apiserver proxy beside this server refused.
 	handshakes *status.HandshakeLog
+	// refusals exports the CONNECTs that apiserver proxy refused (WatchTunnels).
+	refusals     status.RefusalCollector
+	refusalsOnce sync.Once
 }
 
 // WatchTunnels reads, until ctx ends, the tunnels each node holds at the
 // apiserver proxy whose admin API is at admin, and the CONNECTs it refused
 // (spoke_connect_refusals_total).
 func (s *Server) WatchTunnels(ctx context.Context, admin string) {
-	refusals := &status.RefusalCollector{}
-	if err := s.metrics.Registry.Register(refusals); err != nil {
-		var taken prometheus.AlreadyRegisteredError // watched before: keep that collector
-		if errors.As(err, &taken) {
-			refusals = taken.ExistingCollector.(*status.RefusalCollector)
-		}
-	}
+	// Its metrics exist only on a server that watches an apiserver proxy.
+	s.refusalsOnce.Do(func() { s.metrics.Registry.MustRegister(&s.refusals) })
 	w := &status.TunnelWatcher{Admin: admin, Interval: 2 * time.Second, Nodes: s.store.NodeNames, Metrics: s.metrics,
-		Log: s.opts.Log.WithField("component", "tunnels"), Refusals: refusals}
+		Log: s.opts.Log.WithField("component", "tunnels"), Refusals: &s.refusals}
 	s.tunnels.Store(w)
 	go w.Run(ctx)
 }

@@ -256,8 +256,8 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	changed := p.published[key] == nil
 	versions := translator.TypeVersions(res)
 	for typeURL, items := range byType {
-		v := typeVersion(versions, typeURL)
-		if typeURL == resourcev3.SecretType {
+		v := versions.Of(typeURL)
+		if v == "" { // the secrets: their hash covers the key material
 			v = translator.ContentHash(items)
 		}
 		next.versions[typeURL], next.counts[typeURL] = v, len(items)
@@ -284,21 +284,6 @@ func (p *Publisher) publish(ctx context.Context, proxy auth.Proxy, res translato
 	next.setAt = time.Now()
 	p.published[key] = next
 	return true
-}
-
-// typeVersion picks a type's version out of v.
-func typeVersion(v translator.DumpVersions, typeURL string) string {
-	switch typeURL {
-	case resourcev3.ListenerType:
-		return v.Listeners
-	case resourcev3.RouteType:
-		return v.Routes
-	case resourcev3.ClusterType:
-		return v.Clusters
-	case resourcev3.EndpointType:
-		return v.Endpoints
-	}
-	return ""
 }
 
 // publishedNodes lists the nodes whose proxies have a snapshot, sorted.

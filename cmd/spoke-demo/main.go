@@ -10,7 +10,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -57,12 +57,13 @@ func run(ctx context.Context, spoke, envoy, cluster string) error {
 		return err
 	}
 	socket := filepath.Join(dir, "egress.sock")
-	if err := waitForTunnel(ctx, socket); err != nil {
+	connect := []string{"connect", "--socket", socket, fmt.Sprintf("%s:%d", targetIP, targetPort), "--send", `GET / HTTP/1.0\r\n\r\n`}
+	if err := waitForTunnel(ctx, spoke, connect); err != nil {
 		return err
 	}
 	fmt.Printf("spoke runs on loopback: a server, an apiserver proxy and node proxies for %v (logs in %s).\n", demoNodes, dir)
 	fmt.Printf("Reach pod %s on %s through its tunnel, as kube-apiserver would:\n\n", targetPod, targetNode)
-	fmt.Printf("    %s connect --socket %s %s:%d --send 'GET / HTTP/1.0\\r\\n\\r\\n'\n\n", spoke, socket, targetIP, targetPort)
+	fmt.Printf("    %s %s '%s'\n\n", spoke, strings.Join(connect[:len(connect)-1], " "), connect[len(connect)-1])
 	fmt.Println("Ctrl-C stops everything.")
 	<-ctx.Done()
 	return nil
@@ -166,12 +167,12 @@ func (d *demo) stopAll() {
 	}
 }
 
-// waitForTunnel waits until a CONNECT to the target through socket answers
-// 200: the server, both proxies and worker-1's tunnel are up.
-func waitForTunnel(ctx context.Context, socket string) error {
+// waitForTunnel runs the spoke connect command the demo prints until it
+// works: the server, both proxies and worker-1's tunnel are up.
+func waitForTunnel(ctx context.Context, spoke string, connect []string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if connectOK(socket) {
+		if exec.CommandContext(ctx, spoke, append(connect, "--timeout", "2s")...).Run() == nil {
 			return nil
 		}
 		select {
@@ -181,19 +182,6 @@ func waitForTunnel(ctx context.Context, socket string) error {
 		}
 	}
 	return errors.New("no tunnel to " + targetNode + " after 30 s: see the logs")
-}
-
-func connectOK(socket string) bool {
-	c, err := net.DialTimeout("unix", socket, time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	fmt.Fprintf(c, "CONNECT %s:%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", targetIP, targetPort)
-	b := make([]byte, 12)
-	n, _ := io.ReadFull(c, b)
-	return n == 12 && string(b[9:12]) == "200"
 }
 
 func waitForFile(path string) error {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/status"
@@ -106,12 +105,7 @@ func debugJSON(ctx context.Context, server, path string, v any) error {
 
 // writeDocument prints v as JSON (indented) or YAML.
 func writeDocument(w io.Writer, v any, format string) error {
-	out, err := json.MarshalIndent(v, "", "  ")
-	if err == nil && format == "yaml" {
-		out, err = yaml.JSONToYAML(out)
-	} else if err == nil {
-		out = append(out, '\n')
-	}
+	out, err := status.Document(v, format)
 	if err != nil {
 		return err
 	}

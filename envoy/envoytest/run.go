@@ -192,8 +192,6 @@ func (p *Process) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// LogBuffer collects output written from many goroutines (a process, a
-// logger) for tests to read.
 // keepLog writes a failed test's whole Envoy log to $SPOKE_ENVOY_LOG_DIR,
 // when set (the test prints only its last lines).
 func keepLog(t testing.TB, p *Process) {
@@ -207,6 +205,8 @@ func keepLog(t testing.TB, p *Process) {
 	}
 }
 
+// LogBuffer collects output written from many goroutines (a process, a
+// logger) for tests to read.
 type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
