@@ -28,9 +28,10 @@ translate: build
 	./bin/spoke translate -f examples/cluster.yaml --proxy apiserver
 	./bin/spoke translate -f examples/cluster.yaml --proxy node/worker-2
 
-## build: bin/spoke, version and commit stamped
+## build: bin/spoke, version and commit stamped, and bin/kubectl-spoke (the same binary as a kubectl plugin)
 build:
 	go build -ldflags "$(LDFLAGS)" -o bin/spoke ./cmd/spoke
+	ln -sf spoke bin/kubectl-spoke
 
 ## image: dist/spoke-image.tar (spoke:$(VERSION)) and dist/envoy-image.tar (envoy:$(ENVOY_VERSION)-local, from the installed Envoy), no Docker daemon needed; docker load, ctr images import and kind load image-archive take them
 image: $(ENVOY)

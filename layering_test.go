@@ -63,6 +63,8 @@ var layering = []importRule{
 		In: []string{"auth"}, Except: []string{"auth/authtest"}, Forbidden: []string{clientGo, module + "/pki", module + "/xds", module + "/status", module + "/source"}},
 	{Why: "status reads the published config through an interface, never the server or its cache",
 		In: []string{"status"}, Forbidden: []string{module + "/xds", module + "/source", xdsCache, xdsServer}},
+	{Why: "kubestatus publishes what the server hands it; it never reaches into the server, its cache or a source",
+		In: []string{"kubestatus"}, Forbidden: []string{module + "/xds", module + "/source", xdsCache, xdsServer}},
 	{Why: "metrics and filewatch are leaves: they import nothing of spoke",
 		In: []string{"metrics", "filewatch"}, Forbidden: []string{module + "/"}},
 	{Why: "bootstraps are built from translator output, without the server or the cluster",

@@ -210,6 +210,27 @@ func (s *Server) Tracker() *status.Tracker { return s.tracker }
 // against what the server holds for it.
 func (s *Server) Statuses() []status.ProxyStatus { return s.tracker.Statuses() }
 
+// Problems is what the last update left out of the config, and why: the
+// source's refused input first, if any.
+func (s *Server) Problems() []model.Problem {
+	problems := s.publisher.Problems()
+	if r := s.refusal.Load(); r != nil {
+		problems = append([]model.Problem{*r}, problems...)
+	}
+	return problems
+}
+
+// Tunnels is the last read of the tunnels each node holds at the apiserver
+// proxy beside this server, with each node's last refused tunnel.
+func (s *Server) Tunnels() status.Tunnels {
+	t := status.Tunnels{Error: "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)"}
+	if watcher := s.tunnels.Load(); watcher != nil {
+		t = watcher.Latest()
+	}
+	t.Refusals = s.handshakes.Refusals()
+	return t
+}
+
 // Addr returns the bound address of "xds", "http" or "debug" once Run listens.
 func (s *Server) Addr(name string) string {
 	<-s.ready
@@ -467,20 +488,11 @@ func (s *Server) debugHandler() http.Handler {
 	mux.Handle("/", s.tracker.DebugHandler())
 	mux.HandleFunc("/debug/problems", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		problems := s.publisher.Problems()
-		if r := s.refusal.Load(); r != nil {
-			problems = append([]model.Problem{*r}, problems...)
-		}
-		_ = json.NewEncoder(w).Encode(problems)
+		_ = json.NewEncoder(w).Encode(s.Problems())
 	})
 	mux.HandleFunc("/debug/tunnels", func(w http.ResponseWriter, _ *http.Request) {
-		t := status.Tunnels{Error: "tunnels are not watched: start spoke serve with --apiserver-proxy-admin (the admin address of the apiserver proxy beside it)"}
-		if watcher := s.tunnels.Load(); watcher != nil {
-			t = watcher.Latest()
-		}
-		t.Refusals = s.handshakes.Refusals()
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(t)
+		_ = json.NewEncoder(w).Encode(s.Tunnels())
 	})
 	// spoke status and spoke config check it: an address that answers
 	// without it is not a spoke debug API (the metrics port, an Envoy admin).

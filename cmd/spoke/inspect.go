@@ -275,13 +275,13 @@ func printProblems(w io.Writer, problems []model.Problem) {
 	}
 }
 
-// printRefusals lists each node's last refused tunnel at the apiserver
-// proxy beside the server, latest first.
-func printRefusals(w io.Writer, refusals map[string]status.Refusal) error {
+// printRefusals lists each node's last refused tunnel at one apiserver
+// proxy (where: which), latest first.
+func printRefusals(w io.Writer, refusals map[string]status.Refusal, where string) error {
 	if len(refusals) == 0 {
 		return nil
 	}
-	fmt.Fprintln(w, "\nREFUSED TUNNELS at the apiserver proxy beside the server (each node's last; ?address: a source no node owns)")
+	fmt.Fprintf(w, "\nREFUSED TUNNELS at %s (each node's last; ?address: a source no node owns)\n", printable(where))
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tWHEN\tFROM\tREASON")
 	for _, key := range status.SortedRefusalKeys(refusals) {
@@ -294,7 +294,7 @@ func printRefusals(w io.Writer, refusals map[string]status.Refusal) error {
 // printTunnels lists the tunnels each node holds at the apiserver proxy
 // beside the server, nodes without one first.
 func printTunnels(w io.Writer, t status.Tunnels) error {
-	if err := printRefusals(w, t.Refusals); err != nil {
+	if err := printRefusals(w, t.Refusals, "the apiserver proxy beside the server"); err != nil {
 		return err
 	}
 	if t.Admin == "" {

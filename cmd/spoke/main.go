@@ -5,16 +5,21 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 )
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
+	root, name := newRootCommand(), "spoke"
+	if filepath.Base(os.Args[0]) == PluginName { // kubectl spoke ...
+		root, name = newKubectlPluginCommand(), "kubectl spoke"
+	}
+	if err := root.Execute(); err != nil {
 		// A plain line, not a log record: what the user ran failed, and
 		// how is what they read (a record quoted and escaped its newlines).
-		fmt.Fprintln(os.Stderr, "spoke: "+err.Error())
+		fmt.Fprintln(os.Stderr, name+": "+err.Error())
 		os.Exit(1)
 	}
 }

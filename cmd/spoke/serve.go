@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/kubestatus"
 	"github.com/spokeproxy/spoke/pki"
 	"github.com/spokeproxy/spoke/source"
 	"github.com/spokeproxy/spoke/translator/model"
@@ -49,6 +50,8 @@ type serveOptions struct {
 	insecureCluster bool
 	limits          xds.ConnectionLimits
 	apiProxyAdmin   string
+	statusConfigMap string
+	replica         string
 }
 
 func newServeCommand() *cobra.Command {
@@ -81,7 +84,13 @@ CA is generated in memory (tunnels then break at every restart).
 
 Health and metrics: /healthz, /readyz, /metrics on --http-address. Inspection
 (spoke status, spoke config dump) uses --debug-address, which should stay on
-localhost.`,
+localhost.
+
+With --source kubernetes, each replica also publishes its status into the
+Kubernetes API, readable with kubectl alone when the data path is down
+(kubectl spoke status): its key (--replica) of the ConfigMap
+--status-configmap, and Events on a Node when it loses or regains its tunnels
+or has one refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.maxConnsGiven = cmd.Flags().Changed("xds-max-connections")
@@ -112,6 +121,8 @@ localhost.`,
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 5*time.Second, "on SIGTERM, close the open xDS streams a few at a time over this period, so Envoys move to other servers gradually")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.apiProxyAdmin, "apiserver-proxy-admin", "", "admin address of the apiserver proxy beside this server (e.g. 127.0.0.1:9901): its tunnels per node go into /metrics and spoke status")
+	f.StringVar(&o.statusConfigMap, "status-configmap", kubestatus.DefaultNamespace+"/"+kubestatus.DefaultConfigMap, "with --source kubernetes: NAMESPACE/NAME of the ConfigMap this replica publishes its status into (empty: publish nothing, and put no Events on Nodes)")
+	f.StringVar(&o.replica, "replica", "", "this replica's name in the status ConfigMap and its Events (default: the host name)")
 	d := xds.DefaultConnectionLimits()
 	f.IntVar(&o.limits.Total, "xds-max-connections", d.Total, "cap on open connections to --xds-address (lowered to fit the file descriptor limit)")
 	f.IntVar(&o.limits.PerSource, "xds-max-connections-per-source", d.PerSource, "cap on open connections from one IP address (raise it above the number of nodes behind one NAT address)")
@@ -166,10 +177,43 @@ func (o *serveOptions) run(ctx context.Context) error {
 			logrus.WithError(err).Error("source failed: serving the last config; /readyz stays unready if it never synced")
 		}
 	}()
+	if err := o.publishStatus(ctx, client, srv); err != nil {
+		return err
+	}
 	go func() {
 		logrus.Infof("look at what it serves: spoke status --server http://%s ; spoke config dump --server http://%s --proxy node/NAME", srv.Addr("debug"), srv.Addr("debug"))
 	}()
 	return srv.Run(ctx)
+}
+
+// publishStatus starts publishing this replica's status into the Kubernetes
+// API, when it watches a cluster and --status-configmap is set.
+func (o *serveOptions) publishStatus(ctx context.Context, client kubernetes.Interface, srv *xds.Server) error {
+	if o.source != "kubernetes" || o.statusConfigMap == "" {
+		return nil
+	}
+	ns, name, ok := strings.Cut(o.statusConfigMap, "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("--status-configmap %q: want NAMESPACE/NAME, or empty to publish nothing", o.statusConfigMap)
+	}
+	replica := o.replica
+	if replica == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--replica not set and no host name: %w", err)
+		}
+		replica = host
+	}
+	if err := kubestatus.CheckReplica(replica); err != nil {
+		return fmt.Errorf("--replica: %w", err)
+	}
+	p := &kubestatus.Publisher{Client: client, Namespace: ns, ConfigMap: name, Replica: replica, Interval: 2 * time.Second,
+		Log: logrus.WithFields(logrus.Fields{"component": "status-publisher", "replica": replica}),
+		Read: func() kubestatus.Input {
+			return kubestatus.Input{Envoys: srv.Statuses(), Tunnels: srv.Tunnels(), Problems: srv.Problems()}
+		}}
+	go p.Run(ctx)
+	return nil
 }
 
 // setMemoryLimit sets GOMEMLIMIT to 90% of the container's memory limit
