@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,12 +17,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
 	"github.com/spokeproxy/spoke/auth"
+	"github.com/spokeproxy/spoke/kubestatus"
 	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/status"
 	"github.com/spokeproxy/spoke/translator"
 )
 
@@ -30,9 +34,11 @@ const serverAccount = "system:serviceaccount:spoke-system:spoke-server"
 // TestManifestRBACIsExactlyEnough applies manifests/base/rbac.yaml to a real
 // kube-apiserver (RBAC authorization) and acts as the spoke-server
 // ServiceAccount: the Kubernetes source syncs and follows a new node, the
-// tunnel CA Secret loads, ServiceCIDRs are followed; everything else tried
-// here is Forbidden (other Secrets, listing Secrets, writes, EndpointSlices
-// outside default, ConfigMaps, get on nodes).
+// tunnel CA Secret loads, ServiceCIDRs are followed, the status publisher
+// creates and updates its ConfigMap and puts Events (new and repeated) on a
+// Node; everything else tried here is Forbidden (other Secrets, listing
+// Secrets, writes, EndpointSlices outside default, other ConfigMaps, reading
+// the status back, Events elsewhere, get on nodes).
 func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	cp := startControlPlane(t)
 	admin := cp.client()
@@ -103,6 +109,8 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 		}
 	}
 
+	checkStatusPublisherRBAC(t, ctx, admin, sa)
+
 	forbidden := map[string]func() error{
 		"get another Secret": func() error {
 			_, err := sa.CoreV1().Secrets("spoke-system").Get(ctx, "other", metav1.GetOptions{})
@@ -142,10 +150,70 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 			_, err := sa.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
 			return err
 		},
+		"get the status ConfigMap": func() error {
+			_, err := sa.CoreV1().ConfigMaps(kubestatus.DefaultNamespace).Get(ctx, kubestatus.DefaultConfigMap, metav1.GetOptions{})
+			return err
+		},
+		"apply another ConfigMap": func() error {
+			cm := corev1ac.ConfigMap("spoke-settings", kubestatus.DefaultNamespace).WithData(map[string]string{"x": "y"})
+			_, err := sa.CoreV1().ConfigMaps(kubestatus.DefaultNamespace).Apply(ctx, cm, metav1.ApplyOptions{FieldManager: "test", Force: true})
+			return err
+		},
+		"delete the status ConfigMap": func() error {
+			return sa.CoreV1().ConfigMaps(kubestatus.DefaultNamespace).Delete(ctx, kubestatus.DefaultConfigMap, metav1.DeleteOptions{})
+		},
+		"create an Event in kube-system": func() error {
+			e := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "kube-system"}, InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "node-rbac"}}
+			_, err := sa.CoreV1().Events("kube-system").Create(ctx, e, metav1.CreateOptions{})
+			return err
+		},
+		"list Events": func() error {
+			_, err := sa.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+			return err
+		},
 	}
 	for what, try := range forbidden {
 		if err := try(); !apierrors.IsForbidden(err) {
 			t.Errorf("%s as %s: want Forbidden, got %v", what, serverAccount, err)
+		}
+	}
+}
+
+// checkStatusPublisherRBAC runs the status publisher as the server account
+// against the real apiserver, its node's tunnels coming and going: its
+// report lands in the ConfigMap (created by the apply), and TunnelsLost is
+// created, then counted again (a patch), with no warning logged.
+func checkStatusPublisherRBAC(t *testing.T, ctx context.Context, admin, sa kubernetes.Interface) {
+	t.Helper()
+	log, hook := logtest.NewNullLogger()
+	var reads atomic.Int64
+	p := &kubestatus.Publisher{Client: sa, Namespace: kubestatus.DefaultNamespace, ConfigMap: kubestatus.DefaultConfigMap, Replica: "cp-rbac",
+		Interval: 100 * time.Millisecond, Log: log,
+		Read: func() kubestatus.Input {
+			n := reads.Add(1)
+			held := 4 * int((n/5)%2) // none, then 4, then none...: lost and restored every half second
+			return kubestatus.Input{Tunnels: status.Tunnels{Admin: "127.0.0.1:9901", ReadAt: time.Unix(n, 0), Nodes: map[string]int{"node-rbac": held}}}
+		}}
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { p.Run(pctx); close(done) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, 20*time.Second, "the server account's report in the status ConfigMap", func() bool {
+		reports, err := kubestatus.ReadReports(ctx, admin, kubestatus.DefaultNamespace, kubestatus.DefaultConfigMap)
+		return err == nil && len(reports) == 1 && reports[0].Replica == "cp-rbac"
+	})
+	waitFor(t, 20*time.Second, "TunnelsLost on node-rbac, counted twice", func() bool {
+		events, err := kubestatus.ReadNodeEvents(ctx, admin)
+		for _, e := range events {
+			if err == nil && e.Reason == kubestatus.ReasonTunnelsLost && e.InvolvedObject.Name == "node-rbac" && e.Count >= 2 {
+				return true
+			}
+		}
+		return false
+	})
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Errorf("the status publisher logged %q (%v): a write the manifest does not allow?", e.Message, e.Data)
 		}
 	}
 }
