@@ -63,7 +63,7 @@ func egressSelectorFile(t *testing.T, s model.Settings, path string) string {
 func checkSecondAPIServer(t *testing.T, cp *controlPlane, s2 model.Settings, clusterCAFile, xdsHost, envoyBin string, nodes []string, pods map[string]string) *envoytest.Process {
 	t.Helper()
 	cp2 := cp.startReplica(t, egressSelectorFile(t, s2, filepath.Join(t.TempDir(), "egress-selector-2.yaml")))
-	srv2 := startSpokeServer(t, cp2, s2, clusterCAFile, xdsHost, freePort(t))
+	srv2 := startSpokeServer(t, cp2, s2, clusterCAFile, xdsHost, freePort(t), "control-plane-2", "")
 	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-2", XDSSocket: srv2.socket})
 	if err != nil {
 		t.Fatal(err)

@@ -51,9 +51,11 @@ func createTunnelCA(t *testing.T, cp *controlPlane, dir string) {
 	kubectl(t, cp, nil, "-n", "spoke-system", "create", "configmap", "spoke-server-ca", "--from-file=ca.crt="+certFile)
 }
 
-// startSpokeServer runs the server for settings s; the node proxies reach
-// it at host:xdsPort. The manifests must be applied (ServiceAccount, RBAC).
-func startSpokeServer(t *testing.T, cp *controlPlane, s model.Settings, clusterCAFile, host string, xdsPort int) *spokeServer {
+// startSpokeServer runs the server for settings s as replica (its name in
+// the status ConfigMap); the node proxies reach it at host:xdsPort. It reads
+// the tunnels of the apiserver proxy whose admin is at apiProxyAdmin ("":
+// none). The manifests must be applied (ServiceAccount, RBAC).
+func startSpokeServer(t *testing.T, cp *controlPlane, s model.Settings, clusterCAFile, host string, xdsPort int, replica, apiProxyAdmin string) *spokeServer {
 	t.Helper()
 	dir := t.TempDir()
 	settings, err := json.Marshal(s) // a settings file may be JSON: YAML's superset
@@ -77,7 +79,10 @@ current-context: test
 		"--tunnel-ca-secret=spoke-system/spoke-tunnel-ca", "--client-ca-file=" + clusterCAFile,
 		"--xds-address=0.0.0.0:" + strconv.Itoa(xdsPort), "--xds-server-name=spoke-server", "--xds-socket=" + srv.socket,
 		"--http-address=" + srv.http, fmt.Sprintf("--debug-address=127.0.0.1:%d", freePort(t)),
-		"--config=" + filepath.Join(dir, "settings.yaml"), "--shutdown-grace=1s"}
+		"--config=" + filepath.Join(dir, "settings.yaml"), "--shutdown-grace=1s", "--replica=" + replica}
+	if apiProxyAdmin != "" {
+		srv.args = append(srv.args, "--apiserver-proxy-admin="+apiProxyAdmin)
+	}
 	srv.start()
 	return srv
 }

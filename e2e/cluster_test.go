@@ -178,9 +178,12 @@ func startSpokeCluster(t *testing.T, nodes []clusterNode, images ...string) *spo
 	createTunnelCA(t, c.cp, c.dir)
 	xdsPort := freePort(t)
 	deployNodeProxies(t, c.cp, net.JoinHostPort(c.controlPlaneAddress, strconv.Itoa(xdsPort)))
-	c.srv = startSpokeServer(t, c.cp, c.s, c.clusterCAFile, c.controlPlaneAddress, xdsPort)
+	// The server reads the apiserver proxy's tunnels at its admin port, as
+	// on a control-plane host (there 9901; here a free one).
+	adminPort := freePort(t)
+	c.srv = startSpokeServer(t, c.cp, c.s, c.clusterCAFile, c.controlPlaneAddress, xdsPort, "control-plane-1", fmt.Sprintf("127.0.0.1:%d", adminPort))
 	var err error
-	if c.bootstrap, err = envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: c.srv.socket}); err != nil {
+	if c.bootstrap, err = envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: c.srv.socket, AdminPort: uint32(adminPort)}); err != nil {
 		t.Fatal(err)
 	}
 	c.apiProxy = envoytest.Start(t, c.envoyBin, "apiserver-proxy", c.bootstrap)
@@ -293,6 +296,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 	rollNodeProxies(t, cp, []*envoytest.Process{apiProxy, apiProxy2}, []string{s.EgressSocketPath, s2.EgressSocketPath}, kubelets, "logger-node-a")
 
 	checkNodeWithoutKubeletCertificate(t, cp, apiProxy, "logger-node-a", images)
+	checkTunnelLossReadWithKubectl(t, cp, apiProxy, kubeNodes["node-b"])
 
 	// Without the node proxies the apiserver has no way to the kubelets.
 	kubectl(t, cp, nil, "-n", "spoke-system", "delete", "daemonset", "spoke-node-proxy", "--wait=false")

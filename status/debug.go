@@ -57,15 +57,29 @@ func (t *Tracker) Statuses() []ProxyStatus {
 	return out
 }
 
-// DebugHandler serves /debug/status (the rows of `spoke status`) and
+// DebugHandler serves /debug/status (the rows of `spoke status`),
 // /debug/config?proxy=KEY[&type=T][&name=N] (what the server serves one
 // Envoy, as an Envoy ConfigDump with secrets by name only; type secrets
-// describes their certificates instead).
+// describes their certificates instead) and /debug/diff?proxy=KEY (served
+// against ACKed, resource by resource, for each Envoy of that proxy).
 func (t *Tracker) DebugHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(t.Statuses())
+	})
+	mux.HandleFunc("/debug/diff", func(w http.ResponseWriter, r *http.Request) {
+		proxy, err := auth.ParseProxy(r.URL.Query().Get("proxy"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		diffs := t.Diff(proxy.Key())
+		if diffs == nil {
+			diffs = []EnvoyDiff{} // no Envoy of that proxy connected: [] for scripts
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(diffs)
 	})
 	mux.HandleFunc("/debug/proxies", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -25,6 +25,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/metrics"
@@ -39,7 +40,8 @@ type TypeStatus struct {
 	NackedAt  time.Time `json:"nackedAt,omitempty"`
 	NackedVer string    `json:"nackedVersion,omitempty"`
 
-	nackLog nackLog // paces this type's NACK log lines
+	nackLog nackLog   // paces this type's NACK log lines
+	held    heldState // what the Envoy holds, resource by resource (Diff)
 	// changeAt is when the change behind the last response was made, if it
 	// was made while this Envoy was connected: its ACK stops that clock
 	// (spoke_xds_push_latency_seconds).
@@ -112,6 +114,10 @@ type Published interface {
 	// ServedSecrets are the SDS secrets proxy is served, with key material:
 	// for describing their certificates only.
 	ServedSecrets(proxy auth.Proxy) []*tlsv3.Secret
+	// SnapshotResources are key's current typeURL resources, by name, and
+	// their version: the very protos served (never to be changed), with
+	// key material, for comparing with what an Envoy holds only.
+	SnapshotResources(key, typeURL string) (string, map[string]proto.Message)
 }
 
 // NewTracker returns a Tracker reading p.
@@ -401,10 +407,12 @@ func (t *Tracker) resumed(k streamKey, typeURL string, held map[string]string) {
 		return
 	}
 	versions, _ := t.published.Versions(proxy)
+	_, snapshot := t.published.SnapshotResources(proxy, typeURL)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ts := t.typeStatus(k, typeURL); ts != nil && ts.Acked == "" {
 		ts.Acked = versions[typeURL]
+		ts.held.resources = snapshot // the same names and hashes: what it holds
 	}
 }
 
@@ -471,6 +479,7 @@ func (c Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) 
 	c.t.checkNames(k, req.GetTypeUrl(), req.GetResourceNames())
 	nack := statusOf(req.GetErrorDetail())
 	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), nack)
+	c.t.heldRequest(k, req)
 	if nack != nil {
 		// A NACK carries the last version Envoy accepted; go-control-plane's
 		// cache would answer it at once with the rejected version again, and
@@ -483,8 +492,12 @@ func (c Callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) 
 	return nil
 }
 
-func (c Callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	c.t.response(streamKey{id: id}, resp.GetTypeUrl(), resp.GetVersionInfo())
+func (c Callbacks) OnStreamResponse(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	k := streamKey{id: id}
+	c.t.response(k, resp.GetTypeUrl(), resp.GetVersionInfo())
+	c.t.heldResponse(k, resp.GetTypeUrl(), resp.GetVersionInfo(), func(snapshot map[string]proto.Message) pendingResponse {
+		return pendingResponse{nonce: resp.GetNonce(), resources: sentSet(snapshot, req.GetResourceNames())}
+	})
 }
 
 func (c Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
@@ -504,6 +517,7 @@ func (c Callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscover
 	delete(c.t.nonces[k], req.GetResponseNonce())
 	c.t.mu.Unlock()
 	c.t.request(k, req.GetTypeUrl(), req.GetResponseNonce(), version, statusOf(req.GetErrorDetail()))
+	c.t.heldDeltaRequest(k, req)
 	return nil
 }
 
@@ -516,6 +530,13 @@ func (c Callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscovery
 	c.t.nonces[k][resp.GetNonce()] = resp.GetSystemVersionInfo()
 	c.t.mu.Unlock()
 	c.t.response(k, resp.GetTypeUrl(), resp.GetSystemVersionInfo())
+	c.t.heldResponse(k, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), func(snapshot map[string]proto.Message) pendingResponse {
+		sent := make(map[string]proto.Message, len(resp.GetResources()))
+		for _, r := range resp.GetResources() {
+			sent[r.GetName()] = snapshot[r.GetName()]
+		}
+		return pendingResponse{nonce: resp.GetNonce(), resources: sent, removed: resp.GetRemovedResources(), delta: true}
+	})
 }
 
 func (c Callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {

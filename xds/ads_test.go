@@ -346,3 +346,115 @@ func TestLabelledCountersStartAtZero(t *testing.T) {
 		}
 	}
 }
+
+// TestDiffShowsWhatAnEnvoyRefused: an Envoy ACKs its routes, then NACKs the
+// next version (a new pod): the diff names the route configuration that
+// differs and Envoy's message, over SotW and over delta xDS alike.
+func TestDiffShowsWhatAnEnvoyRefused(t *testing.T) {
+	srv, file := serverOnExample(t)
+	sotw := adsStream(t, srv)
+	_ = sotw.Send(&discoveryv3.DiscoveryRequest{Node: nodeProxy("worker-1"), TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}})
+	r, err := recvWithin(t, sotw, 5*time.Second)
+	if err != nil || r == nil {
+		t.Fatalf("worker-1: no routes: %v", err)
+	}
+	_ = sotw.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
+
+	delta := deltaStream(t, srv)
+	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: nodeProxy("worker-2"), TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: []string{"node-tunnel"}})
+	d, err := recvDeltaWithin(t, delta, 5*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("worker-2: no routes: %v", err)
+	}
+	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.RouteType, ResponseNonce: d.Nonce})
+
+	waitForCondition(t, "both ACKs recorded", func() bool {
+		return routeDiff(t, srv, "node/worker-1").State == status.StateSynced && routeDiff(t, srv, "node/worker-2").State == status.StateSynced
+	})
+	for _, proxy := range []string{"node/worker-1", "node/worker-2"} {
+		routes := routeDiff(t, srv, proxy)
+		if routes.State != status.StateSynced || routes.Differs != 0 || routes.Held != 1 || routes.Unknown != "" {
+			t.Fatalf("%s after its ACK: %+v", proxy, routes)
+		}
+	}
+
+	addPod(t, file, "refused-1", "worker-1", "10.244.1.98")
+	addPod(t, file, "refused-2", "worker-2", "10.244.2.98")
+	if r, err = recvWithin(t, sotw, 5*time.Second); err != nil || r == nil {
+		t.Fatalf("worker-1: no push: %v", err)
+	}
+	_ = sotw.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: []string{"node-tunnel"}, ResponseNonce: r.Nonce,
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "test: route node-tunnel refused"}})
+	if d, err = recvDeltaWithin(t, delta, 5*time.Second); err != nil || d == nil {
+		t.Fatalf("worker-2: no push: %v", err)
+	}
+	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.RouteType, ResponseNonce: d.Nonce,
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "test: route node-tunnel refused"}})
+
+	waitForCondition(t, "both NACKs recorded", func() bool {
+		return routeDiff(t, srv, "node/worker-1").State == status.StateNacked && routeDiff(t, srv, "node/worker-2").State == status.StateNacked
+	})
+	for _, proxy := range []string{"node/worker-1", "node/worker-2"} {
+		routes := routeDiff(t, srv, proxy)
+		want := []status.ResourceDiff{{Name: "node-tunnel", Change: status.ChangeChanged}}
+		if fmt.Sprint(routes.Differ) != fmt.Sprint(want) || routes.Nack != "test: route node-tunnel refused" || routes.AckedVersion == routes.ServedVersion {
+			t.Errorf("%s after its NACK: %+v; want node-tunnel changed and the NACK", proxy, routes)
+		}
+	}
+}
+
+func routeDiff(t *testing.T, srv *xds.Server, proxy string) status.TypeDiff {
+	t.Helper()
+	diffs := srv.Tracker().Diff(proxy)
+	if len(diffs) != 1 {
+		t.Fatalf("%s: %d Envoys in the diff", proxy, len(diffs))
+	}
+	for _, td := range diffs[0].Types {
+		if td.Type == "RouteConfiguration" {
+			return td
+		}
+	}
+	t.Fatalf("%s: no routes in the diff: %+v", proxy, diffs[0])
+	return status.TypeDiff{}
+}
+
+func waitForCondition(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func deltaStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	t.Helper()
+	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+func recvDeltaWithin(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, d time.Duration) (*discoveryv3.DeltaDiscoveryResponse, error) {
+	t.Helper()
+	type result struct {
+		resp *discoveryv3.DeltaDiscoveryResponse
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() { r, err := stream.Recv(); ch <- result{r, err} }()
+	select {
+	case r := <-ch:
+		return r.resp, r.err
+	case <-time.After(d):
+		return nil, nil
+	}
+}

@@ -73,6 +73,7 @@ func TestRealEnvoysACKEverything(t *testing.T) {
 			t.Errorf("%s rejected %d updates", p.Name, n)
 		}
 	}
+	checkHeldIsServed(t, srv, "apiserver", "node/worker-1", "node/worker-2")
 	dump, _ := w1.Get("/config_dump")
 	for _, want := range []string{"reverse-tunnel-", "node-tunnel", "10.244.1.10:*", "apiserver-proxies", "spoke-tunnel-node"} {
 		if !strings.Contains(dump, want) {
@@ -112,6 +113,37 @@ func TestRealEnvoysACKEverything(t *testing.T) {
 	waitSynced(t, srv, 3)
 	if after := sentVersions(srv, "node/worker-2"); after != w2Before {
 		t.Errorf("worker-2 was pushed for a pod on worker-1: %s -> %s", w2Before, after)
+	}
+	// An update over delta xDS too: what the server tracks worker-2 holds
+	// follows the changes it ACKs.
+	addPod(t, file, "late-pod-2", "worker-2", "10.244.2.99")
+	for deadline := time.Now().Add(10 * time.Second); sentVersions(srv, "node/worker-2") == w2Before; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the new pod on worker-2 was never sent")
+		}
+	}
+	waitSynced(t, srv, 3)
+	checkHeldIsServed(t, srv, "apiserver", "node/worker-1", "node/worker-2")
+}
+
+// checkHeldIsServed: for Envoys that ACKed everything, what the server
+// tracks they hold is, resource by resource, what it serves them.
+func checkHeldIsServed(t *testing.T, srv *xds.Server, proxies ...string) {
+	t.Helper()
+	for _, proxy := range proxies {
+		diffs := srv.Tracker().Diff(proxy)
+		if len(diffs) != 1 {
+			t.Errorf("%s: %d Envoys in the diff, want 1", proxy, len(diffs))
+			continue
+		}
+		for _, td := range diffs[0].Types {
+			if td.State != status.StateSynced || td.Unknown != "" || td.Differs != 0 || td.Held != td.Served || td.Served == 0 {
+				t.Errorf("%s %s: %+v; want SYNCED, held = served, nothing differing", proxy, td.Type, td)
+			}
+		}
+		if len(diffs[0].Types) < 4 { // the apiserver proxy has no EDS
+			t.Errorf("%s: %d types compared, want every type it holds", proxy, len(diffs[0].Types))
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/sirupsen/logrus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/spokeproxy/spoke/auth"
 	"github.com/spokeproxy/spoke/metrics"
@@ -372,6 +373,22 @@ func (p *Publisher) ResourceHashes(key, typeURL string) map[string]string {
 		out[name] = cachev3.HashResource(raw)
 	}
 	return out
+}
+
+// SnapshotResources returns key's current typeURL resources and their
+// version, as the snapshot holds them (status compares them with what an
+// Envoy ACKed; nothing may change them).
+func (p *Publisher) SnapshotResources(key, typeURL string) (string, map[string]proto.Message) {
+	snap, err := p.cache.GetSnapshot(key)
+	if err != nil {
+		return "", nil
+	}
+	items := snap.GetResources(typeURL)
+	out := make(map[string]proto.Message, len(items))
+	for name, r := range items {
+		out[name] = r
+	}
+	return snap.GetVersion(typeURL), out
 }
 
 // SetAt returns when key's current snapshot was set (for push latency).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -200,17 +202,102 @@ route configuration.`,
 	dump.Flags().StringVar(&typ, "type", "", "only this type: "+strings.Join(status.DumpTypes, ", "))
 	dump.Flags().StringVar(&name, "name", "", "only resources (or route virtual hosts) of this name")
 	_ = dump.MarkFlagRequired("proxy")
-	// Shell completion of --proxy asks the server which proxies it serves.
-	_ = dump.RegisterFlagCompletionFunc("proxy", func(cmd *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
+	_ = dump.RegisterFlagCompletionFunc("proxy", completeProxies(&server))
+	_ = dump.RegisterFlagCompletionFunc("type", cobra.FixedCompletions(status.DumpTypes, cobra.ShellCompDirectiveNoFileComp))
+	cmd.AddCommand(dump, newConfigDiffCommand())
+	return cmd
+}
+
+// completeProxies completes --proxy with the proxies the server serves.
+func completeProxies(server *string) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, _ []string, _ string) ([]string, cobra.ShellCompDirective) {
 		var proxies []string
-		if err := debugJSON(cmd.Context(), server, "/debug/proxies", &proxies); err != nil {
+		if err := debugJSON(cmd.Context(), *server, "/debug/proxies", &proxies); err != nil {
 			return nil, cobra.ShellCompDirectiveError
 		}
 		return proxies, cobra.ShellCompDirectiveNoFileComp
-	})
-	_ = dump.RegisterFlagCompletionFunc("type", cobra.FixedCompletions(status.DumpTypes, cobra.ShellCompDirectiveNoFileComp))
-	cmd.AddCommand(dump)
+	}
+}
+
+func newConfigDiffCommand() *cobra.Command {
+	var server, proxy, output string
+	cmd := &cobra.Command{
+		Use:   "diff --proxy apiserver|node/NAME",
+		Short: "Served against held: the resources that differ between what the server serves one proxy and what its Envoy ACKed",
+		Long: `For each connected Envoy of one proxy, compare, type by type, what the server
+serves it now with what that Envoy ACKed, resource by resource, without
+reaching the Envoy's admin: "changed" (the Envoy holds an older one), "not
+held" (served and asked for, not at the Envoy), "not served" (the Envoy still
+holds what the server removed), and Envoy's message when it NACKed the version
+served now (it runs its last good one). The server knows what each response
+carried and which ones the Envoy ACKed; an Envoy that has not ACKed a type on
+its current stream shows it as unknown.`,
+		Example: `  spoke config diff --proxy node/worker-1
+  spoke config diff --proxy apiserver -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" && output != "yaml" {
+				return fmt.Errorf("--output %q: use table, json or yaml", output)
+			}
+			if _, err := auth.ParseProxy(proxy); err != nil {
+				return err
+			}
+			var diffs []status.EnvoyDiff
+			if err := debugJSON(cmd.Context(), server, "/debug/diff?"+url.Values{"proxy": {proxy}}.Encode(), &diffs); err != nil {
+				return err
+			}
+			if output != "table" {
+				return writeDocument(cmd.OutOrStdout(), diffs, output)
+			}
+			if len(diffs) == 0 {
+				return fmt.Errorf("no Envoy of %s is connected to this server (spoke status lists those that are)", proxy)
+			}
+			return printDiffs(cmd.OutOrStdout(), diffs)
+		},
+	}
+	cmd.Flags().StringVar(&server, "server", defaultDebugServer, "spoke server debug address")
+	cmd.Flags().StringVar(&proxy, "proxy", "", "apiserver or node/NAME")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	_ = cmd.MarkFlagRequired("proxy")
+	_ = cmd.RegisterFlagCompletionFunc("proxy", completeProxies(&server))
 	return cmd
+}
+
+func printDiffs(w io.Writer, diffs []status.EnvoyDiff) error {
+	for i, d := range diffs {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		mode := "sotw"
+		if d.Delta {
+			mode = "delta"
+		}
+		fmt.Fprintf(w, "%s  envoy %s  stream %d (%s)\n", printable(d.Proxy), printable(d.EnvoyID), d.Stream, mode)
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TYPE\tSTATE\tSERVED\tACKED\tRESOURCES SERVED/HELD\tDIFFER")
+		for _, td := range d.Types {
+			differ := strconv.Itoa(td.Differs)
+			if td.Unknown != "" {
+				differ = "unknown: " + td.Unknown
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", td.Type, td.State, td.ServedVersion, cmp.Or(td.AckedVersion, "-"), td.Served, td.Held, printable(differ))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, td := range d.Types {
+			for _, r := range td.Differ {
+				fmt.Fprintf(w, "  %s %s: %s\n", td.Type, printable(r.Name), r.Change)
+			}
+			if more := td.Differs - len(td.Differ); more > 0 {
+				fmt.Fprintf(w, "  %s: and %d more (-o json lists the first %d)\n", td.Type, more, len(td.Differ))
+			}
+			if td.Nack != "" {
+				fmt.Fprintf(w, "  %s NACKED by the Envoy: %s\n", td.Type, printable(td.Nack))
+			}
+		}
+	}
+	return nil
 }
 
 func debugGet(ctx context.Context, server, path string) ([]byte, error) {
