@@ -43,4 +43,13 @@ func TestConfigDiffShowsARealNack(t *testing.T) {
 			t.Errorf("%s: want SYNCED with nothing differing:\n%s", typ, out)
 		}
 	}
+
+	// The bootstrap view: the node that Envoy sent, with its build.
+	raw, err := exec.Command(buildSpoke(t), "config", "dump", "--server", debug, "--proxy", "node/node-a", "--type", "bootstrap").CombinedOutput()
+	out = string(raw)
+	if err != nil || !strings.Contains(out, "BootstrapConfigDump") || !containsLine(out, "id:", "node-a") || !containsLine(out, "cluster:", "spoke-node") ||
+		!containsLine(out, "user_agent_build_version") || strings.Contains(out, "extensions:") {
+		t.Errorf("config dump --type bootstrap: %v\n%s", err, out)
+	}
+	t.Logf("spoke config dump --proxy node/node-a --type bootstrap:\n%s", out)
 }

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/spokeproxy/spoke/auth"
@@ -98,8 +101,12 @@ func (t *Tracker) DebugHandler() http.Handler {
 		}
 		q := r.URL.Query()
 		format := cmp.Or(q.Get("output"), "yaml")
-		if q.Get("type") == "secrets" {
+		switch q.Get("type") {
+		case "secrets":
 			writeSecrets(w, t.published.ServedSecrets(proxy), q.Get("name"), format)
+			return
+		case "bootstrap":
+			t.writeBootstrap(w, proxy.Key(), format)
 			return
 		}
 		res, err = Select(res, q.Get("type"), q.Get("name"))
@@ -116,6 +123,34 @@ func (t *Tracker) DebugHandler() http.Handler {
 		_, _ = w.Write(out)
 	})
 	return mux
+}
+
+// writeBootstrap answers --type bootstrap: the part of each connected
+// Envoy's bootstrap the server sees, its node (id, cluster, metadata, Envoy
+// build), in the shape of the bootstrap section of Envoy's /config_dump.
+func (t *Tracker) writeBootstrap(w http.ResponseWriter, proxy, format string) {
+	dump := &adminv3.ConfigDump{}
+	for _, st := range t.Status() {
+		if st.Proxy != proxy || st.node == nil {
+			continue
+		}
+		section, err := anypb.New(&adminv3.BootstrapConfigDump{Bootstrap: &bootstrapv3.Bootstrap{Node: st.node}})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		dump.Configs = append(dump.Configs, section)
+	}
+	if len(dump.Configs) == 0 {
+		http.Error(w, "no Envoy of "+proxy+" is connected: the server sees a bootstrap only as the node its Envoy sends", http.StatusNotFound)
+		return
+	}
+	out, err := translator.Marshal(dump, format)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	_, _ = w.Write(out)
 }
 
 // writeSecrets answers --type secrets: each secret's certificate described,

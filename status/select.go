@@ -14,7 +14,7 @@ import (
 )
 
 // DumpTypes are the --type values of spoke config dump.
-var DumpTypes = []string{"listeners", "routes", "clusters", "endpoints", "secrets"}
+var DumpTypes = []string{"listeners", "routes", "clusters", "endpoints", "secrets", "bootstrap"}
 
 // Select keeps the resources of one type (all when typ is ""), and of
 // those, the ones named name (all when ""). A route configuration matches

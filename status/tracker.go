@@ -62,6 +62,7 @@ type StreamStatus struct {
 
 	identity auth.Identity
 	refused  map[string]bool // resource names already reported as refused
+	node     *corev3.Node    // as the Envoy sent it, less its extension list
 }
 
 // nackLog paces the log lines of one stream's NACKs of one type: an Envoy
@@ -232,6 +233,8 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 		return nil
 	}
 	s.Proxy, s.EnvoyID = claimed.Key(), node.GetId()
+	s.node = proto.CloneOf(node)
+	s.node.Extensions = nil // hundreds of entries per Envoy; Envoy's own /server_info has them
 	t.metrics.Connected.WithLabelValues(string(claimed.Role)).Inc()
 	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta, "authenticated": s.Authenticated}
 	if claimed.Node != "" && !t.published.KnowsNode(claimed.Node) {

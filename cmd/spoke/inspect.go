@@ -172,13 +172,16 @@ func newConfigCommand() *cobra.Command {
 		Long: `Print what the server serves one Envoy, in the shape of Envoy's own
 /config_dump (secrets by name only), so the two can be compared.
 
---type keeps one type: listeners, routes, clusters, endpoints, or secrets
+--type keeps one type: listeners, routes, clusters, endpoints, secrets
 (each secret's certificate described: subject, DNS names, issuer, serial,
-validity; never key material). --name keeps the resources of that name; for
+validity; never key material), or bootstrap (the part of each connected
+Envoy's bootstrap the server sees: its node, with id, cluster, metadata and
+Envoy's build version). --name keeps the resources of that name; for
 routes also a virtual host of that name (node/NAME, services), alone in its
 route configuration.`,
 		Example: `  spoke config dump --proxy apiserver --type routes --name node/worker-1
-  spoke config dump --proxy node/worker-1 --type secrets`,
+  spoke config dump --proxy node/worker-1 --type secrets
+  spoke config dump --proxy node/worker-1 --type bootstrap`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if _, err := auth.ParseProxy(proxy); err != nil {
