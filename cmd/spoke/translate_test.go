@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -103,5 +105,29 @@ func TestTranslateWarnsOnEmptyInput(t *testing.T) {
 	}
 	if out, _, err := runSpoke("translate", "--proxy", "apiserver", "--strict", "-f", empty); err == nil || out != "" {
 		t.Errorf("--strict accepted an empty input: %v", err)
+	}
+}
+
+// TestExampleNodeProxiesDialOnlyLoopback: a node proxy started on the
+// example cluster (make run) dials its apiserver proxies, the only
+// addresses it dials unasked, on this host's loopback, never off the
+// machine.
+func TestExampleNodeProxiesDialOnlyLoopback(t *testing.T) {
+	for _, node := range []string{"control-plane", "worker-1", "worker-2"} {
+		js, _, err := runSpoke("translate", "-f", "../../examples/cluster.yaml", "--proxy", "node/"+node, "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, endpoints, _ := strings.Cut(js, "envoy.admin.v3.EndpointsConfigDump")
+		endpoints, _, _ = strings.Cut(endpoints, "envoy.admin.v3.") // the next section
+		addresses := regexp.MustCompile(`"address": "([^"]+)"`).FindAllStringSubmatch(endpoints, -1)
+		if len(addresses) == 0 {
+			t.Fatalf("%s: no endpoint addresses in:\n%s", node, js)
+		}
+		for _, a := range addresses {
+			if ip, err := netip.ParseAddr(a[1]); err != nil || !ip.IsLoopback() {
+				t.Errorf("%s dials %s: not loopback", node, a[1])
+			}
+		}
 	}
 }
