@@ -25,7 +25,9 @@ func kubectlSpoke(t *testing.T, cp *controlPlane, args ...string) (string, error
 			t.Fatal(err)
 		}
 	}
-	cmd := exec.Command(kubeTool(t, "kubectl"), append([]string{"--kubeconfig", cp.adminKubeconfig(t), "spoke"}, args...)...)
+	// kubectl passes a plugin the arguments after its name, and refuses
+	// flags before it.
+	cmd := exec.Command(kubeTool(t, "kubectl"), append(append([]string{"spoke"}, args...), "--kubeconfig", cp.adminKubeconfig(t))...)
 	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -56,6 +58,11 @@ func checkTunnelLossReadWithKubectl(t *testing.T, cp *controlPlane, apiProxy *en
 	waitFor(t, 60*time.Second, n.name+"'s tunnels to go", func() bool { held, err := tunnelsPerNode(apiProxy); return err == nil && held[n.name] == 0 })
 	t.Logf("%s cut off: its tunnels gone from the apiserver proxy after %v", n.name, time.Since(cut).Round(time.Second))
 	var out string
+	defer func() {
+		if t.Failed() {
+			t.Logf("the last kubectl spoke status:\n%s", out)
+		}
+	}()
 	// The xDS stream of its node proxy ends on the server's keepalive
 	// (30 s + 10 s without an answer).
 	waitFor(t, 90*time.Second, "kubectl spoke status to name "+n.name+" without tunnel, its node proxy connected nowhere, and the TunnelsLost Event", func() bool {

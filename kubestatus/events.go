@@ -21,8 +21,9 @@ const (
 const EventComponent = "spoke-server"
 
 // recentRefusal is how old a node's last refused tunnel may be and still
-// be named as the likely cause when it loses its tunnels.
-const recentRefusal = 2 * time.Minute
+// be named as the likely cause when it loses its tunnels: a node proxy
+// re-dials within seconds, so an older refusal is history, not the cause.
+const recentRefusal = 30 * time.Second
 
 // NodeEvent is one Event on a Node.
 type NodeEvent struct {
