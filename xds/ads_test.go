@@ -29,7 +29,8 @@ import (
 	"github.com/spokeproxy/spoke/xds"
 )
 
-func adsStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+// adsClient is an ADS client connected to srv, closed with the test.
+func adsClient(t *testing.T, srv *xds.Server) (discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
 	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -38,7 +39,23 @@ func adsStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoverySer
 	t.Cleanup(func() { conn.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(conn), ctx
+}
+
+func adsStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	client, ctx := adsClient(t, srv)
+	stream, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+func deltaStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	t.Helper()
+	client, ctx := adsClient(t, srv)
+	stream, err := client.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,17 +64,28 @@ func adsStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoverySer
 
 func recvWithin(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, d time.Duration) (*discoveryv3.DiscoveryResponse, error) {
 	t.Helper()
+	return receiveWithin(stream.Recv, d)
+}
+
+func recvDeltaWithin(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, d time.Duration) (*discoveryv3.DeltaDiscoveryResponse, error) {
+	t.Helper()
+	return receiveWithin(stream.Recv, d)
+}
+
+// receiveWithin returns the next message, or nothing after d.
+func receiveWithin[T any](recv func() (T, error), d time.Duration) (T, error) {
 	type result struct {
-		resp *discoveryv3.DiscoveryResponse
+		resp T
 		err  error
 	}
 	ch := make(chan result, 1)
-	go func() { r, err := stream.Recv(); ch <- result{r, err} }()
+	go func() { r, err := recv(); ch <- result{r, err} }()
 	select {
 	case r := <-ch:
 		return r.resp, r.err
 	case <-time.After(d):
-		return nil, nil
+		var none T
+		return none, nil
 	}
 }
 
@@ -424,37 +452,5 @@ func waitForCondition(t *testing.T, what string, ok func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-	}
-}
-
-func deltaStream(t *testing.T, srv *xds.Server) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
-	t.Helper()
-	conn, err := grpc.NewClient(srv.Addr("xds"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stream
-}
-
-func recvDeltaWithin(t *testing.T, stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, d time.Duration) (*discoveryv3.DeltaDiscoveryResponse, error) {
-	t.Helper()
-	type result struct {
-		resp *discoveryv3.DeltaDiscoveryResponse
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() { r, err := stream.Recv(); ch <- result{r, err} }()
-	select {
-	case r := <-ch:
-		return r.resp, r.err
-	case <-time.After(d):
-		return nil, nil
 	}
 }
