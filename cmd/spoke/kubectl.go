@@ -127,8 +127,11 @@ func printKubeStatus(w io.Writer, st kubeStatus, now time.Time) error {
 			stale = true
 		}
 		proxy := r.Tunnels.Admin
-		if r.Tunnels.Error != "" {
-			proxy = cmp.Or(proxy+" ", "") + "read failed: " + r.Tunnels.Error
+		switch {
+		case r.Tunnels.Error != "" && proxy == "":
+			proxy = r.Tunnels.Error // never read: why
+		case r.Tunnels.Error != "":
+			proxy += " (last read failed: " + r.Tunnels.Error + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", printable(r.Replica), reported, r.Counts.Envoys, r.Counts.EnvoysNotSynced,
 			r.Counts.Nodes, r.Counts.NodesWithoutTunnel, printable(proxy))

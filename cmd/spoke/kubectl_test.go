@@ -25,7 +25,7 @@ func TestKubeStatusTable(t *testing.T) {
 		},
 		{Replica: "cp-2", UpdatedAt: now.Add(-10 * time.Minute),
 			Envoys: map[string]string{"node/b": "SYNCED"},
-			Tunnels: status.Tunnels{Admin: "127.0.0.1:9901", Nodes: map[string]int{"a": 4, "b": 0, "c": 4},
+			Tunnels: status.Tunnels{Admin: "127.0.0.1:9901", Error: "connection refused", Nodes: map[string]int{"a": 4, "b": 0, "c": 4},
 				Refusals: map[string]status.Refusal{"b": {At: now.Add(-time.Minute), Class: "tls", Reason: "certificate expired", From: "10.0.0.2:4000"}}},
 		},
 	}, Events: []corev1.Event{{InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: "b"}, Reason: kubestatus.ReasonTunnelsLost,
@@ -41,7 +41,7 @@ func TestKubeStatusTable(t *testing.T) {
 	}
 	got := strings.Join(lines, "\n")
 	for _, want := range []string{
-		"cp-2 10m0s ago STALE 0 0 0 0 127.0.0.1:9901",
+		"cp-2 10m0s ago STALE 0 0 0 0 127.0.0.1:9901 (last read failed: connection refused)",
 		"b cp-1,cp-2 connected to cp-2 (SYNCED) 1m0s ago at cp-2: tls: certificate expired",
 		"c cp-1 connected to cp-1 (NACKED Listener: bad\\x1b[2J) none",
 		"cp-1 node/c NACKED Listener: bad\\x1b[2J",
