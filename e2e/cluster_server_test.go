@@ -345,3 +345,42 @@ func (s *spokeServer) log() string {
 	raw, _ := os.ReadFile(filepath.Join(s.dir, fmt.Sprintf("serve-%d.log", s.starts)))
 	return string(raw)
 }
+
+// checkRollWaitsForTunnels rolls the node proxies to pods that cannot get
+// their tunnels (their bootstrap expects another xDS server name, so they
+// get no config): the first new pod stays unready, with a probe message
+// that says why, and no old pod goes, so every node keeps its tunnels. The
+// roll is then undone.
+func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytest.Process, nodes int) {
+	t.Helper()
+	kubectl(t, cp, nil, "-n", "spoke-system", "patch", "daemonset", "spoke-node-proxy", "--type", "json", "-p",
+		`[{"op":"replace","path":"/spec/template/spec/initContainers/0/args/4","value":"--server-name=not-the-spoke-server"}]`)
+	var events string
+	waitFor(t, 60*time.Second, "the new pod's readiness probe to fail, saying why", func() bool {
+		events, _ = kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "events", "--field-selector", "reason=Unhealthy", "-o", "custom-columns=MSG:.message")
+		return strings.Contains(events, "not ready: it dials no apiserver proxy yet")
+	})
+	// Past minReadySeconds (10 s) and a few probes: a roll that did not
+	// wait would have replaced the old pod by now.
+	time.Sleep(25 * time.Second)
+	pods := kubectl(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "custom-columns=NAME:.metadata.name,READY:.status.containerStatuses[*].ready", "--no-headers")
+	if n := strings.Count(strings.TrimSpace(pods), "\n") + 1; n != nodes+1 {
+		t.Errorf("a roll to node proxies without tunnels: %d pods, want the %d old ones and one new:\n%s", n, nodes, pods)
+	}
+	held, err := tunnelsPerNode(apiProxy)
+	if err != nil || len(held) < nodes {
+		t.Errorf("tunnels per node during the stalled roll: %v %v", held, err)
+	}
+	for node, n := range held {
+		if n == 0 {
+			t.Errorf("%s lost its tunnels during a roll to pods that cannot get any", node)
+		}
+	}
+	t.Logf("a roll to node proxies that get no tunnels waits: pods\n%s; the probe says: %s", pods, lastLine(strings.TrimSpace(events)))
+	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "undo", "daemonset/spoke-node-proxy")
+	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "120s")
+	waitFor(t, 60*time.Second, "the unready pod to go", func() bool {
+		out, err := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "name")
+		return err == nil && strings.Count(out, "pod/") == nodes
+	})
+}

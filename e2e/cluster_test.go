@@ -294,6 +294,7 @@ func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
 		kubelets[n.name] = n.ip + ":10250"
 	}
 	rollNodeProxies(t, cp, []*envoytest.Process{apiProxy, apiProxy2}, []string{s.EgressSocketPath, s2.EgressSocketPath}, kubelets, "logger-node-a")
+	checkRollWaitsForTunnels(t, cp, apiProxy, len(kubelets))
 
 	checkNodeWithoutKubeletCertificate(t, cp, apiProxy, "logger-node-a", images)
 	checkTunnelLossReadWithKubectl(t, cp, apiProxy, kubeNodes["node-b"])

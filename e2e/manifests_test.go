@@ -113,6 +113,15 @@ func TestNodeProxyDaemonSetIsLeastPrivilege(t *testing.T) {
 		t.Errorf("a rolling update must start the new pod before stopping the old one (maxSurge >= 1, maxUnavailable 0): %+v", ds.Spec.UpdateStrategy)
 	}
 	checkContainersLocked(t, "node proxy", append(spec.InitContainers, spec.Containers...))
+	if spec.SecurityContext == nil || spec.SecurityContext.SeccompProfile == nil || spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("the node proxy pod must run with the RuntimeDefault seccomp profile")
+	}
+	checkReadyMeansTunnels(t, spec)
+	var ns corev1.Namespace
+	renderedObject(t, kubectl(t, nil, nil, "kustomize", "../manifests/base"), "Namespace", &ns)
+	if ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
+		t.Errorf("namespace %s must say its Pod Security level (privileged: host network, hostPath), or a cluster default refuses the node proxy: %v", ns.Name, ns.Labels)
+	}
 	for _, c := range append(spec.InitContainers, spec.Containers...) {
 		for _, m := range c.VolumeMounts {
 			if m.Name == "kubelet-pki" && !m.ReadOnly {
@@ -124,6 +133,28 @@ func TestNodeProxyDaemonSetIsLeastPrivilege(t *testing.T) {
 	if !slices.Contains(boot.Args, "--node-name=$(NODE_NAME)") || !slices.Contains(boot.Args, "--admin-port=0") ||
 		len(boot.Env) != 1 || boot.Env[0].ValueFrom == nil || boot.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("bootstrap must name the node from the downward API and keep admin off fixed ports (surge shares the host network): %v %v", boot.Args, boot.Env)
+	}
+}
+
+// checkReadyMeansTunnels: the pod's readiness is spoke node-ready reading
+// the admin address file Envoy writes.
+func checkReadyMeansTunnels(t *testing.T, spec corev1.PodSpec) {
+	t.Helper()
+	var envoyFile, probeFile string
+	for _, c := range spec.Containers {
+		if i := slices.Index(c.Args, "--admin-address-path"); i >= 0 && i+1 < len(c.Args) {
+			envoyFile = c.Args[i+1]
+		}
+		if p := c.ReadinessProbe; p != nil && p.Exec != nil && slices.Contains(p.Exec.Command, "node-ready") {
+			for _, arg := range p.Exec.Command {
+				if f, ok := strings.CutPrefix(arg, "--admin-address-file="); ok {
+					probeFile = f
+				}
+			}
+		}
+	}
+	if envoyFile == "" || envoyFile != probeFile {
+		t.Errorf("the node proxy's readiness must be spoke node-ready on the admin address file Envoy writes: Envoy writes %q, the probe reads %q", envoyFile, probeFile)
 	}
 }
 

@@ -60,6 +60,7 @@ func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
 			Name: "envoy.bootstrap.reverse_tunnel.downstream_socket_interface",
 			TypedConfig: mustAny(&downstreamv3.DownstreamReverseConnectionSocketInterface{
 				StatPrefix:          "reverse_tunnel_initiator",
+				EnableDetailedStats: true,
 				MaintainInterval:    durationpb.New(TunnelMaintainInterval),
 				MaxReconnectBackoff: durationpb.New(TunnelMaxReconnectBackoff),
 			}),

@@ -63,7 +63,7 @@ func (w *TunnelWatcher) Run(ctx context.Context) {
 		held, err := w.read(ctx, client)
 		w.record(held, err)
 		if w.Refusals != nil && err == nil {
-			if r, err := readAdminStats(ctx, client, w.Admin, refusalStatsPath, "refused CONNECTs", parseConnectRefusals); err == nil {
+			if r, err := readAdminStats(ctx, client, w.Admin, refusalStatsPath, "the apiserver proxy's refused CONNECTs", parseConnectRefusals); err == nil {
 				w.Refusals.Set(r)
 			} // else the tunnels' read says why; the last read stays
 		}
@@ -83,11 +83,11 @@ func (w *TunnelWatcher) Latest() Tunnels {
 }
 
 func (w *TunnelWatcher) read(ctx context.Context, client *http.Client) (map[string]int, error) {
-	return readAdminStats(ctx, client, w.Admin, TunnelStatsPath, "tunnels", ParseTunnelStats)
+	return readAdminStats(ctx, client, w.Admin, TunnelStatsPath, "the apiserver proxy's tunnels", ParseTunnelStats)
 }
 
-// readAdminStats reads one stats path of the apiserver proxy's admin API
-// (what names what is read, for errors) and parses its lines.
+// readAdminStats reads one stats path of an Envoy's admin API (what names
+// what is read, for errors) and parses its lines.
 func readAdminStats[T any](ctx context.Context, client *http.Client, admin, path, what string, parse func(*bufio.Scanner) (T, error)) (T, error) {
 	var none T
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+path, nil)
@@ -96,11 +96,11 @@ func readAdminStats[T any](ctx context.Context, client *http.Client, admin, path
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return none, fmt.Errorf("read the apiserver proxy's %s at %s: %w (is it running, with its admin there?)", what, admin, err)
+		return none, fmt.Errorf("read %s at %s: %w (is it running, with its admin there?)", what, admin, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return none, fmt.Errorf("read the apiserver proxy's %s at %s: %s", what, admin, resp.Status)
+		return none, fmt.Errorf("read %s at %s: %s", what, admin, resp.Status)
 	}
 	return parse(bufio.NewScanner(resp.Body))
 }
@@ -174,4 +174,39 @@ func (t Tunnels) NodesWithoutTunnel() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// initiatorHostStat is the node proxy's per-apiserver-proxy gauge of
+// tunnels held (its downstream socket interface with detailed stats, as
+// spoke bootstrap sets it; hidden from /stats unless asked).
+const initiatorHostStat = "reverse_tunnel_initiator.host."
+
+// NodeTunnelStatsPath is the node proxy's admin path that lists them.
+const NodeTunnelStatsPath = "/stats?hidden=include&filter=^reverse_tunnel_initiator%5C.host%5C."
+
+// ReadNodeTunnels reads, from a node proxy's admin API at admin, the
+// tunnels it holds to each apiserver proxy it dials (host:port -> count;
+// one it dials but reaches not is listed with 0).
+func ReadNodeTunnels(ctx context.Context, admin string) (map[string]int, error) {
+	return readAdminStats(ctx, &http.Client{Timeout: 2 * time.Second}, admin, NodeTunnelStatsPath, "the node proxy's tunnels", ParseNodeTunnelStats)
+}
+
+// ParseNodeTunnelStats reads "reverse_tunnel_initiator.host.<host:port>.
+// connected: <count>" lines.
+func ParseNodeTunnelStats(lines *bufio.Scanner) (map[string]int, error) {
+	held := map[string]int{}
+	for lines.Scan() {
+		name, value, ok := strings.Cut(lines.Text(), ": ")
+		host, isHost := strings.CutPrefix(name, initiatorHostStat)
+		host, connected := strings.CutSuffix(host, ".connected")
+		if !ok || !isHost || !connected || host == "" {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(value))
+		if err != nil {
+			return nil, fmt.Errorf("tunnel stat %q: %w", lines.Text(), err)
+		}
+		held[host] = n
+	}
+	return held, lines.Err()
 }

@@ -42,6 +42,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand(), newConnectCommand(), newVersionCommand())
+	root.AddCommand(newTranslateCommand(), newServeCommand(), newBootstrapCommand(), newStatusCommand(), newConfigCommand(), newConnectCommand(), newNodeReadyCommand(), newVersionCommand())
 	return root
 }
