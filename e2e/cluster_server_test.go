@@ -377,6 +377,18 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 		}
 	}
 	t.Logf("a roll to node proxies that get no tunnels waits: pods\n%s; the probe says: %s", pods, lastLine(strings.TrimSpace(events)))
+	// What docs/operations.md tells an operator to read when kubectl logs
+	// cannot reach a node proxy: its pod's status.
+	for _, line := range strings.Split(strings.TrimSpace(pods), "\n") {
+		if name, ready, _ := strings.Cut(line, " "); strings.Contains(ready, "false") {
+			node := strings.TrimSpace(kubectl(t, cp, nil, "-n", "spoke-system", "get", "pod", name, "-o", "jsonpath={.spec.nodeName}"))
+			listed := kubectl(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "wide", "--field-selector", "spec.nodeName="+node)
+			describe := kubectl(t, cp, nil, "-n", "spoke-system", "describe", "pod", name)
+			if !strings.Contains(listed, name) || !strings.Contains(describe, "Readiness probe failed") || !strings.Contains(describe, "not ready: it dials no apiserver proxy yet") {
+				t.Errorf("kubectl get pods on %s and describe pod %s do not show why it is not ready:\n%s\n%s", node, name, listed, describe)
+			}
+		}
+	}
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "undo", "daemonset/spoke-node-proxy")
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "120s")
 	waitFor(t, 60*time.Second, "the unready pod to go", func() bool {

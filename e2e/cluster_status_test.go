@@ -72,6 +72,18 @@ func checkTunnelLossReadWithKubectl(t *testing.T, cp *controlPlane, apiProxy *en
 			containsLine(out, n.name, "TunnelsLost", "no tunnel of it was refused")
 	})
 	t.Logf("%v after the cut, kubectl spoke status:\n%s", time.Since(cut).Round(time.Second), out)
+	// On the node itself: the node proxy's log file, where the kubelet
+	// writes it (this test's kubelets: <node dir>/pod-logs, the
+	// --pod-logs-dir docs/operations.md names at its default).
+	files, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "spoke-system_spoke-node-proxy-*", "envoy", "*.log"))
+	lost := false
+	for _, f := range files {
+		raw, _ := os.ReadFile(f)
+		lost = lost || strings.Contains(string(raw), "Failed to create any reverse connections to cluster apiserver-proxies/")
+	}
+	if !lost {
+		t.Errorf("%s's node proxy log files %v do not say its tunnels fail", n.name, files)
+	}
 	describe := kubectl(t, cp, nil, "describe", "node", n.name)
 	if !containsLine(describe, "Warning", "TunnelsLost", "spoke-server") {
 		t.Errorf("kubectl describe node %s shows no TunnelsLost Event from spoke-server:\n%s", n.name, describe)
