@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: demo run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
+.PHONY: demo run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind kind-node-image build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind
 
 ## demo: spoke on this host's loopback: the server, an apiserver proxy, a node proxy per node of examples/demo/cluster.yaml and a pod to reach; prints the spoke connect command that crosses a tunnel; Ctrl-C stops everything
 demo: build tools
@@ -82,9 +82,17 @@ KIND_VERSION := v0.33.0
 tools-kind:
 	@[ -x $(TOOLS)/kind-$(KIND_VERSION)/kind ] || GOBIN=$(TOOLS)/kind-$(KIND_VERSION) go install sigs.k8s.io/kind@$(KIND_VERSION)
 
-## e2e-kind: the same checks on a kind cluster (needs a running Docker daemon; run from the repository root)
+## kind-node-image: a kindest/node-compatible image of Kubernetes v1.37.2 built from local material only (e2e/kind/node-image.sh, cached under .tools), in spoke's own Docker daemon (e2e/kind/docker.sh: Debian's docker.io on a private socket; root)
+kind-node-image: tools-kube
+	export $$(bash e2e/kind/docker.sh start) && bash e2e/kind/node-image.sh
+
+## e2e-kind: the kind test alone, on spoke's own Docker daemon (started here when none answers, stopped at the end)
 e2e-kind: tools tools-kube tools-kind
-	SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKindClusterThroughSpoke$$' ./e2e/
+	$(WITH_KIND) SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKindClusterThroughSpoke$$' ./e2e/
+
+# WITH_KIND starts spoke's Docker daemon (stopped when the recipe's shell
+# exits) and builds the kind node image before what follows it.
+WITH_KIND = trap 'bash e2e/kind/docker.sh stop' EXIT; export $$(bash e2e/kind/docker.sh start) && export SPOKE_KIND_NODE_IMAGE=$$(bash e2e/kind/node-image.sh) &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node fmt-check vet

@@ -76,13 +76,14 @@ func checkTunnelLossReadWithKubectl(t *testing.T, cp *controlPlane, apiProxy *en
 	// writes it (this test's kubelets: <node dir>/pod-logs, the
 	// --pod-logs-dir docs/operations.md names at its default).
 	files, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "spoke-system_spoke-node-proxy-*", "envoy", "*.log"))
-	lost := false
+	lost, last := false, ""
 	for _, f := range files {
 		raw, _ := os.ReadFile(f)
-		lost = lost || strings.Contains(string(raw), "Failed to create any reverse connections to cluster apiserver-proxies/")
+		lost = lost || strings.Contains(string(raw), "reverse_tunnel: Connection failed") || strings.Contains(string(raw), "Failed to create any reverse connections")
+		last = tail(string(raw), 5)
 	}
 	if !lost {
-		t.Errorf("%s's node proxy log files %v do not say its tunnels fail", n.name, files)
+		t.Errorf("%s's node proxy log files %v do not say its tunnels fail; the last lines:\n%s", n.name, files, last)
 	}
 	describe := kubectl(t, cp, nil, "describe", "node", n.name)
 	if !containsLine(describe, "Warning", "TunnelsLost", "spoke-server") {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,16 +134,22 @@ func TestKindConfig(t *testing.T) {
 	}
 }
 
-// kindTools returns docker and kind, or skips saying what is missing.
-func kindTools(t *testing.T) (kind string) {
+// kindTools returns kind and the node image, or skips saying what is
+// missing. make test starts a Docker daemon of its own (e2e/kind/docker.sh)
+// and builds the node image (e2e/kind/node-image.sh, cached); on a machine
+// with Docker but no SPOKE_KIND_NODE_IMAGE the test builds it itself rather
+// than pull kind's default, which no registry here serves.
+func kindTools(t *testing.T) (kind, image string) {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
-	kind = filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "kind-"+kindVersion, "kind")
+	root := filepath.Dir(filepath.Dir(file))
+	kind = filepath.Join(root, ".tools", "kind-"+kindVersion, "kind")
 	missing := ""
 	if _, err := os.Stat(kind); err != nil {
 		missing = kind + " missing: run `make tools-kind`"
 	} else if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
-		missing = "no Docker daemon answers (`docker info`: " + strings.TrimSpace(lastLine(string(out))) + "); kind runs its nodes as Docker containers"
+		missing = "no Docker daemon answers (`docker info`: " + strings.TrimSpace(lastLine(string(out))) +
+			"); kind runs its nodes as Docker containers: `export $(e2e/kind/docker.sh start)` starts one of spoke's own (root)"
 	}
 	if missing != "" {
 		if os.Getenv("SPOKE_REQUIRE_KIND") == "1" {
@@ -150,7 +157,62 @@ func kindTools(t *testing.T) (kind string) {
 		}
 		t.Skip(missing)
 	}
-	return kind
+	if image = os.Getenv("SPOKE_KIND_NODE_IMAGE"); image != "" {
+		return kind, image
+	}
+	cmd := exec.Command("bash", filepath.Join(root, "e2e", "kind", "node-image.sh"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("build the kind node image (e2e/kind/node-image.sh): %v\n%s", err, tail(stderr.String(), 40))
+	}
+	return kind, strings.TrimSpace(string(out))
+}
+
+// kindCNI stands in for kindnetd: each node gets a ptp CNI config for its
+// podCIDR and a route to every other node's podCIDR through that node.
+func kindCNI(t *testing.T, cp *controlPlane) {
+	t.Helper()
+	type node struct{ name, ip, cidr string }
+	var nodes []node
+	waitFor(t, 2*time.Minute, "every kind node's podCIDR", func() bool {
+		list, err := cp.client().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil || len(list.Items) == 0 {
+			return false
+		}
+		nodes = nodes[:0]
+		for _, n := range list.Items {
+			ip := ""
+			for _, a := range n.Status.Addresses {
+				if a.Type == corev1.NodeInternalIP {
+					ip = a.Address
+				}
+			}
+			if n.Spec.PodCIDR == "" || ip == "" {
+				return false
+			}
+			nodes = append(nodes, node{n.Name, ip, n.Spec.PodCIDR})
+		}
+		return true
+	})
+	for _, n := range nodes {
+		conf := fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "kind-ptp", "plugins": [
+  {"type": "ptp", "ipMasq": false, "mtu": 1500,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}`, n.cidr)
+		script := "mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-spoke-ptp.conflist\n"
+		for _, other := range nodes {
+			if other.name != n.name {
+				script += fmt.Sprintf("ip route replace %s via %s\n", other.cidr, other.ip)
+			}
+		}
+		cmd := exec.Command("docker", "exec", "-i", n.name, "sh", "-c", script)
+		cmd.Stdin = strings.NewReader(conf)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("CNI on kind node %s: %v %s", n.name, err, out)
+		}
+	}
 }
 
 // TestKindClusterThroughSpoke runs the checks of the real-cluster suite on
@@ -160,7 +222,7 @@ func kindTools(t *testing.T) (kind string) {
 // logs -f, exec, attach, port-forward, the node/pod/service proxies, a
 // webhook and an APIService, all through spoke.
 func TestKindClusterThroughSpoke(t *testing.T) {
-	kind := kindTools(t)
+	kind, nodeImage := kindTools(t)
 	images := append(localImages(t), spokeImages(t)...)
 	root, err := filepath.Abs("..")
 	if err != nil {
@@ -181,14 +243,18 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	}
 	writeTestFile(t, filepath.Join(root, kindStaticPod), []byte(kubectl(t, nil, nil, "kustomize", "../manifests/overlays/local/control-plane")))
 	_ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run()
-	run(kind, "create", "cluster", "--name", kindCluster, "--config", kindConfig, "--wait", "3m")
+	created := time.Now()
+	run(kind, "create", "cluster", "--name", kindCluster, "--config", kindConfig, "--image", nodeImage)
 	t.Cleanup(func() { _ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run() })
-	for _, image := range images {
-		run(kind, "load", "image-archive", "--name", kindCluster, image)
-	}
 	kubeconfig := filepath.Join(t.TempDir(), "kind.kubeconfig")
 	writeTestFile(t, kubeconfig, []byte(run(kind, "get", "kubeconfig", "--name", kindCluster)))
 	cp := kindControlPlane(t, kubeconfig)
+	kindCNI(t, cp)
+	kubectl(t, cp, nil, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=3m")
+	t.Logf("kind cluster %s (node image %s) created and Ready in %v", kindCluster, nodeImage, time.Since(created).Round(time.Second))
+	for _, image := range images {
+		run(kind, "load", "image-archive", "--name", kindCluster, image)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpCluster(t, cp)

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds a kindest/node-compatible image for Kubernetes $K8S_VERSION from
+# local material only (no image registry is reachable here): a Debian rootfs
+# from debootstrap with systemd, containerd, runc and the CNI plugins;
+# kubeadm, kubelet and kubectl from the Go modules e2e/kube builds; crictl,
+# and inside the node's containerd every image kubeadm pulls (kube-apiserver,
+# -controller-manager, -scheduler, -proxy, etcd, coredns, pause), each built
+# here from its Go module (pause from its C source); kind's own node files
+# (entrypoint, systemd units, containerd config) from kind's Go module.
+#
+#   DOCKER_HOST=... e2e/kind/node-image.sh     # prints the image's name
+#
+# Everything is cached under .tools, keyed by every version in the image and
+# this script's content: a second run only checks that the image is there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+
+K8S_VERSION=v1.37.2
+KIND_VERSION=v0.33.0
+CRICTL_VERSION=v1.36.0
+COREDNS_VERSION=v1.14.6
+PAUSE_VERSION=3.10.2
+DEBIAN_SUITE=bookworm
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,nftables,iproute2,conntrack,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,ca-certificates,jq,procps,bash,socat,ebtables
+
+key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" | cat - "$0" e2e/kind/node/* | sha256sum | cut -c1-12)
+image=spoke-kind-node:$K8S_VERSION-$key
+out=$root/.tools/kind-node-$K8S_VERSION-$key
+bins=$root/.tools/kind-bins-$K8S_VERSION
+log() { echo "node-image: $*" >&2; }
+
+if docker image inspect "$image" >/dev/null 2>&1; then
+	echo "$image"
+	exit 0
+fi
+mkdir -p "$out/images" "$bins"
+start=$(date +%s)
+
+# Binaries, each built once (the Go build cache makes a rebuild cheap).
+bash e2e/kube/build.sh >&2
+kube=$root/.tools/kube-$K8S_VERSION
+[ -x "$bins/kube-proxy" ] || (cd e2e/kube && go build -ldflags "-X k8s.io/component-base/version.gitVersion=$K8S_VERSION" -o "$bins/kube-proxy" k8s.io/kubernetes/cmd/kube-proxy)
+[ -x "$bins/crictl" ] || GOBIN=$bins CGO_ENABLED=0 go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+[ -x "$bins/coredns" ] || GOBIN=$bins CGO_ENABLED=0 go install "github.com/coredns/coredns@$COREDNS_VERSION"
+modcache=$(go env GOMODCACHE)
+[ -x "$bins/pause" ] || gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$bins/pause" "$modcache/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
+log "binaries ready ($(($(date +%s) - start)) s)"
+
+# The rootfs: what kind's base image installs, from Debian.
+if [ ! -s "$out/rootfs.tar" ]; then
+	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
+	rm -rf "$out/rootfs"
+	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$out/rootfs" "$DEBIAN_MIRROR" >&2
+	rm -rf "$out/rootfs/var/cache/apt/archives/"*.deb "$out/rootfs/var/lib/apt/lists/"*
+	tar -C "$out/rootfs" -cf "$out/rootfs.tar.tmp" . && mv "$out/rootfs.tar.tmp" "$out/rootfs.tar"
+	rm -rf "$out/rootfs"
+	log "rootfs built ($(($(date +%s) - start)) s)"
+fi
+base=spoke-kind-rootfs:$key
+docker image inspect "$base" >/dev/null 2>&1 || docker import "$out/rootfs.tar" "$base" >&2
+
+# The images kubeadm pulls, as archives for the node's containerd.
+images=$(cd "$kube" && ./kubeadm config images list --kubernetes-version "$K8S_VERSION")
+static_image() { # NAME BINARY PATH [ARGS...]: a one-binary image
+	local name=$1 binary=$2 path=$3
+	shift 3
+	local args=()
+	for a in "$@"; do args+=(--arg "$a"); done
+	[ -s "$out/images/$(basename "${name%%:*}").tar" ] || go run ./cmd/spoke-image --static "$binary" --path "$path" "${args[@]}" --user 0 \
+		--tag "$name" --version "${name##*:}" --out "$out/images/$(basename "${name%%:*}").tar" >&2
+}
+for ref in $images; do
+	case $ref in
+	*/kube-apiserver:*) static_image "$ref" "$kube/kube-apiserver" /usr/local/bin/kube-apiserver ;;
+	*/kube-controller-manager:*) static_image "$ref" "$kube/kube-controller-manager" /usr/local/bin/kube-controller-manager ;;
+	*/kube-scheduler:*) static_image "$ref" "$kube/kube-scheduler" /usr/local/bin/kube-scheduler ;;
+	*/etcd:*) static_image "$ref" "$kube/etcd" /usr/local/bin/etcd ;;
+	*/coredns:*) static_image "$ref" "$bins/coredns" /coredns ;;
+	*/pause:*) static_image "$ref" "$bins/pause" /pause ;;
+	*/kube-proxy:*)
+		# kube-proxy programs iptables and nftables: the rootfs has them.
+		if [ ! -s "$out/images/kube-proxy.tar" ]; then
+			printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base" | docker build -q -t "$ref" -f - "$bins" >&2
+			docker save -o "$out/images/kube-proxy.tar" "$ref"
+		fi
+		;;
+	*) echo "node-image: kubeadm wants $ref, which this script does not build" >&2; exit 1 ;;
+	esac
+done
+log "images ready ($(($(date +%s) - start)) s)"
+
+# The node: kind's own files over the rootfs, the Kubernetes binaries.
+ctx=$out/context
+rm -rf "$ctx" && mkdir -p "$ctx/bin"
+cp -r "$modcache/sigs.k8s.io/kind@$KIND_VERSION/images/base/files" "$ctx/files"
+chmod -R u+w "$ctx/files"
+cp "$kube/kubeadm" "$kube/kubelet" "$kube/kubectl" "$bins/crictl" "$ctx/bin/"
+cp e2e/kind/node/Dockerfile "$ctx/"
+printf '%s\n' "$K8S_VERSION" >"$ctx/version"
+pause=$(printf '%s\n' $images | grep /pause:)
+docker build -q -t "$image-unloaded" --build-arg "BASE=$base" --build-arg "PAUSE_IMAGE=$pause" -f "$ctx/Dockerfile" "$ctx" >&2
+
+# The images go into the node's containerd, as kind's own build does it:
+# start the node's containerd in a container of the image, import, commit.
+cid=$(docker run -d --privileged --entrypoint sleep -v "$out/images:/kind/images:ro" "$image-unloaded" infinity)
+trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' EXIT
+docker exec "$cid" bash -c 'containerd >/tmp/containerd.log 2>&1 & for i in $(seq 50); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done
+	for f in /kind/images/*.tar; do ctr -n k8s.io images import --no-unpack --digests --all-platforms "$f" >/dev/null; done
+	for ref in $(ctr -n k8s.io images ls -q); do ctr -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned >/dev/null; done
+	ctr -n k8s.io images ls -q; pkill containerd; sleep 1' >&2
+docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
+	--change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' "$cid" "$image" >&2
+docker rm -f "$cid" >/dev/null
+docker rmi "$image-unloaded" >/dev/null 2>&1 || true
+log "$image built in $(($(date +%s) - start)) s"
+echo "$image"
