@@ -13,6 +13,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"cmp"
+	"debug/elf"
 	"flag"
 	"fmt"
 	"io"
@@ -117,7 +118,8 @@ func Build(binary, version string) (v1.Image, error) {
 	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version, NonRootUser)
 }
 
-// Static is a test image of one other static binary at Path, whose
+// Static is a test image of one other binary (static, or with the shared
+// libraries it loads) at Path, whose
 // entrypoint is Path and Args: the test workloads (agnhost, agnhost pause as
 // the pod sandbox image, busybox) of clusters that reach no registry. Links
 // (a busybox's commands), other files (certificates a test server reads)
@@ -138,6 +140,19 @@ func (st Static) Build() (v1.Image, error) {
 		return nil, err
 	}
 	files := []file{{path: st.Path, data: raw, mode: 0o755}}
+	// A dynamic binary (kube-apiserver built with cgo) brings the shared
+	// libraries it loads, as the envoy image does.
+	libs, err := dynamicLibraries(st.Binary)
+	if err != nil {
+		return nil, err
+	}
+	for _, lib := range libs {
+		data, err := os.ReadFile(lib)
+		if err != nil {
+			return nil, fmt.Errorf("shared library %s: %w", lib, err)
+		}
+		files = append(files, file{path: lib, data: data, mode: 0o755})
+	}
 	for _, l := range st.Links {
 		name, target, explicit := strings.Cut(l, "=")
 		if !explicit {
@@ -199,6 +214,26 @@ func readExecutable(path string) ([]byte, error) {
 // sharedLibraries parses `ldd` output ("libc.so.6 => /lib/.../libc.so.6 (0x..)"
 // and the loader's "/lib64/ld-linux-x86-64.so.2 (0x..)").
 func sharedLibraries(binary string) ([]string, error) {
+	return lddLibraries(binary)
+}
+
+// dynamicLibraries is sharedLibraries for a dynamic executable, nothing for
+// a static one (it has no program interpreter).
+func dynamicLibraries(binary string) ([]string, error) {
+	f, err := elf.Open(binary)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", binary, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return lddLibraries(binary)
+		}
+	}
+	return nil, nil
+}
+
+func lddLibraries(binary string) ([]string, error) {
 	out, err := exec.Command("ldd", binary).Output()
 	if err != nil {
 		return nil, fmt.Errorf("ldd %s: %w (is it a dynamic executable, and is ldd installed?)", binary, err)

@@ -25,10 +25,13 @@ DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,nftables,iproute2,conntrack,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,ca-certificates,jq,procps,bash,socat,ebtables
 
-key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" | cat - "$0" e2e/kind/node/* | sha256sum | cut -c1-12)
+# The image's key: every version in it and everything that builds it.
+key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" |
+	cat - "$0" e2e/kind/node/* cmd/spoke-image/*.go | sha256sum | cut -c1-12)
 image=spoke-kind-node:$K8S_VERSION-$key
 out=$root/.tools/kind-node-$K8S_VERSION-$key
 bins=$root/.tools/kind-bins-$K8S_VERSION
+rootfs=$root/.tools/kind-rootfs-$DEBIAN_SUITE-$(printf '%s' "$PACKAGES" | sha256sum | cut -c1-12).tar
 log() { echo "node-image: $*" >&2; }
 
 if docker image inspect "$image" >/dev/null 2>&1; then
@@ -49,17 +52,18 @@ modcache=$(go env GOMODCACHE)
 log "binaries ready ($(($(date +%s) - start)) s)"
 
 # The rootfs: what kind's base image installs, from Debian.
-if [ ! -s "$out/rootfs.tar" ]; then
-	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
-	rm -rf "$out/rootfs"
-	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$out/rootfs" "$DEBIAN_MIRROR" >&2
-	rm -rf "$out/rootfs/var/cache/apt/archives/"*.deb "$out/rootfs/var/lib/apt/lists/"*
-	tar -C "$out/rootfs" -cf "$out/rootfs.tar.tmp" . && mv "$out/rootfs.tar.tmp" "$out/rootfs.tar"
-	rm -rf "$out/rootfs"
+if [ ! -s "$rootfs" ]; then
+	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+	tmp=$out/rootfs
+	rm -rf "$tmp"
+	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" >&2
+	rm -rf "$tmp/var/cache/apt/archives/"*.deb "$tmp/var/lib/apt/lists/"*
+	tar -C "$tmp" -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
+	rm -rf "$tmp"
 	log "rootfs built ($(($(date +%s) - start)) s)"
 fi
-base=spoke-kind-rootfs:$key
-docker image inspect "$base" >/dev/null 2>&1 || docker import "$out/rootfs.tar" "$base" >&2
+base=spoke-kind-rootfs:$(basename "$rootfs" .tar | cut -d- -f4)
+docker image inspect "$base" >/dev/null 2>&1 || docker import "$rootfs" "$base" >&2
 
 # The images kubeadm pulls, as archives for the node's containerd.
 images=$(cd "$kube" && ./kubeadm config images list --kubernetes-version "$K8S_VERSION")
@@ -109,9 +113,10 @@ trap 'docker rm -f "$cid" >/dev/null 2>&1 || true' EXIT
 docker exec "$cid" bash -c 'containerd >/tmp/containerd.log 2>&1 & for i in $(seq 50); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done
 	for f in /kind/images/*.tar; do ctr -n k8s.io images import --no-unpack --digests --all-platforms "$f" >/dev/null; done
 	for ref in $(ctr -n k8s.io images ls -q); do ctr -n k8s.io images label "$ref" io.cri-containerd.pinned=pinned >/dev/null; done
-	ctr -n k8s.io images ls -q; pkill containerd; sleep 1' >&2
-docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
-	--change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' "$cid" "$image" >&2
+	ctr -n k8s.io images ls -q | grep -v "^sha256:"; pkill containerd; sleep 1' >&2
+# The container keeps the image's STOPSIGNAL and ENV; its entrypoint was
+# sleep's.
+docker commit --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' "$cid" "$image" >&2
 docker rm -f "$cid" >/dev/null
 docker rmi "$image-unloaded" >/dev/null 2>&1 || true
 log "$image built in $(($(date +%s) - start)) s"
