@@ -94,10 +94,12 @@ e2e-kind: tools tools-kube tools-kind
 # exits) and builds the kind node image before what follows it.
 WITH_KIND = trap 'bash e2e/kind/docker.sh stop' EXIT; export $$(bash e2e/kind/docker.sh start) && export SPOKE_KIND_NODE_IMAGE=$$(bash e2e/kind/node-image.sh) &&
 
-## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet and Konnectivity tests must run
-test: tools tools-kube tools-konnectivity tools-promtool tools-node fmt-check vet
-	# e2e alone runs ~7 of go test's default 10 minutes: an explicit limit with headroom
-	SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 go test -count=1 -timeout 25m ./...
+## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
+test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet
+	# e2e alone runs ~11 of go test's default 10 minutes: an explicit limit
+	# with headroom. The kind test runs on spoke's own Docker daemon and a
+	# node image built here (WITH_KIND).
+	$(WITH_KIND) SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 SPOKE_REQUIRE_KIND=1 go test -count=1 -timeout 30m ./...
 	$(MAKE) race
 	# A count, not a duration: Go 1.26's fuzz coordinator can fail a
 	# duration-bounded run with "context deadline exceeded" and no crasher

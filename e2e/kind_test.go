@@ -223,6 +223,7 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 // webhook and an APIService, all through spoke.
 func TestKindClusterThroughSpoke(t *testing.T) {
 	kind, nodeImage := kindTools(t)
+	lockHost(t) // one kind cluster of this name per machine
 	images := append(localImages(t), spokeImages(t)...)
 	root, err := filepath.Abs("..")
 	if err != nil {

@@ -23,7 +23,23 @@ log=$PWD/.tools/docker.log
 
 answers() { DOCKER_HOST=unix://$sock docker info --format '{{.ServerVersion}}' >/dev/null 2>&1; }
 
+# Runs that use the daemon are counted (under a lock): stop stops it when
+# the last one is done, so a second run on the machine keeps its daemon.
+users() { # +1 or -1; prints the count after
+	mkdir -p "$run"
+	exec 9>"$run/users.lock"
+	flock 9
+	local n
+	n=$(cat "$run/users" 2>/dev/null || echo 0)
+	n=$((n + $1))
+	[ "$n" -lt 0 ] && n=0
+	echo "$n" >"$run/users"
+	flock -u 9
+	echo "$n"
+}
+
 start() {
+	users +1 >/dev/null
 	if answers; then
 		echo "DOCKER_HOST=unix://$sock"
 		return
@@ -31,7 +47,7 @@ start() {
 	[ "$(id -u)" = 0 ] || { echo "docker.sh: starting dockerd needs root" >&2; exit 1; }
 	if ! command -v dockerd >/dev/null; then
 		export DEBIAN_FRONTEND=noninteractive
-		apt-get install -y -q docker.io >&2 || { apt-get update -q >&2 && apt-get install -y -q docker.io >&2; }
+		apt-get install -y -qq docker.io >&2 || { apt-get update -qq >&2 && apt-get install -y -qq docker.io >&2; }
 	fi
 	mkdir -p "$run" "$data" "$(dirname "$log")"
 	install -m 0755 e2e/kind/runc-caps "$run/runc-caps"
@@ -53,6 +69,9 @@ start() {
 }
 
 stop() {
+	if [ "$(users -1)" -gt 0 ]; then
+		return 0 # another run still uses it
+	fi
 	[ -f "$run/dockerd.pid" ] || return 0
 	pid=$(cat "$run/dockerd.pid")
 	kill "$pid" 2>/dev/null || true

@@ -41,6 +41,25 @@ fi
 mkdir -p "$out/images" "$bins"
 start=$(date +%s)
 
+# The rootfs (debootstrap: network and disk, one core) is made while the
+# Go builds below use both cores.
+build_rootfs() {
+	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+	local tmp=$out/rootfs
+	rm -rf "$tmp"
+	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" >"$out/debootstrap.log" 2>&1 ||
+		{ tail -20 "$out/debootstrap.log" >&2; return 1; }
+	rm -rf "$tmp/var/cache/apt/archives/"*.deb "$tmp/var/lib/apt/lists/"*
+	tar -C "$tmp" -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
+	rm -rf "$tmp"
+	log "rootfs built ($(($(date +%s) - start)) s)"
+}
+rootfs_job=
+if [ ! -s "$rootfs" ]; then
+	build_rootfs &
+	rootfs_job=$!
+fi
+
 # Binaries, each built once (the Go build cache makes a rebuild cheap).
 bash e2e/kube/build.sh >&2
 kube=$root/.tools/kube-$K8S_VERSION
@@ -51,16 +70,9 @@ modcache=$(go env GOMODCACHE)
 [ -x "$bins/pause" ] || gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$bins/pause" "$modcache/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
 log "binaries ready ($(($(date +%s) - start)) s)"
 
-# The rootfs: what kind's base image installs, from Debian.
-if [ ! -s "$rootfs" ]; then
-	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-	tmp=$out/rootfs
-	rm -rf "$tmp"
-	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" >&2
-	rm -rf "$tmp/var/cache/apt/archives/"*.deb "$tmp/var/lib/apt/lists/"*
-	tar -C "$tmp" -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
-	rm -rf "$tmp"
-	log "rootfs built ($(($(date +%s) - start)) s)"
+# The rootfs: what kind's base image installs, from Debian (started above).
+if [ -n "$rootfs_job" ]; then
+	wait "$rootfs_job" || { echo "node-image: debootstrap failed (log: $out/debootstrap.log)" >&2; exit 1; }
 fi
 base=spoke-kind-rootfs:$(basename "$rootfs" .tar | cut -d- -f4)
 docker image inspect "$base" >/dev/null 2>&1 || docker import "$rootfs" "$base" >&2
