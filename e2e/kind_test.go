@@ -3,7 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,14 +29,7 @@ import (
 const (
 	kindVersion = "v0.33.0"
 	kindConfig  = "e2e/kind/cluster.yaml" // relative to the repository root, where kind runs
-	// kindStaticPod is where the kind test renders the control-plane
-	// static pod; the kind config mounts it into the control-plane node.
-	kindStaticPod = "dist/kind/spoke-control-plane.yaml"
-	kindCluster   = "spoke-e2e"
-	// kindStaticPodOnNode is where the control-plane node sees it; the test
-	// copies it into the kubelet's manifest directory when its images and
-	// kubeconfig are there.
-	kindStaticPodOnNode = "/etc/kubernetes/spoke-control-plane.yaml"
+	kindCluster = "spoke-e2e"
 )
 
 // loadKindConfig decodes the kind config as kind does: strictly (unknown
@@ -106,18 +102,12 @@ func TestKindConfig(t *testing.T) {
 	mounted := map[string]string{}
 	for _, m := range cp.ExtraMounts {
 		mounted[m.ContainerPath] = m.HostPath
-		if m.HostPath == kindStaticPod {
-			continue // rendered by TestKindClusterThroughSpoke
-		}
 		if _, err := os.Stat(filepath.Join("..", m.HostPath)); err != nil {
 			t.Errorf("extraMount %s: %v (paths are relative to the repository root)", m.HostPath, err)
 		}
 	}
 	if mounted["/etc/kubernetes/egress-selector-configuration.yaml"] != "manifests/control-plane/egress-selector-configuration.yaml" {
 		t.Error("the control-plane node must get manifests' egress selector file where kube-apiserver reads it")
-	}
-	if mounted[kindStaticPodOnNode] != kindStaticPod {
-		t.Errorf("the control-plane node must get spoke's static pod at %s", kindStaticPodOnNode)
 	}
 	serverTLSBootstrap := false
 	for _, p := range cfg.KubeadmConfigPatches {
@@ -215,12 +205,11 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 	}
 }
 
-// TestKindClusterThroughSpoke runs the checks of the real-cluster suite on
-// a kind cluster created from e2e/kind/cluster.yaml: spoke deployed from
-// manifests/ (static pod on the control-plane node, DaemonSet on every
-// node, images loaded with kind load image-archive), then kubectl logs,
-// logs -f, exec, attach, port-forward, the node/pod/service proxies, a
-// webhook and an APIService, all through spoke.
+// TestKindClusterThroughSpoke deploys spoke on a kind cluster created from
+// e2e/kind/cluster.yaml with the command blocks of docs/operations.md, as
+// an operator runs them (images loaded with kind load image-archive), then
+// checks kubectl logs, logs -f, exec, attach, port-forward, the node/pod/
+// service proxies, a webhook and an APIService, all through spoke.
 func TestKindClusterThroughSpoke(t *testing.T) {
 	kind, nodeImage := kindTools(t)
 	lockHost(t) // one kind cluster of this name per machine
@@ -239,17 +228,11 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 		}
 		return string(out)
 	}
-	if err := os.MkdirAll(filepath.Join(root, filepath.Dir(kindStaticPod)), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeTestFile(t, filepath.Join(root, kindStaticPod), []byte(kubectl(t, nil, nil, "kustomize", "../manifests/overlays/local/control-plane")))
 	_ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run()
 	created := time.Now()
 	run(kind, "create", "cluster", "--name", kindCluster, "--config", kindConfig, "--image", nodeImage)
 	t.Cleanup(func() { _ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run() })
-	kubeconfig := filepath.Join(t.TempDir(), "kind.kubeconfig")
-	writeTestFile(t, kubeconfig, []byte(run(kind, "get", "kubeconfig", "--name", kindCluster)))
-	cp := kindControlPlane(t, kubeconfig)
+	cp := kindControlPlane(t, run(kind, "get", "kubeconfig", "--name", kindCluster))
 	kindCNI(t, cp)
 	kubectl(t, cp, nil, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=3m")
 	t.Logf("kind cluster %s (node image %s) created and Ready in %v", kindCluster, nodeImage, time.Since(created).Round(time.Second))
@@ -261,25 +244,25 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 			dumpCluster(t, cp)
 		}
 	})
-	approveServingCSRs(t, cp, len(loadKindConfig(t).Nodes))
 
-	// spoke from manifests/: the tunnel CA, the server's kubeconfig from its
-	// ServiceAccount's token (written onto the control-plane node, where the
-	// static pod reads it), the cluster overlay with the DaemonSet.
-	dir := t.TempDir()
-	kubectl(t, cp, nil, "create", "namespace", "spoke-system")
-	createTunnelCA(t, cp, dir)
-	kubectl(t, cp, []byte(kubectl(t, nil, nil, "kustomize", "../manifests/overlays/local/cluster")), "apply", "--server-side", "-f", "-")
-	token := strings.TrimSpace(kubectl(t, cp, nil, "-n", "spoke-system", "create", "token", "spoke-server", "--duration", "2h"))
-	serverKubeconfig := "apiVersion: v1\nkind: Config\nclusters: [{name: kind, cluster: {server: \"https://127.0.0.1:6443\", certificate-authority: /etc/kubernetes/pki/ca.crt}}]\n" +
-		"users: [{name: spoke-server, user: {token: " + token + "}}]\ncontexts: [{name: kind, context: {cluster: kind, user: spoke-server}}]\ncurrent-context: kind\n"
-	write := exec.Command("docker", "exec", "-i", kindCluster+"-control-plane", "sh", "-c",
-		"mkdir -p /etc/spoke && cat > /etc/spoke/server.kubeconfig && cp "+kindStaticPodOnNode+" /etc/kubernetes/manifests/")
-	write.Stdin = strings.NewReader(serverKubeconfig)
-	if out, err := write.CombinedOutput(); err != nil {
-		t.Fatalf("write the server's kubeconfig and static pod on the control-plane node: %v %s", err, out)
+	// spoke deployed by the command blocks of docs/operations.md, as
+	// written: the images are the ones loaded above.
+	nodes := len(loadKindConfig(t).Nodes)
+	waitFor(t, 2*time.Minute, "every kubelet's serving certificate request", func() bool { return kubeletServingCSRs(t, cp) >= nodes })
+	work := deployWorkdir(t)
+	env := []string{"KUBECONFIG=" + cp.kubeconfig, "SPOKE_IMAGE=spoke:local", "ENVOY_IMAGE=envoy:1.40.0-local"}
+	for _, step := range deploySteps(t) {
+		start := time.Now()
+		var out string
+		switch step.where {
+		case whereKubectl:
+			out = runKubectlStep(t, step, work, env...)
+		case whereControlPlaneHost:
+			out = runOnKindNode(t, kindCluster+"-control-plane", step, work)
+		}
+		t.Logf("deploy step %s (%s) took %v:\n%s", step.name, step.where, time.Since(start).Round(time.Millisecond), tail(out, 12))
 	}
-	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "3m")
+	waitFor(t, time.Minute, "every kubelet's serving certificate, approved by step serving-certificates", func() bool { return issuedServingCertificates(t, cp) >= nodes })
 
 	workers := []string{kindCluster + "-worker", kindCluster + "-worker2"}
 	for _, node := range workers {
@@ -298,9 +281,33 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 }
 
 // kindControlPlane is the kind cluster as the shared checks see a control
-// plane: kubectl and a client through kind's kubeconfig.
-func kindControlPlane(t *testing.T, kubeconfig string) *controlPlane {
+// plane: kubectl and a client through kind's kubeconfig, pointed at the
+// control-plane node's address. kind's own kubeconfig names
+// https://127.0.0.1:PORT, which the apiserver's certificate no longer names
+// (the kind config removes kind's extra names, as a stock kubeadm issues
+// it): the test checks that too.
+func kindControlPlane(t *testing.T, kindKubeconfig string) *controlPlane {
 	t.Helper()
+	kindCfg, err := clientcmd.Load([]byte(kindKubeconfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := kindCluster + "-control-plane"
+	ip, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node).Output()
+	if err != nil {
+		t.Fatalf("docker inspect %s: %v", node, err)
+	}
+	for _, c := range kindCfg.Clusters {
+		loopback := c.Server
+		c.Server = "https://" + strings.TrimSpace(string(ip)) + ":6443"
+		checkNotNamedLoopback(t, loopback, c.CertificateAuthorityData)
+	}
+	raw, err := clientcmd.Write(*kindCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kind.kubeconfig")
+	writeTestFile(t, kubeconfig, raw)
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -312,26 +319,71 @@ func kindControlPlane(t *testing.T, kubeconfig string) *controlPlane {
 	return &controlPlane{t: t, url: cfg.Host, kubeconfig: kubeconfig, clientset: client}
 }
 
-// approveServingCSRs approves the kubelets' serving certificate requests
-// (serverTLSBootstrap), as a cluster's approver would, until n are issued.
-func approveServingCSRs(t *testing.T, cp *controlPlane, n int) {
+// checkNotNamedLoopback: the apiserver at server (kind's 127.0.0.1 port)
+// answers with a certificate that, verified against the cluster CA, is not
+// valid for 127.0.0.1.
+func checkNotNamedLoopback(t *testing.T, server string, caPEM []byte) {
 	t.Helper()
-	waitFor(t, 2*time.Minute, "every kubelet's serving certificate", func() bool {
-		csrs, err := cp.client().CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			return false
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	u, err := url.Parse(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", u.Host, &tls.Config{RootCAs: pool, ServerName: u.Hostname()})
+	if err == nil {
+		conn.Close()
+		t.Fatalf("the apiserver's certificate names %s: kind's extra names are still there, so the test would hide a kubeconfig that needs them", u.Hostname())
+	}
+	if !strings.Contains(err.Error(), "not valid for") && !strings.Contains(err.Error(), "doesn't contain any IP SANs") {
+		t.Fatalf("TLS to %s: %v (want the certificate refused for its name)", server, err)
+	}
+	t.Logf("kind's %s: %v", server, err)
+}
+
+// kubeletServingCSRs counts the kubelets' serving certificate requests
+// (serverTLSBootstrap).
+func kubeletServingCSRs(t *testing.T, cp *controlPlane) int {
+	n, _ := servingCSRs(t, cp)
+	return n
+}
+
+// issuedServingCertificates counts those that got their certificate.
+func issuedServingCertificates(t *testing.T, cp *controlPlane) int {
+	_, issued := servingCSRs(t, cp)
+	return issued
+}
+
+func servingCSRs(t *testing.T, cp *controlPlane) (requested, issued int) {
+	csrs, err := cp.client().CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return 0, 0
+	}
+	for _, csr := range csrs.Items {
+		if csr.Spec.SignerName != "kubernetes.io/kubelet-serving" {
+			continue
 		}
-		issued := 0
-		for _, csr := range csrs.Items {
-			if csr.Spec.SignerName != "kubernetes.io/kubelet-serving" {
-				continue
-			}
-			if len(csr.Status.Certificate) > 0 {
-				issued++
-				continue
-			}
-			_, _ = kubectlRun(t, cp, nil, "certificate", "approve", csr.Name)
+		requested++
+		if len(csr.Status.Certificate) > 0 {
+			issued++
 		}
-		return issued >= n
-	})
+	}
+	return requested, issued
+}
+
+// runOnKindNode runs a control-plane-host step on a kind node, as root,
+// in a copy of work (the repository's manifests, step images' deploy/).
+func runOnKindNode(t *testing.T, node string, s deployStep, work string) string {
+	t.Helper()
+	copyIn := exec.Command("sh", "-c", "tar -C "+work+" -chf - . | docker exec -i "+node+" sh -c 'rm -rf /root/spoke && mkdir -p /root/spoke && tar -xf - -C /root/spoke'")
+	if out, err := copyIn.CombinedOutput(); err != nil {
+		t.Fatalf("copy the checkout onto %s: %v %s", node, err, out)
+	}
+	cmd := exec.Command("docker", "exec", "-i", "-w", "/root/spoke", node, "bash", "-euo", "pipefail", "-s")
+	cmd.Stdin = strings.NewReader(s.script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("deploy step %s (docs/operations.md) on %s failed: %v\n%s\nits commands:\n%s", s.name, node, err, out, s.script)
+	}
+	return string(out)
 }
