@@ -21,6 +21,9 @@ type Settings struct {
 	// TenantID is the reverse-tunnel tenant id (Envoy 1.40 requires one).
 	TenantID string `json:"tenantID"`
 	// TunnelPort is the apiserver proxy's TCP port for tunnel handshakes.
+	// The default, 18003, sits beside the server's ports (18000-18002) and
+	// clear of Konnectivity's (8132 for agents, 8133, 8134), so both run side
+	// by side while a cluster moves from one to the other.
 	TunnelPort uint32 `json:"tunnelPort"`
 	// APIServerProxyName is the DNS SAN of the apiserver proxy's serving
 	// certificate; node proxies send it as SNI and accept no other name.
@@ -129,7 +132,7 @@ func DefaultSettings() Settings {
 	return Settings{
 		ClusterID:              "spoke-nodes",
 		TenantID:               "spoke",
-		TunnelPort:             8132,
+		TunnelPort:             18003,
 		TunnelListenAddress:    "0.0.0.0",
 		APIServerProxyName:     "spoke-apiserver-proxy",
 		TunnelsPerEndpoint:     4,

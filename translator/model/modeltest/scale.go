@@ -38,7 +38,7 @@ func ScaleCluster(nodes, podsPerNode int) model.Cluster {
 		})
 	}
 	for i := 0; i < 3; i++ {
-		c.APIServerEndpoints = append(c.APIServerEndpoints, model.Endpoint{Addr: netip.AddrFrom4([4]byte{172, 31, 0, byte(10 + i)}), Port: 8132})
+		c.APIServerEndpoints = append(c.APIServerEndpoints, model.Endpoint{Addr: netip.AddrFrom4([4]byte{172, 31, 0, byte(10 + i)}), Port: 18003})
 	}
 	c.Index()
 	return c
