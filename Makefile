@@ -84,7 +84,7 @@ tools-kind:
 
 ## kind-node-image: a kindest/node-compatible image of Kubernetes v1.37.2 built from local material only (e2e/kind/node-image.sh, cached under .tools), in spoke's own Docker daemon (e2e/kind/docker.sh: Debian's docker.io on a private socket; root)
 kind-node-image: tools-kube
-	export $$(bash e2e/kind/docker.sh start) && bash e2e/kind/node-image.sh
+	trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" && bash e2e/kind/node-image.sh
 
 ## e2e-kind: the kind test alone, on spoke's own Docker daemon (started here when none answers, stopped at the end)
 e2e-kind: tools tools-kube tools-kind
@@ -92,7 +92,8 @@ e2e-kind: tools tools-kube tools-kind
 
 # WITH_KIND starts spoke's Docker daemon (stopped when the recipe's shell
 # exits) and builds the kind node image before what follows it.
-WITH_KIND = trap 'bash e2e/kind/docker.sh stop' EXIT; export $$(bash e2e/kind/docker.sh start) && export SPOKE_KIND_NODE_IMAGE=$$(bash e2e/kind/node-image.sh) &&
+WITH_KIND = trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" && \
+	node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet
