@@ -261,7 +261,7 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 		case whereControlPlaneHost:
 			out = runOnKindNode(t, kindCluster+"-control-plane", step, work)
 		}
-		t.Logf("deploy step %s (%s) took %v:\n%s", step.name, step.where, time.Since(start).Round(time.Millisecond), tail(out, 12))
+		t.Logf("deploy step %s (%s) took %v:\n%s", step.name, step.where, time.Since(start).Round(time.Millisecond), out)
 	}
 	waitFor(t, time.Minute, "every kubelet's serving certificate, approved by step serving-certificates", func() bool { return issuedServingCertificates(t, cp) >= nodes })
 
