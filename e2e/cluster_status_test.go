@@ -16,21 +16,26 @@ import (
 // name) on PATH, with the admin kubeconfig and nothing else.
 func kubectlSpoke(t *testing.T, cp *controlPlane, args ...string) (string, error) {
 	t.Helper()
-	dir := filepath.Join(cp.t.TempDir(), "plugins")
-	if _, err := os.Stat(filepath.Join(dir, "kubectl-spoke")); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(buildSpoke(t), filepath.Join(dir, "kubectl-spoke")); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// kubectl passes a plugin the arguments after its name, and refuses
 	// flags before it.
 	cmd := exec.Command(kubeTool(t, "kubectl"), append(append([]string{"spoke"}, args...), "--kubeconfig", cp.adminKubeconfig(t))...)
-	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	cmd.Env = append(os.Environ(), "PATH="+pluginDir(t)+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// pluginDir is a directory holding the spoke binary as kubectl-spoke, for
+// PATH: the kubectl plugin, as an operator installs it.
+func pluginDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "plugins")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(buildSpoke(t), filepath.Join(dir, "kubectl-spoke")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // checkTunnelLossReadWithKubectl cuts node's network (its link to the

@@ -107,16 +107,9 @@ func deployWorkdir(t *testing.T) string {
 // process's), the kube tools and the kubectl-spoke plugin on PATH.
 func runKubectlStep(t *testing.T, s deployStep, dir string, env ...string) string {
 	t.Helper()
-	plugins := filepath.Join(t.TempDir(), "plugins")
-	if err := os.MkdirAll(plugins, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(buildSpoke(t), filepath.Join(plugins, "kubectl-spoke")); err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", s.script)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), "PATH="+plugins+":"+filepath.Dir(kubeTool(t, "kubectl"))+":"+os.Getenv("PATH")), env...)
+	cmd.Env = append(append(os.Environ(), "PATH="+pluginDir(t)+":"+filepath.Dir(kubeTool(t, "kubectl"))+":"+os.Getenv("PATH")), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("deploy step %s (docs/operations.md) failed: %v\n%s\nits commands:\n%s", s.name, err, out, s.script)
