@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,11 +25,19 @@ func kubectlSpoke(t *testing.T, cp *controlPlane, args ...string) (string, error
 	return string(out), err
 }
 
+// pluginDirs are the tests' plugin directories, made once per test.
+var pluginDirs sync.Map // *testing.T -> string
+
 // pluginDir is a directory holding the spoke binary as kubectl-spoke, for
 // PATH: the kubectl plugin, as an operator installs it.
 func pluginDir(t *testing.T) string {
 	t.Helper()
+	if dir, ok := pluginDirs.Load(t); ok {
+		return dir.(string)
+	}
 	dir := filepath.Join(t.TempDir(), "plugins")
+	t.Cleanup(func() { pluginDirs.Delete(t) })
+	defer pluginDirs.Store(t, dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
