@@ -83,6 +83,8 @@ func (h *heldState) answered(nonce string, ack bool) {
 		h.resources = nil // it holds something the server can no longer name
 	case !p.delta:
 		h.resources = p.resources
+	case len(h.resources) == 0 && h.resources != nil:
+		h.resources = p.resources // the response's own map, held by nothing else
 	case h.resources != nil:
 		// Copied, not changed in place: a copy of the status may share it.
 		next := maps.Clone(h.resources)
