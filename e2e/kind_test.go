@@ -249,7 +249,7 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	// spoke deployed by the command blocks of docs/operations.md, as
 	// written: the images are the ones loaded above.
 	nodes := len(loadKindConfig(t).Nodes)
-	waitFor(t, 2*time.Minute, "every kubelet's serving certificate request", func() bool { return kubeletServingCSRs(t, cp) >= nodes })
+	waitFor(t, 2*time.Minute, "every kubelet's serving certificate request", func() bool { requested, _ := servingCSRs(t, cp); return requested >= nodes })
 	work := deployWorkdir(t)
 	env := []string{"KUBECONFIG=" + cp.kubeconfig, "SPOKE_IMAGE=spoke:local", "ENVOY_IMAGE=envoy:1.40.0-local"}
 	for _, step := range deploySteps(t) {
@@ -263,7 +263,7 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 		}
 		t.Logf("deploy step %s (%s) took %v:\n%s", step.name, step.where, time.Since(start).Round(time.Millisecond), out)
 	}
-	waitFor(t, time.Minute, "every kubelet's serving certificate, approved by step serving-certificates", func() bool { return issuedServingCertificates(t, cp) >= nodes })
+	waitFor(t, time.Minute, "every kubelet's serving certificate, approved by step serving-certificates", func() bool { _, issued := servingCSRs(t, cp); return issued >= nodes })
 
 	workers := []string{kindCluster + "-worker", kindCluster + "-worker2"}
 	for _, node := range workers {
@@ -343,19 +343,8 @@ func checkNotNamedLoopback(t *testing.T, server string, caPEM []byte) {
 	t.Logf("kind's %s: %v", server, err)
 }
 
-// kubeletServingCSRs counts the kubelets' serving certificate requests
-// (serverTLSBootstrap).
-func kubeletServingCSRs(t *testing.T, cp *controlPlane) int {
-	n, _ := servingCSRs(t, cp)
-	return n
-}
-
-// issuedServingCertificates counts those that got their certificate.
-func issuedServingCertificates(t *testing.T, cp *controlPlane) int {
-	_, issued := servingCSRs(t, cp)
-	return issued
-}
-
+// servingCSRs counts the kubelets' serving certificate requests
+// (serverTLSBootstrap), and those that got their certificate.
 func servingCSRs(t *testing.T, cp *controlPlane) (requested, issued int) {
 	csrs, err := cp.client().CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
 	if err != nil {

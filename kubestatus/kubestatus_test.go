@@ -190,7 +190,7 @@ func TestPublisherWritesItsKeyAndEvents(t *testing.T) {
 func TestPublisherPacesWrites(t *testing.T) {
 	now := time.Now()
 	held := map[string]int{"a": 4}
-	p := &Publisher{written: timeless(timelessBuild(held, now)), wroteAt: now}
+	p := &Publisher{written: timelessBuild(held, now), wroteAt: now}
 	if p.due(timelessBuild(map[string]int{"a": 0}, now), now.Add(time.Second)) {
 		t.Error("a write due 1 s after the last")
 	}
@@ -205,8 +205,8 @@ func TestPublisherPacesWrites(t *testing.T) {
 	}
 }
 
-func timelessBuild(held map[string]int, at time.Time) Report {
-	return Build(tunnels(at, held), at, ReportBudget)
+func timelessBuild(held map[string]int, at time.Time) []byte {
+	return content(Build(tunnels(at, held), at, ReportBudget))
 }
 
 func waitFor(t *testing.T, what string, ok func() bool) {

@@ -1,6 +1,7 @@
 package kubestatus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -63,7 +64,7 @@ type Publisher struct {
 
 	recorder record.EventRecorder
 	nodes    *nodeTracker
-	written  Report // last report written (its times zeroed), to skip equal ones
+	written  []byte // content of the last report written, to skip equal ones
 	wroteAt  time.Time
 	lastErr  string
 }
@@ -93,7 +94,8 @@ func (p *Publisher) publish(ctx context.Context, now time.Time) {
 		p.Log.WithFields(logrus.Fields{"node": e.Node, "reason": e.Reason}).Info(e.Message)
 	}
 	r := Build(in, now, ReportBudget)
-	if !p.due(r, now) {
+	c := content(r)
+	if !p.due(c, now) {
 		return
 	}
 	if err := p.apply(ctx, r); err != nil {
@@ -106,28 +108,24 @@ func (p *Publisher) publish(ctx context.Context, now time.Time) {
 	if p.lastErr != "" {
 		p.Log.Info("status published into the Kubernetes API again")
 	}
-	p.lastErr, p.written, p.wroteAt = "", timeless(r), now
+	p.lastErr, p.written, p.wroteAt = "", c, now
 }
 
-// due says whether r is worth a write: it changed (at most every
-// minWrite), or the heartbeat is due.
-func (p *Publisher) due(r Report, now time.Time) bool {
+// due says whether a report of content c is worth a write: it changed (at
+// most every minWrite), or the heartbeat is due.
+func (p *Publisher) due(c []byte, now time.Time) bool {
 	since := now.Sub(p.wroteAt)
 	if since >= Heartbeat {
 		return true
 	}
-	if since < minWrite {
-		return false
-	}
-	a, _ := json.Marshal(timeless(r))
-	b, _ := json.Marshal(p.written)
-	return string(a) != string(b)
+	return since >= minWrite && !bytes.Equal(c, p.written)
 }
 
-// timeless is r without the times that change at every read.
-func timeless(r Report) Report {
+// content is r without the times that change at every read, as JSON.
+func content(r Report) []byte {
 	r.UpdatedAt, r.Tunnels.ReadAt = time.Time{}, time.Time{}
-	return r
+	b, _ := json.Marshal(r)
+	return b
 }
 
 func (p *Publisher) apply(ctx context.Context, r Report) error {

@@ -27,6 +27,18 @@ const (
 // tell it from another server at the address it was given.
 const DebugAPIHeader = "Spoke-Debug-Api"
 
+// state is SYNCED, NACKED or STALE for the version the server holds now
+// (ts nil: never asked for).
+func (ts *TypeStatus) state(current string) string {
+	switch {
+	case ts != nil && ts.Acked == current:
+		return StateSynced
+	case ts != nil && ts.NackedVer == current && ts.LastNack != "":
+		return StateNacked
+	}
+	return StateStale
+}
+
 // ProxyStatus is one row of `spoke status`.
 type ProxyStatus struct {
 	StreamStatus
@@ -44,15 +56,8 @@ func (t *Tracker) Statuses() []ProxyStatus {
 			short := shortType(typeURL)
 			ps.Server[short] = v
 			ts := st.Types[typeURL]
-			switch {
-			case ts == nil && counts[typeURL] == 0:
-				// nothing of this type for this Envoy, and it never asked: not applicable
-			case ts != nil && ts.Acked == v:
-				ps.States[short] = StateSynced
-			case ts != nil && ts.NackedVer == v && ts.LastNack != "":
-				ps.States[short] = StateNacked
-			default:
-				ps.States[short] = StateStale
+			if ts != nil || counts[typeURL] > 0 { // else: nothing of this type, never asked: not applicable
+				ps.States[short] = ts.state(v)
 			}
 		}
 		out = append(out, ps)

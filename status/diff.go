@@ -87,12 +87,9 @@ func (t *Tracker) diffType(st StreamStatus, typeURL string) (TypeDiff, bool) {
 	if ts == nil {
 		ts = &TypeStatus{}
 	}
-	td := TypeDiff{Type: shortType(typeURL), ServedVersion: version, AckedVersion: ts.Acked, State: StateStale}
-	switch {
-	case ts.Acked == version:
-		td.State = StateSynced
-	case ts.NackedVer == version && ts.LastNack != "":
-		td.State, td.Nack = StateNacked, ts.LastNack
+	td := TypeDiff{Type: shortType(typeURL), ServedVersion: version, AckedVersion: ts.Acked, State: ts.state(version)}
+	if td.State == StateNacked {
+		td.Nack = ts.LastNack
 	}
 	served := snapshot
 	if ts.held.asked != nil {

@@ -233,8 +233,11 @@ func (t *Tracker) identify(k streamKey, node *corev3.Node) error {
 		return nil
 	}
 	s.Proxy, s.EnvoyID = claimed.Key(), node.GetId()
-	s.node = proto.CloneOf(node)
-	s.node.Extensions = nil // hundreds of entries per Envoy; Envoy's own /server_info has them
+	// What the bootstrap view shows, not the extension list: hundreds of
+	// entries per Envoy, cloned for nothing (Envoy's /server_info has them).
+	// Shared with the request, which nothing changes.
+	s.node = &corev3.Node{Id: node.GetId(), Cluster: node.GetCluster(), Metadata: node.GetMetadata(), Locality: node.GetLocality(),
+		UserAgentName: node.GetUserAgentName(), UserAgentVersionType: node.UserAgentVersionType, ClientFeatures: node.GetClientFeatures()}
 	t.metrics.Connected.WithLabelValues(string(claimed.Role)).Inc()
 	fields := logrus.Fields{"stream": k.id, "proxy": s.Proxy, "envoy": node.GetId(), "delta": s.Delta, "authenticated": s.Authenticated}
 	if claimed.Node != "" && !t.published.KnowsNode(claimed.Node) {

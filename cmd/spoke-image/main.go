@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -139,20 +140,13 @@ func (st Static) Build() (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := []file{{path: st.Path, data: raw, mode: 0o755}}
 	// A dynamic binary (kube-apiserver built with cgo) brings the shared
 	// libraries it loads, as the envoy image does.
-	libs, err := dynamicLibraries(st.Binary)
+	libs, err := libraryFiles(st.Binary, false)
 	if err != nil {
 		return nil, err
 	}
-	for _, lib := range libs {
-		data, err := os.ReadFile(lib)
-		if err != nil {
-			return nil, fmt.Errorf("shared library %s: %w", lib, err)
-		}
-		files = append(files, file{path: lib, data: data, mode: 0o755})
-	}
+	files := append([]file{{path: st.Path, data: raw, mode: 0o755}}, libs...)
 	for _, l := range st.Links {
 		name, target, explicit := strings.Cut(l, "=")
 		if !explicit {
@@ -185,19 +179,11 @@ func BuildEnvoy(binary, version string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := []file{{path: EnvoyPath, data: raw, mode: 0o755}}
-	libs, err := sharedLibraries(binary)
+	libs, err := libraryFiles(binary, true)
 	if err != nil {
 		return nil, err
 	}
-	for _, lib := range libs {
-		data, err := os.ReadFile(lib) // follows the symlink: the image holds a plain file
-		if err != nil {
-			return nil, fmt.Errorf("shared library %s: %w", lib, err)
-		}
-		files = append(files, file{path: lib, data: data, mode: 0o755})
-	}
-	return image(files, []string{EnvoyPath}, "envoy", version, NonRootUser)
+	return image(append([]file{{path: EnvoyPath, data: raw, mode: 0o755}}, libs...), []string{EnvoyPath}, "envoy", version, NonRootUser)
 }
 
 func readExecutable(path string) ([]byte, error) {
@@ -211,29 +197,37 @@ func readExecutable(path string) ([]byte, error) {
 	return raw, nil
 }
 
-// sharedLibraries parses `ldd` output ("libc.so.6 => /lib/.../libc.so.6 (0x..)"
-// and the loader's "/lib64/ld-linux-x86-64.so.2 (0x..)").
-func sharedLibraries(binary string) ([]string, error) {
-	return lddLibraries(binary)
-}
-
-// dynamicLibraries is sharedLibraries for a dynamic executable, nothing for
-// a static one (it has no program interpreter).
-func dynamicLibraries(binary string) ([]string, error) {
+// libraryFiles are the shared libraries binary loads (the dynamic loader
+// included), as image files at their own paths: none for a static binary
+// (no program interpreter), unless required, when that is an error.
+func libraryFiles(binary string, required bool) ([]file, error) {
 	f, err := elf.Open(binary)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", binary, err)
 	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return lddLibraries(binary)
-		}
+	dynamic := slices.ContainsFunc(f.Progs, func(p *elf.Prog) bool { return p.Type == elf.PT_INTERP })
+	f.Close()
+	if !dynamic && !required {
+		return nil, nil
 	}
-	return nil, nil
+	libs, err := sharedLibraries(binary)
+	if err != nil {
+		return nil, err
+	}
+	var files []file
+	for _, lib := range libs {
+		data, err := os.ReadFile(lib) // follows the symlink: the image holds a plain file
+		if err != nil {
+			return nil, fmt.Errorf("shared library %s: %w", lib, err)
+		}
+		files = append(files, file{path: lib, data: data, mode: 0o755})
+	}
+	return files, nil
 }
 
-func lddLibraries(binary string) ([]string, error) {
+// sharedLibraries parses `ldd` output ("libc.so.6 => /lib/.../libc.so.6 (0x..)"
+// and the loader's "/lib64/ld-linux-x86-64.so.2 (0x..)").
+func sharedLibraries(binary string) ([]string, error) {
 	out, err := exec.Command("ldd", binary).Output()
 	if err != nil {
 		return nil, fmt.Errorf("ldd %s: %w (is it a dynamic executable, and is ldd installed?)", binary, err)
