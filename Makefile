@@ -86,9 +86,9 @@ tools-kind:
 kind-node-image: tools-kube
 	trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" && bash e2e/kind/node-image.sh
 
-## e2e-kind: the kind test alone, on spoke's own Docker daemon (started here when none answers, stopped at the end)
-e2e-kind: tools tools-kube tools-kind
-	$(WITH_KIND) SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKindClusterThroughSpoke$$' ./e2e/
+## e2e-kind: the kind tests alone (spoke deployed as documented; the move from Konnectivity), on spoke's own Docker daemon (started here when none answers, stopped at the end)
+e2e-kind: tools tools-kube tools-konnectivity tools-kind
+	$(WITH_KIND) SPOKE_REQUIRE_KIND=1 go test -count=1 -v -timeout 30m -run '^TestKind(ClusterThroughSpoke|MigrationFromKonnectivity)$$' ./e2e/
 
 # WITH_KIND starts spoke's Docker daemon (stopped when the recipe's shell
 # exits) and builds the kind node image before what follows it.

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -26,14 +27,23 @@ type deployStep struct {
 const (
 	whereKubectl          = "kubectl"            // wherever kubectl reaches the cluster
 	whereControlPlaneHost = "control-plane-host" // as root on each control-plane host
+	whereEachNode         = "each-node"          // as root on every node
 )
 
-var deployMarker = regexp.MustCompile(`^<!-- deploy step=([a-z-]+) where=(kubectl|control-plane-host) -->$`)
+// stepMarker is a step's marker; "uses=deploy" (docs/migration.md) stands
+// for the deploy step of that name in docs/operations.md.
+var stepMarker = regexp.MustCompile(`^<!-- (deploy|migrate) step=([a-z-]+) (where|uses)=(kubectl|control-plane-host|each-node|deploy) -->$`)
 
 // deploySteps reads the marked blocks of docs/operations.md, in order.
 func deploySteps(t *testing.T) []deployStep {
+	return markedSteps(t, "../docs/operations.md", "deploy", nil)
+}
+
+// markedSteps reads the blocks of a document marked for runbook, in order;
+// a step that uses another's block gets it from uses.
+func markedSteps(t *testing.T, path, runbook string, uses []deployStep) []deployStep {
 	t.Helper()
-	f, err := os.Open("../docs/operations.md")
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +53,20 @@ func deploySteps(t *testing.T) []deployStep {
 	lines := bufio.NewScanner(f)
 	for lines.Scan() {
 		line := lines.Text()
-		if m := deployMarker.FindStringSubmatch(line); m != nil {
-			steps = append(steps, deployStep{name: m[1], where: m[2]})
+		if m := stepMarker.FindStringSubmatch(line); m != nil {
+			if m[1] != runbook {
+				t.Fatalf("%s: a %s marker in the %s runbook: %s", path, m[1], runbook, line)
+			}
+			if m[3] == "uses" {
+				i := slices.IndexFunc(uses, func(s deployStep) bool { return s.name == m[2] })
+				if i < 0 || m[4] != "deploy" {
+					t.Fatalf("%s: %s: no such deploy step", path, line)
+				}
+				steps = append(steps, uses[i])
+				cur = nil
+				continue
+			}
+			steps = append(steps, deployStep{name: m[2], where: m[4]})
 			cur = &steps[len(steps)-1]
 			continue
 		}
@@ -69,21 +91,41 @@ func deploySteps(t *testing.T) []deployStep {
 // TestDeployStepsAreScripts: the deploy steps are all there, in the order
 // an operator runs them, each a block bash parses.
 func TestDeployStepsAreScripts(t *testing.T) {
-	steps := deploySteps(t)
+	checkSteps(t, "docs/operations.md", deploySteps(t),
+		"images@kubectl cluster@kubectl control-plane@control-plane-host egress-selector@control-plane-host serving-certificates@kubectl check@kubectl")
+}
+
+// TestMigrationStepsAreScripts: the same for the Konnectivity runbook,
+// which reuses deploy steps by name.
+func TestMigrationStepsAreScripts(t *testing.T) {
+	checkSteps(t, "docs/migration.md", migrationSteps(t),
+		"images@kubectl cluster@kubectl kubelet-serving@each-node kubelet-config@kubectl serving-certificates@kubectl "+
+			"control-plane@control-plane-host tunnels@kubectl switch@control-plane-host check@kubectl rollback@control-plane-host "+
+			"remove-agents@kubectl remove-server@control-plane-host")
+}
+
+// migrationSteps reads the marked blocks of docs/migration.md, in order.
+func migrationSteps(t *testing.T) []deployStep {
+	return markedSteps(t, "../docs/migration.md", "migrate", deploySteps(t))
+}
+
+// checkSteps: each step has a block bash parses; the steps are want
+// (NAME@WHERE, in order).
+func checkSteps(t *testing.T, doc string, steps []deployStep, want string) {
+	t.Helper()
 	var names []string
 	for _, s := range steps {
 		names = append(names, s.name+"@"+s.where)
 		if strings.TrimSpace(s.script) == "" {
-			t.Errorf("deploy step %s: no command block after its marker", s.name)
+			t.Errorf("%s step %s: no command block after its marker", doc, s.name)
 			continue
 		}
 		if out, err := exec.Command("bash", "-n", "-c", s.script).CombinedOutput(); err != nil {
-			t.Errorf("deploy step %s does not parse: %v %s\n%s", s.name, err, out, s.script)
+			t.Errorf("%s step %s does not parse: %v %s\n%s", doc, s.name, err, out, s.script)
 		}
 	}
-	want := "images@kubectl cluster@kubectl control-plane@control-plane-host serving-certificates@kubectl check@kubectl"
 	if got := strings.Join(names, " "); got != want {
-		t.Errorf("deploy steps in docs/operations.md: %s\nwant %s", got, want)
+		t.Errorf("steps in %s: %s\nwant %s", doc, got, want)
 	}
 }
 
@@ -112,7 +154,7 @@ func runKubectlStep(t *testing.T, s deployStep, dir string, env ...string) strin
 	cmd.Env = append(append(os.Environ(), "PATH="+pluginDir(t)+":"+filepath.Dir(kubeTool(t, "kubectl"))+":"+os.Getenv("PATH")), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("deploy step %s (docs/operations.md) failed: %v\n%s\nits commands:\n%s", s.name, err, out, s.script)
+		t.Fatalf("step %s failed: %v\n%s\nits commands:\n%s", s.name, err, out, s.script)
 	}
 	return string(out)
 }

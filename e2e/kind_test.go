@@ -214,37 +214,7 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 func TestKindClusterThroughSpoke(t *testing.T) {
 	kind, nodeImage := kindTools(t)
 	lockHost(t) // one kind cluster of this name per machine
-	images := append(localImages(t), spokeImages(t)...)
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := func(name string, args ...string) string {
-		t.Helper()
-		cmd := exec.Command(name, args...)
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
-		}
-		return string(out)
-	}
-	_ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run()
-	created := time.Now()
-	run(kind, "create", "cluster", "--name", kindCluster, "--config", kindConfig, "--image", nodeImage)
-	t.Cleanup(func() { _ = exec.Command(kind, "delete", "cluster", "--name", kindCluster).Run() })
-	cp := kindControlPlane(t, run(kind, "get", "kubeconfig", "--name", kindCluster))
-	kindCNI(t, cp)
-	kubectl(t, cp, nil, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=3m")
-	t.Logf("kind cluster %s (node image %s) created and Ready in %v", kindCluster, nodeImage, time.Since(created).Round(time.Second))
-	for _, image := range images {
-		run(kind, "load", "image-archive", "--name", kindCluster, image)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpCluster(t, cp)
-		}
-	})
+	cp := kindClusterUp(t, kind, nodeImage, kindCluster, kindConfig, append(localImages(t), spokeImages(t)...))
 
 	// spoke deployed by the command blocks of docs/operations.md, as
 	// written: the images are the ones loaded above.
@@ -260,6 +230,8 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 			out = runKubectlStep(t, step, work, env...)
 		case whereControlPlaneHost:
 			out = runOnKindNode(t, kindCluster+"-control-plane", step, work)
+		default:
+			t.Fatalf("deploy step %s: where=%s", step.name, step.where)
 		}
 		t.Logf("deploy step %s (%s) took %v:\n%s", step.name, step.where, time.Since(start).Round(time.Millisecond), out)
 	}
@@ -281,19 +253,54 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	checkWebhookAndAPIService(t, cp, workers[0])
 }
 
+// kindClusterUp creates kind cluster name from config (a path relative to
+// the repository root) on nodeImage, gives it the CNI stand-in, waits for
+// every node Ready and loads images into it; the cluster is deleted at the
+// end (its pods and events logged first if the test failed).
+func kindClusterUp(t *testing.T, kind, nodeImage, name, config string, images []string) *controlPlane {
+	t.Helper()
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(kind, args...)
+		cmd.Dir = ".."
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("kind %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	_ = exec.Command(kind, "delete", "cluster", "--name", name).Run()
+	created := time.Now()
+	run("create", "cluster", "--name", name, "--config", config, "--image", nodeImage)
+	t.Cleanup(func() { _ = exec.Command(kind, "delete", "cluster", "--name", name).Run() })
+	cp := kindControlPlane(t, name, run("get", "kubeconfig", "--name", name))
+	kindCNI(t, cp)
+	kubectl(t, cp, nil, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=3m")
+	t.Logf("kind cluster %s (node image %s) created and Ready in %v", name, nodeImage, time.Since(created).Round(time.Second))
+	for _, image := range images {
+		run("load", "image-archive", "--name", name, image)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpCluster(t, cp)
+		}
+	})
+	return cp
+}
+
 // kindControlPlane is the kind cluster as the shared checks see a control
 // plane: kubectl and a client through kind's kubeconfig, pointed at the
 // control-plane node's address. kind's own kubeconfig names
 // https://127.0.0.1:PORT, which the apiserver's certificate no longer names
 // (the kind config removes kind's extra names, as a stock kubeadm issues
 // it): the test checks that too.
-func kindControlPlane(t *testing.T, kindKubeconfig string) *controlPlane {
+func kindControlPlane(t *testing.T, cluster, kindKubeconfig string) *controlPlane {
 	t.Helper()
 	kindCfg, err := clientcmd.Load([]byte(kindKubeconfig))
 	if err != nil {
 		t.Fatal(err)
 	}
-	node := kindCluster + "-control-plane"
+	node := cluster + "-control-plane"
 	ip, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node).Output()
 	if err != nil {
 		t.Fatalf("docker inspect %s: %v", node, err)
@@ -374,7 +381,7 @@ func runOnKindNode(t *testing.T, node string, s deployStep, work string) string 
 	cmd.Stdin = strings.NewReader(s.script)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("deploy step %s (docs/operations.md) on %s failed: %v\n%s\nits commands:\n%s", s.name, node, err, out, s.script)
+		t.Fatalf("step %s on %s failed: %v\n%s\nits commands:\n%s", s.name, node, err, out, s.script)
 	}
 	return string(out)
 }

@@ -306,3 +306,47 @@ func readRepoFile(t *testing.T, path string) string {
 	}
 	return string(raw)
 }
+
+// TestMigrationPatchGivesTheFragmentsAPIServer: kube-apiserver set up for
+// Konnectivity as its documentation does it (e2e/kind/konnectivity), then
+// patched by docs/migration.md's switch with
+// manifests/control-plane/kube-apiserver-patch.json (the real kubectl), has
+// what spoke's kubeadm fragment gives a new cluster: the same kubelet CA
+// and egress selector flags, the egress file and spoke's socket directory
+// mounted from the same host paths.
+func TestMigrationPatchGivesTheFragmentsAPIServer(t *testing.T) {
+	fragment, err := os.ReadFile("../manifests/control-plane/kubeadm-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, got corev1.Pod
+	renderedObject(t, string(renderAPIServerPod(t, string(fragment))), "Pod", &want)
+	manifest := filepath.Join(t.TempDir(), "kube-apiserver.yaml")
+	writeTestFile(t, manifest, renderAPIServerPod(t, "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\n"))
+	for _, patch := range []string{"kind/konnectivity/kube-apiserver-patch.json", "../manifests/control-plane/kube-apiserver-patch.json"} {
+		writeTestFile(t, manifest, []byte(kubectl(t, nil, nil, "patch", "--local", "-f", manifest, "--type", "json", "--patch-file", patch, "-o", "yaml")))
+	}
+	raw, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renderedObject(t, string(raw), "Pod", &got)
+	flags := func(p corev1.Pod) []string {
+		var out []string
+		for _, a := range p.Spec.Containers[0].Command {
+			if strings.HasPrefix(a, "--kubelet-certificate-authority=") || strings.HasPrefix(a, "--egress-selector-config-file=") {
+				out = append(out, a)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if !slices.Equal(flags(got), flags(want)) || len(flags(want)) != 2 {
+		t.Errorf("after the switch kube-apiserver has %v, a new cluster %v", flags(got), flags(want))
+	}
+	for _, path := range []string{"/var/run/spoke", "/etc/kubernetes/egress-selector-configuration.yaml"} {
+		if g, w := hostPathMountedAt(got.Spec, got.Spec.Containers[0], path), hostPathMountedAt(want.Spec, want.Spec.Containers[0], path); g != w || w == "" {
+			t.Errorf("%s: after the switch mounted from %q, in a new cluster from %q", path, g, w)
+		}
+	}
+}
