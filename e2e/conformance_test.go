@@ -1,11 +1,12 @@
 package e2e
 
 import (
-	"encoding/xml"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,27 +21,41 @@ const conformanceFocus = `Pods should support remote command execution over webs
 	`Proxy version v1|Kubectl Port forwarding With a server listening on (0.0.0.0|localhost)`
 
 // conformanceImages builds, from binaries on this machine, the upstream
-// test images those tests use, under their upstream names (no registry is
-// reachable): agnhost with porter's certificate, and busybox (Debian's
-// static one with its commands linked), both run as root as upstream's are.
+// test images the focused tests use, under their upstream names (no
+// registry is reachable), behaving as upstream's do: busybox (Debian's
+// static one) with no entrypoint, sh as its CMD and every applet linked
+// (tar for kubectl cp, wget, ...) and a printenv (testdata/printenv: the
+// applet Debian's busybox lacks); agnhost (2.66.1 and the
+// previous 2.55) with pause as its default command, porter's certificate
+// and busybox's applets beside it; nginx as a stand-in that serves HTTP on
+// port 80 (agnhost netexec) with the same shell. All run as root with a
+// /tmp, as upstream's do.
 func conformanceImages(t *testing.T) []string {
 	t.Helper()
 	dir := t.TempDir()
-	agnhost := kubeTool(t, "agnhost")
+	agnhost, busybox := kubeTool(t, "agnhost"), nodeHostTools["busybox"]
 	porter := filepath.Join(kubeModuleDir(t), "test", "images", "agnhost", "porter")
-	// Upstream's test images have a shell and busybox's commands (the
-	// port-forward test's readiness probe runs sh -c "netstat ... | grep").
-	busyboxLinks := []string{}
-	for _, cmd := range []string{"sh", "cat", "echo", "sleep", "ls", "test", "true", "false", "env", "hostname", "wc", "grep", "head", "tail", "printf", "id", "touch", "mkdir", "rm", "nc", "wget", "ps", "dd", "tee", "date", "seq", "netstat"} {
-		busyboxLinks = append(busyboxLinks, "--link", "/bin/"+cmd+"=/bin/busybox")
+	applets, err := exec.Command(busybox, "--list-full").Output()
+	if err != nil {
+		t.Fatalf("%s --list-full: %v", busybox, err)
 	}
+	shell := []string{"--user", "0", "--dir", "/tmp:1777", "--add", "testdata/printenv=/usr/bin/printenv"}
+	for _, applet := range strings.Fields(string(applets)) {
+		if applet != "bin/busybox" {
+			shell = append(shell, "--link", "/"+applet+"=/bin/busybox")
+		}
+	}
+	withShell := func(args ...string) []string { return append(args, shell...) }
+	agnhostFiles := []string{"--static", agnhost, "--add", busybox + "=/bin/busybox",
+		"--add", filepath.Join(porter, "localhost.crt") + "=/localhost.crt", "--add", filepath.Join(porter, "localhost.key") + "=/localhost.key"}
 	images := []struct {
 		tag  string
 		args []string
 	}{
-		{"registry.k8s.io/e2e-test-images/agnhost:2.66.1", append([]string{"--static", agnhost, "--user", "0", "--add", nodeHostTools["busybox"] + "=/bin/busybox",
-			"--add", filepath.Join(porter, "localhost.crt") + "=/localhost.crt", "--add", filepath.Join(porter, "localhost.key") + "=/localhost.key"}, busyboxLinks...)},
-		{"registry.k8s.io/e2e-test-images/busybox:1.37.0-2", append([]string{"--static", nodeHostTools["busybox"], "--path", "/bin/busybox", "--user", "0", "--arg", "sh"}, busyboxLinks...)},
+		{"registry.k8s.io/e2e-test-images/agnhost:2.66.1", withShell(slices.Concat(agnhostFiles, []string{"--cmd", "pause"})...)},
+		{"registry.k8s.io/e2e-test-images/agnhost:2.55", withShell(slices.Concat(agnhostFiles, []string{"--cmd", "pause"})...)},
+		{"registry.k8s.io/e2e-test-images/busybox:1.37.0-2", withShell("--static", busybox, "--path", "/bin/busybox", "--no-entrypoint", "--cmd", "sh")},
+		{"registry.k8s.io/e2e-test-images/nginx:1.27.0-2", withShell(slices.Concat(agnhostFiles, []string{"--arg", "netexec", "--arg", "--http-port=80", "--arg", "--udp-port=-1"})...)},
 	}
 	var out []string
 	for i, img := range images {
@@ -74,17 +89,39 @@ func kubeModuleDir(t *testing.T) string {
 // version as the cluster) against a real cluster whose only way from the
 // control plane to its nodes is spoke. Every focused test must pass.
 func TestConformanceThroughSpoke(t *testing.T) {
-	e2eTest := kubeTool(t, "e2e.test")
 	c := startSpokeCluster(t, []clusterNode{
 		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
 	}, conformanceImages(t)...)
+	specs := runUpstreamE2E(t, c.cp.adminKubeconfig(t), conformanceFocus, func() (int, error) {
+		return c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total"), nil
+	})
+	checkUpstreamSpecs(t, specs, 10)
+}
+
+// upstreamSpec is one spec of an upstream e2e run: its state and the
+// streams the apiserver proxy carried while it ran.
+type upstreamSpec struct {
+	name, state string
+	start, end  time.Time
+	streams     int
+}
+
+// runUpstreamE2E runs e2e.test (built from k8s.io/kubernetes, the
+// cluster's version) with focus against the cluster of kubeconfig, one
+// spec after the other, reading streams() (what the apiserver proxy has
+// carried) every second to give each spec its share. It fails the test if
+// the suite fails or runs nothing.
+func runUpstreamE2E(t *testing.T, kubeconfig, focus string, streams func() (int, error)) []upstreamSpec {
+	t.Helper()
+	e2eTest := kubeTool(t, "e2e.test")
 	reportDir := t.TempDir()
-	before := c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total")
+	samples := sampleStreams(streams)
 	start := time.Now()
-	cmd := exec.Command(e2eTest, "--kubeconfig", c.cp.adminKubeconfig(t), "--provider", "skeleton", "--kubectl-path", kubeTool(t, "kubectl"),
-		"--report-dir", reportDir, "--ginkgo.focus", conformanceFocus, "--ginkgo.skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:`,
-		"--ginkgo.no-color", "--ginkgo.timeout", "20m", "--minStartupPods", "0")
+	cmd := exec.Command(e2eTest, "--kubeconfig", kubeconfig, "--provider", "skeleton", "--kubectl-path", kubeTool(t, "kubectl"),
+		"--report-dir", reportDir, "--ginkgo.json-report", filepath.Join(reportDir, "report.json"),
+		"--ginkgo.focus", focus, "--ginkgo.skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]`,
+		"--ginkgo.no-color", "--ginkgo.timeout", "40m", "--minStartupPods", "0")
 	logFile := filepath.Join(reportDir, "e2e.log")
 	f, err := os.Create(logFile)
 	if err != nil {
@@ -93,50 +130,127 @@ func TestConformanceThroughSpoke(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = f, f
 	err = cmd.Run()
 	f.Close()
+	timeline := samples.stop()
 	out, _ := os.ReadFile(logFile)
 	summary := regexp.MustCompile(`Ran (\d+) of \d+ Specs.*\n.*(SUCCESS|FAIL)!.*`).FindString(string(out))
-	t.Logf("upstream e2e (focus: logs, exec, proxy, port-forward) through spoke, %v: %s", time.Since(start).Round(time.Second), summary)
+	t.Logf("upstream e2e through spoke, %v: %s", time.Since(start).Round(time.Second), summary)
 	if err != nil || summary == "" || strings.HasPrefix(summary, "Ran 0 ") {
-		t.Fatalf("e2e.test: %v\n%s", err, tail(string(out), 12000))
+		t.Errorf("e2e.test: %v\n%s", err, tail(string(out), 12000))
 	}
-	passed := junitPassed(t, filepath.Join(reportDir, "junit_01.xml"))
-	for _, name := range passed {
-		t.Logf("passed through spoke: %s", name)
+	specs := jsonSpecs(t, filepath.Join(reportDir, "report.json"))
+	for i := range specs {
+		specs[i].streams = timeline.between(specs[i].start, specs[i].end)
 	}
-	streams := c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total") - before
-	t.Logf("the apiserver proxy carried %d streams into tunnels for them", streams)
-	if len(passed) < 10 || streams < len(passed) {
-		t.Errorf("%d specs passed and the apiserver proxy carried %d streams: the suite did not go through spoke as meant", len(passed), streams)
+	return specs
+}
+
+// checkUpstreamSpecs logs each spec with its streams and fails on any spec
+// that did not pass, or on fewer than min passed, or on a run that put
+// fewer streams than specs through spoke.
+func checkUpstreamSpecs(t *testing.T, specs []upstreamSpec, min int) {
+	t.Helper()
+	passed, total := 0, 0
+	for _, s := range specs {
+		t.Logf("%s through spoke (%d streams): %s", s.state, s.streams, s.name)
+		total += s.streams
+		switch s.state {
+		case "passed":
+			passed++
+		default:
+			t.Errorf("upstream spec %s: %s", s.state, s.name)
+		}
+	}
+	t.Logf("%d specs passed; the apiserver proxy carried %d streams into tunnels for them", passed, total)
+	if passed < min || total < passed {
+		t.Errorf("%d specs passed (want at least %d) and the apiserver proxy carried %d streams: the suite did not go through spoke as meant", passed, min, total)
 	}
 }
 
-// junitPassed lists the specs the JUnit report says ran and passed.
-func junitPassed(t *testing.T, path string) []string {
+// jsonSpecs reads the specs that ran from ginkgo's JSON report.
+func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 	t.Helper()
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("the e2e JUnit report: %v", err)
+		t.Fatalf("the e2e JSON report: %v", err)
 	}
-	var report struct {
-		Suites []struct {
-			Cases []struct {
-				Name    string    `xml:"name,attr"`
-				Status  string    `xml:"status,attr"`
-				Skipped *struct{} `xml:"skipped"`
-				Failure *struct{} `xml:"failure"`
-			} `xml:"testcase"`
-		} `xml:"testsuite"`
-	}
-	if err := xml.Unmarshal(raw, &report); err != nil {
-		t.Fatalf("the e2e JUnit report: %v", err)
-	}
-	var passed []string
-	for _, suite := range report.Suites {
-		for _, c := range suite.Cases {
-			if c.Skipped == nil && c.Failure == nil && c.Status == "passed" && strings.HasPrefix(c.Name, "[It]") {
-				passed = append(passed, strings.TrimSpace(strings.TrimPrefix(c.Name, "[It]")))
-			}
+	var reports []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			LeafNodeType            string
+			State                   string
+			StartTime, EndTime      time.Time
 		}
 	}
-	return passed
+	if err := json.Unmarshal(raw, &reports); err != nil {
+		t.Fatalf("the e2e JSON report: %v", err)
+	}
+	var specs []upstreamSpec
+	for _, r := range reports {
+		for _, s := range r.SpecReports {
+			if s.LeafNodeType != "It" || s.State == "skipped" {
+				continue
+			}
+			name := strings.Join(append(s.ContainerHierarchyTexts, s.LeafNodeText), " ")
+			specs = append(specs, upstreamSpec{name: name, state: s.State, start: s.StartTime, end: s.EndTime})
+		}
+	}
+	return specs
+}
+
+// streamSamples reads a counter every second until stopped.
+type streamSamples struct {
+	stopped chan struct{}
+	done    chan []streamSample
+}
+
+type streamSample struct {
+	at    time.Time
+	value int
+}
+
+type streamTimeline []streamSample
+
+func sampleStreams(read func() (int, error)) *streamSamples {
+	s := &streamSamples{stopped: make(chan struct{}), done: make(chan []streamSample, 1)}
+	go func() {
+		var samples []streamSample
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			if v, err := read(); err == nil {
+				samples = append(samples, streamSample{time.Now(), v})
+			}
+			select {
+			case <-s.stopped:
+				s.done <- samples
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *streamSamples) stop() streamTimeline {
+	close(s.stopped)
+	return <-s.done
+}
+
+// between is the counter's growth from the last sample at or before start
+// to the first at or after end (a second's slack on each side).
+func (tl streamTimeline) between(start, end time.Time) int {
+	from, to := -1, -1
+	for _, s := range tl {
+		if !s.at.After(start) {
+			from = s.value
+		}
+		if to < 0 && !s.at.Before(end) {
+			to = s.value
+		}
+	}
+	if from < 0 || to < 0 {
+		return 0
+	}
+	return to - from
 }

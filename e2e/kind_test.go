@@ -12,8 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -214,7 +216,8 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 func TestKindClusterThroughSpoke(t *testing.T) {
 	kind, nodeImage := kindTools(t)
 	lockHost(t) // one kind cluster of this name per machine
-	cp := kindClusterUp(t, kind, nodeImage, kindCluster, kindConfig, append(localImages(t), spokeImages(t)...))
+	images := slices.Concat(localImages(t), spokeImages(t), conformanceImages(t))
+	cp := kindClusterUp(t, kind, nodeImage, kindCluster, kindConfig, images)
 
 	// spoke deployed by the command blocks of docs/operations.md, as
 	// written: the images are the ones loaded above.
@@ -251,6 +254,40 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 		checkStreamingPaths(t, cp, pod, node)
 	}
 	checkWebhookAndAPIService(t, cp, workers[0])
+
+	// The upstream e2e specs of everything that goes from the control plane
+	// to the nodes, on a cluster with kube-proxy, DNS and service-account
+	// tokens, spoke its only way there.
+	specs := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, kindAPIProxyStreams(kindCluster+"-control-plane"))
+	checkUpstreamSpecs(t, specs, 60)
+}
+
+// kindUpstreamFocus: the Conformance specs of admission and conversion
+// webhooks, kubectl's exec/attach/run/logs/cp/port-forward specs, ephemeral
+// containers, pods and PreStop, and the netns suite's specs.
+const kindUpstreamFocus = `\[sig-api-machinery\] AdmissionWebhook.*\[Conformance\]|\[sig-api-machinery\] CustomResourceConversionWebhook.*\[Conformance\]|` +
+	`Kubectl client Simple pod|Kubectl client Kubectl copy|Kubectl client Kubectl logs|Kubectl Port forwarding|Ephemeral Containers|` +
+	`\[sig-node\] Pods should|\[sig-node\] PreStop|` + conformanceFocus
+
+// kindAPIProxyStreams reads the streams the apiserver proxy on node has
+// sent into tunnels (to nodes and to Services), from its Envoy's admin
+// (127.0.0.1:9901 in the node's network: bash's /dev/tcp, the node has no
+// curl).
+func kindAPIProxyStreams(node string) func() (int, error) {
+	line := regexp.MustCompile(`(?m)^cluster\.(?:node/[^.:]+|services)\.upstream_rq_total: (\d+)$`)
+	return func() (int, error) {
+		script := `exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /stats?filter=upstream_rq_total HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && cat <&3`
+		out, err := exec.Command("docker", "exec", node, "bash", "-c", script).Output()
+		if err != nil {
+			return 0, err
+		}
+		sum := 0
+		for _, m := range line.FindAllStringSubmatch(string(out), -1) {
+			n, _ := strconv.Atoi(m[1])
+			sum += n
+		}
+		return sum, nil
+	}
 }
 
 // kindClusterUp creates kind cluster name from config (a path relative to

@@ -230,7 +230,30 @@ func tunnelVirtualHost(name string, domains []string, hostID, cluster string) *r
 	route := connectRoute(name, cluster, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
 	route.GetRoute().RetryPolicy = refusedStreamRetry()
+	if cluster == ServiceTunnels {
+		route.GetRoute().RetryPolicy = serviceRetry()
+	}
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
+}
+
+// serviceRetry is refusedStreamRetry plus a 503 from the node proxy (its
+// connect to the ClusterIP failed: nothing reached the Service), retried
+// with back-off for about a second and a half. kube-proxy programs a new
+// Service, or its new endpoints, on each node at its own pace (iptables
+// mode syncs at most once a second), and Service streams go through any
+// node's tunnel: a webhook that just answered through one node can be
+// refused at another for that moment (seen in the upstream webhook specs
+// on kind). A Service that stays unreachable is reported that much later.
+func serviceRetry() *routev3.RetryPolicy {
+	return &routev3.RetryPolicy{
+		RetryOn:              "refused-stream,retriable-status-codes",
+		RetriableStatusCodes: []uint32{503},
+		NumRetries:           wrapperspb.UInt32(4),
+		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+			BaseInterval: durationpb.New(250 * time.Millisecond),
+			MaxInterval:  durationpb.New(time.Second),
+		},
+	}
 }
 
 // refusedStreamRetry sends a CONNECT again when the node's Envoy refused its

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,8 +45,11 @@ func main() {
 	envoyBinary := flag.String("envoy", "", "build the envoy image from this Envoy binary instead (its shared libraries found with ldd)")
 	staticBinary := flag.String("static", "", "build a test image from this other static binary instead (e.g. agnhost), at --path, run with --arg")
 	path := flag.String("path", "", "where --static goes in the image (default: /<its file name>)")
-	var args, links, adds []string
+	var args, cmd, links, adds, dirs []string
 	flag.Func("arg", "argument after --static's path in the entrypoint (repeat for more)", func(a string) error { args = append(args, a); return nil })
+	flag.Func("cmd", "the --static image's default command or arguments, its CMD (repeat for more)", func(a string) error { cmd = append(cmd, a); return nil })
+	noEntrypoint := flag.Bool("no-entrypoint", false, "the --static image has no entrypoint: a pod's args (or --cmd) are the whole command, as in upstream's busybox")
+	flag.Func("dir", "PATH[:MODE]: an empty directory in the --static image, e.g. /tmp:1777 (repeat for more)", func(a string) error { dirs = append(dirs, a); return nil })
 	flag.Func("link", "a symbolic link to --static's path, e.g. /bin/sh for a busybox, or PATH=TARGET (repeat for more)", func(a string) error { links = append(links, a); return nil })
 	flag.Func("add", "SRC=DST: one more file in the --static image (repeat for more)", func(a string) error { adds = append(adds, a); return nil })
 	user := flag.String("user", NonRootUser, "the --static image's user (some upstream test images run as root: 0)")
@@ -59,7 +63,8 @@ func main() {
 		err = runEnvoy(*envoyBinary, *tag, *version, *out)
 	case *staticBinary != "":
 		var img v1.Image
-		st := Static{Binary: *staticBinary, Path: cmp.Or(*path, "/"+filepath.Base(*staticBinary)), Args: args, Links: links, Adds: adds, User: *user, Version: *version}
+		st := Static{Binary: *staticBinary, Path: cmp.Or(*path, "/"+filepath.Base(*staticBinary)), Args: args, Cmd: cmd, NoEntrypoint: *noEntrypoint,
+			Links: links, Adds: adds, Dirs: dirs, User: *user, Version: *version}
 		if img, err = st.Build(); err == nil {
 			err = write(img, *tag, *out)
 		}
@@ -78,6 +83,7 @@ type file struct {
 	data []byte
 	mode int64
 	link string // a symbolic link to this path instead of data
+	dir  bool   // an empty directory instead of data
 }
 
 func run(binary, tag, version, out string) error {
@@ -116,7 +122,7 @@ func Build(binary, version string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, "spoke", version, NonRootUser)
+	return image([]file{{path: "/spoke", data: raw, mode: 0o755}}, []string{"/spoke"}, nil, "spoke", version, NonRootUser)
 }
 
 // Static is a test image of one other binary (static, or with the shared
@@ -128,9 +134,12 @@ func Build(binary, version string) (v1.Image, error) {
 // them.
 type Static struct {
 	Binary, Path  string
-	Args          []string
+	Args          []string // after Path in the entrypoint
+	Cmd           []string // the image's CMD: default arguments (or command, with NoEntrypoint)
+	NoEntrypoint  bool     // no entrypoint: the pod's command is all (upstream's busybox)
 	Links         []string // absolute paths in the image, each a link to Path (or PATH=TARGET)
 	Adds          []string // SRC=DST, with SRC's permissions
+	Dirs          []string // PATH[:MODE] (octal), empty directories such as /tmp:1777
 	User, Version string
 }
 
@@ -169,7 +178,19 @@ func (st Static) Build() (v1.Image, error) {
 		}
 		files = append(files, file{path: dst, data: data, mode: int64(info.Mode().Perm() | 0o444)})
 	}
-	return image(files, append([]string{st.Path}, st.Args...), filepath.Base(st.Path), st.Version, st.User)
+	for _, d := range st.Dirs {
+		path, modeText, _ := strings.Cut(d, ":")
+		mode, err := strconv.ParseInt(cmp.Or(modeText, "755"), 8, 64)
+		if err != nil || !strings.HasPrefix(path, "/") {
+			return nil, fmt.Errorf("--dir %q: want /absolute/path[:octal mode]", d)
+		}
+		files = append(files, file{path: path, mode: mode, dir: true})
+	}
+	entrypoint := append([]string{st.Path}, st.Args...)
+	if st.NoEntrypoint {
+		entrypoint = nil
+	}
+	return image(files, entrypoint, st.Cmd, filepath.Base(st.Path), st.Version, st.User)
 }
 
 // BuildEnvoy assembles the envoy image: the binary and the shared libraries
@@ -183,7 +204,7 @@ func BuildEnvoy(binary, version string) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	return image(append([]file{{path: EnvoyPath, data: raw, mode: 0o755}}, libs...), []string{EnvoyPath}, "envoy", version, NonRootUser)
+	return image(append([]file{{path: EnvoyPath, data: raw, mode: 0o755}}, libs...), []string{EnvoyPath}, nil, "envoy", version, NonRootUser)
 }
 
 func readExecutable(path string) ([]byte, error) {
@@ -249,7 +270,7 @@ func sharedLibraries(binary string) ([]string, error) {
 }
 
 // image is one layer of files on an empty base, run as user.
-func image(files []file, entrypoint []string, title, version, user string) (v1.Image, error) {
+func image(files []file, entrypoint, cmd []string, title, version, user string) (v1.Image, error) {
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return layerTar(files) })
 	if err != nil {
 		return nil, err
@@ -265,6 +286,7 @@ func image(files []file, entrypoint []string, title, version, user string) (v1.I
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
 	cfg.Config.Entrypoint = entrypoint
+	cfg.Config.Cmd = cmd
 	cfg.Config.User = user
 	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
 	cfg.Config.WorkingDir = "/"
@@ -281,11 +303,14 @@ func image(files []file, entrypoint []string, title, version, user string) (v1.I
 func layerTar(files []file) (io.ReadCloser, error) {
 	var buf bytes.Buffer
 	w := tar.NewWriter(&buf)
-	dirs := map[string]bool{}
+	dirs := map[string]int64{} // every directory, with its mode
 	for _, f := range files {
 		rel := strings.TrimPrefix(f.path, "/")
-		for d := filepath.Dir(rel); d != "." && !dirs[d]; d = filepath.Dir(d) {
-			dirs[d] = true
+		if f.dir {
+			dirs[rel] = f.mode
+		}
+		for d := filepath.Dir(rel); d != "." && dirs[d] == 0; d = filepath.Dir(d) {
+			dirs[d] = 0o755
 		}
 	}
 	var dirList []string
@@ -294,11 +319,14 @@ func layerTar(files []file) (io.ReadCloser, error) {
 	}
 	sort.Strings(dirList) // parents before children
 	for _, d := range dirList {
-		if err := w.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, ModTime: time.Unix(0, 0), Typeflag: tar.TypeDir}); err != nil {
+		if err := w.WriteHeader(&tar.Header{Name: d + "/", Mode: dirs[d], ModTime: time.Unix(0, 0), Typeflag: tar.TypeDir}); err != nil {
 			return nil, err
 		}
 	}
 	for _, f := range files {
+		if f.dir {
+			continue // written above
+		}
 		hdr := &tar.Header{Name: strings.TrimPrefix(f.path, "/"), Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg}
 		if f.link != "" {
 			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeSymlink, f.link, 0

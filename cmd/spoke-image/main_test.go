@@ -204,3 +204,51 @@ func TestDockerfileBuildsTheSameImage(t *testing.T) {
 		}
 	}
 }
+
+// TestStaticImageLikeUpstreamBusybox: the options that make a test image
+// behave like upstream's: no entrypoint and a CMD (a pod's args are then the
+// whole command), an empty /tmp writable by all with the sticky bit, links.
+func TestStaticImageLikeUpstreamBusybox(t *testing.T) {
+	dir := t.TempDir()
+	binary := filepath.Join(dir, "spoke")
+	build := exec.Command("go", "build", "-o", binary, "../spoke")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	st := Static{Binary: binary, Path: "/bin/busybox", Cmd: []string{"sh"}, NoEntrypoint: true, Links: []string{"/bin/sh"}, Dirs: []string{"/tmp:1777"}, User: "0", Version: "test"}
+	img, err := st.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Config.Entrypoint) != 0 || strings.Join(cfg.Config.Cmd, " ") != "sh" {
+		t.Errorf("entrypoint %q cmd %q, want none and [sh]", cfg.Config.Entrypoint, cfg.Config.Cmd)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("layers: %d %v", len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	modes := map[string]os.FileMode{}
+	tr := tar.NewReader(rc)
+	for hdr, err := tr.Next(); err == nil; hdr, err = tr.Next() {
+		modes[hdr.Name] = hdr.FileInfo().Mode()
+	}
+	if m := modes["tmp/"]; !m.IsDir() || m&os.ModeSticky == 0 || m.Perm() != 0o777 {
+		t.Errorf("/tmp is %v, want a directory drwxrwxrwt", m)
+	}
+	if m := modes["bin/sh"]; m&os.ModeSymlink == 0 {
+		t.Errorf("/bin/sh is %v, want a link", m)
+	}
+	if _, err := (Static{Binary: binary, Path: "/x", Dirs: []string{"tmp"}}).Build(); err == nil {
+		t.Error("a relative --dir was accepted")
+	}
+}

@@ -15,9 +15,15 @@ mkdir -p "$out"
 [ -x "$out/kube-apiserver" ] || go build -o "$out/kube-apiserver" ./cmd/kube-apiserver
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-for tool in kubectl kubeadm kubelet kube-controller-manager kube-scheduler; do
+for tool in kubeadm kubelet kube-controller-manager kube-scheduler; do
   [ -x "$out/$tool" ] || go build -ldflags "$stamp" -o "$out/$tool" "k8s.io/kubernetes/cmd/$tool"
 done
+# kubectl static, as upstream releases it: the upstream e2e spec "should
+# handle in-cluster config" copies it into a pod without libc (an older
+# cache holds a dynamic one: rebuilt).
+if [ ! -x "$out/kubectl" ] || ldd "$out/kubectl" >/dev/null 2>&1; then
+  CGO_ENABLED=0 go build -ldflags "$stamp" -o "$out/kubectl.new" k8s.io/kubernetes/cmd/kubectl && mv "$out/kubectl.new" "$out/kubectl"
+fi
 # agnhost: the test workload, and with "pause" the pod sandbox (static: it
 # runs alone in its image).
 [ -x "$out/agnhost" ] || CGO_ENABLED=0 go build -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost
