@@ -110,7 +110,7 @@ type upstreamSpec struct {
 // runUpstreamE2E runs e2e.test (built from k8s.io/kubernetes, the
 // cluster's version) with focus against the cluster of kubeconfig, one
 // spec after the other, reading streams() (what the apiserver proxy has
-// carried) every second to give each spec its share. It fails the test if
+// carried) ten times a second to give each spec its share. It fails the test if
 // the suite fails or runs nothing.
 func runUpstreamE2E(t *testing.T, kubeconfig, focus string, streams func() (int, error)) []upstreamSpec {
 	t.Helper()
@@ -198,7 +198,7 @@ func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 	return specs
 }
 
-// streamSamples reads a counter every second until stopped.
+// streamSamples reads a counter ten times a second until stopped.
 type streamSamples struct {
 	stopped chan struct{}
 	done    chan []streamSample
@@ -215,7 +215,7 @@ func sampleStreams(read func() (int, error)) *streamSamples {
 	s := &streamSamples{stopped: make(chan struct{}), done: make(chan []streamSample, 1)}
 	go func() {
 		var samples []streamSample
-		tick := time.NewTicker(time.Second)
+		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			if v, err := read(); err == nil {
@@ -238,7 +238,7 @@ func (s *streamSamples) stop() streamTimeline {
 }
 
 // between is the counter's growth from the last sample at or before start
-// to the first at or after end (a second's slack on each side).
+// to the first at or after end (up to a sample's slack on each side).
 func (tl streamTimeline) between(start, end time.Time) int {
 	from, to := -1, -1
 	for _, s := range tl {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,7 +260,7 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	// The upstream e2e specs of everything that goes from the control plane
 	// to the nodes, on a cluster with kube-proxy, DNS and service-account
 	// tokens, spoke its only way there.
-	specs := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, kindAPIProxyStreams(kindCluster+"-control-plane"))
+	specs := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, kindAPIProxyStreams(t, kindCluster+"-control-plane"))
 	checkUpstreamSpecs(t, specs, 60)
 }
 
@@ -269,24 +271,44 @@ const kindUpstreamFocus = `\[sig-api-machinery\] AdmissionWebhook.*\[Conformance
 	`Kubectl client Simple pod|Kubectl client Kubectl copy|Kubectl client Kubectl logs|Kubectl Port forwarding|Ephemeral Containers|` +
 	`\[sig-node\] Pods should|\[sig-node\] PreStop|` + conformanceFocus
 
-// kindAPIProxyStreams reads the streams the apiserver proxy on node has
+// kindAPIProxyStreams follows the streams the apiserver proxy on node has
 // sent into tunnels (to nodes and to Services), from its Envoy's admin
-// (127.0.0.1:9901 in the node's network: bash's /dev/tcp, the node has no
-// curl).
-func kindAPIProxyStreams(node string) func() (int, error) {
-	line := regexp.MustCompile(`(?m)^cluster\.(?:node/[^.:]+|services)\.upstream_rq_total: (\d+)$`)
-	return func() (int, error) {
-		script := `exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /stats?filter=upstream_rq_total HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && cat <&3`
-		out, err := exec.Command("docker", "exec", node, "bash", "-c", script).Output()
-		if err != nil {
-			return 0, err
-		}
+// (127.0.0.1:9901 in the node's network) read ten times a second by a loop
+// on the node (bash's /dev/tcp: the node has no curl); the function returns
+// the latest sum. The loop ends with the cluster.
+func kindAPIProxyStreams(t *testing.T, node string) func() (int, error) {
+	t.Helper()
+	script := `while :; do exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /stats?filter=upstream_rq_total HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && cat <&3; exec 3<&-; echo END; sleep 0.1; done`
+	cmd := exec.Command("docker", "exec", node, "bash", "-c", script)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line := regexp.MustCompile(`^cluster\.(?:node/[^.:]+|services)\.upstream_rq_total: (\d+)$`)
+	var latest atomic.Int64
+	latest.Store(-1)
+	go func() {
+		sc := bufio.NewScanner(out)
 		sum := 0
-		for _, m := range line.FindAllStringSubmatch(string(out), -1) {
-			n, _ := strconv.Atoi(m[1])
-			sum += n
+		for sc.Scan() {
+			if sc.Text() == "END" {
+				latest.Store(int64(sum))
+				sum = 0
+			} else if m := line.FindStringSubmatch(sc.Text()); m != nil {
+				n, _ := strconv.Atoi(m[1])
+				sum += n
+			}
 		}
-		return sum, nil
+	}()
+	return func() (int, error) {
+		if v := latest.Load(); v >= 0 {
+			return int(v), nil
+		}
+		return 0, fmt.Errorf("no reading of %s's apiserver proxy yet", node)
 	}
 }
 
