@@ -53,18 +53,7 @@ func TestServiceAnsweringLateIsReached(t *testing.T) {
 		}
 		t.Cleanup(func() { ln.Close() })
 		late <- nil
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				buf := make([]byte, 64)
-				n, _ := conn.Read(buf)
-				fmt.Fprintf(conn, "service webhook: %s", buf[:n])
-			}()
-		}
+		answerLines(ln, "service webhook")
 	}()
 	got, status := roundTrip(t, sock, service)
 	if err := <-late; err != nil {

@@ -317,25 +317,29 @@ func serve(t *testing.T, ip string, port int, name string) {
 		t.Fatalf("backend %s: %v", name, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				br := bufio.NewReader(conn)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(conn, "%s: %s", name, line)
-				}
-			}()
+	go answerLines(ln, name)
+}
+
+// answerLines answers each line of every connection ln accepts with
+// "name: line", until ln is closed.
+func answerLines(ln net.Listener, name string) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
 		}
-	}()
+		go func() {
+			defer conn.Close()
+			br := bufio.NewReader(conn)
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(conn, "%s: %s", name, line)
+			}
+		}()
+	}
 }
 
 // freePort returns a TCP port that was free on all loopback addresses a moment ago.
