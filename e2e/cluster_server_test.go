@@ -356,7 +356,9 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 	kubectl(t, cp, nil, "-n", "spoke-system", "patch", "daemonset", "spoke-node-proxy", "--type", "json", "-p",
 		`[{"op":"replace","path":"/spec/template/spec/initContainers/0/args/4","value":"--server-name=not-the-spoke-server"}]`)
 	var events string
-	waitFor(t, 60*time.Second, "the new pod's readiness probe to fail, saying why", func() bool {
+	// Minutes, not seconds: on a loaded machine (load average 20 on 2
+	// cores) the new pod started and was probed after more than a minute.
+	waitFor(t, 3*time.Minute, "the new pod's readiness probe to fail, saying why", func() bool {
 		events, _ = kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "events", "--field-selector", "reason=Unhealthy", "-o", "custom-columns=MSG:.message")
 		return strings.Contains(events, "not ready: it dials no apiserver proxy yet")
 	})
