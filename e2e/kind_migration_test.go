@@ -161,12 +161,15 @@ func setUpKonnectivity(t *testing.T, cp *controlPlane, node string) {
 	t.Logf("Konnectivity set up in %v", time.Since(start).Round(time.Second))
 }
 
+// egressDialStarts is kube-apiserver's dial counter per egress protocol.
+var egressDialStarts = regexp.MustCompile(`(?m)^apiserver_egress_dialer_dial_start_total\{protocol="([a-z_]+)",transport="([a-z]+)"\} (\d+)$`)
+
 // checkEgressProtocol: after a kube-apiserver restart, the check step's
 // dial counter names protocol and no other.
 func checkEgressProtocol(t *testing.T, when, out, protocol string) {
 	t.Helper()
 	counts := map[string]string{}
-	for _, m := range regexp.MustCompile(`(?m)^apiserver_egress_dialer_dial_start_total\{protocol="([a-z_]+)",transport="([a-z]+)"\} (\d+)$`).FindAllStringSubmatch(out, -1) {
+	for _, m := range egressDialStarts.FindAllStringSubmatch(out, -1) {
 		counts[m[1]] = m[3]
 	}
 	if len(counts) != 1 || counts[protocol] == "" || counts[protocol] == "0" {

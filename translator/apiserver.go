@@ -149,7 +149,8 @@ func egressRoutes(plan []*tunnelTargets) (rc *routev3.RouteConfiguration, versio
 type tunnelTargets struct {
 	name, hostID, cluster string
 	domains               []string
-	settings              *model.Settings // for a node's own cluster (tunnelCluster)
+	retry                 func() *routev3.RetryPolicy // when a CONNECT is sent again
+	settings              *model.Settings             // for a node's own cluster (tunnelCluster)
 
 	once   sync.Once
 	vh     *routev3.VirtualHost
@@ -164,7 +165,7 @@ type tunnelTargets struct {
 // reusing another's node targets (ReuseNodeTargets) reuses both.
 func (tt *tunnelTargets) virtualHost() (*routev3.VirtualHost, string) {
 	tt.once.Do(func() {
-		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID, tt.cluster)
+		tt.vh = tunnelVirtualHost(tt.name, tt.domains, tt.hostID, tt.cluster, tt.retry())
 		tt.digest = ContentHash([]*routev3.VirtualHost{tt.vh})
 	})
 	return tt.vh, tt.digest
@@ -207,7 +208,7 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 		if !domains.empty() {
 			plan = append(plan, &tunnelTargets{
 				name: "node/" + n.Name, hostID: n.Name, cluster: NodeTunnels(n.Name),
-				domains: domains.sorted(), settings: &s,
+				domains: domains.sorted(), retry: refusedStreamRetry, settings: &s,
 			})
 		}
 	}
@@ -218,21 +219,18 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 // node (the tunnel cluster id), through the Services' cluster.
 func serviceTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 	if services := serviceDomains(c); !services.empty() {
-		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, cluster: ServiceTunnels, domains: services.sorted()}}
+		return []*tunnelTargets{{name: "services", hostID: s.ClusterID, cluster: ServiceTunnels, domains: services.sorted(), retry: serviceRetry}}
 	}
 	return nil
 }
 
 // tunnelVirtualHost forwards CONNECT for domains, unterminated, through
 // cluster into the tunnel of hostID (a node name, or the tunnel cluster id
-// for "any node").
-func tunnelVirtualHost(name string, domains []string, hostID, cluster string) *routev3.VirtualHost {
+// for "any node"), sending a CONNECT again as retry says.
+func tunnelVirtualHost(name string, domains []string, hostID, cluster string, retry *routev3.RetryPolicy) *routev3.VirtualHost {
 	route := connectRoute(name, cluster, &routev3.RouteAction_UpgradeConfig{UpgradeType: "CONNECT"})
 	route.Metadata = stringMetadata(routeMetadataSpace, routeMetadataHost, hostID)
-	route.GetRoute().RetryPolicy = refusedStreamRetry()
-	if cluster == ServiceTunnels {
-		route.GetRoute().RetryPolicy = serviceRetry()
-	}
+	route.GetRoute().RetryPolicy = retry
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
 }
 
