@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -68,5 +72,119 @@ func TestTunnelsPerNodeAreCapped(t *testing.T) {
 		tp.settings.TunnelsPerEndpoint, held, rejected, envoy.MaxTunnelsPerNode)
 	if rejected <= 0 || held >= int(tp.settings.TunnelsPerEndpoint) {
 		t.Errorf("the per-node cap did not bite: %d tunnels held of %d asked, %d handshakes rejected", held, tp.settings.TunnelsPerEndpoint, rejected)
+	}
+}
+
+// TestStarvedProxiesStillHandshake: either proxy held to 1% of one core
+// (a CPU cgroup) while the node re-dials its tunnels to a restarted
+// apiserver proxy still completes every handshake, well inside the handshake
+// timeouts: a loaded host makes tunnels slower, it does not make them fail.
+// Logs how long each took, beside the same restart with nothing starved.
+func TestStarvedProxiesStillHandshake(t *testing.T) {
+	for _, starved := range []string{"nothing", "apiserver proxy", "node proxy"} {
+		t.Run(starved, func(t *testing.T) {
+			tp := newTopology(t)
+			serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+			sock, target := tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port)
+			tp.startAPIServerProxy()
+			node := tp.startNodeProxy("node-a", "node-a")
+			waitForTunnel(t, sock, target)
+			if starved == "node proxy" {
+				limitCPU(t, node.PID(), 1000)
+			}
+			tp.apiProxy.Stop()
+			start := time.Now()
+			tp.startAPIServerProxy()
+			if starved == "apiserver proxy" {
+				limitCPU(t, tp.apiProxy.PID(), 1000)
+			}
+			waitForTunnel(t, sock, target)
+			t.Logf("%s starved (1%% of a core): a CONNECT through node-a's re-dialed tunnel worked %v after the apiserver proxy restarted",
+				starved, time.Since(start).Round(10*time.Millisecond))
+			if n := node.StatSum(".failure_reason.timeout"); n > 0 {
+				t.Errorf("%d tunnel handshakes timed out with the %s at 1%% of a core; want none", n, starved)
+			}
+		})
+	}
+}
+
+// TestFrozenApiserverProxyDegradesToSlower: an apiserver proxy that does not
+// run at all for 40 s (SIGSTOP: its kernel still completes TCP handshakes,
+// nothing answers TLS; what a node proxy logs as "HTTP handshake timed out")
+// draws one attempt per tunnel per handshake timeout plus back-off, not a
+// storm, and the node holds its tunnels soon after the proxy runs again:
+// an attempt left waiting is answered at once.
+func TestFrozenApiserverProxyDegradesToSlower(t *testing.T) {
+	const frozen = 40 * time.Second
+	tp := newTopology(t)
+	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
+	tp.startAPIServerProxy()
+	api, err := os.FindProcess(tp.apiProxy.PID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.Signal(syscall.SIGCONT) })
+	node := tp.startNodeProxy("node-a", "node-a")
+	time.Sleep(frozen)
+	timedOut := node.StatSum(".failure_reason.timeout")
+	if err := api.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	waitForTunnel(t, tp.settings.EgressSocketPath, fmt.Sprintf("127.1.1.7:%d", tp.port))
+	back := time.Since(resumed)
+	attempts := tp.apiProxy.StatSum(".worker_0.downstream_cx_total")
+	tunnels := int(tp.settings.TunnelsPerEndpoint)
+	t.Logf("apiserver proxy frozen %v: %d tunnel connections from node-a (%d timed out), a CONNECT worked %v after it ran again",
+		frozen, attempts, timedOut, back.Round(10*time.Millisecond))
+	if timedOut == 0 {
+		t.Errorf("no handshake timed out against a frozen apiserver proxy: the test froze nothing")
+	}
+	// One attempt per tunnel per timeout, the one waiting at the resume, and
+	// one each for re-dials racing the resume.
+	if bound := tunnels * (int(frozen/envoy.TunnelHandshakeResponseTimeout) + 2); attempts > bound {
+		t.Errorf("%d tunnel connections in %v against a frozen apiserver proxy, want at most %d: re-dials should wait for the handshake timeout and back off", attempts, frozen, bound)
+	}
+	if limit := 2 * envoy.TunnelMaintainInterval; back > limit {
+		t.Errorf("tunnels back %v after the apiserver proxy ran again, want within %v: the attempt waiting in its accept queue should be answered at once", back, limit)
+	}
+}
+
+// limitCPU moves pid into a CPU cgroup of its own allowed quotaMicros per
+// 100 ms (cgroup v1 cpu controller, or v2 cpu.max), removed at cleanup.
+func limitCPU(t *testing.T, pid, quotaMicros int) {
+	t.Helper()
+	name := fmt.Sprintf("spoke-e2e-starve-%d", pid)
+	files := map[string]string{}
+	root := "/sys/fs/cgroup/cpu"
+	if _, err := os.Stat(filepath.Join(root, "cpu.cfs_quota_us")); err == nil {
+		files["cpu.cfs_period_us"] = "100000"
+		files["cpu.cfs_quota_us"] = strconv.Itoa(quotaMicros)
+	} else if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		root = "/sys/fs/cgroup"
+		files["cpu.max"] = fmt.Sprintf("%d 100000", quotaMicros)
+	} else {
+		t.Skip("no CPU cgroup controller at /sys/fs/cgroup/cpu or /sys/fs/cgroup: run on Linux as root with cgroups mounted")
+	}
+	dir := filepath.Join(root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot create a CPU cgroup (%v): run as root", err)
+	}
+	t.Cleanup(func() {
+		_ = os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+		_ = os.Remove(dir)
+	})
+	for _, f := range []string{"cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.max"} {
+		if v, ok := files[f]; ok {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0); err != nil {
+				t.Fatalf("set %s: %v", f, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
+		t.Fatalf("move the Envoy into its CPU cgroup: %v", err)
 	}
 }

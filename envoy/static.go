@@ -52,6 +52,17 @@ const (
 	TunnelMaxReconnectBackoff = 10 * time.Second
 )
 
+// TunnelHandshakeResponseTimeout is how long a node proxy waits for the
+// apiserver proxy's answer to a tunnel handshake once its connection is open
+// (Envoy's default, set here so tests and docs name one value). It is longer
+// than the apiserver proxy's own bound on a handshake (tunnelHandshakeTimeout,
+// 10 s by default), so a slow but working apiserver proxy decides. Measured
+// (e2e, TestFrozenApiserverProxyDegradesToSlower): against an apiserver proxy
+// that does not run at all, each tunnel tries once per ~16 s (this timeout,
+// then Envoy's back-off), and a handshake left waiting when it runs again is
+// answered at once; at 1% of a core either proxy still handshakes in ~1 s.
+const TunnelHandshakeResponseTimeout = 15 * time.Second
+
 // ReverseTunnelExtension returns the bootstrap extension a role needs: it
 // cannot arrive over xDS (docs/envoy.md).
 func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
@@ -63,6 +74,9 @@ func ReverseTunnelExtension(role translator.Role) *corev3.TypedExtensionConfig {
 				EnableDetailedStats: true,
 				MaintainInterval:    durationpb.New(TunnelMaintainInterval),
 				MaxReconnectBackoff: durationpb.New(TunnelMaxReconnectBackoff),
+				HttpHandshake: &downstreamv3.DownstreamReverseConnectionSocketInterface_HttpHandshakeConfig{
+					HandshakeTimeout: durationpb.New(TunnelHandshakeResponseTimeout),
+				},
 			}),
 		}
 	}
