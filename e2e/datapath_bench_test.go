@@ -64,6 +64,8 @@ type benchEnv struct {
 	targets    []string                         // one pod per node, each reachable only through its node's path
 	proxies    func() []int                     // processes whose CPU counts as the system's
 	envoyStats func(fragments ...string) string // spoke: its Envoys' non-zero stats that hold a fragment
+	apiStat    func(name string) int            // spoke: a stat of its apiserver proxy
+	nodeStat   func(name string) int            // spoke: a stat of node-a's proxy
 	nodeStart  time.Duration
 	restart    func() (time.Duration, error) // the control-plane-side proxy; nil for direct TCP
 }
@@ -442,6 +444,8 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 		return err == nil && held["node-a"] >= want && held["node-b"] >= want
 	})
 	return benchEnv{dial: dial, path: "unix:" + tp.settings.EgressSocketPath, helper: h, bulkTarget: bulk, targets: targets, nodeStart: reachable.Sub(started), envoyStats: envoyStats,
+		apiStat:  func(name string) int { return apiProxy.Stat(name) },
+		nodeStat: nodes[0].Stat,
 		proxies: func() []int {
 			pids := []int{apiProxy.PID()}
 			for _, n := range nodes {

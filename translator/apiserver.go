@@ -257,9 +257,9 @@ func serviceRetry() *routev3.RetryPolicy {
 // refusedStreamRetry sends a CONNECT again when the node's Envoy refused its
 // stream unprocessed (REFUSED_STREAM, or above the last stream id of a
 // GOAWAY): safe for any request, as nothing of it was handled. A node proxy
-// under heavy stream churn now and then ends a tunnel with GOAWAY; the new
-// stream then goes through another tunnel instead of failing with 503
-// (e2e/TestSetupChurnBesideBulkFailsNothing, docs/envoy.md).
+// that ends a tunnel with GOAWAY (draining, or its HTTP/2 codec's reset
+// bucket, docs/envoy.md) then costs a new stream no 503: it goes through
+// another tunnel.
 func refusedStreamRetry() *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
 		RetryOn:    "refused-stream",

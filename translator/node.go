@@ -80,10 +80,35 @@ func reverseTunnelListeners(node string, s model.Settings) []*listenerv3.Listene
 	return listeners
 }
 
+// The node proxy is the HTTP/2 server of its tunnels, and nghttp2 (Envoy
+// 1.40's codec) ends a server connection with GOAWAY INTERNAL_ERROR once its
+// peer has sent more RST_STREAMs than a token bucket allows (1,000, then 33
+// a second: the Rapid Reset defence). Every CONNECT whose apiserver side
+// closes first ends with the apiserver proxy resetting its stream, so a
+// tunnel carrying more than ~33 short CONNECTs a second ended, with every
+// stream on it, after ~1,000 of them (measured: a tunnel every ~1,000
+// set-ups beside bulk, cutting bulk streams and slowing the rest). The peer
+// is the apiserver proxy, authenticated by the tunnel CA, whose streams per
+// node are capped (nodeMaxStreams): the bucket is set where only a runaway
+// peer reaches it (e2e/TestSetupChurnBesideBulkFailsNothing).
+const (
+	tunnelStreamResetBurst = 100000
+	tunnelStreamResetRate  = 10000 // per second, per tunnel
+)
+
+// tunnelServerHTTP2Options are the tunnel's HTTP/2 settings on the node
+// proxy, the server side: http2Options and the stream reset bucket.
+func tunnelServerHTTP2Options(s model.Settings) *corev3.Http2ProtocolOptions {
+	o := http2Options(s)
+	o.StreamResetBurst = wrapperspb.UInt64(tunnelStreamResetBurst)
+	o.StreamResetRate = wrapperspb.UInt64(tunnelStreamResetRate)
+	return o
+}
+
 func reverseTunnelListener(address string, s model.Settings) *listenerv3.Listener {
 	hcm := connectHCM("node_tunnel", NodeTunnelRoute, s)
 	hcm.CodecType = hcmv3.HttpConnectionManager_HTTP2
-	hcm.Http2ProtocolOptions = http2Options(s)
+	hcm.Http2ProtocolOptions = tunnelServerHTTP2Options(s)
 	hcm.CommonHttpProtocolOptions = tunnelConnectionOptions()
 	return &listenerv3.Listener{
 		Name:                          reverseTunnelListenerName(address),
