@@ -32,15 +32,16 @@ type memoryPerNode struct {
 // proxy does, without an Envoy per node: mTLS with the node's tunnel
 // certificate, the reverse-tunnel handshake (GET /reverse_connections/request
 // with the node, cluster and tenant ids), then it answers the responder's
-// keepalive pings (RPING) until closed.
-func simulatedNode(addr, node string, tunnel int, cert pki.Certificate, caPEM []byte, s model.Settings) (net.Conn, error) {
+// keepalive pings (RPING) until closed. The connection and the handshake
+// must each finish within the given time.
+func simulatedNode(addr, node string, tunnel int, cert pki.Certificate, caPEM []byte, s model.Settings, within time.Duration) (net.Conn, error) {
 	pair, err := tls.X509KeyPair(cert.CertPEM, cert.KeyPEM)
 	if err != nil {
 		return nil, err
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: within}, "tcp", addr,
 		&tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots, ServerName: s.APIServerProxyName})
 	if err != nil {
 		return nil, err
@@ -52,7 +53,7 @@ func simulatedNode(addr, node string, tunnel int, cert pki.Certificate, caPEM []
 		"x-envoy-reverse-tunnel-worker-id: worker_0\r\nx-envoy-reverse-tunnel-connection-id: %d\r\ncontent-length: 0\r\n\r\n",
 		addr, node, s.ClusterID, s.TenantID, translator.APIServerProxies, time.Now().UnixMilli(), tunnel+1)
 	br := bufio.NewReader(conn)
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(within))
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		conn.Close()
@@ -100,7 +101,7 @@ func spokeMemoryPerNode(t *testing.T, n int, cfg benchConfig) (int64, error) {
 			return 0, err
 		}
 		for j := uint32(0); j < tp.settings.TunnelsPerEndpoint; j++ {
-			conn, err := simulatedNode(addr, node, int(j), cert, sec.issuer.CAPEM(), tp.settings)
+			conn, err := simulatedNode(addr, node, int(j), cert, sec.issuer.CAPEM(), tp.settings, 5*time.Second)
 			if err != nil {
 				return 0, err
 			}

@@ -9,12 +9,51 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/spokeproxy/spoke/envoy/envoytest"
 )
+
+// The spoke binary the tests put in images, built once for all of them
+// with make image's flags: each other set of build flags (-trimpath,
+// CGO_ENABLED) compiles every dependency again, minutes on a cold cache.
+var (
+	spokeBuild     sync.Once
+	spokeBinary    string
+	spokeBuildErr  error
+	spokeBuildTemp string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if spokeBuildTemp != "" {
+		os.RemoveAll(spokeBuildTemp)
+	}
+	os.Exit(code)
+}
+
+// builtSpoke is the real spoke binary, static and stamped v9.9.9-test.
+func builtSpoke(t *testing.T) string {
+	t.Helper()
+	spokeBuild.Do(func() {
+		if spokeBuildTemp, spokeBuildErr = os.MkdirTemp("", "spoke-image-test-"); spokeBuildErr != nil {
+			return
+		}
+		spokeBinary = filepath.Join(spokeBuildTemp, "spoke")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v9.9.9-test", "-o", spokeBinary, "../spoke")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			spokeBuildErr = errors.New("build spoke: " + err.Error() + "\n" + string(out))
+		}
+	})
+	if spokeBuildErr != nil {
+		t.Fatal(spokeBuildErr)
+	}
+	return spokeBinary
+}
 
 // TestImageHoldsOnlyTheStaticBinaryAsNonRoot builds the real spoke binary
 // as make image does, writes the archive, reads it back as docker load
@@ -23,12 +62,7 @@ import (
 // same digest when built twice from the same binary.
 func TestImageHoldsOnlyTheStaticBinaryAsNonRoot(t *testing.T) {
 	dir := t.TempDir()
-	binary := filepath.Join(dir, "spoke")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=v9.9.9-test", "-o", binary, "../spoke")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build spoke: %v\n%s", err, out)
-	}
+	binary := builtSpoke(t)
 	archive := filepath.Join(dir, "spoke-image.tar")
 	if err := run(binary, "spoke:v9.9.9-test", "v9.9.9-test", archive); err != nil {
 		t.Fatal(err)
@@ -209,13 +243,7 @@ func TestDockerfileBuildsTheSameImage(t *testing.T) {
 // behave like upstream's: no entrypoint and a CMD (a pod's args are then the
 // whole command), an empty /tmp writable by all with the sticky bit, links.
 func TestStaticImageLikeUpstreamBusybox(t *testing.T) {
-	dir := t.TempDir()
-	binary := filepath.Join(dir, "spoke")
-	build := exec.Command("go", "build", "-o", binary, "../spoke")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	binary := builtSpoke(t)
 	st := Static{Binary: binary, Path: "/bin/busybox", Cmd: []string{"sh"}, NoEntrypoint: true, Links: []string{"/bin/sh"}, Dirs: []string{"/tmp:1777"}, User: "0", Version: "test"}
 	img, err := st.Build()
 	if err != nil {
