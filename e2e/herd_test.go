@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("SPOKE_HERD_NODES")); err == nil && n > 0 {
 		nodes = n
 	}
+	raiseFileLimit(t, uint64(2*nodes*4+2000))
 	tp := newTopology(t)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	apiWorkers, _ := manifestWorkers(t)
@@ -94,7 +96,30 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d tunnel handshakes were not answered within a node proxy's %v: a restart of this size would make nodes retry", failed, handshakes, timeout)
 	}
+	if _, err := api.Get("/ready"); err != nil {
+		t.Errorf("the apiserver proxy does not answer after the herd: %v\n%s", err, tail(api.Log(), 6000))
+	}
 	if held := api.StatSum("total_nodes"); held < nodes {
 		t.Errorf("the apiserver proxy counts %d connected nodes after the herd, want %d", held, nodes)
 	}
+}
+
+// raiseFileLimit makes this process's descriptor limit, which the Envoys it
+// starts inherit, at least want: the apiserver proxy holds two descriptors
+// per tunnel (Envoy 1.40 duplicates each accepted tunnel socket) and aborts
+// when it cannot (docs/envoy.md).
+func raiseFileLimit(t *testing.T, want uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur >= want {
+		return
+	}
+	old := lim
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: max(want, lim.Max)}); err != nil {
+		t.Skipf("the herd needs %d file descriptors, the limit is %d and cannot be raised (%v): run as root or raise it (ulimit -n)", want, lim.Cur, err)
+	}
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
 }
