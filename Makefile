@@ -148,7 +148,7 @@ bench-config: tools
 		go test ./e2e/ -run '^TestAPIServerProxyConfigBenchmark$$' -count=1 -timeout 20m
 	@cat dist/bench-config.md
 
-## bench-curve: bench-datapath once per tunnel setting of a grid, then the picture docs/datapath-curve.svg (about 40 minutes)
+## bench-curve: bench-datapath once per tunnel setting of a grid, then the picture docs/datapath-curve.svg (about 20 minutes)
 bench-curve: tools tools-konnectivity
 	bash e2e/bench-curve.sh
 
