@@ -396,8 +396,8 @@ func startSpoke(t *testing.T, cfg benchConfig) benchEnv {
 	targets, h, bulk := benchTargets(t, tp.port)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	apiLog, nodeLog := manifestLogLevels(t)
-	apiWorkers := append([]string{"--concurrency", strconv.Itoa(cfg.apiWorkers)}, apiLog...)
-	workers := append([]string{"--concurrency", strconv.Itoa(cfg.nodeWorkers)}, nodeLog...)
+	apiWorkers := deployedEnvoyFlags(cfg.apiWorkers, apiLog)
+	workers := deployedEnvoyFlags(cfg.nodeWorkers, nodeLog)
 	apiProxy := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", apiWorkers...)
 	dial := datapath.ConnectOverUnix(tp.settings.EgressSocketPath)
 	nodes := []*envoytest.Process{sec.startNodeProxyFlags(t, tp.bin, "node-a", workers...)}

@@ -119,18 +119,15 @@ func TestFrozenApiserverProxyDegradesToSlower(t *testing.T) {
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 	tp.startAPIServerProxy()
-	api, err := os.FindProcess(tp.apiProxy.PID())
-	if err != nil {
+	pid := tp.apiProxy.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	if err := api.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = api.Signal(syscall.SIGCONT) })
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	node := tp.startNodeProxy("node-a", "node-a")
 	time.Sleep(frozen)
 	timedOut := node.StatSum(".failure_reason.timeout")
-	if err := api.Signal(syscall.SIGCONT); err != nil {
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	resumed := time.Now()
@@ -157,19 +154,14 @@ func TestFrozenApiserverProxyDegradesToSlower(t *testing.T) {
 // 100 ms (cgroup v1 cpu controller, or v2 cpu.max), removed at cleanup.
 func limitCPU(t *testing.T, pid, quotaMicros int) {
 	t.Helper()
-	name := fmt.Sprintf("spoke-e2e-starve-%d", pid)
-	files := map[string]string{}
-	root := "/sys/fs/cgroup/cpu"
-	if _, err := os.Stat(filepath.Join(root, "cpu.cfs_quota_us")); err == nil {
-		files["cpu.cfs_period_us"] = "100000"
-		files["cpu.cfs_quota_us"] = strconv.Itoa(quotaMicros)
-	} else if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		root = "/sys/fs/cgroup"
-		files["cpu.max"] = fmt.Sprintf("%d 100000", quotaMicros)
-	} else {
-		t.Skip("no CPU cgroup controller at /sys/fs/cgroup/cpu or /sys/fs/cgroup: run on Linux as root with cgroups mounted")
+	root, limits := "/sys/fs/cgroup/cpu", [][2]string{{"cpu.cfs_period_us", "100000"}, {"cpu.cfs_quota_us", strconv.Itoa(quotaMicros)}}
+	if _, err := os.Stat(filepath.Join(root, "cpu.cfs_quota_us")); err != nil {
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+			t.Skip("no CPU cgroup controller at /sys/fs/cgroup/cpu or /sys/fs/cgroup: run on Linux as root with cgroups mounted")
+		}
+		root, limits = "/sys/fs/cgroup", [][2]string{{"cpu.max", fmt.Sprintf("%d 100000", quotaMicros)}}
 	}
-	dir := filepath.Join(root, name)
+	dir := filepath.Join(root, fmt.Sprintf("spoke-e2e-starve-%d", pid))
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Skipf("cannot create a CPU cgroup (%v): run as root", err)
 	}
@@ -177,11 +169,9 @@ func limitCPU(t *testing.T, pid, quotaMicros int) {
 		_ = os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
 		_ = os.Remove(dir)
 	})
-	for _, f := range []string{"cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.max"} {
-		if v, ok := files[f]; ok {
-			if err := os.WriteFile(filepath.Join(dir, f), []byte(v), 0); err != nil {
-				t.Fatalf("set %s: %v", f, err)
-			}
+	for _, l := range limits {
+		if err := os.WriteFile(filepath.Join(dir, l[0]), []byte(l[1]), 0); err != nil {
+			t.Fatalf("set %s: %v", l[0], err)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {

@@ -36,7 +36,7 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	apiWorkers, _ := manifestWorkers(t)
 	apiLog, _ := manifestLogLevels(t)
-	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", append([]string{"--concurrency", strconv.Itoa(apiWorkers)}, apiLog...)...)
+	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", deployedEnvoyFlags(apiWorkers, apiLog)...)
 	certs := make([]pki.Certificate, nodes)
 	for i := range certs {
 		var err error

@@ -275,24 +275,30 @@ func manifestWorkers(t *testing.T) (api, node int) {
 }
 
 func manifestWorkerFlags(t *testing.T) (api, node string) {
-	var pod corev1.Pod
-	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
-	var ds appsv1.DaemonSet
-	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
-	return containerFlag(t, pod.Spec, "apiserver-proxy", "--concurrency"), containerFlag(t, ds.Spec.Template.Spec, "envoy", "--concurrency")
+	return manifestEnvoyFlag(t, "--concurrency")
 }
 
-// manifestLogLevels are the --component-log-level flags the manifests run
+// manifestLogLevels are the --component-log-level values the manifests run
 // each Envoy with: a benchmark measures Envoy as deployed (the tests'
 // default, connection:debug, logs every connection and cost spoke's set-ups
 // ~170 µs at p50).
-func manifestLogLevels(t *testing.T) (api, node []string) {
+func manifestLogLevels(t *testing.T) (api, node string) {
+	return manifestEnvoyFlag(t, "--component-log-level")
+}
+
+// manifestEnvoyFlag is a flag's value on the apiserver proxy's and the node
+// proxy's Envoy containers of the manifests.
+func manifestEnvoyFlag(t *testing.T, flag string) (api, node string) {
 	var pod corev1.Pod
 	renderedObject(t, readRepoFile(t, "manifests/control-plane/spoke-control-plane.yaml"), "Pod", &pod)
 	var ds appsv1.DaemonSet
 	renderedObject(t, readRepoFile(t, "manifests/base/node-proxy.yaml"), "DaemonSet", &ds)
-	const flag = "--component-log-level"
-	return []string{flag, containerFlag(t, pod.Spec, "apiserver-proxy", flag)}, []string{flag, containerFlag(t, ds.Spec.Template.Spec, "envoy", flag)}
+	return containerFlag(t, pod.Spec, "apiserver-proxy", flag), containerFlag(t, ds.Spec.Template.Spec, "envoy", flag)
+}
+
+// deployedEnvoyFlags run an Envoy with workers and a manifest's log levels.
+func deployedEnvoyFlags(workers int, logLevels string) []string {
+	return []string{"--concurrency", strconv.Itoa(workers), "--component-log-level", logLevels}
 }
 
 // workerCounts parses --concurrency values taken from where (for the error).
