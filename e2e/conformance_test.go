@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -93,35 +94,55 @@ func TestConformanceThroughSpoke(t *testing.T) {
 		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},
 	}, conformanceImages(t)...)
-	specs := runUpstreamE2E(t, c.cp.adminKubeconfig(t), conformanceFocus, func() (int, error) {
+	specs, run := runUpstreamE2E(t, c.cp.adminKubeconfig(t), conformanceFocus, upstreamProcs(t), func() (int, error) {
 		return c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total"), nil
 	})
-	checkUpstreamSpecs(t, specs, 10)
+	checkUpstreamSpecs(t, specs, run, 10)
+}
+
+// upstreamProcs is how many ginkgo processes run the upstream specs (set by
+// SPOKE_UPSTREAM_PROCS; 1 runs them one after the other). The specs mostly
+// wait for pods, so more processes than cores pay: measured in
+// docs/testing.md.
+func upstreamProcs(t *testing.T) int {
+	t.Helper()
+	v := os.Getenv("SPOKE_UPSTREAM_PROCS")
+	if v == "" {
+		return 4
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("SPOKE_UPSTREAM_PROCS=%q: want a number of processes, 1 or more", v)
+	}
+	return n
 }
 
 // upstreamSpec is one spec of an upstream e2e run: its state and the
 // streams the apiserver proxy carried while it ran.
 type upstreamSpec struct {
-	name, state string
-	start, end  time.Time
-	streams     int
+	name, state        string
+	start, end         time.Time
+	streams, alongside int
 }
 
 // runUpstreamE2E runs e2e.test (built from k8s.io/kubernetes, the
-// cluster's version) with focus against the cluster of kubeconfig, one
-// spec after the other, reading streams() (what the apiserver proxy has
-// carried) ten times a second to give each spec its share. It fails the test if
-// the suite fails or runs nothing.
-func runUpstreamE2E(t *testing.T, kubeconfig, focus string, streams func() (int, error)) []upstreamSpec {
+// cluster's version) with focus against the cluster of kubeconfig, in procs
+// parallel processes under the ginkgo CLI (as upstream's CI does), reading
+// streams() (what the apiserver proxy has carried) ten times a second to
+// give each spec the streams carried while it ran. It fails the test if the
+// suite fails or runs nothing.
+func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams func() (int, error)) ([]upstreamSpec, streamTimeline) {
 	t.Helper()
-	e2eTest := kubeTool(t, "e2e.test")
+	ginkgo, e2eTest := kubeTool(t, "ginkgo"), kubeTool(t, "e2e.test")
 	reportDir := t.TempDir()
 	samples := sampleStreams(streams)
 	start := time.Now()
-	cmd := exec.Command(e2eTest, "--kubeconfig", kubeconfig, "--provider", "skeleton", "--kubectl-path", kubeTool(t, "kubectl"),
-		"--report-dir", reportDir, "--ginkgo.json-report", filepath.Join(reportDir, "report.json"),
-		"--ginkgo.focus", focus, "--ginkgo.skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]`,
-		"--ginkgo.no-color", "--ginkgo.timeout", "40m", "--minStartupPods", "0")
+	cmd := exec.Command(ginkgo, "run", "--procs", strconv.Itoa(procs), "--no-color", "--timeout", "40m",
+		"--focus", focus, "--skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]`,
+		"--output-dir", reportDir, "--json-report", "report.json",
+		e2eTest, "--",
+		"--kubeconfig", kubeconfig, "--provider", "skeleton", "--kubectl-path", kubeTool(t, "kubectl"),
+		"--report-dir", reportDir, "--minStartupPods", "0")
 	logFile := filepath.Join(reportDir, "e2e.log")
 	f, err := os.Create(logFile)
 	if err != nil {
@@ -133,26 +154,32 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, streams func() (int,
 	timeline := samples.stop()
 	out, _ := os.ReadFile(logFile)
 	summary := regexp.MustCompile(`Ran (\d+) of \d+ Specs.*\n.*(SUCCESS|FAIL)!.*`).FindString(string(out))
-	t.Logf("upstream e2e through spoke, %v: %s", time.Since(start).Round(time.Second), summary)
+	t.Logf("upstream e2e through spoke, %d processes, %v: %s", procs, time.Since(start).Round(time.Second), summary)
 	if err != nil || summary == "" || strings.HasPrefix(summary, "Ran 0 ") {
-		t.Errorf("e2e.test: %v\n%s", err, tail(string(out), 12000))
+		t.Errorf("ginkgo run e2e.test: %v\n%s", err, tail(string(out), 12000))
 	}
 	specs := jsonSpecs(t, filepath.Join(reportDir, "report.json"))
 	for i := range specs {
 		specs[i].streams = timeline.between(specs[i].start, specs[i].end)
+		for _, other := range specs {
+			if other.start.Before(specs[i].end) && specs[i].start.Before(other.end) {
+				specs[i].alongside++
+			}
+		}
+		specs[i].alongside-- // itself
 	}
-	return specs
+	return specs, timeline
 }
 
-// checkUpstreamSpecs logs each spec with its streams and fails on any spec
-// that did not pass, or on fewer than min passed, or on a run that put
-// fewer streams than specs through spoke.
-func checkUpstreamSpecs(t *testing.T, specs []upstreamSpec, min int) {
+// checkUpstreamSpecs logs each spec with the streams carried while it ran
+// (shared with the specs that ran alongside it) and fails on any spec that
+// did not pass, or on fewer than min passed, or on a run that put fewer
+// streams than specs through spoke.
+func checkUpstreamSpecs(t *testing.T, specs []upstreamSpec, run streamTimeline, min int) {
 	t.Helper()
-	passed, total := 0, 0
+	passed := 0
 	for _, s := range specs {
-		t.Logf("%s through spoke (%d streams): %s", s.state, s.streams, s.name)
-		total += s.streams
+		t.Logf("%s through spoke (%d streams while it ran, alongside %d other specs): %s", s.state, s.streams, s.alongside, s.name)
 		switch s.state {
 		case "passed":
 			passed++
@@ -160,7 +187,8 @@ func checkUpstreamSpecs(t *testing.T, specs []upstreamSpec, min int) {
 			t.Errorf("upstream spec %s: %s", s.state, s.name)
 		}
 	}
-	t.Logf("%d specs passed; the apiserver proxy carried %d streams into tunnels for them", passed, total)
+	total := run.growth()
+	t.Logf("%d specs passed; the apiserver proxy carried %d streams into tunnels during the run", passed, total)
 	if passed < min || total < passed {
 		t.Errorf("%d specs passed (want at least %d) and the apiserver proxy carried %d streams: the suite did not go through spoke as meant", passed, min, total)
 	}
@@ -235,6 +263,14 @@ func sampleStreams(read func() (int, error)) *streamSamples {
 func (s *streamSamples) stop() streamTimeline {
 	close(s.stopped)
 	return <-s.done
+}
+
+// growth is the counter's growth over the whole timeline.
+func (tl streamTimeline) growth() int {
+	if len(tl) == 0 {
+		return 0
+	}
+	return tl[len(tl)-1].value - tl[0].value
 }
 
 // between is the counter's growth from the last sample at or before start

@@ -12,40 +12,55 @@ import (
 	"time"
 )
 
-// The real-kubelet tests take names and routes of the whole host: network
-// namespaces and veths named spk-<node>, unreachable routes for
-// 172.30.0.0/16 and 10.244.0.0/16, cgroup roots /spoke-<node>. Two runs on
-// one machine would collide ("RTNETLINK answers: File exists"), so the
-// first test that needs them takes a lock for the rest of its process; a
-// second run waits, saying which run holds it.
+// Two things of the whole machine are shared by every run of this
+// package, so each is a lock taken by the first test that needs it and held
+// for the rest of its process; a second run waits, saying which run holds
+// it:
+//   - the real-kubelet tests' network namespaces and veths named
+//     spk-<node>, unreachable routes for 172.30.0.0/16 and 10.244.0.0/16,
+//     cgroup roots /spoke-<node> (two runs would collide: "RTNETLINK
+//     answers: File exists");
+//   - the kind clusters' names (spoke-e2e, spoke-konnectivity) and their
+//     nodes' containers.
+//
+// They are separate so the kind tests can run beside the real-kubelet
+// tests (make test does: a go test run each).
+var (
+	hostLock = &machineLock{path: filepath.Join(os.TempDir(), "spoke-e2e-host.lock"), what: "the host's test network and cgroups"}
+	kindLock = &machineLock{path: filepath.Join(os.TempDir(), "spoke-e2e-kind.lock"), what: "the kind clusters " + kindCluster + " and " + migrationCluster}
+)
 
-// hostLockPath is machine-wide: every checkout's runs share it.
-var hostLockPath = filepath.Join(os.TempDir(), "spoke-e2e-host.lock")
+// machineLockWait bounds the wait: longer than one run of the e2e package.
+const machineLockWait = 20 * time.Minute
 
-// hostLockWait bounds the wait: longer than one run of the e2e package.
-const hostLockWait = 20 * time.Minute
-
-var hostLock struct {
-	once sync.Once
-	file *os.File // held open (and locked) until the process ends
-	err  error
+// machineLock is a file lock (flock) every checkout's runs share.
+type machineLock struct {
+	path, what string
+	once       sync.Once
+	file       *os.File // held open (and locked) until the process ends
+	err        error
 }
 
 // lockHost takes the host's test network and cgroups for this process.
-func lockHost(t *testing.T) {
+func lockHost(t *testing.T) { hostLock.take(t) }
+
+// lockKindClusters takes the kind clusters' names for this process.
+func lockKindClusters(t *testing.T) { kindLock.take(t) }
+
+func (l *machineLock) take(t *testing.T) {
 	t.Helper()
-	hostLock.once.Do(func() { hostLock.file, hostLock.err = acquireHostLock(t.Logf) })
-	if hostLock.err != nil {
-		t.Fatal(hostLock.err)
+	l.once.Do(func() { l.file, l.err = l.acquire(t.Logf) })
+	if l.err != nil {
+		t.Fatal(l.err)
 	}
 }
 
-func acquireHostLock(logf func(string, ...any)) (*os.File, error) {
-	f, err := os.OpenFile(hostLockPath, os.O_RDWR|os.O_CREATE, 0o644)
+func (l *machineLock) acquire(logf func(string, ...any)) (*os.File, error) {
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("host test lock %s: %w", hostLockPath, err)
+		return nil, fmt.Errorf("test lock %s: %w", l.path, err)
 	}
-	deadline, logged := time.Now().Add(hostLockWait), false
+	deadline, logged := time.Now().Add(machineLockWait), false
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
@@ -53,15 +68,15 @@ func acquireHostLock(logf func(string, ...any)) (*os.File, error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("host test lock %s: %w", hostLockPath, err)
+			return nil, fmt.Errorf("test lock %s: %w", l.path, err)
 		}
-		holder := hostLockHolder()
+		holder := l.holder()
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("the host's test network is still held after %v by %s (%s); wait for that run, or end it", hostLockWait, holder, hostLockPath)
+			return nil, fmt.Errorf("%s are still held after %v by %s (%s); wait for that run, or end it", l.what, machineLockWait, holder, l.path)
 		}
 		if !logged {
-			logf("waiting for the host's test network and cgroups, held by %s (%s)", holder, hostLockPath)
+			logf("waiting for %s, held by %s (%s)", l.what, holder, l.path)
 			logged = true
 		}
 		time.Sleep(time.Second)
@@ -73,20 +88,21 @@ func acquireHostLock(logf func(string, ...any)) (*os.File, error) {
 	return f, nil
 }
 
-func hostLockHolder() string {
-	raw, err := os.ReadFile(hostLockPath)
+// holder is what the lock file says about the run that holds it.
+func (l *machineLock) holder() string {
+	raw, err := os.ReadFile(l.path)
 	if err != nil || len(strings.TrimSpace(string(raw))) == 0 {
 		return "another run"
 	}
 	return strings.TrimSpace(string(raw))
 }
 
-// TestHostLockIsExclusive: once this process holds the host lock, another
+// TestHostLockIsExclusive: once this process holds a machine lock, another
 // holder (a second open file, as another run's would be) is refused, and
-// the lock file names this process.
+// the lock file names this process; a run waiting for it says who holds it.
 func TestHostLockIsExclusive(t *testing.T) {
 	lockHost(t)
-	other, err := os.OpenFile(hostLockPath, os.O_RDWR, 0)
+	other, err := os.OpenFile(hostLock.path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +110,7 @@ func TestHostLockIsExclusive(t *testing.T) {
 	if err := syscall.Flock(int(other.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
 		t.Fatalf("a second holder got the lock: %v", err)
 	}
-	if holder := hostLockHolder(); !strings.HasPrefix(holder, fmt.Sprintf("pid %d,", os.Getpid())) {
+	if holder := hostLock.holder(); !strings.HasPrefix(holder, fmt.Sprintf("pid %d,", os.Getpid())) {
 		t.Errorf("the lock file names %q, not this process", holder)
 	}
 }

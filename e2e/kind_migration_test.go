@@ -27,7 +27,7 @@ const (
 // once a second throughout, and what failed around each switch is counted.
 func TestKindMigrationFromKonnectivity(t *testing.T) {
 	kind, nodeImage := kindTools(t)
-	lockHost(t)
+	lockKindClusters(t)
 	images := append(append(localImages(t), spokeImages(t)...), konnectivityImages(t)...)
 	cp := kindClusterUp(t, kind, nodeImage, migrationCluster, migrationConfig, images)
 	controlPlaneNode := migrationCluster + "-control-plane"

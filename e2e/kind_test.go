@@ -217,7 +217,7 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 // service proxies, a webhook and an APIService, all through spoke.
 func TestKindClusterThroughSpoke(t *testing.T) {
 	kind, nodeImage := kindTools(t)
-	lockHost(t) // one kind cluster of this name per machine
+	lockKindClusters(t)
 	images := slices.Concat(localImages(t), spokeImages(t), conformanceImages(t))
 	cp := kindClusterUp(t, kind, nodeImage, kindCluster, kindConfig, images)
 
@@ -260,8 +260,8 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	// The upstream e2e specs of everything that goes from the control plane
 	// to the nodes, on a cluster with kube-proxy, DNS and service-account
 	// tokens, spoke its only way there.
-	specs := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, kindAPIProxyStreams(t, kindCluster+"-control-plane"))
-	checkUpstreamSpecs(t, specs, 60)
+	specs, run := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, upstreamProcs(t), kindAPIProxyStreams(t, kindCluster+"-control-plane"))
+	checkUpstreamSpecs(t, specs, run, 60)
 }
 
 // kindUpstreamFocus: the Conformance specs of admission and conversion

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager,
-# kube-scheduler and agnhost into $1 (default:
+# kube-scheduler, agnhost, e2e.test and the ginkgo CLI into $1 (default:
 # ../../.tools/kube-<version>), once per version: a cached build is reused.
 # kubectl, kubeadm, kubelet, the controller manager and the scheduler are the upstream commands (go.mod's tool lines), stamped
 # with the version as a release build is: kubeadm checks it against the
@@ -30,4 +30,7 @@ fi
 # e2e.test: the upstream end-to-end suite, for the conformance tests of the
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 [ -x "$out/e2e.test" ] || go test -c -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
-echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, agnhost and e2e.test $K8S_VERSION in $out (built once, then cached)"
+# ginkgo: the CLI that runs e2e.test's specs in parallel processes (the
+# version e2e.test was built with, from the same go.sum).
+[ -x "$out/ginkgo" ] || go build -o "$out/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
+echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
