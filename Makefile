@@ -88,32 +88,41 @@ kind-node-image: tools-kube
 
 ## e2e-kind: the kind tests alone (spoke deployed as documented; the move from Konnectivity), on spoke's own Docker daemon (started here when none answers, stopped at the end)
 e2e-kind: tools tools-kube tools-konnectivity tools-kind
-	$(WITH_KIND) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -v -timeout 40m -run '$(KIND_TESTS)' ./e2e/
+	$(WITH_DOCKER) $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -v -timeout 30m -run '$(KIND_TESTS)' ./e2e/
 
 # The tests that create kind clusters: make test runs them in a go test run
 # of their own.
 KIND_TESTS = ^TestKind(ClusterThroughSpoke|MigrationFromKonnectivity)$$
 
-# WITH_KIND starts spoke's Docker daemon (stopped when the recipe's shell
-# exits) and builds the kind node image before what follows it.
-WITH_KIND = trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" && \
-	node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
+# WITH_DOCKER starts spoke's Docker daemon (stopped when the recipe's shell
+# exits); WITH_NODE_IMAGE builds the kind node image (or finds it cached)
+# before what follows it.
+WITH_DOCKER = trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" &&
+WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet
-	# Two go test runs, each with a limit of about twice what it takes
-	# here: everything but the kind tests (~20 min, e2e ~15 of them), then
-	# the kind tests (~17 min: the documented deploy and 70 upstream specs,
-	# the move from Konnectivity) on spoke's own Docker daemon and a node
-	# image built here (WITH_KIND).
-	$(WITH_KIND) SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 SPOKE_REQUIRE_KIND=1 \
-		go test -count=1 -timeout 40m -skip '$(KIND_TESTS)' ./... && \
-		SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 40m -run '$(KIND_TESTS)' ./e2e/
-	$(MAKE) race
-	# A count, not a duration: Go 1.26's fuzz coordinator can fail a
-	# duration-bounded run with "context deadline exceeded" and no crasher
-	# (golang/go#75804, fixed in Go 1.27).
-	$(MAKE) fuzz FUZZTIME=150000x
+	# Two lanes at once (docs/testing.md has what each takes): the kind
+	# lane's output is prefixed "kind| "; the recipe fails if either does.
+	$(WITH_DOCKER) { \
+	  { $(KIND_LANE); } > >(sed -u 's/^/kind| /') 2>&1 & kind_lane=$$!; \
+	  { $(OTHER_LANE); }; other=$$?; wait $$kind_lane; kind=$$?; \
+	  echo "make test: kind lane exit $$kind, other lane exit $$other"; [ $$kind = 0 ] && [ $$other = 0 ]; }
+
+# The kind tests: the documented deploy and 70 upstream specs, the move
+# from Konnectivity, on spoke's own Docker daemon (WITH_DOCKER) and a node
+# image built here. The clusters mostly wait for pods, so this lane shares
+# the 2 cores with the other.
+KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
+
+# Everything else, then the concurrent parts under the race detector and
+# the fuzzer. Each go test run's limit is about twice what it takes here.
+# The fuzzer gets a count, not a duration: Go 1.26's fuzz coordinator can
+# fail a duration-bounded run with "context deadline exceeded" and no
+# crasher (golang/go#75804, fixed in Go 1.27).
+OTHER_LANE = SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 \
+		go test -count=1 -timeout 30m -skip '$(KIND_TESTS)' ./... && \
+	$(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
 
 ## race: the concurrent parts (server, tracker, sources, file reloads, incremental model) under the race detector
 race:
