@@ -13,7 +13,9 @@ import (
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/translator"
 )
 
 // TestTunnelReconnectHerd: every node dials its tunnels to a fresh
@@ -37,64 +39,27 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	apiWorkers, _ := manifestWorkers(t)
 	apiLog, _ := manifestLogLevels(t)
 	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", deployedEnvoyFlags(apiWorkers, apiLog)...)
-	certs := make([]pki.Certificate, nodes)
-	for i := range certs {
-		var err error
-		if certs[i], err = sec.issuer.NodeCertificate(fmt.Sprintf("herd-%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
-	timeout := envoy.TunnelHandshakeResponseTimeout
 	cpuBefore, err := datapath.ProcessCPU(api.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	took := make([]time.Duration, nodes*tunnels)
-	conns := make([]net.Conn, nodes*tunnels)
-	errs := make([]error, nodes*tunnels)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range nodes {
-		for j := range tunnels {
-			k := i*tunnels + j
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				began := time.Now()
-				conns[k], errs[k] = simulatedNode(addr, fmt.Sprintf("herd-%d", i), j, certs[i], sec.issuer.CAPEM(), tp.settings, timeout)
-				took[k] = time.Since(began)
-			}()
-		}
-	}
-	wg.Wait()
-	all := time.Since(start)
+	h := dialHerd(t, sec, tp, 0, nodes)
 	cpuAfter, err := datapath.ProcessCPU(api.PID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed := 0
-	for k, c := range conns {
-		if errs[k] != nil {
-			if failed < 3 {
-				t.Logf("handshake %d: %v", k, errs[k])
-			}
-			failed++
-			continue
-		}
-		t.Cleanup(func() { c.Close() })
-	}
+	failed := h.failed(t)
 	handshakes := nodes * tunnels
 	perHandshake := (cpuAfter - cpuBefore) / time.Duration(handshakes)
 	fleet := 5000 * tunnels
 	t.Logf("%d nodes x %d tunnels dialed a fresh apiserver proxy (%d workers) at once: all answered in %v (%.0f handshakes a second), each p50 %v, p99 %v, longest %v; %d failed (not answered within %v, or closed)",
-		nodes, tunnels, apiWorkers, all.Round(time.Millisecond), float64(handshakes)/all.Seconds(),
-		datapath.Percentile(took, .5).Round(time.Millisecond), datapath.Percentile(took, .99).Round(time.Millisecond), slices.Max(took).Round(time.Millisecond), failed, timeout)
+		nodes, tunnels, apiWorkers, h.all.Round(time.Millisecond), float64(handshakes)/h.all.Seconds(),
+		datapath.Percentile(h.took, .5).Round(time.Millisecond), datapath.Percentile(h.took, .99).Round(time.Millisecond), slices.Max(h.took).Round(time.Millisecond), failed, h.timeout)
 	t.Logf("apiserver proxy CPU per handshake %v: 5,000 nodes (%d handshakes) at once need ~%v of CPU, %v on its %d workers",
 		perHandshake.Round(time.Microsecond), fleet, (perHandshake * time.Duration(fleet)).Round(100*time.Millisecond),
 		(perHandshake * time.Duration(fleet) / time.Duration(apiWorkers)).Round(100*time.Millisecond), apiWorkers)
 	if failed > 0 {
-		t.Errorf("%d of %d tunnel handshakes failed or were not answered within a node proxy's %v: a restart of this size would make nodes retry", failed, handshakes, timeout)
+		t.Errorf("%d of %d tunnel handshakes failed or were not answered within a node proxy's %v: a restart of this size would make nodes retry", failed, handshakes, h.timeout)
 	}
 	if _, err := api.Get("/ready"); err != nil {
 		t.Errorf("the apiserver proxy does not answer after the herd: %v\n%s", err, tail(api.Log(), 6000))
@@ -104,10 +69,75 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	}
 }
 
+// herd is what dialHerd's simulated nodes got: per tunnel its connection
+// or error and how long its handshake took; all is the whole herd's time.
+type herd struct {
+	conns   []net.Conn
+	errs    []error
+	took    []time.Duration
+	all     time.Duration
+	timeout time.Duration
+}
+
+// dialHerd has nodes simulated nodes (herd-<from> ...) dial all their
+// tunnels to the apiserver proxy of tp at the same moment, each handshake bounded by
+// a node proxy's envoy.TunnelHandshakeResponseTimeout. Open tunnels are
+// closed when the test ends.
+func dialHerd(t *testing.T, sec *secureServer, tp *topology, from, nodes int) herd {
+	t.Helper()
+	tunnels := int(tp.settings.TunnelsPerEndpoint)
+	certs := make([]pki.Certificate, nodes)
+	for i := range certs {
+		var err error
+		if certs[i], err = sec.issuer.NodeCertificate(fmt.Sprintf("herd-%d", from+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
+	h := herd{conns: make([]net.Conn, nodes*tunnels), errs: make([]error, nodes*tunnels), took: make([]time.Duration, nodes*tunnels), timeout: envoy.TunnelHandshakeResponseTimeout}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range nodes {
+		for j := range tunnels {
+			k := i*tunnels + j
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				began := time.Now()
+				h.conns[k], h.errs[k] = simulatedNode(addr, fmt.Sprintf("herd-%d", from+i), j, certs[i], sec.issuer.CAPEM(), tp.settings, h.timeout)
+				h.took[k] = time.Since(began)
+			}()
+		}
+	}
+	wg.Wait()
+	h.all = time.Since(start)
+	for _, c := range h.conns {
+		if c != nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return h
+}
+
+// failed counts the tunnels whose handshake failed, logging the first few.
+func (h herd) failed(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for k, err := range h.errs {
+		if err != nil {
+			if n < 3 {
+				t.Logf("handshake %d: %v", k, err)
+			}
+			n++
+		}
+	}
+	return n
+}
+
 // raiseFileLimit makes this process's descriptor limit, which the Envoys it
-// starts inherit, at least want: the apiserver proxy holds two descriptors
-// per tunnel (Envoy 1.40 duplicates each accepted tunnel socket) and aborts
-// when it cannot (docs/envoy.md).
+// starts inherit, at least want: the apiserver proxy holds a descriptor per
+// tunnel, two during its handshake (Envoy 1.40 duplicates each accepted
+// tunnel socket), and aborts when it cannot (docs/envoy.md).
 func raiseFileLimit(t *testing.T, want uint64) {
 	t.Helper()
 	var lim syscall.Rlimit
@@ -122,4 +152,61 @@ func raiseFileLimit(t *testing.T, want uint64) {
 		t.Skipf("the herd needs %d file descriptors, the limit is %d and cannot be raised (%v): run as root or raise it (ulimit -n)", want, lim.Cur, err)
 	}
 	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+}
+
+// TestHeldTunnelsLeaveTheConnectionCap pins how an apiserver proxy's
+// descriptors and its overload manager's connection cap meet tunnels, which
+// docs/operations.md sizes the descriptor limit by: an accepted tunnel is a
+// downstream connection only until its handshake hands the socket to the
+// responder (Envoy 1.40 duplicates it and closes the original), so the cap
+// bounds handshakes in flight (and CONNECTs), not tunnels held, and each
+// held tunnel keeps one descriptor. With a cap of 200: 400 tunnels dialed
+// 100 at a time are all held; 600 more at once meet the cap.
+func TestHeldTunnelsLeaveTheConnectionCap(t *testing.T) {
+	const connCap, batchNodes, batches, waveNodes = 200, 25, 4, 150
+	tp := newTopology(t)
+	tunnels := int(tp.settings.TunnelsPerEndpoint)
+	raiseFileLimit(t, uint64(2*(batchNodes*batches+waveNodes)*tunnels+2000))
+	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
+	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: sec.srv.Addr("socket"), MaxDownstreamConnections: connCap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiWorkers, _ := manifestWorkers(t)
+	apiLog, _ := manifestLogLevels(t)
+	api := envoytest.StartWithFlags(t, tp.bin, "served-apiserver-1", b, deployedEnvoyFlags(apiWorkers, apiLog)...)
+	fdsBefore := openFiles(t, api.PID())
+
+	for i := range batches {
+		if refused := dialHerd(t, sec, tp, i*batchNodes, batchNodes).failed(t); refused > 0 {
+			t.Fatalf("batch %d: %d of %d tunnels refused with %d handshakes in flight under a cap of %d", i, refused, batchNodes*tunnels, batchNodes*tunnels, connCap)
+		}
+	}
+	held := batches * batchNodes * tunnels
+	fds := openFiles(t, api.PID()) - fdsBefore
+	active := api.StatSumOf("listener.127.0.0.1_", ".downstream_cx_active")
+	t.Logf("%d tunnels held under a connection cap of %d: %d more descriptors, %d downstream connections active", held, connCap, fds, active)
+	if active > 0 || fds < held || fds > held+50 {
+		t.Errorf("%d tunnels held: %d downstream connections active (want 0: handed to the responder) and %d more descriptors (want one per tunnel)", held, active, fds)
+	}
+
+	wave := dialHerd(t, sec, tp, batches*batchNodes, waveNodes)
+	refused, overflow := wave.failed(t), api.StatSumOf("listener.127.0.0.1_", ".downstream_global_cx_overflow")
+	t.Logf("%d tunnels at once beside them: %d refused, the cap counted %d overflows", waveNodes*tunnels, refused, overflow)
+	if refused == 0 || overflow == 0 {
+		t.Errorf("%d handshakes at once under a cap of %d: %d refused, %d overflows counted; the cap should bound handshakes in flight", waveNodes*tunnels, connCap, refused, overflow)
+	}
+	if _, err := api.Get("/ready"); err != nil {
+		t.Errorf("the apiserver proxy does not answer: %v", err)
+	}
+}
+
+// openFiles counts the descriptors process pid holds.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
 }
