@@ -39,6 +39,7 @@ type benchConfig struct {
 	tunnelsPerNode int
 	systems        string // SPOKE_BENCH_SYSTEMS: the systems to run (names' first words), all when empty
 	settings       string // SPOKE_BENCH_SETTINGS: spoke settings (YAML) over the defaults, for tuning runs
+	placement      string // SPOKE_BENCH_PLACEMENT: "split" runs the control-plane-side proxy and the node proxies on separate CPUs; "" or "shared": wherever the kernel puts them
 }
 
 func benchConfigFor(full bool) benchConfig {
@@ -106,6 +107,11 @@ func TestDatapathBenchmark(t *testing.T) {
 	full := os.Getenv("SPOKE_BENCH_DATAPATH") == "1"
 	cfg := benchConfigFor(full)
 	cfg.systems, cfg.settings = os.Getenv("SPOKE_BENCH_SYSTEMS"), os.Getenv("SPOKE_BENCH_SETTINGS")
+	switch cfg.placement = os.Getenv("SPOKE_BENCH_PLACEMENT"); cfg.placement {
+	case "", "shared", "split":
+	default:
+		t.Fatalf("SPOKE_BENCH_PLACEMENT=%q: want shared or split", cfg.placement)
+	}
 	cfg.tunnelsPerNode = int(model.DefaultSettings().TunnelsPerEndpoint)
 	cfg.apiWorkers, cfg.nodeWorkers = benchWorkers(t)
 	if r, err := strconv.Atoi(os.Getenv("SPOKE_BENCH_ROUNDS")); err == nil && r > 0 {
@@ -228,6 +234,9 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	res.overloaded = loadExceedsCores(res.load)
 	env := sys.start(t, cfg)
 	res.nodeStart = env.nodeStart
+	if res.err = cfg.place(env.proxies()); res.err != nil {
+		return res
+	}
 	ctx := context.Background()
 	target := env.targets[0]
 	setups := cfg.setups
@@ -274,8 +283,29 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 			return res
 		}
 		res.restarts = append(res.restarts, took)
+		if res.err = cfg.place(env.proxies()); res.err != nil { // the restarted proxy
+			return res
+		}
 	}
 	return res
+}
+
+// place pins the proxies of pids when the placement is split: the first
+// (the control-plane side: the apiserver proxy, Konnectivity's server) to
+// CPU 0, the others (node proxies, agents) to CPU 1, every thread, as when
+// they run on separate hosts; the client, the targets and the bulk helper
+// stay where the kernel puts them. The same for every system.
+func (cfg benchConfig) place(pids []int) error {
+	if cfg.placement != "split" {
+		return nil
+	}
+	for i, pid := range pids {
+		cpu := min(i, 1)
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", strconv.Itoa(cpu), strconv.Itoa(pid)).CombinedOutput(); err != nil {
+			return fmt.Errorf("pin proxy %d to CPU %d: %v %s", pid, cpu, err, out)
+		}
+	}
+	return nil
 }
 
 // loadExceedsCores reads the 1-minute figure of a load average.
@@ -471,6 +501,9 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 		cfg.rounds, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), cfg.apiWorkers, cfg.nodeWorkers)
 	if cfg.settings != "" {
 		fmt.Fprintf(&b, "spoke settings over the defaults: `%s`\n\n", strings.Join(strings.Fields(cfg.settings), " "))
+	}
+	if cfg.placement == "split" {
+		b.WriteString("Placement split: the control-plane-side proxy pinned to CPU 0, the node proxies to CPU 1 (SPOKE_BENCH_PLACEMENT=split).\n\n")
 	}
 	fmt.Fprintf(&b, "Set-ups one every %v (SPOKE_BENCH_SETUP_INTERVAL), idle, beside %d bulk streams paced to %.0f MB/s in all (80%% of the slowest system's unlimited bulk in the warm-up, or SPOKE_BENCH_PACE), and beside unlimited bulk; the bulk's achieved rate in brackets. `*`: the load average exceeded the %d cores at the round's start.\n\n",
 		cfg.setupInterval, cfg.bulkStreams, float64(cfg.pace)/1e6, runtime.NumCPU())
