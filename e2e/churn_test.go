@@ -15,9 +15,12 @@ import (
 // ends a connection whose peer resets faster than its token bucket allows
 // (1,000, then 33 a second, unless set): with Envoy's defaults a tunnel went
 // every ~1,000 set-ups, with the bulk streams on it. Every set-up and every
-// bulk stream must survive, the bulk must keep its pace, and the node proxy
-// must end no tunnel (no HTTP/2 protocol error, no tunnel connection ended
-// at the apiserver proxy).
+// bulk stream must survive and the node proxy must end no tunnel (no HTTP/2
+// protocol error, no tunnel connection ended at the apiserver proxy). The
+// bulk's rate is logged, not checked: beside a cold CI run's compiles it fell
+// to 173 of 200 MB/s with no tunnel ended, so a rate threshold measured the
+// machine, not the fault (with nghttp2's default bucket: 1-2 tunnels ended
+// in every run).
 func TestSetupChurnBesideBulkFailsNothing(t *testing.T) {
 	cfg := benchConfigFor(false)
 	cfg.apiWorkers, cfg.nodeWorkers = manifestWorkers(t)
@@ -36,8 +39,5 @@ func TestSetupChurnBesideBulkFailsNothing(t *testing.T) {
 	}
 	if errs := env.nodeStat("http.node_tunnel.downstream_cx_protocol_error"); errs > 0 || tunnelsEnded > 0 {
 		t.Errorf("under set-up churn %d tunnels to node-a ended (the node proxy counted %d HTTP/2 protocol errors); want none", tunnelsEnded, errs)
-	}
-	if moved.MBps() < 0.9*pace/1e6 {
-		t.Errorf("the bulk beside the set-ups moved %.0f MB/s, below 90%% of its %d MB/s pace", moved.MBps(), pace/1_000_000)
 	}
 }
