@@ -103,30 +103,28 @@ WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIN
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet
 	# Two lanes at once (docs/testing.md has what each takes): the kind
-	# tests (their output prefixed "kind| ") then the race detector and the
-	# fuzzer; beside them everything else. The recipe fails if either lane
-	# does.
+	# tests, their output prefixed "kind| "; beside them everything else,
+	# then the race detector and the fuzzer. The recipe fails if either
+	# lane does.
 	$(WITH_DOCKER) { \
-	  { { $(KIND_LANE); } > >(sed -u 's/^/kind| /') 2>&1 && $(RACE_AND_FUZZ); } & kind_lane=$$!; \
-	  $(OTHER_LANE); other=$$?; wait $$kind_lane; kind=$$?; \
+	  { $(KIND_LANE); } > >(sed -u 's/^/kind| /') 2>&1 & kind_lane=$$!; \
+	  { $(OTHER_LANE); }; other=$$?; wait $$kind_lane; kind=$$?; \
 	  echo "make test: kind lane exit $$kind, other lane exit $$other"; [ $$kind = 0 ] && [ $$other = 0 ]; }
 
 # The kind tests: the documented deploy and 70 upstream specs, the move
 # from Konnectivity, on spoke's own Docker daemon (WITH_DOCKER) and a node
-# image built here. The clusters mostly wait for pods, so this lane shares
-# the 2 cores with the other. Each go test run's limit is about twice what
-# it takes here.
+# image built here (cold, 8 minutes of this lane). The clusters mostly wait
+# for pods, so this lane shares the 2 cores with the other. Each go test
+# run's limit is about twice what it takes here.
 KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
 
-# The concurrent parts under the race detector, and the fuzzer. It gets a
-# count, not a duration: Go 1.26's fuzz coordinator can fail a
-# duration-bounded run with "context deadline exceeded" and no crasher
-# (golang/go#75804, fixed in Go 1.27).
-RACE_AND_FUZZ = $(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
-
-# Everything else.
+# Everything else, then the concurrent parts under the race detector and
+# the fuzzer. The fuzzer gets a count, not a duration: Go 1.26's fuzz
+# coordinator can fail a duration-bounded run with "context deadline
+# exceeded" and no crasher (golang/go#75804, fixed in Go 1.27).
 OTHER_LANE = SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 \
-	go test -count=1 -timeout 30m -skip '$(KIND_TESTS)' ./...
+		go test -count=1 -timeout 30m -skip '$(KIND_TESTS)' ./... && \
+	$(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
 
 ## race: the concurrent parts (server, tracker, sources, file reloads, incremental model) under the race detector
 race:
