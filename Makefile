@@ -84,7 +84,7 @@ tools-kind:
 
 ## kind-node-image: a kindest/node-compatible image of Kubernetes v1.37.2 built from local material only (e2e/kind/node-image.sh, cached under .tools), in spoke's own Docker daemon (e2e/kind/docker.sh: Debian's docker.io on a private socket; root)
 kind-node-image: tools-kube
-	trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" && bash e2e/kind/node-image.sh
+	$(WITH_DOCKER) bash e2e/kind/node-image.sh
 
 ## e2e-kind: the kind tests alone (spoke deployed as documented; the move from Konnectivity), on spoke's own Docker daemon (started here when none answers, stopped at the end)
 e2e-kind: tools tools-kube tools-konnectivity tools-kind

@@ -161,12 +161,11 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams f
 	specs := jsonSpecs(t, filepath.Join(reportDir, "report.json"))
 	for i := range specs {
 		specs[i].streams = timeline.between(specs[i].start, specs[i].end)
-		for _, other := range specs {
-			if other.start.Before(specs[i].end) && specs[i].start.Before(other.end) {
+		for j, other := range specs {
+			if j != i && other.start.Before(specs[i].end) && specs[i].start.Before(other.end) {
 				specs[i].alongside++
 			}
 		}
-		specs[i].alongside-- // itself
 	}
 	return specs, timeline
 }

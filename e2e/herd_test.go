@@ -13,9 +13,7 @@ import (
 
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy"
-	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"github.com/spokeproxy/spoke/pki"
-	"github.com/spokeproxy/spoke/translator"
 )
 
 // TestTunnelReconnectHerd: every node dials its tunnels to a fresh
@@ -36,9 +34,8 @@ func TestTunnelReconnectHerd(t *testing.T) {
 	tunnels := int(tp.settings.TunnelsPerEndpoint)
 	raiseFileLimit(t, uint64(2*nodes*tunnels+2000))
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	apiWorkers, _ := manifestWorkers(t)
-	apiLog, _ := manifestLogLevels(t)
-	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", deployedEnvoyFlags(apiWorkers, apiLog)...)
+	flags, apiWorkers := deployedAPIServerProxyFlags(t)
+	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", flags...)
 	cpuBefore, err := datapath.ProcessCPU(api.PID())
 	if err != nil {
 		t.Fatal(err)
@@ -168,13 +165,8 @@ func TestHeldTunnelsLeaveTheConnectionCap(t *testing.T) {
 	tunnels := int(tp.settings.TunnelsPerEndpoint)
 	raiseFileLimit(t, uint64(2*(batchNodes*batches+waveNodes)*tunnels+2000))
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
-	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: "apiserver-1", XDSSocket: sec.srv.Addr("socket"), MaxDownstreamConnections: connCap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiWorkers, _ := manifestWorkers(t)
-	apiLog, _ := manifestLogLevels(t)
-	api := envoytest.StartWithFlags(t, tp.bin, "served-apiserver-1", b, deployedEnvoyFlags(apiWorkers, apiLog)...)
+	flags, _ := deployedAPIServerProxyFlags(t)
+	api := sec.startAPIServerProxyFrom(t, tp.bin, "apiserver-1", envoy.BootstrapOptions{MaxDownstreamConnections: connCap}, flags...)
 	fdsBefore := openFiles(t, api.PID())
 
 	for i := range batches {

@@ -99,7 +99,7 @@ func (l *machineLock) holder() string {
 
 // TestHostLockIsExclusive: once this process holds a machine lock, another
 // holder (a second open file, as another run's would be) is refused, and
-// the lock file names this process; a run waiting for it says who holds it.
+// the lock file names this process.
 func TestHostLockIsExclusive(t *testing.T) {
 	lockHost(t)
 	other, err := os.OpenFile(hostLock.path, os.O_RDWR, 0)

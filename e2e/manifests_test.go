@@ -296,6 +296,14 @@ func manifestEnvoyFlag(t *testing.T, flag string) (api, node string) {
 	return containerFlag(t, pod.Spec, "apiserver-proxy", flag), containerFlag(t, ds.Spec.Template.Spec, "envoy", flag)
 }
 
+// deployedAPIServerProxyFlags run an apiserver proxy with the manifests'
+// workers and log levels; workers is their number.
+func deployedAPIServerProxyFlags(t *testing.T) (flags []string, workers int) {
+	workers, _ = manifestWorkers(t)
+	logLevels, _ := manifestLogLevels(t)
+	return deployedEnvoyFlags(workers, logLevels), workers
+}
+
 // deployedEnvoyFlags run an Envoy with workers and a manifest's log levels.
 func deployedEnvoyFlags(workers int, logLevels string) []string {
 	return []string{"--concurrency", strconv.Itoa(workers), "--component-log-level", logLevels}

@@ -126,7 +126,15 @@ func (s *secureServer) startAPIServerProxyWith(t *testing.T, bin, id string, fla
 // or state of the world.
 func (s *secureServer) startAPIServerProxyOver(t *testing.T, bin, id string, delta bool, flags ...string) *envoytest.Process {
 	t.Helper()
-	b, err := envoy.Bootstrap(envoy.BootstrapOptions{Role: translator.RoleAPIServer, NodeID: id, XDSSocket: s.srv.Addr("socket"), Delta: delta})
+	return s.startAPIServerProxyFrom(t, bin, id, envoy.BootstrapOptions{Delta: delta}, flags...)
+}
+
+// startAPIServerProxyFrom is startAPIServerProxyWith with bootstrap options
+// (role, id and the server's socket filled in).
+func (s *secureServer) startAPIServerProxyFrom(t *testing.T, bin, id string, o envoy.BootstrapOptions, flags ...string) *envoytest.Process {
+	t.Helper()
+	o.Role, o.NodeID, o.XDSSocket = translator.RoleAPIServer, id, s.srv.Addr("socket")
+	b, err := envoy.Bootstrap(o)
 	if err != nil {
 		t.Fatal(err)
 	}
