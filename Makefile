@@ -103,12 +103,16 @@ WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIN
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet
 	# Two lanes at once (docs/testing.md has what each takes): the kind
-	# tests, their output prefixed "kind| "; beside them everything else,
-	# then the race detector and the fuzzer. The recipe fails if either
-	# lane does.
+	# tests, their output in a file printed whole when both lanes have
+	# ended (whole, so a failure reads as go test printed it); beside them
+	# everything else, then the race detector and the fuzzer. The recipe
+	# fails if either lane does.
 	$(WITH_DOCKER) { \
-	  { $(KIND_LANE); } > >(sed -u 's/^/kind| /') 2>&1 & kind_lane=$$!; \
+	  kind_log=$$(mktemp "$${TMPDIR:-/tmp}/spoke-kind-lane.XXXXXX.log"); \
+	  echo "make test: the kind lane runs beside the rest; its output follows at the end (now: tail -f $$kind_log)"; \
+	  { $(KIND_LANE); } > $$kind_log 2>&1 & kind_lane=$$!; \
 	  { $(OTHER_LANE); }; other=$$?; wait $$kind_lane; kind=$$?; \
+	  echo "==== make test: the kind lane's output ===="; cat $$kind_log; rm -f $$kind_log; \
 	  echo "make test: kind lane exit $$kind, other lane exit $$other"; [ $$kind = 0 ] && [ $$other = 0 ]; }
 
 # The kind tests: the documented deploy and 70 upstream specs, the move
