@@ -358,10 +358,15 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 	var events string
 	// Minutes, not seconds: on a loaded machine (load average 20 on 2
 	// cores) the new pod started and was probed after more than a minute.
-	waitFor(t, 3*time.Minute, "the new pod's readiness probe to fail, saying why", func() bool {
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(events, "not ready: it dials no apiserver proxy yet") {
+		if time.Now().After(deadline) {
+			pods, _ := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "wide")
+			t.Fatalf("timed out after 3m0s waiting for the new pod's readiness probe to fail, saying why; the probe failures seen:\n%s\nthe pods:\n%s", events, pods)
+		}
+		time.Sleep(100 * time.Millisecond)
 		events, _ = kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "events", "--field-selector", "reason=Unhealthy", "-o", "custom-columns=MSG:.message")
-		return strings.Contains(events, "not ready: it dials no apiserver proxy yet")
-	})
+	}
 	// Past minReadySeconds (10 s) and a few probes: a roll that did not
 	// wait would have replaced the old pod by now.
 	time.Sleep(25 * time.Second)
