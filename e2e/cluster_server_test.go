@@ -364,7 +364,9 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 			pods, _ := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "wide")
 			t.Fatalf("timed out after 3m0s waiting for the new pod's readiness probe to fail, saying why; the probe failures seen:\n%s\nthe pods:\n%s", events, pods)
 		}
-		time.Sleep(100 * time.Millisecond)
+		// Once a second: a kubectl every 100 ms is load of its own on a
+		// machine that is already slow to start the pod.
+		time.Sleep(time.Second)
 		events, _ = kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "events", "--field-selector", "reason=Unhealthy", "-o", "custom-columns=MSG:.message")
 	}
 	// Past minReadySeconds (10 s) and a few probes: a roll that did not
