@@ -358,17 +358,15 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 	var events string
 	// Minutes, not seconds: on a loaded machine (load average 20 on 2
 	// cores) the new pod started and was probed after more than a minute.
-	deadline := time.Now().Add(3 * time.Minute)
-	for !strings.Contains(events, "not ready: it dials no apiserver proxy yet") {
-		if time.Now().After(deadline) {
-			pods, _ := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "wide")
-			t.Fatalf("timed out after 3m0s waiting for the new pod's readiness probe to fail, saying why; the probe failures seen:\n%s\nthe pods:\n%s", events, pods)
-		}
-		// Once a second: a kubectl every 100 ms is load of its own on a
-		// machine that is already slow to start the pod.
-		time.Sleep(time.Second)
+	// Checked once a second: a kubectl every 100 ms is load of its own on a
+	// machine that is already slow to start the pod.
+	waitForExplained(t, 3*time.Minute, time.Second, "the new pod's readiness probe to fail, saying why", func() bool {
 		events, _ = kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "events", "--field-selector", "reason=Unhealthy", "-o", "custom-columns=MSG:.message")
-	}
+		return strings.Contains(events, "not ready: it dials no apiserver proxy yet")
+	}, func() string {
+		pods, _ := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "wide")
+		return fmt.Sprintf("the probe failures seen:\n%s\nthe pods:\n%s", events, pods)
+	})
 	// Past minReadySeconds (10 s) and a few probes: a roll that did not
 	// wait would have replaced the old pod by now.
 	time.Sleep(25 * time.Second)

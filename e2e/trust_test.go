@@ -136,14 +136,26 @@ func writeCluster(t *testing.T, tp *topology) string {
 	return file
 }
 
+// waitFor checks ok every 100 ms until it holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	waitForExplained(t, d, 100*time.Millisecond, what, ok, nil)
+}
+
+// waitForExplained is waitFor checking every interval; on a timeout the
+// failure adds what explain says (what was seen instead), when not nil.
+func waitForExplained(t *testing.T, d, every time.Duration, what string, ok func() bool, explain func() string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			var seen string
+			if explain != nil {
+				seen = "; " + explain()
+			}
+			t.Fatalf("timed out after %v waiting for %s%s", d, what, seen)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
