@@ -175,11 +175,19 @@ func TestHeldTunnelsLeaveTheConnectionCap(t *testing.T) {
 		}
 	}
 	held := batches * batchNodes * tunnels
+	// The reverse_tunnel filter writes its 200, hands the socket to the
+	// responder, then closes the listener's connection with FlushWrite: a
+	// node can read the 200 before that close completes, so the last
+	// handshakes' connections may count as active for a moment (8 of them
+	// on a loaded CI machine). Wait for the hand-offs to finish, bounded.
+	handedOff := time.Now()
+	active := func() int { return api.StatSumOf("listener.127.0.0.1_", ".downstream_cx_active") }
+	waitForExplained(t, 10*time.Second, 50*time.Millisecond, "the held tunnels' downstream connections to close (the responder holds their sockets)", func() bool { return active() == 0 },
+		func() string { return fmt.Sprintf("%d downstream connections still active", active()) })
 	fds := openFiles(t, api.PID()) - fdsBefore
-	active := api.StatSumOf("listener.127.0.0.1_", ".downstream_cx_active")
-	t.Logf("%d tunnels held under a connection cap of %d: %d more descriptors, %d downstream connections active", held, connCap, fds, active)
-	if active > 0 || fds < held || fds > held+50 {
-		t.Errorf("%d tunnels held: %d downstream connections active (want 0: handed to the responder) and %d more descriptors (want one per tunnel)", held, active, fds)
+	t.Logf("%d tunnels held under a connection cap of %d: %d more descriptors, 0 downstream connections active %v after the last handshake", held, connCap, fds, time.Since(handedOff).Round(time.Millisecond))
+	if fds < held || fds > held+50 {
+		t.Errorf("%d tunnels held: %d more descriptors (want one per tunnel)", held, fds)
 	}
 
 	wave := dialHerd(t, sec, tp, batches*batchNodes, waveNodes)
