@@ -98,6 +98,29 @@ type roundResult struct {
 	err                 error
 }
 
+// benchSystemsNamed is the systems SPOKE_BENCH_SYSTEMS names by the first
+// word of their name, in any case ("spoke", "konnectivity,direct"); all of
+// them when it is empty.
+func benchSystemsNamed(names string) ([]benchSystem, error) {
+	all := []benchSystem{{directName, startDirect}, {konnectivityName, startKonnectivity}, {spokeName, startSpoke}}
+	if names == "" {
+		return all, nil
+	}
+	var known []string
+	var chosen []benchSystem
+	for _, sys := range all {
+		word := strings.ToLower(strings.Fields(sys.name)[0])
+		known = append(known, word)
+		if strings.Contains(strings.ToLower(names), word) {
+			chosen = append(chosen, sys)
+		}
+	}
+	if len(chosen) == 0 {
+		return nil, fmt.Errorf("SPOKE_BENCH_SYSTEMS=%q names no system: use one or more of %s (comma-separated), or leave it empty for all", names, strings.Join(known, ", "))
+	}
+	return chosen, nil
+}
+
 // TestDatapathBenchmark compares direct TCP, Konnectivity and spoke on the
 // same machine (make bench-datapath): a warm-up round that also sets the
 // bulk pace, then rounds whose order rotates, set-ups pooled over the rounds.
@@ -128,11 +151,9 @@ func TestDatapathBenchmark(t *testing.T) {
 	}
 	envoytest.Binary(t) // refuses to start without Envoy, saying how to install it
 	konnectivityBinaries(t)
-	var systems []benchSystem
-	for _, sys := range []benchSystem{{directName, startDirect}, {konnectivityName, startKonnectivity}, {spokeName, startSpoke}} {
-		if cfg.systems == "" || strings.Contains(cfg.systems, strings.Fields(sys.name)[0]) {
-			systems = append(systems, sys)
-		}
+	systems, err := benchSystemsNamed(cfg.systems)
+	if err != nil {
+		t.Fatal(err)
 	}
 	warmup := runRound(t, 0, systems, cfg)
 	if cfg.pace == 0 {
@@ -750,4 +771,32 @@ func nonZero(stats ...string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// TestBenchSystemsNamed: SPOKE_BENCH_SYSTEMS picks systems by the first word
+// of their name in any case, and a value naming none is an error that lists
+// the names, not an empty benchmark.
+func TestBenchSystemsNamed(t *testing.T) {
+	for names, want := range map[string][]string{
+		"":                    {directName, konnectivityName, spokeName},
+		"spoke":               {spokeName},
+		"Konnectivity":        {konnectivityName},
+		"konnectivity,DIRECT": {directName, konnectivityName},
+	} {
+		systems, err := benchSystemsNamed(names)
+		if err != nil {
+			t.Errorf("SPOKE_BENCH_SYSTEMS=%q: %v", names, err)
+			continue
+		}
+		var got []string
+		for _, s := range systems {
+			got = append(got, s.name)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("SPOKE_BENCH_SYSTEMS=%q chose %q, want %q", names, got, want)
+		}
+	}
+	if _, err := benchSystemsNamed("envoy"); err == nil || !strings.Contains(err.Error(), "direct, konnectivity, spoke") {
+		t.Errorf("SPOKE_BENCH_SYSTEMS=envoy: got %v, want an error listing the systems", err)
+	}
 }
