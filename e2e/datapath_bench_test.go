@@ -93,6 +93,7 @@ type roundResult struct {
 	one, sixteen        datapath.Transfer
 	cpuSeconds          float64
 	bytesMoved          int64
+	setupCPU            time.Duration // the proxies' CPU over the idle set-ups (background included)
 	nodeStart           time.Duration
 	restarts            []time.Duration
 	err                 error
@@ -264,6 +265,11 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	if warmup {
 		setups = cfg.warmupSetups
 	}
+	idleBefore, err := processesCPU(env.proxies())
+	if err != nil {
+		res.err = err
+		return res
+	}
 	if res.setup, res.err = datapath.SetupTimesEvery(ctx, env.dial, target, setups, cfg.setupInterval); res.err != nil {
 		return res
 	}
@@ -272,6 +278,7 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 		res.err = err
 		return res
 	}
+	res.setupCPU = cpuBefore - idleBefore
 	if res.one, res.err = datapath.Download(ctx, env.dial, target, 1, cfg.oneStream); res.err != nil {
 		return res
 	}
@@ -528,7 +535,7 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 	}
 	fmt.Fprintf(&b, "Set-ups one every %v (SPOKE_BENCH_SETUP_INTERVAL), idle, beside %d bulk streams paced to %.0f MB/s in all (80%% of the slowest system's unlimited bulk in the warm-up, or SPOKE_BENCH_PACE), and beside unlimited bulk; the bulk's achieved rate in brackets. `*`: the load average exceeded the %d cores at the round's start.\n\n",
 		cfg.setupInterval, cfg.bulkStreams, float64(cfg.pace)/1e6, runtime.NumCPU())
-	b.WriteString("| round | system | load avg | set-up p50 / p99 | 1 stream MB/s | 16 streams MB/s | beside paced bulk p50 / p99 | beside unlimited bulk p50 / p99 | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| round | system | load avg | set-up p50 / p99 | proxy CPU per idle set-up | 1 stream MB/s | 16 streams MB/s | beside paced bulk p50 / p99 | beside unlimited bulk p50 / p99 | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		round := strconv.Itoa(r.round)
 		if r.round == 0 {
@@ -539,11 +546,11 @@ func benchTables(results []roundResult, cfg benchConfig) string {
 			load += " *"
 		}
 		if r.err != nil {
-			fmt.Fprintf(&b, "| %s | %s | %s | FAILED: %v | | | | | | | |\n", round, r.system, load, r.err)
+			fmt.Fprintf(&b, "| %s | %s | %s | FAILED: %v | | | | | | | | |\n", round, r.system, load, r.err)
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", round, r.system, load,
-			p50p99(r.setup), r.one.MBps(), r.sixteen.MBps(), besideText(r.paced, r.pacedBulk)+belowPace(r.pacedBulk.MBps(), cfg), besideText(r.free, r.freeBulk),
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s |\n", round, r.system, load,
+			p50p99(r.setup), usText(r.cpuPerSetup()), r.one.MBps(), r.sixteen.MBps(), besideText(r.paced, r.pacedBulk)+belowPace(r.pacedBulk.MBps(), cfg), besideText(r.free, r.freeBulk),
 			cpuText(r.cpuPerGB()), ms(r.nodeStart), ms(median(r.restarts)))
 	}
 	return b.String()
@@ -573,6 +580,7 @@ type pooledResult struct {
 	Failed      int        `json:"failed_rounds"`
 	Samples     int        `json:"samples_per_measure"`
 	SetupMs     [3]float64 `json:"setup_ms_p50_p90_p99"`
+	SetupCPUus  float64    `json:"proxy_cpu_us_per_idle_setup"`
 	PacedMs     [3]float64 `json:"beside_paced_bulk_ms_p50_p90_p99"`
 	FreeMs      [3]float64 `json:"beside_unlimited_bulk_ms_p50_p90_p99"`
 	PacedBulk   float64    `json:"paced_bulk_mbps"`
@@ -604,7 +612,7 @@ func poolResults(results []roundResult) []pooledResult {
 func pool(name string, rounds []roundResult) pooledResult {
 	p := pooledResult{System: name, Rounds: len(rounds)}
 	var setup, paced, free, restarts []time.Duration
-	var cols [6][]float64
+	var cols [7][]float64
 	for _, r := range rounds {
 		if r.err != nil {
 			p.Failed++
@@ -612,7 +620,7 @@ func pool(name string, rounds []roundResult) pooledResult {
 		}
 		setup, paced, free = append(setup, r.setup...), append(paced, r.paced...), append(free, r.free...)
 		restarts = append(restarts, r.restarts...)
-		for i, v := range []float64{r.one.MBps(), r.sixteen.MBps(), r.cpuPerGB(), float64(r.nodeStart), r.pacedBulk.MBps(), r.freeBulk.MBps()} {
+		for i, v := range []float64{r.one.MBps(), r.sixteen.MBps(), r.cpuPerGB(), float64(r.nodeStart), r.pacedBulk.MBps(), r.freeBulk.MBps(), r.cpuPerSetup()} {
 			cols[i] = append(cols[i], v)
 		}
 	}
@@ -622,7 +630,7 @@ func pool(name string, rounds []roundResult) pooledResult {
 	p.Samples = len(setup)
 	p.SetupMs, p.PacedMs, p.FreeMs = percentilesMs(setup), percentilesMs(paced), percentilesMs(free)
 	p.One, p.Sixteen, p.CPU = medianF(cols[0]), medianF(cols[1]), medianF(cols[2])
-	p.NodeStartMs, p.PacedBulk, p.FreeBulk = medianF(cols[3])/1e6, medianF(cols[4]), medianF(cols[5])
+	p.NodeStartMs, p.PacedBulk, p.FreeBulk, p.SetupCPUus = medianF(cols[3])/1e6, medianF(cols[4]), medianF(cols[5]), medianF(cols[6])
 	p.Restarts = len(restarts)
 	p.RestartMs = [2]float64{msF(datapath.Percentile(restarts, .5)), msF(datapath.Percentile(restarts, .99))}
 	return p
@@ -650,18 +658,18 @@ func median(times []time.Duration) time.Duration { return datapath.Percentile(ti
 // round gets no figures: a failed round is never reported as fast.
 func summaryTable(pooled []pooledResult, cfg benchConfig) string {
 	var b strings.Builder
-	b.WriteString("\n| all rounds | set-up samples | set-up p50 / p90 / p99 | beside paced bulk p50 / p90 / p99 | beside unlimited bulk p50 / p90 / p99 | 1 stream MB/s | 16 streams MB/s | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("\n| all rounds | set-up samples | set-up p50 / p90 / p99 | proxy CPU per idle set-up | beside paced bulk p50 / p90 / p99 | beside unlimited bulk p50 / p90 / p99 | 1 stream MB/s | 16 streams MB/s | proxy CPU s/GB | node start -> CONNECT | proxy restart -> all nodes p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, p := range pooled {
 		if p.Failed > 0 {
-			fmt.Fprintf(&b, "| %s | FAILED %d of %d rounds: no figures | | | | | | | | |\n", p.System, p.Failed, p.Rounds)
+			fmt.Fprintf(&b, "| %s | FAILED %d of %d rounds: no figures | | | | | | | | | |\n", p.System, p.Failed, p.Rounds)
 			continue
 		}
 		restart := "-"
 		if p.Restarts > 0 {
 			restart = fmt.Sprintf("%.0f / %.0f ms (%d restarts)", p.RestartMs[0], p.RestartMs[1], p.Restarts)
 		}
-		fmt.Fprintf(&b, "| %s | %d per measure | %s | %s (%.0f MB/s%s) | %s (%.0f MB/s) | %.0f | %.0f | %s | %.0f ms | %s |\n", p.System, p.Samples,
-			msTriple(p.SetupMs), msTriple(p.PacedMs), p.PacedBulk, belowPace(p.PacedBulk, cfg), msTriple(p.FreeMs), p.FreeBulk, p.One, p.Sixteen, cpuText(p.CPU), p.NodeStartMs, restart)
+		fmt.Fprintf(&b, "| %s | %d per measure | %s | %s | %s (%.0f MB/s%s) | %s (%.0f MB/s) | %.0f | %.0f | %s | %.0f ms | %s |\n", p.System, p.Samples,
+			msTriple(p.SetupMs), usText(p.SetupCPUus), msTriple(p.PacedMs), p.PacedBulk, belowPace(p.PacedBulk, cfg), msTriple(p.FreeMs), p.FreeBulk, p.One, p.Sixteen, cpuText(p.CPU), p.NodeStartMs, restart)
 	}
 	return b.String()
 }
@@ -753,6 +761,22 @@ func (r roundResult) cpuPerGB() float64 {
 		return 0
 	}
 	return r.cpuSeconds / (float64(r.bytesMoved) / 1e9)
+}
+
+// cpuPerSetup is the proxies' CPU per idle set-up in µs, their background
+// work over the set-ups' span included; 0 without proxies.
+func (r roundResult) cpuPerSetup() float64 {
+	if len(r.setup) == 0 {
+		return 0
+	}
+	return float64(r.setupCPU.Microseconds()) / float64(len(r.setup))
+}
+
+func usText(us float64) string {
+	if us == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f µs", us)
 }
 
 func cpuText(perGB float64) string {
