@@ -107,12 +107,13 @@ func benchSystemsNamed(names string) ([]benchSystem, error) {
 	if names == "" {
 		return all, nil
 	}
+	wanted := strings.ToLower(names)
 	var known []string
 	var chosen []benchSystem
 	for _, sys := range all {
 		word := strings.ToLower(strings.Fields(sys.name)[0])
 		known = append(known, word)
-		if strings.Contains(strings.ToLower(names), word) {
+		if strings.Contains(wanted, word) {
 			chosen = append(chosen, sys)
 		}
 	}
@@ -764,7 +765,7 @@ func (r roundResult) cpuPerGB() float64 {
 }
 
 // cpuPerSetup is the proxies' CPU per idle set-up in µs, their background
-// work over the set-ups' span included; 0 without proxies.
+// work over the set-ups' span included; 0 without proxies or set-ups.
 func (r roundResult) cpuPerSetup() float64 {
 	if len(r.setup) == 0 {
 		return 0

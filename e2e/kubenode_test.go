@@ -466,8 +466,8 @@ func hostKubeletChains(t *testing.T) []string {
 	}
 	var chains []string
 	for _, line := range strings.Split(string(out), "\n") {
-		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "chain KUBE-"); ok {
-			chains = append(chains, "KUBE-"+strings.TrimSuffix(name, " {"))
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "chain "); ok && strings.HasPrefix(name, "KUBE-") {
+			chains = append(chains, strings.TrimSuffix(name, " {"))
 		}
 	}
 	slices.Sort(chains) // one name per chain, whatever the tables holding it
