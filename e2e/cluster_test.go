@@ -487,7 +487,11 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 	}
 	// logs-generator writes about 280 lines a second on an idle machine.
 	if len(delays) < 20 || first.Sub(start) > 2*time.Second || datapath.Percentile(delays, .5) > time.Second {
-		t.Errorf("%s: kubectl logs -f delivered %d lines in 3 s, the first after %v, %s after they were written; want them as they are written", pod, len(delays), first.Sub(start), delaysText(delays))
+		firstAfter := "never"
+		if !first.IsZero() {
+			firstAfter = first.Sub(start).Round(time.Millisecond).String()
+		}
+		t.Errorf("%s: kubectl logs -f delivered %d lines in 3 s, the first after %s, %s after they were written; want them as they are written", pod, len(delays), firstAfter, delaysText(delays))
 		return
 	}
 	t.Logf("%s: kubectl logs -f: first line after %v, %d lines in 3 s, %s after they were written", pod, first.Sub(start).Round(time.Millisecond), len(delays), delaysText(delays))
