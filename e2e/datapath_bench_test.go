@@ -266,7 +266,7 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	if warmup {
 		setups = cfg.warmupSetups
 	}
-	idleBefore, err := processesCPU(env.proxies())
+	cpuAtStart, err := processesCPU(env.proxies())
 	if err != nil {
 		res.err = err
 		return res
@@ -274,24 +274,24 @@ func measureRound(t *testing.T, sys benchSystem, cfg benchConfig, warmup bool) r
 	if res.setup, res.err = datapath.SetupTimesEvery(ctx, env.dial, target, setups, cfg.setupInterval); res.err != nil {
 		return res
 	}
-	cpuBefore, err := processesCPU(env.proxies())
+	cpuAfterSetups, err := processesCPU(env.proxies())
 	if err != nil {
 		res.err = err
 		return res
 	}
-	res.setupCPU = cpuBefore - idleBefore
+	res.setupCPU = cpuAfterSetups - cpuAtStart
 	if res.one, res.err = datapath.Download(ctx, env.dial, target, 1, cfg.oneStream); res.err != nil {
 		return res
 	}
 	if res.sixteen, res.err = datapath.Download(ctx, env.dial, target, 16, cfg.perStream16); res.err != nil {
 		return res
 	}
-	cpuAfter, err := processesCPU(env.proxies())
+	cpuAfterDownloads, err := processesCPU(env.proxies())
 	if err != nil {
 		res.err = err
 		return res
 	}
-	res.cpuSeconds, res.bytesMoved = (cpuAfter - cpuBefore).Seconds(), res.one.Bytes+res.sixteen.Bytes
+	res.cpuSeconds, res.bytesMoved = (cpuAfterDownloads - cpuAfterSetups).Seconds(), res.one.Bytes+res.sixteen.Bytes
 	free := env.helper.Bulk(cfg.bulkStreams, env.path, env.bulkTarget, 0)
 	if res.free, res.freeBulk, res.err = datapath.SetupTimesBeside(ctx, env.dial, target, setups, cfg.setupInterval, free); res.err != nil {
 		res.err = fmt.Errorf("beside unlimited bulk: %w", res.err)
