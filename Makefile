@@ -103,10 +103,10 @@ WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIN
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet static-build-cache
 	# Two lanes at once (docs/testing.md has what each takes): the kind
-	# tests, their output in a file printed whole when both lanes have
-	# ended (whole, so a failure reads as go test printed it); beside them
-	# everything else, then the race detector and the fuzzer. The recipe
-	# fails if either lane does.
+	# tests, then the race detector and the fuzzer, their output in a file
+	# printed whole when both lanes have ended (whole, so a failure reads as
+	# go test printed it); beside them everything else. The recipe fails if
+	# either lane does.
 	$(WITH_DOCKER) { \
 	  kind_log=$$(mktemp "$${TMPDIR:-/tmp}/spoke-kind-lane.XXXXXX.log"); \
 	  echo "make test: the kind lane runs beside the rest; its output follows at the end (now: tail -f $$kind_log)"; \
@@ -122,20 +122,22 @@ test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind f
 static-build-cache:
 	CGO_ENABLED=0 go build -trimpath -o /dev/null ./cmd/spoke
 
-# The kind tests: the documented deploy and 70 upstream specs, the move
-# from Konnectivity, on spoke's own Docker daemon (WITH_DOCKER) and a node
-# image built here (cold, 8 minutes of this lane). The clusters mostly wait
-# for pods, so this lane shares the 2 cores with the other. Each go test
-# run's limit is about twice what it takes here.
-KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
-
-# Everything else, then the concurrent parts under the race detector and
-# the fuzzer. The fuzzer gets a count, not a duration: Go 1.26's fuzz
+# The kind tests: the documented deploy and 70 upstream specs, and the
+# move from Konnectivity, two clusters at once (they mostly wait for pods),
+# on spoke's own Docker daemon (WITH_DOCKER) and a node image built here
+# (cold, 8 minutes of this lane); then the concurrent parts under the race
+# detector and the fuzzer, which fit in the time the other lane takes
+# longer. The fuzzer gets a count, not a duration: Go 1.26's fuzz
 # coordinator can fail a duration-bounded run with "context deadline
-# exceeded" and no crasher (golang/go#75804, fixed in Go 1.27).
-OTHER_LANE = SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 \
-		go test -count=1 -timeout 30m -skip '$(KIND_TESTS)' ./... && \
+# exceeded" and no crasher (golang/go#75804, fixed in Go 1.27). Each go test
+# run's limit is about twice what it takes here.
+KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/ && \
 	$(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
+
+# Everything else. The e2e tests that mostly wait on timers (marked
+# t.Parallel) run four at a time at the end of their package.
+OTHER_LANE = SPOKE_REQUIRE_ENVOY=1 SPOKE_REQUIRE_KUBE=1 SPOKE_REQUIRE_KONNECTIVITY=1 SPOKE_REQUIRE_PROMTOOL=1 \
+		go test -count=1 -parallel 4 -timeout 30m -skip '$(KIND_TESTS)' ./...
 
 ## race: the concurrent parts (server, tracker, sources, file reloads, incremental model) under the race detector
 race:

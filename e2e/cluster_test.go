@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -93,27 +92,21 @@ func startControllers(t *testing.T, cp *controlPlane) {
 // (the installed Envoy 1.40), as make image does.
 func spokeImages(t *testing.T) []string {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "spoke")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/spoke")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build spoke: %v\n%s", err, out)
-	}
 	envoys, _ := filepath.Glob("../.tools/venv/lib/python3*/site-packages/envoy/_bin/envoy")
 	if len(envoys) == 0 {
 		t.Fatal("no installed Envoy binary under .tools/venv: run make tools")
 	}
-	images := []string{filepath.Join(dir, "spoke.tar"), filepath.Join(dir, "envoy.tar")}
-	for _, args := range [][]string{
-		{"--binary", bin, "--tag", "spoke:local", "--out", images[0]},
-		{"--envoy", envoys[0], "--tag", "envoy:1.40.0-local", "--out", images[1]},
-	} {
-		if out, err := exec.Command("go", append([]string{"run", "../cmd/spoke-image"}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("spoke-image %v: %v\n%s", args, err, out)
+	return buildOnce(t, "spoke-images", func(dir string) ([]string, error) {
+		bin := filepath.Join(dir, "spoke")
+		images := []string{filepath.Join(dir, "spoke.tar"), filepath.Join(dir, "envoy.tar")}
+		if err := goCommand([]string{"CGO_ENABLED=0"}, "build", "-trimpath", "-o", bin, "../cmd/spoke"); err != nil {
+			return nil, err
 		}
-	}
-	return images
+		if err := spokeImage(images[0], "--binary", bin, "--tag", "spoke:local"); err != nil {
+			return nil, err
+		}
+		return images, spokeImage(images[1], "--envoy", envoys[0], "--tag", "envoy:1.40.0-local")
+	})
 }
 
 // clusterNode is a node of a test cluster: its name, address, pod range.

@@ -19,6 +19,7 @@ import (
 // without reaching the Envoy's admin; the types it ACKed are SYNCED with
 // nothing differing.
 func TestConfigDiffShowsARealNack(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	certPEM, keyPEM := sec.clusterCA.KubeletClient(t, "node-a")

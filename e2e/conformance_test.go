@@ -33,7 +33,6 @@ const conformanceFocus = `Pods should support remote command execution over webs
 // /tmp, as upstream's do.
 func conformanceImages(t *testing.T) []string {
 	t.Helper()
-	dir := t.TempDir()
 	agnhost, busybox := kubeTool(t, "agnhost"), nodeHostTools["busybox"]
 	porter := filepath.Join(kubeModuleDir(t), "test", "images", "agnhost", "porter")
 	applets, err := exec.Command(busybox, "--list-full").Output()
@@ -58,16 +57,17 @@ func conformanceImages(t *testing.T) []string {
 		{"registry.k8s.io/e2e-test-images/busybox:1.37.0-2", withShell("--static", busybox, "--path", "/bin/busybox", "--no-entrypoint", "--cmd", "sh")},
 		{"registry.k8s.io/e2e-test-images/nginx:1.27.0-2", withShell(slices.Concat(agnhostFiles, []string{"--arg", "netexec", "--arg", "--http-port=80", "--arg", "--udp-port=-1"})...)},
 	}
-	var out []string
-	for i, img := range images {
-		archive := filepath.Join(dir, filepath.Base(strings.ReplaceAll(img.tag, ":", "-"))+".tar")
-		args := append(append([]string{"run", "../cmd/spoke-image"}, img.args...), "--tag", img.tag, "--out", archive)
-		if raw, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-			t.Fatalf("image %d (%s): %v\n%s", i, img.tag, err, raw)
+	return buildOnce(t, "conformance-images", func(dir string) ([]string, error) {
+		var out []string
+		for _, img := range images {
+			archive := filepath.Join(dir, filepath.Base(strings.ReplaceAll(img.tag, ":", "-"))+".tar")
+			if err := spokeImage(archive, slices.Concat(img.args, []string{"--tag", img.tag})...); err != nil {
+				return nil, err
+			}
+			out = append(out, archive)
 		}
-		out = append(out, archive)
-	}
-	return out
+		return out, nil
+	})
 }
 
 // kubeModuleDir is the module cache's k8s.io directory (where

@@ -13,6 +13,7 @@ import (
 // answers; a refused CONNECT fails the command with the status and the
 // body saying which refusal (404 no owner, 502 no tunnel).
 func TestConnectCommand(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 	tp.startAPIServerProxy()

@@ -66,14 +66,13 @@ func startFlood(t *testing.T, target, source string, count int) int {
 	return n
 }
 
-// buildSpoke builds the spoke command once per test.
+// buildSpoke is the spoke command, built once per test process.
 func buildSpoke(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "spoke")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/spoke").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return buildOnce(t, "spoke", func(dir string) ([]string, error) {
+		bin := filepath.Join(dir, "spoke")
+		return []string{bin}, goCommand(nil, "build", "-o", bin, "../cmd/spoke")
+	})[0]
 }
 
 // TestXDSPortSurvivesAHandshakeFlood: a process holding thousands of TCP

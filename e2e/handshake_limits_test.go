@@ -115,6 +115,7 @@ func TestStarvedProxiesStillHandshake(t *testing.T) {
 // storm, and the node holds its tunnels soon after the proxy runs again:
 // an attempt left waiting is answered at once.
 func TestFrozenApiserverProxyDegradesToSlower(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	const frozen = 40 * time.Second
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")

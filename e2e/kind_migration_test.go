@@ -26,6 +26,7 @@ const (
 // proxy carried its egress after each restart; kubectl logs and exec run
 // once a second throughout, and what failed around each switch is counted.
 func TestKindMigrationFromKonnectivity(t *testing.T) {
+	t.Parallel()
 	kind, nodeImage := kindTools(t)
 	lockKindClusters(t)
 	images := append(append(localImages(t), spokeImages(t)...), konnectivityImages(t)...)
@@ -117,18 +118,18 @@ func TestKindMigrationFromKonnectivity(t *testing.T) {
 func konnectivityImages(t *testing.T) []string {
 	t.Helper()
 	server, agent, _ := konnectivityBinaries(t)
-	dir := t.TempDir()
-	var out []string
-	for name, bin := range map[string]string{"proxy-server": server, "proxy-agent": agent} {
-		archive := filepath.Join(dir, name+".tar")
-		args := []string{"run", "../cmd/spoke-image", "--static", bin, "--path", "/" + name, "--user", "0",
-			"--tag", "registry.k8s.io/kas-network-proxy/" + name + ":" + konnectivityVersion, "--out", archive}
-		if raw, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-			t.Fatalf("image %s: %v\n%s", name, err, raw)
+	return buildOnce(t, "konnectivity-images", func(dir string) ([]string, error) {
+		var out []string
+		for name, bin := range map[string]string{"proxy-server": server, "proxy-agent": agent} {
+			archive := filepath.Join(dir, name+".tar")
+			if err := spokeImage(archive, "--static", bin, "--path", "/"+name, "--user", "0",
+				"--tag", "registry.k8s.io/kas-network-proxy/"+name+":"+konnectivityVersion); err != nil {
+				return nil, err
+			}
+			out = append(out, archive)
 		}
-		out = append(out, archive)
-	}
-	return out
+		return out, nil
+	})
 }
 
 // setUpKonnectivity follows Kubernetes' "Set up Konnectivity service":

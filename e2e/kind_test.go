@@ -216,6 +216,7 @@ func kindCNI(t *testing.T, cp *controlPlane) {
 // checks kubectl logs, logs -f, exec, attach, port-forward, the node/pod/
 // service proxies, a webhook and an APIService, all through spoke.
 func TestKindClusterThroughSpoke(t *testing.T) {
+	t.Parallel()
 	kind, nodeImage := kindTools(t)
 	lockKindClusters(t)
 	images := slices.Concat(localImages(t), spokeImages(t), conformanceImages(t))

@@ -404,19 +404,20 @@ func (n *kubeNode) cleanUp(t *testing.T) {
 // busybox (Debian's static one: a shell-less cat for exec with stdin).
 func localImages(t *testing.T) []string {
 	t.Helper()
-	dir := t.TempDir()
 	bin := kubeTool(t, "agnhost")
-	images := []string{filepath.Join(dir, "pause.tar"), filepath.Join(dir, "agnhost.tar"), filepath.Join(dir, "busybox.tar")}
-	for _, args := range [][]string{
-		{"--static", bin, "--arg", "pause", "--tag", "pause:local", "--out", images[0]},
-		{"--static", bin, "--tag", "agnhost:local", "--out", images[1]},
-		{"--static", nodeHostTools["busybox"], "--tag", "busybox:local", "--out", images[2]},
-	} {
-		if out, err := exec.Command("go", append([]string{"run", "../cmd/spoke-image"}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("spoke-image %v: %v\n%s", args, err, out)
+	return buildOnce(t, "local-images", func(dir string) ([]string, error) {
+		images := []string{filepath.Join(dir, "pause.tar"), filepath.Join(dir, "agnhost.tar"), filepath.Join(dir, "busybox.tar")}
+		for i, args := range [][]string{
+			{"--static", bin, "--arg", "pause", "--tag", "pause:local"},
+			{"--static", bin, "--tag", "agnhost:local"},
+			{"--static", nodeHostTools["busybox"], "--tag", "busybox:local"},
+		} {
+			if err := spokeImage(images[i], args...); err != nil {
+				return nil, err
+			}
 		}
-	}
-	return images
+		return images, nil
+	})
 }
 
 // TestRealKubeletRunsPodsFromLocalImages is the ground the cluster suite

@@ -22,6 +22,7 @@ import (
 // is JSON with the fields spoke serve's JSON lines have, the apiserver
 // proxy's too.
 func TestHealthyNodeProxyIsQuiet(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 	target, sock := fmt.Sprintf("127.1.1.7:%d", tp.port), tp.settings.EgressSocketPath

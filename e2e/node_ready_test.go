@@ -13,6 +13,7 @@ import (
 // only while it holds a tunnel to every apiserver proxy it dials, and names
 // the one it lost.
 func TestNodeReadyMeansTunnels(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	sec := startSecureServer(t, tp, writeCluster(t, tp), time.Hour)
 	bin := buildSpoke(t)

@@ -25,6 +25,7 @@ import (
 // again within a few seconds. With Envoy's default xDS back-off (500 ms
 // doubling to 30 s) its next attempt could be 8 to 16 s away.
 func TestNodeProxyResyncsPromptlyAfterServerRestart(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	file := writeCluster(t, tp)
 	issuer, err := pki.NewDevelopmentIssuer(time.Hour)
@@ -82,6 +83,7 @@ func TestTunnelsRedialPromptlyAfterApiserverProxyRestart(t *testing.T) {
 // then backs off: the whole fleet's rate at a dead endpoint stays bounded.
 // The attempts per minute are logged (docs/operations.md, the fleet's rate).
 func TestDeadEndpointRedialsBackOff(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	dead, attempts := countingDeadEndpoint(t)
 	tp := newTopologyWith(t, func(s *model.Settings) {
 		s.APIServerEndpoints = append(s.APIServerEndpoints, dead)
@@ -164,6 +166,7 @@ func redialBound(d time.Duration) int {
 // proxy listens by then, no re-dial fails; if one fails, that tunnel waits
 // Envoy's first back-off step (1 s) and the next maintain tick.
 func TestRestartedApiserverProxyReachesNodesQuickly(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	restarts := 10
 	if n, err := strconv.Atoi(os.Getenv("SPOKE_RESTARTS")); err == nil && n > 0 {
 		restarts = n

@@ -17,6 +17,7 @@ import (
 // certificate's expiry, new CONNECTs keep working, and the node proxy
 // really switched certificates (its serial changes in Envoy's /certs).
 func TestRotationKeepsTunnelsWorking(t *testing.T) {
+	t.Parallel() // mostly waits on timers, on loopback ports of its own: runs beside others
 	tp := newTopology(t)
 	serve(t, "127.1.1.7", tp.port, "node-a/pod web-a")
 	file := writeCluster(t, tp)

@@ -14,6 +14,13 @@
 # - --iptables=false --ip-masq=false: Docker's iptables rules set the FORWARD
 #   policy to DROP, which would cut the network-namespace test hosts routed
 #   through this machine; kind's nodes need no NAT to reach each other.
+# start also raises the kernel's inotify limits to what kind's known issues
+# page asks for ("Pod errors due to too many open files"; never lowered):
+# every kubelet, containerd and systemd in the kind nodes and the
+# real-kubelet test nodes is root's, and at the default of 128 instances a
+# kubelet started beside two kind clusters failed ("Failed to start
+# cAdvisor: inotify_init: too many open files") and its node never became
+# Ready.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 run=/run/spoke-docker
@@ -38,8 +45,22 @@ users() { # +1 or -1; prints the count after
 	echo "$n"
 }
 
+# at_least sets sysctl $1 to $2 unless it is already that high.
+at_least() {
+	local now
+	now=$(sysctl -n "$1")
+	if [ "$now" -lt "$2" ]; then
+		sysctl -q -w "$1=$2" >&2
+		echo "docker.sh: $1 raised from $now to $2 (kind's known issues)" >&2
+	fi
+}
+
 start() {
 	users +1 >/dev/null
+	if [ "$(id -u)" = 0 ]; then
+		at_least fs.inotify.max_user_instances 512
+		at_least fs.inotify.max_user_watches 524288
+	fi
 	if answers; then
 		echo "DOCKER_HOST=unix://$sock"
 		return
