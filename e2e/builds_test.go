@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -43,7 +44,8 @@ func TestMain(m *testing.M) {
 
 // buildOnce returns what build wrote into a directory of its own, running
 // it the first time name is asked for in this process; a failed build
-// fails every test that asks for it, with the same error.
+// fails every test that asks for it, with the same error. Each caller gets
+// its own copy of the list (callers append to it).
 func buildOnce(t *testing.T, name string, build func(dir string) ([]string, error)) []string {
 	t.Helper()
 	sharedBuilds.mu.Lock()
@@ -65,7 +67,7 @@ func buildOnce(t *testing.T, name string, build func(dir string) ([]string, erro
 	if b.err != nil {
 		t.Fatalf("build %s: %v", name, b.err)
 	}
-	return b.out
+	return slices.Clone(b.out)
 }
 
 // goCommand runs go with args (and env added), its output in the error.
