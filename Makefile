@@ -103,17 +103,26 @@ WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIN
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
 test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet static-build-cache
 	# Two lanes at once (docs/testing.md has what each takes): the kind
-	# tests, then the race detector and the fuzzer, their output in a file
-	# printed whole when both lanes have ended (whole, so a failure reads as
-	# go test printed it); beside them everything else. The recipe fails if
-	# either lane does.
+	# tests, their output in a file printed whole at the end (whole, so a
+	# failure reads as go test printed it), and beside them everything
+	# else. The race detector and the fuzzer (CHECKS) follow whichever lane
+	# ends first: the kind lane when the caches are warm, the other when the
+	# kind node image is built first. The recipe fails if any part does.
 	$(WITH_DOCKER) { \
 	  kind_log=$$(mktemp "$${TMPDIR:-/tmp}/spoke-kind-lane.XXXXXX.log"); \
+	  checks_log=$$(mktemp "$${TMPDIR:-/tmp}/spoke-checks.XXXXXX.log"); \
 	  echo "make test: the kind lane runs beside the rest; its output follows at the end (now: tail -f $$kind_log)"; \
 	  { $(KIND_LANE); } > $$kind_log 2>&1 & kind_lane=$$!; \
-	  { $(OTHER_LANE); }; other=$$?; wait $$kind_lane; kind=$$?; \
+	  { $(OTHER_LANE); } & other_lane=$$!; \
+	  wait -n -p first $$kind_lane $$other_lane; first_exit=$$?; \
+	  echo "make test: race detector and fuzzer start (output at the end: tail -f $$checks_log)"; \
+	  { $(CHECKS); } > $$checks_log 2>&1; checks=$$?; \
+	  if [ "$$first" = "$$kind_lane" ]; then kind=$$first_exit; wait $$other_lane; other=$$?; \
+	  else other=$$first_exit; wait $$kind_lane; kind=$$?; fi; \
 	  echo "==== make test: the kind lane's output ===="; cat $$kind_log; rm -f $$kind_log; \
-	  echo "make test: kind lane exit $$kind, other lane exit $$other"; [ $$kind = 0 ] && [ $$other = 0 ]; }
+	  echo "==== make test: the race detector's and the fuzzer's output ===="; cat $$checks_log; rm -f $$checks_log; \
+	  echo "make test: kind lane exit $$kind, other lane exit $$other, race and fuzz exit $$checks"; \
+	  [ $$kind = 0 ] && [ $$other = 0 ] && [ $$checks = 0 ]; }
 
 # The static spoke (make image's CGO_ENABLED=0 -trimpath) compiled once
 # before the lanes: cmd/spoke-image's test and the cluster and kind suites'
@@ -125,14 +134,15 @@ static-build-cache:
 # The kind tests: the documented deploy and 70 upstream specs, and the
 # move from Konnectivity, two clusters at once (they mostly wait for pods),
 # on spoke's own Docker daemon (WITH_DOCKER) and a node image built here
-# (cold, 8 minutes of this lane); then the concurrent parts under the race
-# detector and the fuzzer, which fit in the time the other lane takes
-# longer. The fuzzer gets a count, not a duration: Go 1.26's fuzz
-# coordinator can fail a duration-bounded run with "context deadline
-# exceeded" and no crasher (golang/go#75804, fixed in Go 1.27). Each go test
-# run's limit is about twice what it takes here.
-KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/ && \
-	$(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
+# (cold, 7 minutes of this lane). Each go test run's limit is about twice
+# what it takes here.
+KIND_LANE = $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
+
+# The concurrent parts under the race detector, then the fuzzer. The fuzzer
+# gets a count, not a duration: Go 1.26's fuzz coordinator can fail a
+# duration-bounded run with "context deadline exceeded" and no crasher
+# (golang/go#75804, fixed in Go 1.27).
+CHECKS = $(MAKE) --no-print-directory race && $(MAKE) --no-print-directory fuzz FUZZTIME=150000x
 
 # Everything else. The e2e tests that mostly wait on timers (marked
 # t.Parallel) run four at a time at the end of their package.
