@@ -17,11 +17,11 @@ import (
 // writes took 237 of a warm make test's 1,457 CPU-seconds (process
 // accounting: 113 links, 33 spoke-image runs); built once, 117 of 1,173 (68
 // links, 20 runs), on a machine where the CPU is what bounds the run.
-var sharedBuilds struct {
+var sharedBuilds = struct {
 	dir string
 	mu  sync.Mutex
 	by  map[string]*sharedBuild
-}
+}{by: map[string]*sharedBuild{}}
 
 // sharedBuild is one build: its outputs, or why it failed.
 type sharedBuild struct {
@@ -49,9 +49,6 @@ func TestMain(m *testing.M) {
 func buildOnce(t *testing.T, name string, build func(dir string) ([]string, error)) []string {
 	t.Helper()
 	sharedBuilds.mu.Lock()
-	if sharedBuilds.by == nil {
-		sharedBuilds.by = map[string]*sharedBuild{}
-	}
 	b, ok := sharedBuilds.by[name]
 	if !ok {
 		b = &sharedBuild{}
