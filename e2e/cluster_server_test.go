@@ -313,7 +313,7 @@ func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Proces
 	}()
 	start := time.Now()
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "restart", "daemonset/spoke-node-proxy")
-	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "240s")
+	waitForNodeProxyRoll(t, cp, "240s")
 	// rollout status returns when the new pods are available; the last old
 	// pod may still be going.
 	waitFor(t, 60*time.Second, "the old node proxy pods to go", func() bool {
@@ -397,9 +397,41 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 		}
 	}
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "undo", "daemonset/spoke-node-proxy")
-	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "120s")
+	waitForNodeProxyRoll(t, cp, "120s")
 	waitFor(t, 60*time.Second, "the unready pod to go", func() bool {
 		out, err := kubectlRun(t, cp, nil, "-n", "spoke-system", "get", "pods", "-o", "name")
 		return err == nil && strings.Count(out, "pod/") == nodes
 	})
+}
+
+// waitForNodeProxyRoll is kubectl rollout status on the node proxies'
+// DaemonSet; when the roll does not finish it fails with what a stalled
+// roll needs read: the DaemonSet's status, its pods (node, revision, phase,
+// readiness, deletion), its events and the DaemonSet controller's log.
+func waitForNodeProxyRoll(t *testing.T, cp *controlPlane, timeout string) {
+	t.Helper()
+	_, err := kubectlRun(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", timeout)
+	if err == nil {
+		return
+	}
+	var b strings.Builder
+	show := func(what string, args ...string) {
+		out, err := kubectlRun(t, cp, nil, append([]string{"-n", "spoke-system"}, args...)...)
+		fmt.Fprintf(&b, "---- %s ----\n%s%v\n", what, out, err)
+	}
+	show("the DaemonSet's status", "get", "daemonset/spoke-node-proxy", "-o", "jsonpath={.metadata.generation} {.status}")
+	show("its pods", "get", "pods", "-o", "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,REVISION:.metadata.labels.controller-revision-hash,"+
+		"PHASE:.status.phase,READY:.status.conditions[?(@.type=='Ready')].status,DELETING:.metadata.deletionTimestamp")
+	show("events", "get", "events", "--sort-by=.lastTimestamp")
+	if cp.controllersLog != "" {
+		raw, _ := os.ReadFile(cp.controllersLog)
+		var lines []string
+		for _, line := range strings.Split(string(raw), "\n") {
+			if strings.Contains(line, "spoke-node-proxy") || strings.Contains(strings.ToLower(line), "daemon") {
+				lines = append(lines, line)
+			}
+		}
+		fmt.Fprintf(&b, "---- the DaemonSet controller's last lines ----\n%s\n", strings.Join(lines[max(0, len(lines)-60):], "\n"))
+	}
+	t.Fatalf("%v\n%s", err, b.String())
 }

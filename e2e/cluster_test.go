@@ -81,9 +81,12 @@ func startControllers(t *testing.T, cp *controlPlane) {
 	// the not-ready taint once Ready.
 	controllers := "daemonset-controller,garbage-collector-controller,endpointslice-controller,serviceaccount-controller,namespace-controller," +
 		"deployment-controller,replicaset-controller,node-lifecycle-controller,root-ca-certificate-publisher-controller"
-	startProcess(t, "kube-controller-manager", filepath.Join(dir, "controller-manager.log"), kubeTool(t, "kube-controller-manager"),
+	cp.controllersLog = filepath.Join(dir, "controller-manager.log")
+	// --vmodule: the DaemonSet controller says why it creates or deletes no
+	// pod (expectations, surge counts), which a stalled roll needs.
+	startProcess(t, "kube-controller-manager", cp.controllersLog, kubeTool(t, "kube-controller-manager"),
 		"--kubeconfig", kubeconfig, "--controllers", controllers, "--root-ca-file", filepath.Join(flagValue(cp.args, "--cert-dir"), "apiserver.crt"),
-		"--secure-port", "0", "--leader-elect=false")
+		"--secure-port", "0", "--leader-elect=false", "--vmodule=daemon_controller=4,update=5")
 	startProcess(t, "kube-scheduler", filepath.Join(dir, "scheduler.log"), kubeTool(t, "kube-scheduler"),
 		"--kubeconfig", kubeconfig, "--secure-port", "0", "--leader-elect=false")
 }

@@ -62,6 +62,9 @@ type controlPlane struct {
 	// kubeletClientCA signs the client certificate the apiserver presents
 	// to kubelets; kubelets trust it (x509 authentication).
 	kubeletClientCA string
+	// controllersLog is kube-controller-manager's log (startControllers),
+	// read when a DaemonSet roll stalls.
+	controllersLog string
 	// clientset, when set, is the client (a cluster this test did not
 	// start: kind).
 	clientset kubernetes.Interface
