@@ -11,26 +11,32 @@ cd "$(dirname "$0")"
 K8S_VERSION=v1.37.2
 out=${1:-../../.tools/kube-$K8S_VERSION}
 mkdir -p "$out"
-[ -x "$out/etcd" ] || go build -o "$out/etcd" ./cmd/etcd
-[ -x "$out/kube-apiserver" ] || go build -o "$out/kube-apiserver" ./cmd/kube-apiserver
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
-for tool in kubeadm kubelet kube-controller-manager kube-scheduler; do
-  [ -x "$out/$tool" ] || go build -ldflags "$stamp" -o "$out/$tool" "k8s.io/kubernetes/cmd/$tool"
-done
-# kubectl static, as upstream releases it: the upstream e2e spec "should
-# handle in-cluster config" copies it into a pod without libc (an older
-# cache holds a dynamic one: rebuilt).
-if [ ! -x "$out/kubectl" ] || ldd "$out/kubectl" >/dev/null 2>&1; then
-  CGO_ENABLED=0 go build -ldflags "$stamp" -o "$out/kubectl.new" k8s.io/kubernetes/cmd/kubectl && mv "$out/kubectl.new" "$out/kubectl"
-fi
-# agnhost: the test workload, and with "pause" the pod sandbox (static: it
-# runs alone in its image).
-[ -x "$out/agnhost" ] || CGO_ENABLED=0 go build -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost
+
+# build FLAGS... -- NAME=PACKAGE...: the missing binaries of one kind in one
+# go build, so the packages they share compile once and their links run
+# side by side (one go build per binary linked one at a time: cold, most of
+# a core idle for minutes). Each lands as $out/NAME.
+build() {
+  local flags=() pkgs=() want
+  while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
+  for want in "$@"; do [ -x "$out/${want%%=*}" ] || pkgs+=("${want#*=}"); done
+  [ ${#pkgs[@]} = 0 ] || go build "${flags[@]}" -o "$out/" "${pkgs[@]}"
+}
+# etcd, kube-apiserver and the ginkgo CLI that runs e2e.test's specs in
+# parallel processes (the version e2e.test was built with, from the same
+# go.sum): no version stamp.
+build -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo
+build -ldflags "$stamp" -- kubeadm=k8s.io/kubernetes/cmd/kubeadm kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+# Static: kubectl as upstream releases it (the upstream e2e spec "should
+# handle in-cluster config" copies it into a pod without libc; an older
+# cache holds a dynamic one: rebuilt), and agnhost, the test workload and
+# with "pause" the pod sandbox (it runs alone in its image).
+if [ -x "$out/kubectl" ] && ldd "$out/kubectl" >/dev/null 2>&1; then rm "$out/kubectl"; fi
+CGO_ENABLED=0 build -ldflags "$stamp" -- kubectl=k8s.io/kubernetes/cmd/kubectl agnhost=k8s.io/kubernetes/test/images/agnhost
 # e2e.test: the upstream end-to-end suite, for the conformance tests of the
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 [ -x "$out/e2e.test" ] || go test -c -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
-# ginkgo: the CLI that runs e2e.test's specs in parallel processes (the
-# version e2e.test was built with, from the same go.sum).
-[ -x "$out/ginkgo" ] || go build -o "$out/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
 echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
