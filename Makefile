@@ -13,7 +13,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: demo run translate test test-prerequisites tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind kind-node-image build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind static-build-cache
+.PHONY: demo run translate test tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind kind-node-image build image vet fmt-check golden bench bench-datapath bench-config bench-curve fuzz race e2e-cluster e2e-kind static-build-cache
 
 ## demo: spoke on this host's loopback: the server, an apiserver proxy, a node proxy per node of examples/demo/cluster.yaml and a pod to reach; prints the spoke connect command that crosses a tunnel; Ctrl-C stops everything
 demo: build tools
@@ -101,7 +101,7 @@ WITH_DOCKER = trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/
 WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
-test: test-prerequisites
+test: tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet static-build-cache
 	# Two lanes at once (docs/testing.md has what each takes): the kind
 	# tests, their output in a file printed whole at the end (whole, so a
 	# failure reads as go test printed it), and beside them everything
@@ -123,14 +123,6 @@ test: test-prerequisites
 	  echo "==== make test: the race detector's and the fuzzer's output ===="; cat $$checks_log; rm -f $$checks_log; \
 	  echo "make test: kind lane exit $$kind, other lane exit $$other, race and fuzz exit $$checks"; \
 	  [ $$kind = 0 ] && [ $$other = 0 ] && [ $$checks = 0 ]; }
-
-# What make test needs before its lanes, side by side: on a fresh machine
-# the module downloads of one tool overlap the compiles of another, and one
-# build's single-threaded link the compiles of the next. Each target's
-# output is printed together when it ends (--output-sync).
-TEST_PREREQUISITES = tools tools-kube tools-konnectivity tools-promtool tools-node tools-kind fmt-check vet static-build-cache
-test-prerequisites:
-	$(MAKE) -j4 --output-sync=target $(TEST_PREREQUISITES)
 
 # The static spoke (make image's CGO_ENABLED=0 -trimpath) compiled once
 # before the lanes: cmd/spoke-image's test and the cluster and kind suites'
