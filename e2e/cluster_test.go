@@ -159,7 +159,7 @@ func startSpokeCluster(t *testing.T, nodes []clusterNode, images ...string) *spo
 	c.s.TunnelListenAddress = proxyAddresses[0]
 	c.s2 = c.s
 	c.s2.TunnelListenAddress, c.s2.EgressSocketPath = proxyAddresses[1], filepath.Join(c.dir, "egress-2.sock")
-	blockNodeNetworks(t, "172.30.0.0/16", "10.244.0.0/16")
+	blockNodeNetworks(t)
 	egressFile := egressSelectorFile(t, c.s, filepath.Join(c.dir, "egress-selector.yaml"))
 	c.cp = startControlPlaneWith(t, "--egress-selector-config-file", egressFile, "--client-ca-file", c.clusterCAFile, "--bind-address", "0.0.0.0",
 		"--kubelet-certificate-authority", c.clusterCAFile,

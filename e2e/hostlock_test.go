@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -26,7 +27,7 @@ import (
 // They are separate so the kind tests can run beside the real-kubelet
 // tests (make test does: a go test run each).
 var (
-	hostLock = &machineLock{path: filepath.Join(os.TempDir(), "spoke-e2e-host.lock"), what: "the host's test network and cgroups"}
+	hostLock = &machineLock{path: filepath.Join(os.TempDir(), "spoke-e2e-host.lock"), what: "the host's test network and cgroups", sweep: sweepHostNetwork}
 	kindLock = &machineLock{path: filepath.Join(os.TempDir(), "spoke-e2e-kind.lock"), what: "the kind clusters " + kindCluster + " and " + migrationCluster}
 )
 
@@ -36,9 +37,13 @@ const machineLockWait = 20 * time.Minute
 // machineLock is a file lock (flock) every checkout's runs share.
 type machineLock struct {
 	path, what string
-	once       sync.Once
-	file       *os.File // held open (and locked) until the process ends
-	err        error
+	// sweep, when set, runs once the lock is taken: whatever of the
+	// lock's things is left on the machine then was left by a run that
+	// ended without its clean-up (killed), as no live run holds the lock.
+	sweep func(logf func(string, ...any))
+	once  sync.Once
+	file  *os.File // held open (and locked) until the process ends
+	err   error
 }
 
 // lockHost takes the host's test network and cgroups for this process.
@@ -49,7 +54,11 @@ func lockKindClusters(t *testing.T) { kindLock.take(t) }
 
 func (l *machineLock) take(t *testing.T) {
 	t.Helper()
-	l.once.Do(func() { l.file, l.err = l.acquire(t.Logf) })
+	l.once.Do(func() {
+		if l.file, l.err = l.acquire(t.Logf); l.err == nil && l.sweep != nil {
+			l.sweep(t.Logf)
+		}
+	})
 	if l.err != nil {
 		t.Fatal(l.err)
 	}
@@ -86,6 +95,34 @@ func (l *machineLock) acquire(logf func(string, ...any)) (*os.File, error) {
 		_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, %s in %s, since %s\n", os.Getpid(), filepath.Base(os.Args[0]), cwd, time.Now().UTC().Format(time.RFC3339))), 0)
 	}
 	return f, nil
+}
+
+// sweepHostNetwork removes the real-kubelet tests' host network state
+// (unreachable routes, network namespaces and links named spk-*) that a
+// killed run left: the next run's "ip route add" would fail on it with
+// "RTNETLINK answers: File exists", as one did after a run was stopped.
+func sweepHostNetwork(logf func(string, ...any)) {
+	var removed []string
+	for _, cidr := range nodeNetworks {
+		if exec.Command("ip", "route", "delete", "unreachable", cidr).Run() == nil {
+			removed = append(removed, "route unreachable "+cidr)
+		}
+	}
+	namespaces, _ := os.ReadDir("/var/run/netns")
+	for _, ns := range namespaces {
+		if strings.HasPrefix(ns.Name(), "spk-") && exec.Command("ip", "netns", "delete", ns.Name()).Run() == nil {
+			removed = append(removed, "network namespace "+ns.Name())
+		}
+	}
+	links, _ := os.ReadDir("/sys/class/net")
+	for _, link := range links {
+		if strings.HasPrefix(link.Name(), "spk-") && exec.Command("ip", "link", "delete", link.Name()).Run() == nil {
+			removed = append(removed, "link "+link.Name())
+		}
+	}
+	if len(removed) > 0 {
+		logf("removed what a run that ended without cleaning up left: %s", strings.Join(removed, ", "))
+	}
 }
 
 // holder is what the lock file says about the run that holds it.

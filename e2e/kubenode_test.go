@@ -83,14 +83,17 @@ func (n *kubeNode) isolate(t *testing.T, opts nodeOptions) {
 	}
 }
 
+// nodeNetworks are the real-kubelet tests' node and pod addresses.
+var nodeNetworks = []string{"172.30.0.0/16", "10.244.0.0/16"}
+
 // blockNodeNetworks makes the host, where the control plane runs, unable
 // to route to node and pod addresses (unreachable routes, so a direct
 // connection fails at once), as a control plane in front of private or
 // NATed nodes is; connections the nodes open still work.
-func blockNodeNetworks(t *testing.T, cidrs ...string) {
+func blockNodeNetworks(t *testing.T) {
 	t.Helper()
 	lockHost(t)
-	for _, cidr := range cidrs {
+	for _, cidr := range nodeNetworks {
 		if out, err := exec.Command("ip", "route", "add", "unreachable", cidr).CombinedOutput(); err != nil {
 			t.Fatalf("ip route add unreachable %s: %v %s", cidr, err, out)
 		}
