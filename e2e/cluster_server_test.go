@@ -406,7 +406,7 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 
 // waitForNodeProxyRoll is kubectl rollout status on the node proxies'
 // DaemonSet; when the roll does not finish it fails with what a stalled
-// roll needs read: the DaemonSet's status, its pods (node, revision, phase,
+// roll needs read: the DaemonSet's status, its pods (node, revision,
 // readiness, deletion), its events and the DaemonSet controller's log.
 //
 // It waits past the DaemonSet controller's 5 minutes: the controller acts
@@ -427,8 +427,7 @@ func waitForNodeProxyRoll(t *testing.T, cp *controlPlane) {
 		fmt.Fprintf(&b, "---- %s ----\n%s%v\n", what, out, err)
 	}
 	show("the DaemonSet's status", "get", "daemonset/spoke-node-proxy", "-o", "jsonpath={.metadata.generation} {.status}")
-	show("its pods", "get", "pods", "-o", "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,REVISION:.metadata.labels.controller-revision-hash,"+
-		"PHASE:.status.phase,READY:.status.conditions[?(@.type=='Ready')].status,DELETING:.metadata.deletionTimestamp")
+	show("its pods (a deleted one shows as Terminating; the revision is the controller-revision-hash label)", "get", "pods", "-o", "wide", "--show-labels")
 	show("events", "get", "events", "--sort-by=.lastTimestamp")
 	if cp.controllersLog != "" {
 		raw, _ := os.ReadFile(cp.controllersLog)
