@@ -103,21 +103,20 @@ func (l *machineLock) acquire(logf func(string, ...any)) (*os.File, error) {
 // "RTNETLINK answers: File exists", as one did after a run was stopped.
 func sweepHostNetwork(logf func(string, ...any)) {
 	var removed []string
+	remove := func(what string, ipArgs ...string) {
+		if exec.Command("ip", ipArgs...).Run() == nil {
+			removed = append(removed, what)
+		}
+	}
 	for _, cidr := range nodeNetworks {
-		if exec.Command("ip", "route", "delete", "unreachable", cidr).Run() == nil {
-			removed = append(removed, "route unreachable "+cidr)
-		}
+		remove("route unreachable "+cidr, "route", "delete", "unreachable", cidr)
 	}
-	namespaces, _ := os.ReadDir("/var/run/netns")
-	for _, ns := range namespaces {
-		if strings.HasPrefix(ns.Name(), "spk-") && exec.Command("ip", "netns", "delete", ns.Name()).Run() == nil {
-			removed = append(removed, "network namespace "+ns.Name())
-		}
-	}
-	links, _ := os.ReadDir("/sys/class/net")
-	for _, link := range links {
-		if strings.HasPrefix(link.Name(), "spk-") && exec.Command("ip", "link", "delete", link.Name()).Run() == nil {
-			removed = append(removed, "link "+link.Name())
+	for _, dir := range []struct{ path, kind string }{{"/var/run/netns", "netns"}, {"/sys/class/net", "link"}} {
+		entries, _ := os.ReadDir(dir.path)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "spk-") {
+				remove(dir.kind+" "+e.Name(), dir.kind, "delete", e.Name())
+			}
 		}
 	}
 	if len(removed) > 0 {
