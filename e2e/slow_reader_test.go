@@ -21,6 +21,12 @@ import (
 // unread bytes never fill the tunnel's connection window and new set-ups
 // answer at once. With Envoy's 256 MiB stream window the first new CONNECT
 // got no byte in 10 s (SPOKE_SLOW_SETTINGS='{tunnelStreamWindow: 0}').
+//
+// The check is for that stall, not for a latency: set-ups beside the slow
+// streams fail when their p99 passes stallThreshold, which sits between the
+// stall (10 s, SetupOnce's timeout) and what a loaded 2-core CI machine adds
+// to healthy set-ups (140 ms p99 seen there while two test lanes ran). The
+// same run's set-ups without the slow streams are logged beside them.
 func TestSlowReadersDoNotStallNewStreams(t *testing.T) {
 	tp := newTopologyWith(t, func(s *model.Settings) {
 		var err error
@@ -40,6 +46,10 @@ func TestSlowReadersDoNotStallNewStreams(t *testing.T) {
 	if _, err := datapath.WaitConnect(ctx, dial, target.Addr(), 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	baseline, err := datapath.SetupTimes(ctx, dial, target.Addr(), 50)
+	if err != nil {
+		t.Fatalf("new CONNECTs on an idle path: %v", err)
+	}
 	stop := slowReaders(t, dial, target.Addr(), 8, 1<<20)
 	defer stop()
 	time.Sleep(3 * time.Second) // the slow streams' unread bytes pile up on the path
@@ -47,12 +57,20 @@ func TestSlowReadersDoNotStallNewStreams(t *testing.T) {
 	if err != nil {
 		t.Fatalf("new CONNECTs beside slowly read streams: %v", err)
 	}
-	p50, p99 := datapath.Percentile(times, .5), datapath.Percentile(times, .99)
-	t.Logf("set-ups beside 8 slowly read streams: p50 %v, p99 %v", p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond))
-	if p99 > 100*time.Millisecond {
-		t.Errorf("set-up p99 %v beside slowly read streams: new streams wait behind other streams' unread bytes", p99)
+	p99 := datapath.Percentile(times, .99)
+	t.Logf("set-ups p50/p99: idle %v/%v, beside 8 slowly read streams %v/%v",
+		roundMicros(datapath.Percentile(baseline, .5)), roundMicros(datapath.Percentile(baseline, .99)),
+		roundMicros(datapath.Percentile(times, .5)), roundMicros(p99))
+	if p99 > stallThreshold {
+		t.Errorf("set-up p99 %v beside slowly read streams (over %v): new streams wait behind other streams' unread bytes", p99, stallThreshold)
 	}
 }
+
+// stallThreshold tells a stalled set-up from a slow one; see
+// TestSlowReadersDoNotStallNewStreams.
+const stallThreshold = time.Second
+
+func roundMicros(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
 
 // slowReaders opens n endless streams from target and reads each at most
 // perSecond bytes a second, until stop.
