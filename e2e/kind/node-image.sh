@@ -63,7 +63,7 @@ fi
 # Binaries, each built once (the Go build cache makes a rebuild cheap).
 bash e2e/kube/build.sh >&2
 kube=$root/.tools/kube-$K8S_VERSION
-[ -x "$bins/kube-proxy" ] || (cd e2e/kube && go build -ldflags "-X k8s.io/component-base/version.gitVersion=$K8S_VERSION" -o "$bins/kube-proxy" k8s.io/kubernetes/cmd/kube-proxy)
+cp "$kube/kube-proxy" "$bins/" # the build context of its image, below
 [ -x "$bins/crictl" ] || GOBIN=$bins CGO_ENABLED=0 go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
 [ -x "$bins/coredns" ] || GOBIN=$bins CGO_ENABLED=0 go install "github.com/coredns/coredns@$COREDNS_VERSION"
 modcache=$(go env GOMODCACHE)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager,
-# kube-scheduler, agnhost, e2e.test and the ginkgo CLI into $1 (default:
+# kube-scheduler, kube-proxy, agnhost, e2e.test and the ginkgo CLI into $1 (default:
 # ../../.tools/kube-<version>), once per version: a cached build is reused.
-# kubectl, kubeadm, kubelet, the controller manager and the scheduler are the upstream commands (go.mod's tool lines), stamped
+# kubectl, kubeadm, kubelet, the controller manager, the scheduler and kube-proxy are the upstream commands (go.mod's tool lines), stamped
 # with the version as a release build is: kubeadm checks it against the
 # control plane's.
 set -euo pipefail
@@ -28,8 +28,10 @@ build() {
 # parallel processes (the version e2e.test was built with, from the same
 # go.sum): no version stamp.
 build -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo
+# kube-proxy is for the kind node image (e2e/kind/node-image.sh).
 build -ldflags "$stamp" -- kubeadm=k8s.io/kubernetes/cmd/kubeadm kubelet=k8s.io/kubernetes/cmd/kubelet \
-  kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler
+  kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 # Static: kubectl as upstream releases it (the upstream e2e spec "should
 # handle in-cluster config" copies it into a pod without libc; an older
 # cache holds a dynamic one: rebuilt), and agnhost, the test workload and
@@ -41,4 +43,4 @@ CGO_ENABLED=0 build -ldflags "$stamp" -- kubectl=k8s.io/kubernetes/cmd/kubectl a
 # -vet=off: go test -c would vet the upstream packages first (minutes of
 # both cores on a fresh machine, for code this project does not change).
 [ -x "$out/e2e.test" ] || go test -c -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
-echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
+echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
