@@ -22,7 +22,13 @@ build() {
   local flags=() pkgs=() want
   while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
   for want in "$@"; do [ -x "$out/${want%%=*}" ] || pkgs+=("${want#*=}"); done
-  [ ${#pkgs[@]} = 0 ] || go build "${flags[@]}" -o "$out/" "${pkgs[@]}"
+  [ ${#pkgs[@]} = 0 ] || timed go build "${flags[@]}" -o "$out/" "${pkgs[@]}"
+}
+# timed COMMAND...: runs it and says how long it took (the cold build's
+# parts, for docs/testing.md).
+timed() {
+  local start=$SECONDS
+  "$@" && echo "took $((SECONDS - start)) s: $*"
 }
 # etcd, kube-apiserver and the ginkgo CLI that runs e2e.test's specs in
 # parallel processes (the version e2e.test was built with, from the same
@@ -42,5 +48,5 @@ CGO_ENABLED=0 build -ldflags "$stamp" -- kubectl=k8s.io/kubernetes/cmd/kubectl a
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 # -vet=off: go test -c would vet the upstream packages first (minutes of
 # both cores on a fresh machine, for code this project does not change).
-[ -x "$out/e2e.test" ] || go test -c -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
+[ -x "$out/e2e.test" ] || timed go test -c -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
 echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
