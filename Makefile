@@ -90,8 +90,8 @@ kind-node-image: tools-kube
 	$(WITH_DOCKER) bash e2e/kind/node-image.sh
 
 ## e2e-kind: the kind tests alone (spoke deployed as documented; the move from Konnectivity), on spoke's own Docker daemon (started here when none answers, stopped at the end)
-e2e-kind: tools tools-kube tools-konnectivity tools-kind
-	$(WITH_DOCKER) $(WITH_NODE_IMAGE) SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -v -timeout 30m -run '$(KIND_TESTS)' ./e2e/
+e2e-kind: tools tools-kube tools-konnectivity
+	$(WITH_DOCKER) $(WITH_NODE_IMAGE) $(MAKE) --no-print-directory lane-kind KIND_TEST_FLAGS=-v
 
 # The tests that create kind clusters: make test runs them in a go test run
 # of their own.
@@ -123,7 +123,7 @@ static-build-cache:
 # SPOKE_KIND_NODE_IMAGE (e2e/test-lanes.sh sets both). Each go test run's
 # limit is about twice what it takes here.
 lane-kind: tools-kind
-	SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
+	SPOKE_REQUIRE_KIND=1 SPOKE_REQUIRE_KONNECTIVITY=1 go test $(KIND_TEST_FLAGS) -count=1 -timeout 30m -run '$(KIND_TESTS)' ./e2e/
 
 # The other lane: everything else. The e2e tests that mostly wait on timers
 # (marked t.Parallel) run four at a time at the end of their package.

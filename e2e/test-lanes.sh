@@ -2,7 +2,7 @@
 # make test's schedule, after the tools every part needs (Envoy, the
 # Kubernetes binaries, the node packages; make test's prerequisites):
 #
-#   kind node image, kind ───────────────────────────▶ kind lane ─┐
+#   kind node image ─────────────────────────────────▶ kind lane ─┐
 #   Konnectivity, static spoke ─▶ promtool, other lane ─────────────┤
 #                      vet, race detector, fuzzer after the first lane ┘
 #
@@ -31,7 +31,7 @@ checks_log=$(mktemp "$tmp/spoke-checks.XXXXXX.log")
 image_name=$(mktemp "$tmp/spoke-kind-image.XXXXXX")
 trap 'rm -f "$image_name"' EXIT
 
-{ bash e2e/kind/node-image.sh >"$image_name" && $make tools-kind; } >>"$kind_log" 2>&1 &
+bash e2e/kind/node-image.sh >"$image_name" 2>>"$kind_log" &
 image_job=$!
 say "kind node image: building beside Konnectivity and the static spoke (tail -f $kind_log)"
 
@@ -42,7 +42,7 @@ if ! $make tools-konnectivity static-build-cache; then
 	exit 1
 fi
 say "Konnectivity and the static spoke ready; the other lane starts (promtool first)"
-{ $make tools-promtool && $make lane-other; } &
+$make lane-other & # its prerequisite promtool first
 other_lane=$!
 
 wait $image_job
