@@ -463,7 +463,10 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 	start := time.Now()
 	var first time.Time
 	var delays []time.Duration
-	for deadline := time.After(3 * time.Second); ; {
+	// The first line may take kubectl's start-up and the stream's set-up
+	// (2.3 s seen on a loaded 2-core machine); a path that stalls gives none
+	// in 10 s. The 3 s of lines are counted from the first.
+	for deadline := time.After(10 * time.Second); ; {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -473,7 +476,7 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 				t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
 			}
 			if first.IsZero() {
-				first = l.at
+				first, deadline = l.at, time.After(3*time.Second)
 			}
 			delays = append(delays, l.delay)
 			continue
@@ -482,7 +485,7 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 		break
 	}
 	// logs-generator writes about 280 lines a second on an idle machine.
-	if len(delays) < 20 || first.Sub(start) > 2*time.Second || datapath.Percentile(delays, .5) > time.Second {
+	if len(delays) < 20 || datapath.Percentile(delays, .5) > time.Second {
 		firstAfter := "never"
 		if !first.IsZero() {
 			firstAfter = first.Sub(start).Round(time.Millisecond).String()
