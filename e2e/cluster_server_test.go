@@ -264,8 +264,15 @@ type rollSample struct {
 // fail alone, sent into a tunnel of the old pod the instant it dies (Envoy
 // closes its connections at SIGTERM without a drain), but never two in a
 // row.
+//
+// The roll starts from a settled DaemonSet (every pod available), as an
+// operator's would: see waitForNodeProxyRoll for the upstream stall a roll
+// begun within minReadySeconds of a pod's readiness can run into.
 func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Process, sockets []string, kubelets map[string]string, pod string) {
 	t.Helper()
+	settle := time.Now()
+	waitForNodeProxyRoll(t, cp)
+	t.Logf("DaemonSet settled (every pod available) %v before the roll began", time.Since(settle).Round(time.Millisecond))
 	open := holdStreams(t, cp, pod)
 	samples := map[string]*rollSample{} // node@proxy
 	key := func(node string, i int) string { return fmt.Sprintf("%s at apiserver proxy %d", node, i+1) }
@@ -409,12 +416,23 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 // roll needs read: the DaemonSet's status, its pods (node, revision,
 // readiness, deletion), its events and the DaemonSet controller's log.
 //
-// It waits past the DaemonSet controller's 5 minutes: the controller acts
-// on a DaemonSet again only once its informers show the pods it created or
-// deleted, or after 5 minutes (its expectations' timeout). One CI run, on
-// a loaded machine, saw 0 of 4 pods updated 240 s into a roll, with no
-// record of why; the checks during the roll are about reachability, not
-// how fast the controller is.
+// A surge roll can stall in kube-controller-manager v1.37.2, and did here
+// (CI and locally, 3 of 10 runs here, while node-d's new pod was
+// inside minReadySeconds when the roll began): the DaemonSet controller
+// deletes an old pod only once the new one is available, and learns that
+// only from a requeue it asks for minReadySeconds+1 s after the new pod
+// turns Ready (updatePod). The workqueue keeps one delayed entry per key,
+// the earliest (delaying_queue.go insert), so that requeue is dropped when
+// an earlier one is pending, here the status resync asked 10 s after the
+// joining pod's readiness; that resync finds the new pods Ready but not
+// yet available, asks for nothing, and the roll waits for the next event
+// on the DaemonSet's pods, which a quiet cluster never sends. Seen in the
+// controller's log: the last sync right after the new pods turned Ready,
+// none after. Rolls therefore start from a settled DaemonSet.
+//
+// The timeout stays past the controller's 5-minute expectations timeout,
+// the other way a roll waits on the controller; the checks during a roll
+// are about reachability, not how fast the controller is.
 func waitForNodeProxyRoll(t *testing.T, cp *controlPlane) {
 	t.Helper()
 	_, err := kubectlRun(t, cp, nil, "-n", "spoke-system", "rollout", "status", "daemonset/spoke-node-proxy", "--timeout", "400s")
