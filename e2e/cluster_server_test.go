@@ -417,7 +417,7 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 // readiness, deletion), its events and the DaemonSet controller's log.
 //
 // A surge roll can stall in kube-controller-manager v1.37.2, and did here
-// (CI and locally, 3 of 10 runs here, while node-d's new pod was
+// (in CI, and in 3 of 10 runs here, while node-d's new pod was
 // inside minReadySeconds when the roll began): the DaemonSet controller
 // deletes an old pod only once the new one is available, and learns that
 // only from a requeue it asks for minReadySeconds+1 s after the new pod
