@@ -416,9 +416,8 @@ func checkRollWaitsForTunnels(t *testing.T, cp *controlPlane, apiProxy *envoytes
 // roll needs read: the DaemonSet's status, its pods (node, revision,
 // readiness, deletion), its events and the DaemonSet controller's log.
 //
-// A surge roll can stall in kube-controller-manager v1.37.2, and did
-// (in CI, and in 3 of 10 runs on this machine, while node-d's new pod was
-// inside minReadySeconds when the roll began): the DaemonSet controller
+// A surge roll begun while a pod is inside minReadySeconds (node-d's, here)
+// can stall in kube-controller-manager v1.37.2: the DaemonSet controller
 // deletes an old pod only once the new one is available, and learns that
 // only from a requeue it asks for minReadySeconds+1 s after the new pod
 // turns Ready (updatePod). The workqueue keeps one delayed entry per key,
