@@ -100,7 +100,7 @@ KIND_TESTS = ^TestKind(ClusterThroughSpoke|MigrationFromKonnectivity)$$
 # WITH_DOCKER starts spoke's Docker daemon (stopped when the recipe's shell
 # exits); WITH_NODE_IMAGE builds the kind node image (or finds it cached)
 # before what follows it.
-WITH_DOCKER = trap 'bash e2e/kind/docker.sh stop' EXIT; docker_host=$$(bash e2e/kind/docker.sh start) && export "$$docker_host" &&
+WITH_DOCKER = trap 'bash e2e/kind/docker.sh stop $$$$' EXIT; docker_host=$$(bash e2e/kind/docker.sh start $$$$) && export "$$docker_host" &&
 WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run

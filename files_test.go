@@ -135,7 +135,7 @@ var markdownLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 // reader of any clone can follow every link.
 func TestDocsStayInTheRepository(t *testing.T) {
 	docs, _ := filepath.Glob("docs/*.md")
-	tests := testsByDir(t)
+	tests := testsByDir(t, ".")
 	if len(docs) < 5 {
 		t.Fatalf("want the docs/ pages (architecture, envoy, trust, operations, testing), found %v", docs)
 	}
@@ -153,16 +153,46 @@ func TestDocsStayInTheRepository(t *testing.T) {
 	}
 }
 
+// TestTestIndexSkipsWhatGoSkips: test files where the go tool finds no
+// package (.tools, testdata) are not tests docs may cite, and their trees
+// are not read (a kind rootfs under .tools can hold a mounted /proc).
+func TestTestIndexSkipsWhatGoSkips(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"e2e/a_test.go", ".tools/x/b_test.go", "e2e/testdata/c_test.go", "_old/d_test.go"} {
+		path := filepath.Join(root, f)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("package x\n\nfunc TestIt(t *testing.T) {}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := testsByDir(t, root)
+	if len(got) != 1 || !got["e2e"]["TestIt"] {
+		t.Errorf("indexed %v, want only e2e's TestIt", got)
+	}
+}
+
 // testCitation is how docs name a test: `TestName`, or `dir/TestName`.
 var testCitation = regexp.MustCompile(`\b((?:[a-z0-9_.-]+/)*)((?:Test|Fuzz)[A-Z][A-Za-z0-9_]*)`)
 
 var testFunc = regexp.MustCompile(`(?m)^func ((?:Test|Fuzz)[A-Z][A-Za-z0-9_]*)\(`)
 
-// testsByDir finds every test function of the repository, by directory.
-func testsByDir(t *testing.T) map[string]map[string]bool {
+// goSkipsDir: the go tool finds no packages (so runs no tests) in .tools,
+// .git, _anything or testdata. Walking .tools also read a kind node image's
+// rootfs while debootstrap had /proc mounted in it ("permission denied").
+func goSkipsDir(name string) bool {
+	return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata"
+}
+
+// testsByDir finds every test function under root, by directory.
+func testsByDir(t *testing.T, root string) map[string]map[string]bool {
 	t.Helper()
 	tests := map[string]map[string]bool{}
-	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && path != root && goSkipsDir(d.Name()) {
+			return filepath.SkipDir
+		}
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, "_test.go") {
 			return err
 		}
@@ -170,7 +200,7 @@ func testsByDir(t *testing.T) map[string]map[string]bool {
 		if err != nil {
 			return err
 		}
-		dir := filepath.Dir(path)
+		dir, _ := filepath.Rel(root, filepath.Dir(path))
 		for _, m := range testFunc.FindAllStringSubmatch(string(raw), -1) {
 			if tests[dir] == nil {
 				tests[dir] = map[string]bool{}

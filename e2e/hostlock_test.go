@@ -150,3 +150,31 @@ func TestHostLockIsExclusive(t *testing.T) {
 		t.Errorf("the lock file names %q, not this process", holder)
 	}
 }
+
+// TestNodeNetworkHeldElsewhereIsNamed: a link that routes part of the test
+// nodes' network (as a Docker network's bridge in 172.17-31.0.0/16 can) is
+// seen and named before the run adds its unreachable route, which would
+// fail with a bare "File exists" or, for a narrower prefix, be bypassed.
+func TestNodeNetworkHeldElsewhereIsNamed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("adding a link needs root")
+	}
+	lockHost(t)
+	const probe = "spk-probe" // spk-: a killed run's is swept with the lock
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	if held := routesInside(nodeNetworks[0]); held != "" {
+		t.Fatalf("before the probe, %s is routed already: %s", nodeNetworks[0], held)
+	}
+	ip("link", "add", probe, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "delete", probe).Run() })
+	ip("addr", "add", "172.30.200.1/24", "dev", probe)
+	ip("link", "set", probe, "up")
+	if held := routesInside(nodeNetworks[0]); !strings.Contains(held, "172.30.200.0/24") || !strings.Contains(held, probe) {
+		t.Errorf("a link routing 172.30.200.0/24 is not named: %q", held)
+	}
+}

@@ -94,11 +94,21 @@ func blockNodeNetworks(t *testing.T) {
 	t.Helper()
 	lockHost(t)
 	for _, cidr := range nodeNetworks {
+		if held := routesInside(cidr); held != "" {
+			t.Fatalf("%s, the test nodes' network, is already routed on this machine (%s): a Docker network's bridge? Delete that link (ip link delete DEV) or move what holds it; the nodes' addresses must be unreachable from here but through spoke", cidr, held)
+		}
 		if out, err := exec.Command("ip", "route", "add", "unreachable", cidr).CombinedOutput(); err != nil {
 			t.Fatalf("ip route add unreachable %s: %v %s", cidr, err, out)
 		}
 		t.Cleanup(func() { _ = exec.Command("ip", "route", "delete", "unreachable", cidr).Run() })
 	}
+}
+
+// routesInside lists the machine's routes to addresses in cidr (ip's
+// "root": the prefix and anything more specific), one per "; ".
+func routesInside(cidr string) string {
+	out, _ := exec.Command("ip", "-4", "route", "show", "root", cidr).Output()
+	return strings.Join(strings.Split(strings.TrimSpace(string(out)), "\n"), "; ")
 }
 
 func podNetworkNamespaces() map[string]bool {

@@ -2,8 +2,11 @@
 # A Docker daemon of spoke's own for the kind tests, on a private socket so
 # nothing else on the machine sees it (or is disturbed by it):
 #
-#   e2e/kind/docker.sh start   # prints DOCKER_HOST=unix:///run/spoke-docker/docker.sock
-#   e2e/kind/docker.sh stop
+#   e2e/kind/docker.sh start [PID]  # prints DOCKER_HOST=unix:///run/spoke-docker/docker.sock
+#   e2e/kind/docker.sh stop [PID]
+#
+# PID is the process the daemon is kept for (default: the caller, $PPID;
+# make passes its recipe shell's $$, as a subshell may stand between).
 #
 # start installs Debian's docker.io when dockerd is missing (root), and
 # starts dockerd unless its socket answers. What this VM needs to run kind's
@@ -14,6 +17,13 @@
 # - --iptables=false --ip-masq=false: Docker's iptables rules set the FORWARD
 #   policy to DROP, which would cut the network-namespace test hosts routed
 #   through this machine; kind's nodes need no NAT to reach each other.
+# - --default-address-pool: its networks (kind's) take /24s of 10.213.0.0/16, never
+#   Docker's default 172.17-31.0.0/16, which hold the real-kubelet tests'
+#   node network (172.30.0.0/16); stop deletes their bridges, which dockerd
+#   leaves behind when it exits. A new data root (a fresh clone) makes a new
+#   kind network, and with Docker's default pools every clone's bridge stayed
+#   on the machine holding the next /16 until one held 172.30.0.0/16 and the
+#   real-kubelet tests could not add their route ("File exists").
 # start also raises the kernel's inotify limits to what kind's known issues
 # page asks for ("Pod errors due to too many open files"; never lowered):
 # every kubelet, containerd and systemd in the kind nodes and the
@@ -27,20 +37,29 @@ run=/run/spoke-docker
 sock=$run/docker.sock
 data=${SPOKE_DOCKER_DATA:-$PWD/.tools/docker-data}
 log=$PWD/.tools/docker.log
+POOL=10.213.0.0/16
 
 answers() { DOCKER_HOST=unix://$sock docker info --format '{{.ServerVersion}}' >/dev/null 2>&1; }
 
-# Runs that use the daemon are counted (under a lock): stop stops it when
-# the last one is done, so a second run on the machine keeps its daemon.
-users() { # +1 or -1; prints the count after
-	mkdir -p "$run"
+# Runs that use the daemon register their PID (the shell that runs them:
+# make's recipe shell, or an operator's shell), under a lock; stop stops
+# the daemon once no registered process is alive. A second run so
+# keeps its daemon, and a killed run, which never says stop, does not keep
+# it running forever (a count did: a killed run left it at 1).
+user=${2:-$PPID}
+users() { # add|remove; prints how many registered processes are alive after
+	mkdir -p "$run/users.d"
 	exec 9>"$run/users.lock"
 	flock 9
-	local n
-	n=$(cat "$run/users" 2>/dev/null || echo 0)
-	n=$((n + $1))
-	[ "$n" -lt 0 ] && n=0
-	echo "$n" >"$run/users"
+	case $1 in
+	add) touch "$run/users.d/$user" ;;
+	remove) rm -f "$run/users.d/$user" ;;
+	esac
+	local n=0 f
+	for f in "$run/users.d"/*; do
+		[ -e "$f" ] || continue
+		if kill -0 "${f##*/}" 2>/dev/null; then n=$((n + 1)); else rm -f "$f"; fi
+	done
 	flock -u 9
 	echo "$n"
 }
@@ -56,12 +75,13 @@ at_least() {
 }
 
 start() {
-	users +1 >/dev/null
+	users add >/dev/null
 	if [ "$(id -u)" = 0 ]; then
 		at_least fs.inotify.max_user_instances 512
 		at_least fs.inotify.max_user_watches 524288
 	fi
 	if answers; then
+		same_mounts
 		echo "DOCKER_HOST=unix://$sock"
 		return
 	fi
@@ -71,12 +91,14 @@ start() {
 		apt-get install -y -qq docker.io >&2 || { apt-get update -qq >&2 && apt-get install -y -qq docker.io >&2; }
 	fi
 	mkdir -p "$run" "$data" "$(dirname "$log")"
+	remove_stale_bridges
 	install -m 0755 e2e/kind/runc-caps "$run/runc-caps"
 	# dockerd would take over /run/containerd's socket path for its own
 	# containerd if none runs there; give it a place of its own.
 	nohup dockerd -H "unix://$sock" --data-root "$data" --exec-root "$run/exec" --pidfile "$run/dockerd.pid" \
 		--iptables=false --ip-masq=false --containerd-namespace spoke-moby --containerd-plugins-namespace spoke-plugins \
-		--add-runtime "spoke-runc=$run/runc-caps" --default-runtime spoke-runc >"$log" 2>&1 &
+		--add-runtime "spoke-runc=$run/runc-caps" --default-runtime spoke-runc \
+		--default-address-pool "base=$POOL,size=24" >"$log" 2>&1 &
 	for _ in $(seq 1 60); do
 		if answers; then
 			echo "DOCKER_HOST=unix://$sock"
@@ -89,22 +111,58 @@ start() {
 	exit 1
 }
 
+# same_mounts refuses a daemon that answers but sees another file system
+# (started in another mount namespace, e.g. a container sharing /run): the
+# node image's bind mounts would silently be empty directories there.
+same_mounts() {
+	local root
+	root=$(DOCKER_HOST=unix://$sock docker info --format '{{.DockerRootDir}}')
+	[ -d "$root" ] && return 0
+	echo "docker.sh: the Docker daemon on $sock keeps its data in $root, which this machine's file system does not have: it runs in another mount namespace; stop it there (e2e/kind/docker.sh stop) or end that run" >&2
+	exit 1
+}
+
 stop() {
-	if [ "$(users -1)" -gt 0 ]; then
+	if [ "$(users remove)" -gt 0 ]; then
 		return 0 # another run still uses it
 	fi
 	[ -f "$run/dockerd.pid" ] || return 0
 	pid=$(cat "$run/dockerd.pid")
+	local bridges
+	bridges=$(own_bridges)
 	kill "$pid" 2>/dev/null || true
 	for _ in $(seq 1 30); do
-		kill -0 "$pid" 2>/dev/null || return 0
+		kill -0 "$pid" 2>/dev/null || break
 		sleep 1
 	done
 	kill -9 "$pid" 2>/dev/null || true
+	for b in $bridges; do
+		ip link delete "$b" 2>/dev/null || true
+	done
+}
+
+# remove_stale_bridges deletes bridges in 10.213.0.0/16 while no daemon of
+# ours runs: a killed run's daemon left them (none else uses the pool).
+remove_stale_bridges() {
+	ip -o -4 addr show | awk -v pool="${POOL%.0.0/16}." 'index($4, pool) == 1 && $2 ~ /^br-/ {print $2}' |
+		while read -r b; do
+			ip link delete "$b" && echo "docker.sh: deleted $b, a bridge a killed run's daemon left" >&2
+		done
+}
+
+# own_bridges names the bridges of the daemon's user networks (br- and the
+# network ID's first 12 characters, as Docker names them); the default
+# bridge, docker0, may be the system daemon's too and stays.
+own_bridges() {
+	answers || return 0
+	DOCKER_HOST=unix://$sock docker network ls -q --no-trunc --filter driver=bridge |
+		while read -r id; do
+			[ "$(DOCKER_HOST=unix://$sock docker network inspect -f '{{.Name}}' "$id")" = bridge ] || echo "br-${id:0:12}"
+		done
 }
 
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
-*) echo "usage: $0 start|stop" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop [PID]" >&2; exit 2 ;;
 esac
