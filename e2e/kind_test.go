@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,8 +135,7 @@ func TestKindConfig(t *testing.T) {
 // than pull kind's default, which no registry here serves.
 func kindTools(t *testing.T) (kind, image string) {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Dir(filepath.Dir(file))
+	root := repoRoot(t)
 	kind = filepath.Join(root, ".tools", "kind-"+kindVersion, "kind")
 	missing := ""
 	if _, err := os.Stat(kind); err != nil {

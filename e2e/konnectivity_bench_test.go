@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -24,8 +23,7 @@ const konnectivityVersion = "v0.34.0"
 // skips (fails under SPOKE_REQUIRE_KONNECTIVITY=1) saying how to build them.
 func konnectivityBinaries(t *testing.T) (server, agent, swarm string) {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "konnectivity-"+konnectivityVersion)
+	dir := filepath.Join(repoRoot(t), ".tools", "konnectivity-"+konnectivityVersion)
 	server, agent, swarm = filepath.Join(dir, "proxy-server"), filepath.Join(dir, "proxy-agent"), filepath.Join(dir, "agent-swarm")
 	for _, b := range []string{server, agent, swarm} {
 		if _, err := os.Stat(b); err != nil {

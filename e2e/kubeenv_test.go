@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -32,13 +31,24 @@ func kubeBinaries(t *testing.T) (apiserver, etcd string) {
 	return kubeTool(t, "kube-apiserver"), kubeTool(t, "etcd")
 }
 
+// repoRoot is the checkout's root: go test runs a package's tests in its
+// directory, e2e/. (Not from runtime.Caller: make test builds with
+// -trimpath, which leaves no file system path in the binary.)
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
 // kubeTool returns one cached binary of e2e/kube/build.sh (kube-apiserver,
 // etcd, kubectl, kubeadm), or skips (fails under SPOKE_REQUIRE_KUBE=1)
 // saying how to build it.
 func kubeTool(t *testing.T, name string) string {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(filepath.Dir(filepath.Dir(file)), ".tools", "kube-"+kubeVersion, name)
+	bin := filepath.Join(repoRoot(t), ".tools", "kube-"+kubeVersion, name)
 	if _, err := os.Stat(bin); err != nil {
 		msg := fmt.Sprintf("%s missing: run `make tools-kube` (builds kube-apiserver, etcd, kubectl and kubeadm %s from Go modules, ~8 min cold)", bin, kubeVersion)
 		if os.Getenv("SPOKE_REQUIRE_KUBE") == "1" {

