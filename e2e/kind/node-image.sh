@@ -27,7 +27,7 @@ PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,i
 
 # The image's key: every version in it and everything that builds it.
 key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" |
-	cat - "$0" e2e/kind/node/* cmd/spoke-image/*.go | sha256sum | cut -c1-12)
+	cat - "$0" e2e/kind/node/* e2e/kube/build.sh cmd/spoke-image/*.go | sha256sum | cut -c1-12)
 image=spoke-kind-node:$K8S_VERSION-$key
 out=$root/.tools/kind-node-$K8S_VERSION-$key
 bins=$root/.tools/kind-bins-$K8S_VERSION
