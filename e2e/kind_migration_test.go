@@ -71,6 +71,13 @@ func TestKindMigrationFromKonnectivity(t *testing.T) {
 		t.Helper()
 		start := time.Now()
 		run(s)
+		// The step ends once kube-apiserver is ready; loaded, it answered
+		// logs and exec only up to 20 s later (kubectl's 10 s timeouts
+		// right after a switch, CI-sized load). The restart lasts until
+		// both answer, as for the kubelets' restart below.
+		stepEnd := time.Now()
+		waitFor(t, 2*time.Minute, "kubectl logs and exec through the restarted kube-apiserver", func() bool { return podAnswers(t, cp, pod) })
+		t.Logf("%s: logs and exec answered %.1f s after the step ended", what, time.Since(stepEnd).Seconds())
 		probe.report(what, start, time.Now(), true)
 		checkEgressProtocol(t, what, run(byName["check"]), protocol)
 	}
@@ -87,10 +94,7 @@ func TestKindMigrationFromKonnectivity(t *testing.T) {
 			waitFor(t, 2*time.Minute, "every kubelet's serving certificate request", func() bool { requested, _ := servingCSRs(t, cp); return requested >= len(nodes) })
 			run(s)
 			waitFor(t, time.Minute, "every kubelet's serving certificate", func() bool { _, issued := servingCSRs(t, cp); return issued >= len(nodes) })
-			waitFor(t, time.Minute, "kubectl logs with the kubelet's new certificate", func() bool {
-				_, err := kubectlRun(t, cp, nil, "logs", pod, "-c", "logger", "--tail", "1")
-				return err == nil
-			})
+			waitFor(t, time.Minute, "kubectl logs and exec with the kubelets' new certificates", func() bool { return podAnswers(t, cp, pod) })
 			probe.report("kubelets restarted with serverTLSBootstrap until their certificates were approved", kubeletsRestarted, time.Now(), true)
 		case "switch":
 			switchTo("switch to spoke", s, "http_connect")
@@ -110,6 +114,18 @@ func TestKindMigrationFromKonnectivity(t *testing.T) {
 	if n := probe.failedOutside(); n > 0 {
 		t.Errorf("%d kubectl logs/exec failed while no kube-apiserver restart was under way (see the lines above)", n)
 	}
+}
+
+// podAnswers: kubectl logs and kubectl exec to the probed pod both work
+// now (the access probe's commands).
+func podAnswers(t *testing.T, cp *controlPlane, pod string) bool {
+	t.Helper()
+	for _, args := range accessProbeCommands(pod) {
+		if _, err := kubectlRun(t, cp, nil, append([]string{"--request-timeout", "8s"}, args...)...); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // konnectivityImages builds proxy-server and proxy-agent images from the
@@ -200,16 +216,20 @@ type accessResult struct {
 	err        string
 }
 
+// accessProbeCommands are what the probe runs: logs and exec to pod.
+func accessProbeCommands(pod string) map[string][]string {
+	return map[string][]string{
+		"logs": {"logs", pod, "-c", "logger", "--tail", "1"},
+		"exec": {"exec", pod, "-c", "shell", "--", "/busybox", "true"},
+	}
+}
+
 func startAccessProbe(t *testing.T, cp *controlPlane, pod string) *accessProbe {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &accessProbe{t: t, cancel: cancel, done: make(chan struct{}), started: time.Now()}
 	kubeconfig, kubectlBin := cp.adminKubeconfig(t), kubeTool(t, "kubectl")
-	ops := map[string][]string{
-		"logs": {"logs", pod, "-c", "logger", "--tail", "1"},
-		"exec": {"exec", pod, "-c", "shell", "--", "/busybox", "true"},
-	}
 	var wg sync.WaitGroup
-	for op, args := range ops {
+	for op, args := range accessProbeCommands(pod) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
