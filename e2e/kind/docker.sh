@@ -75,15 +75,14 @@ at_least() {
 }
 
 start() {
-	users add >/dev/null
+	local others
+	others=$(($(users add) - 1))
 	if [ "$(id -u)" = 0 ]; then
 		at_least fs.inotify.max_user_instances 512
 		at_least fs.inotify.max_user_watches 524288
 	fi
 	if answers; then
-		same_mounts
-		echo "DOCKER_HOST=unix://$sock"
-		return
+		same_mounts "$others" && { echo "DOCKER_HOST=unix://$sock"; return; }
 	fi
 	[ "$(id -u)" = 0 ] || { echo "docker.sh: starting dockerd needs root" >&2; exit 1; }
 	if ! command -v dockerd >/dev/null; then
@@ -114,10 +113,17 @@ start() {
 # same_mounts refuses a daemon that answers but sees another file system
 # (started in another mount namespace, e.g. a container sharing /run): the
 # node image's bind mounts would silently be empty directories there.
+# With no other live user ($1 = 0) such a daemon was left by a killed run:
+# it is stopped (returns 1: start a new one).
 same_mounts() {
 	local root
 	root=$(DOCKER_HOST=unix://$sock docker info --format '{{.DockerRootDir}}')
 	[ -d "$root" ] && return 0
+	if [ "$1" = 0 ] && [ -f "$run/dockerd.pid" ]; then
+		echo "docker.sh: stopping the Docker daemon on $sock a killed run left (its data, $root, is not on this file system)" >&2
+		kill_daemon "$(cat "$run/dockerd.pid")"
+		return 1
+	fi
 	echo "docker.sh: the Docker daemon on $sock keeps its data in $root, which this machine's file system does not have: it runs in another mount namespace; stop it there (e2e/kind/docker.sh stop) or end that run" >&2
 	exit 1
 }
@@ -130,12 +136,7 @@ stop() {
 	pid=$(cat "$run/dockerd.pid")
 	local bridges
 	bridges=$(own_bridges)
-	kill "$pid" 2>/dev/null || true
-	for _ in $(seq 1 30); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 1
-	done
-	kill -9 "$pid" 2>/dev/null || true
+	kill_daemon "$pid"
 	for b in $bridges; do
 		ip link delete "$b" 2>/dev/null || true
 	done
@@ -148,6 +149,16 @@ remove_stale_bridges() {
 		while read -r b; do
 			ip link delete "$b" && echo "docker.sh: deleted $b, a bridge a killed run's daemon left" >&2
 		done
+}
+
+# kill_daemon ends dockerd $1: TERM, then KILL after 30 s.
+kill_daemon() {
+	kill "$1" 2>/dev/null || true
+	for _ in $(seq 1 30); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 1
+	done
+	kill -9 "$1" 2>/dev/null || true
 }
 
 # own_bridges names the bridges of the daemon's user networks (br- and the
