@@ -90,7 +90,7 @@ start() {
 		apt-get install -y -qq docker.io >&2 || { apt-get update -qq >&2 && apt-get install -y -qq docker.io >&2; }
 	fi
 	mkdir -p "$run" "$data" "$(dirname "$log")"
-	remove_stale_bridges
+	remove_bridges # a killed run's daemon left them
 	install -m 0755 e2e/kind/runc-caps "$run/runc-caps"
 	# dockerd would take over /run/containerd's socket path for its own
 	# containerd if none runs there; give it a place of its own.
@@ -133,22 +133,16 @@ stop() {
 		return 0 # another run still uses it
 	fi
 	[ -f "$run/dockerd.pid" ] || return 0
-	pid=$(cat "$run/dockerd.pid")
-	local bridges
-	bridges=$(own_bridges)
-	kill_daemon "$pid"
-	for b in $bridges; do
-		ip link delete "$b" 2>/dev/null || true
-	done
+	kill_daemon "$(cat "$run/dockerd.pid")"
+	remove_bridges
 }
 
-# remove_stale_bridges deletes bridges in 10.213.0.0/16 while no daemon of
-# ours runs: a killed run's daemon left them (none else uses the pool).
-remove_stale_bridges() {
+# remove_bridges deletes the network bridges (br-*) in 10.213.0.0/16 once
+# no daemon of ours runs: only ours uses the pool, and dockerd leaves them
+# when it exits. docker0 stays (the system daemon's too, if there is one).
+remove_bridges() {
 	ip -o -4 addr show | awk -v pool="${POOL%.0.0/16}." 'index($4, pool) == 1 && $2 ~ /^br-/ {print $2}' |
-		while read -r b; do
-			ip link delete "$b" && echo "docker.sh: deleted $b, a bridge a killed run's daemon left" >&2
-		done
+		while read -r b; do ip link delete "$b"; done
 }
 
 # kill_daemon ends dockerd $1: TERM, then KILL after 30 s.
@@ -159,17 +153,6 @@ kill_daemon() {
 		sleep 1
 	done
 	kill -9 "$1" 2>/dev/null || true
-}
-
-# own_bridges names the bridges of the daemon's user networks (br- and the
-# network ID's first 12 characters, as Docker names them); the default
-# bridge, docker0, may be the system daemon's too and stays.
-own_bridges() {
-	answers || return 0
-	DOCKER_HOST=unix://$sock docker network ls -q --no-trunc --filter driver=bridge |
-		while read -r id; do
-			[ "$(DOCKER_HOST=unix://$sock docker network inspect -f '{{.Name}}' "$id")" = bridge ] || echo "br-${id:0:12}"
-		done
 }
 
 case "${1:-}" in
