@@ -2,10 +2,10 @@
 # Builds a kindest/node-compatible image for Kubernetes $K8S_VERSION from
 # local material only (no image registry is reachable here): a Debian rootfs
 # from debootstrap with systemd, containerd, runc and the CNI plugins;
-# kubeadm, kubelet and kubectl from the Go modules e2e/kube builds; crictl,
-# and inside the node's containerd every image kubeadm pulls (kube-apiserver,
+# kubeadm, kubelet, kubectl and crictl from the module e2e/kube builds; and
+# inside the node's containerd every image kubeadm pulls (kube-apiserver,
 # -controller-manager, -scheduler, -proxy, etcd, coredns, pause), each built
-# here from its Go module (pause from its C source); kind's own node files
+# here from Go modules (pause from its C source); kind's own node files
 # (entrypoint, systemd units, containerd config) from kind's Go module.
 #
 #   DOCKER_HOST=... e2e/kind/node-image.sh     # prints the image's name
@@ -18,16 +18,14 @@ root=$PWD
 
 K8S_VERSION=v1.37.2
 KIND_VERSION=v0.33.0
-CRICTL_VERSION=v1.36.0
-COREDNS_VERSION=v1.14.6
 PAUSE_VERSION=3.10.2
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,nftables,iproute2,conntrack,ethtool,util-linux,mount,kmod,libseccomp2,pigz,e2fsprogs,ca-certificates,jq,procps,bash,socat,ebtables
 
 # The image's key: every version in it and everything that builds it.
-key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" |
-	cat - "$0" e2e/kind/node/* e2e/kube/build.sh cmd/spoke-image/*.go | sha256sum | cut -c1-12)
+key=$(printf '%s\n' "$K8S_VERSION" "$KIND_VERSION" "$PAUSE_VERSION" "$DEBIAN_SUITE" "$PACKAGES" |
+	cat - "$0" e2e/kind/node/* e2e/kube/build.sh e2e/kube/go.sum e2e/kube/cmd/*/*.go cmd/spoke-image/*.go | sha256sum | cut -c1-12)
 image=spoke-kind-node:$K8S_VERSION-$key
 out=$root/.tools/kind-node-$K8S_VERSION-$key
 bins=$root/.tools/kind-bins-$K8S_VERSION
@@ -63,9 +61,7 @@ fi
 # Binaries, each built once (the Go build cache makes a rebuild cheap).
 bash e2e/kube/build.sh >&2
 kube=$root/.tools/kube-$K8S_VERSION
-cp "$kube/kube-proxy" "$bins/" # the build context of its image, below
-[ -x "$bins/crictl" ] || GOBIN=$bins CGO_ENABLED=0 go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
-[ -x "$bins/coredns" ] || GOBIN=$bins CGO_ENABLED=0 go install "github.com/coredns/coredns@$COREDNS_VERSION"
+cp "$kube/kube-proxy" "$kube/coredns" "$bins/" # the build contexts of their images, below
 modcache=$(go env GOMODCACHE)
 [ -x "$bins/pause" ] || gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$bins/pause" "$modcache/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
 log "binaries ready ($(($(date +%s) - start)) s)"
@@ -112,7 +108,7 @@ ctx=$out/context
 rm -rf "$ctx" && mkdir -p "$ctx/bin"
 cp -r "$modcache/sigs.k8s.io/kind@$KIND_VERSION/images/base/files" "$ctx/files"
 chmod -R u+w "$ctx/files"
-cp "$kube/kubeadm" "$kube/kubelet" "$kube/kubectl" "$bins/crictl" "$ctx/bin/"
+cp "$kube/kubeadm" "$kube/kubelet" "$kube/kubectl" "$kube/crictl" "$ctx/bin/"
 cp e2e/kind/node/Dockerfile "$ctx/"
 printf '%s\n' "$K8S_VERSION" >"$ctx/version"
 pause=$(printf '%s\n' $images | grep /pause:)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager,
-# kube-scheduler, kube-proxy, agnhost, e2e.test and the ginkgo CLI into $1 (default:
+# kube-scheduler, kube-proxy, agnhost, e2e.test, the ginkgo CLI, crictl and a
+# CoreDNS with kubeadm's plugins into $1 (default:
 # ../../.tools/kube-<version>), once per version: a cached build is reused.
 # kubectl, kubeadm, kubelet, the controller manager, the scheduler and kube-proxy are the upstream commands (go.mod's tool lines), stamped
 # with the version as a release build is: kubeadm checks it against the
@@ -14,6 +15,11 @@ mkdir -p "$out"
 minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 
+# -trimpath and the module versions in go.mod are those make test builds
+# spoke's tests with (STATIC_GO; spoke's go.mod): the 678 packages both
+# import (client-go, grpc, protobuf...) and the standard library compile
+# once, not twice (6 CPU-minutes from an empty build cache).
+#
 # build FLAGS... -- NAME=PACKAGE...: the missing binaries of one kind in one
 # go build, so the packages they share compile once and their links run
 # side by side (one go build per binary linked one at a time: cold, most of
@@ -22,7 +28,7 @@ build() {
   local flags=() pkgs=() want
   while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
   for want in "$@"; do [ -x "$out/${want%%=*}" ] || pkgs+=("${want#*=}"); done
-  [ ${#pkgs[@]} = 0 ] || timed go build "${flags[@]}" -o "$out/" "${pkgs[@]}"
+  [ ${#pkgs[@]} = 0 ] || timed go build -trimpath "${flags[@]}" -o "$out/" "${pkgs[@]}"
 }
 # timed COMMAND...: runs it and says how long it took (the cold build's
 # parts, for docs/testing.md).
@@ -39,21 +45,27 @@ timed() {
 # in-cluster config" copies it into a pod without libc), and agnhost, the
 # test workload and with "pause" the pod sandbox, runs alone in its image.
 export CGO_ENABLED=0
-# An older cache holds dynamic binaries: rebuilt.
-for bin in "$out"/*; do
-  if [ -x "$bin" ] && ldd "$bin" >/dev/null 2>&1; then rm "$bin"; fi
-done
-# etcd, kube-apiserver and the ginkgo CLI that runs e2e.test's specs in
+# A cache built from other sources (go.sum, this script, ./cmd) is rebuilt.
+key=$(cat go.mod go.sum build.sh $(find cmd -type f | sort) | sha256sum | cut -c1-12)
+if [ "$(cat "$out/key" 2>/dev/null)" != "$key" ]; then
+  find "$out" -maxdepth 1 -type f -delete
+  echo "$key" >"$out/key"
+fi
+# etcd, kube-apiserver, the ginkgo CLI that runs e2e.test's specs in
 # parallel processes (the version e2e.test was built with, from the same
-# go.sum): no version stamp.
-build -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo
-# kube-proxy is for the kind node image (e2e/kind/node-image.sh).
-build -ldflags "$stamp" -- kubeadm=k8s.io/kubernetes/cmd/kubeadm kubelet=k8s.io/kubernetes/cmd/kubelet \
+# go.sum) and CoreDNS (for the kind node image, ./cmd/coredns says why
+# not upstream's main): no version stamp.
+build -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo coredns=./cmd/coredns
+# kube-proxy and crictl are for the kind node image (e2e/kind/node-image.sh).
+crictl_version=$(go list -m -f '{{.Version}}' sigs.k8s.io/cri-tools)
+build -ldflags "$stamp -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" -- \
+  kubeadm=k8s.io/kubernetes/cmd/kubeadm kubelet=k8s.io/kubernetes/cmd/kubelet \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
-  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy kubectl=k8s.io/kubernetes/cmd/kubectl agnhost=k8s.io/kubernetes/test/images/agnhost
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy kubectl=k8s.io/kubernetes/cmd/kubectl agnhost=k8s.io/kubernetes/test/images/agnhost \
+  crictl=sigs.k8s.io/cri-tools/cmd/crictl
 # e2e.test: the upstream end-to-end suite, for the conformance tests of the
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 # -vet=off: go test -c would vet the upstream packages first (minutes of
 # both cores on a fresh machine, for code this project does not change).
-[ -x "$out/e2e.test" ] || timed go test -c -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
-echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, agnhost, e2e.test and ginkgo $K8S_VERSION in $out (built once, then cached)"
+[ -x "$out/e2e.test" ] || timed go test -c -trimpath -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
+echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, agnhost, e2e.test, ginkgo, crictl and coredns $K8S_VERSION in $out (built once, then cached)"
