@@ -2,7 +2,8 @@
 # Builds kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager,
 # kube-scheduler, kube-proxy, agnhost, e2e.test, the ginkgo CLI, crictl and a
 # CoreDNS with kubeadm's plugins into $1 (default:
-# ../../.tools/kube-<version>), once per version: a cached build is reused.
+# ../../.tools/kube-<version>), once: a cached build is reused until this
+# module's go.mod, go.sum, commands or this script change.
 # kubectl, kubeadm, kubelet, the controller manager, the scheduler and kube-proxy are the upstream commands (go.mod's tool lines), stamped
 # with the version as a release build is: kubeadm checks it against the
 # control plane's.
