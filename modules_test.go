@@ -14,7 +14,7 @@ import (
 // test only while both modules select the same version of each. A go.mod
 // change on one side would silently compile all of them twice.
 func TestKubeBuildSharesSpokesModuleVersions(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(".tools", "kube-v1.37.2")); err != nil && os.Getenv("SPOKE_REQUIRE_KUBE") == "" {
+	if built, _ := filepath.Glob(filepath.Join(".tools", "kube-*")); len(built) == 0 && os.Getenv("SPOKE_REQUIRE_KUBE") == "" {
 		t.Skip("the Kubernetes build's modules are not downloaded here: make tools-kube")
 	}
 	spoke := packageVersions(t, ".", "-test", "./...")
@@ -40,7 +40,7 @@ func TestKubeBuildSharesSpokesModuleVersions(t *testing.T) {
 // in module DIR to its module's path@version (the replacement's, if any).
 func packageVersions(t *testing.T, dir string, args ...string) map[string]string {
 	t.Helper()
-	format := `{{with .Module}}{{if .Version}}{{$.ImportPath}} {{with .Replace}}{{.Path}}@{{.Version}}{{else}}{{.Path}}@{{.Version}}{{end}}{{end}}{{end}}`
+	format := `{{with .Module}}{{if .Version}}{{$.ImportPath}} {{with or .Replace .}}{{.Path}}@{{.Version}}{{end}}{{end}}{{end}}`
 	cmd := exec.Command("go", append([]string{"list", "-deps", "-f", format}, args...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

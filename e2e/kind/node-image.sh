@@ -61,7 +61,7 @@ fi
 # Binaries, each built once (the Go build cache makes a rebuild cheap).
 bash e2e/kube/build.sh >&2
 kube=$root/.tools/kube-$K8S_VERSION
-cp "$kube/kube-proxy" "$kube/coredns" "$bins/" # the build contexts of their images, below
+cp "$kube/kube-proxy" "$bins/" # the build context of its image, below
 modcache=$(go env GOMODCACHE)
 [ -x "$bins/pause" ] || gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$bins/pause" "$modcache/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
 log "binaries ready ($(($(date +%s) - start)) s)"
@@ -89,7 +89,7 @@ for ref in $images; do
 	*/kube-controller-manager:*) static_image "$ref" "$kube/kube-controller-manager" /usr/local/bin/kube-controller-manager ;;
 	*/kube-scheduler:*) static_image "$ref" "$kube/kube-scheduler" /usr/local/bin/kube-scheduler ;;
 	*/etcd:*) static_image "$ref" "$kube/etcd" /usr/local/bin/etcd ;;
-	*/coredns:*) static_image "$ref" "$bins/coredns" /coredns ;;
+	*/coredns:*) static_image "$ref" "$kube/coredns" /coredns ;;
 	*/pause:*) static_image "$ref" "$bins/pause" /pause ;;
 	*/kube-proxy:*)
 		# kube-proxy programs iptables and nftables: the rootfs has them.
