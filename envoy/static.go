@@ -24,7 +24,10 @@ import (
 // MaxTunnelsPerNode caps the tunnels one node may hold on each worker of an
 // apiserver proxy (the handshake filter enables the cap). A node proxy keeps
 // tunnelsPerEndpoint (4) per worker of its own; 64 leaves room for large
-// nodes and still stops one node from exhausting the apiserver proxy.
+// nodes and still stops one node from exhausting the apiserver proxy. Envoy
+// counts a tunnel once its handshake is answered, so a burst of handshakes
+// read together can go past the cap; a node at the cap gets no more
+// (e2e/TestTunnelsPerNodeAreCapped, docs/operations.md).
 const MaxTunnelsPerNode = 64
 
 // Re-dialing tunnels: the node proxy re-checks every TunnelMaintainInterval
