@@ -341,9 +341,40 @@ func kindClusterUp(t *testing.T, kind, nodeImage, name, config string, images []
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpCluster(t, cp)
+			dumpKindNodes(t, name)
 		}
 	})
 	return cp
+}
+
+// kindNodeDump runs on each node of a failed kind cluster: the containers
+// (restarts, exits) and the last lines of spoke's (the apiserver proxy
+// answers a CONNECT it cannot place with 502 and logs why; a node proxy
+// logs lost tunnels), then the apiserver proxy's tunnel and error counters.
+// It reads the nodes with docker exec, not through the apiserver: spoke's
+// data path may be what failed.
+const kindNodeDump = `crictl ps -a
+for n in apiserver-proxy spoke-server envoy tunnels; do
+  for id in $(crictl ps -a -q --name "^$n\$"); do
+    echo "---- container $n $id: last 150 lines"; crictl logs --tail 150 "$id" 2>&1
+  done
+done
+if exec 3<>/dev/tcp/127.0.0.1/9901 2>/dev/null; then
+  echo "---- apiserver proxy counters"
+  printf 'GET /stats?filter=reverse_tunnel|upstream_cx_connect_fail|upstream_rq_5|downstream_rq_5|upstream_cx_none_healthy|no_route HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && grep -v ': 0$' <&3
+fi`
+
+// dumpKindNodes logs kindNodeDump from every node of kind cluster name.
+func dumpKindNodes(t *testing.T, name string) {
+	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=io.x-k8s.kind.cluster="+name, "--format", "{{.Names}}").Output()
+	if err != nil {
+		t.Logf("listing kind cluster %s's nodes: %v", name, err)
+		return
+	}
+	for _, node := range strings.Fields(string(out)) {
+		dump, err := exec.Command("docker", "exec", node, "bash", "-c", kindNodeDump).CombinedOutput()
+		t.Logf("---- kind node %s ----\n%s%v", node, dump, err)
+	}
 }
 
 // kindControlPlane is the kind cluster as the shared checks see a control

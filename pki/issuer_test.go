@@ -9,12 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/pki"
@@ -191,17 +192,15 @@ func TestReloadRotatesTheCAFromASecret(t *testing.T) {
 	newCert, newKey, _ := pki.GenerateCA("new")
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "spoke-system", Name: "spoke-tunnel-ca"}, Type: corev1.SecretTypeTLS,
 		Data: map[string][]byte{corev1.TLSCertKey: oldCert, corev1.TLSPrivateKeyKey: oldKey}}
-	client := fake.NewClientset(secret)
+	secrets := &oneSecret{secret: secret.DeepCopy()}
 	ctx := context.Background()
-	issuer, err := pki.LoadIssuerSecret(ctx, client, "spoke-system", "spoke-tunnel-ca", time.Hour)
+	issuer, err := pki.LoadIssuerSecret(ctx, secrets, "spoke-system", "spoke-tunnel-ca", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	update := func(cert, key []byte) {
 		secret.Data = map[string][]byte{corev1.TLSCertKey: cert, corev1.TLSPrivateKeyKey: key}
-		if _, err := client.CoreV1().Secrets("spoke-system").Update(ctx, secret, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		secrets.set(secret.DeepCopy())
 	}
 	issuedBy := func() string {
 		c, err := issuer.Certificate("worker-1")
@@ -230,6 +229,28 @@ func TestReloadRotatesTheCAFromASecret(t *testing.T) {
 	if changed, err := issuer.Reload(); !changed || err != nil || !bytes.Equal(issuer.CAPEM(), newCert) {
 		t.Errorf("new only: changed=%v err=%v bundle=%d bytes", changed, err, len(issuer.CAPEM()))
 	}
+}
+
+// oneSecret is a namespace's Secrets client holding one Secret, as the
+// apiserver would hand it out: a copy per Get, NotFound for other names.
+type oneSecret struct {
+	mu     sync.Mutex
+	secret *corev1.Secret
+}
+
+func (o *oneSecret) set(s *corev1.Secret) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.secret = s
+}
+
+func (o *oneSecret) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Secret, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if name != o.secret.Name {
+		return nil, apierrors.NewNotFound(corev1.Resource("secrets"), name)
+	}
+	return o.secret.DeepCopy(), nil
 }
 
 // TestCAOutsideItsValidityOrOpenKeyRefused: an expired or not yet valid
