@@ -104,8 +104,9 @@ WITH_DOCKER = trap 'bash e2e/kind/docker.sh stop $$$$' EXIT; docker_host=$$(bash
 WITH_NODE_IMAGE = node_image=$$(bash e2e/kind/node-image.sh) && export SPOKE_KIND_NODE_IMAGE="$$node_image" &&
 
 ## test: everything CI runs; real-Envoy, real-apiserver, real-kubelet, kind and Konnectivity tests must run
-test: tools tools-kube tools-node fmt-check
-	# The kind node image beside the remaining tools, then two lanes at once
+test: tools tools-node fmt-check
+	# The Kubernetes binaries beside the kind node's rootfs, the node image
+	# beside the remaining tools, then two lanes at once
 	# and the checks after the first: e2e/test-lanes.sh has the schedule,
 	# docs/testing.md what each part takes.
 	$(WITH_DOCKER) MAKE="$(MAKE)" $(STATIC_GO) bash e2e/test-lanes.sh

@@ -217,7 +217,13 @@ func startSpokeCluster(t *testing.T, nodes []clusterNode, images ...string) *spo
 // logs and exec -i reach each node's pod through the egress socket and that
 // node's tunnel; without the node proxies they fail at once with spoke's
 // no-tunnel answer.
+//
+// It runs with the parallel tests, after the package's serial ones (the
+// other real-kubelet tests among them: they share the host's node
+// networks): most of its four minutes are waits (a DaemonSet roll,
+// keepalives after a cut), which the timer-bound tests fill.
 func TestKubectlReachesARealKubeletThroughSpoke(t *testing.T) {
+	t.Parallel()
 	nodes := []clusterNode{
 		{"node-a", "172.30.1.1", "10.244.1.0/24", nodeOptions{isolated: true, index: 1}},
 		{"node-b", "172.30.2.1", "10.244.2.0/24", nodeOptions{isolated: true, index: 2}},

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# make test's schedule, after the tools every part needs (Envoy, the
-# Kubernetes binaries, the node packages; make test's prerequisites):
+# make test's schedule, after the tools every part needs (Envoy, the node
+# packages; make test's prerequisites):
 #
-#   kind node image ─────────────────────────────────▶ kind lane ─┐
-#   Konnectivity, static spoke ─▶ promtool, other lane ─────────────┤
-#                      vet, race detector, fuzzer after the first lane ┘
+#   kind node's rootfs ─┐
+#   Kubernetes binaries ┴▶ kind node image ────────────────▶ kind lane ─┐
+#                       └▶ Konnectivity, static spoke ─▶ promtool, other lane ┤
+#                             vet, race detector, fuzzer after the first lane ┘
 #
-# The node image needs only the Kubernetes binaries, so it is built beside
-# the tools both lanes need instead of after them; promtool, which only the
+# The node image's Debian rootfs (debootstrap: network, disk and one core)
+# is made while the Kubernetes binaries build. The node image needs only
+# those binaries and the rootfs, so it is built beside the tools both lanes
+# need instead of after them; promtool, which only the
 # other lane needs, starts that lane. vet, the race detector and the fuzzer
 # follow whichever lane ends first (the kind lane mostly waits for pods).
 # Each step says when it ends, counted from this script's start. The kind
@@ -31,9 +34,19 @@ checks_log=$(mktemp "$tmp/spoke-checks.XXXXXX.log")
 image_name=$(mktemp "$tmp/spoke-kind-image.XXXXXX")
 trap 'rm -f "$image_name"' EXIT
 
-bash e2e/kind/node-image.sh >"$image_name" 2>>"$kind_log" &
+bash e2e/kind/node-image.sh --rootfs 2>>"$kind_log" &
+rootfs_job=$!
+say "kind node's rootfs: building beside the Kubernetes binaries (tail -f $kind_log)"
+if ! $make tools-kube; then
+	say "the Kubernetes binaries failed; waiting for the rootfs build to end"
+	wait $rootfs_job
+	exit 1
+fi
+say "Kubernetes binaries ready"
+
+bash e2e/kind/node-image.sh >"$image_name" 2>>"$kind_log" & # waits for the rootfs
 image_job=$!
-say "kind node image: building beside Konnectivity and the static spoke (tail -f $kind_log)"
+say "kind node image: building beside Konnectivity and the static spoke"
 
 if ! $make tools-konnectivity static-build-cache; then
 	say "Konnectivity or the static spoke failed; waiting for the node image build to end"

@@ -9,6 +9,9 @@
 # (entrypoint, systemd units, containerd config) from kind's Go module.
 #
 #   DOCKER_HOST=... e2e/kind/node-image.sh     # prints the image's name
+#   e2e/kind/node-image.sh --rootfs            # only the Debian rootfs (no Docker
+#                                              # needed): make test starts it beside
+#                                              # the Kubernetes build
 #
 # Everything is cached under .tools, keyed by every version in the image and
 # this script's content: a second run only checks that the image is there.
@@ -31,30 +34,45 @@ out=$root/.tools/kind-node-$K8S_VERSION-$key
 bins=$root/.tools/kind-bins-$K8S_VERSION
 rootfs=$root/.tools/kind-rootfs-$DEBIAN_SUITE-$(printf '%s' "$PACKAGES" | sha256sum | cut -c1-12).tar
 log() { echo "node-image: $*" >&2; }
-
-if docker image inspect "$image" >/dev/null 2>&1; then
-	echo "$image"
-	exit 0
-fi
-mkdir -p "$out/images" "$bins"
 start=$(date +%s)
 
-# The rootfs (debootstrap: network and disk, one core) is made while the
-# Go builds below use both cores.
+# The rootfs (debootstrap: network and disk, one core) is made while Go
+# builds use both cores: the Kubernetes build's in make test (--rootfs,
+# e2e/test-lanes.sh), else the binaries' below.
 build_rootfs() {
 	command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-	local tmp=$out/rootfs
-	rm -rf "$tmp"
-	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" >"$out/debootstrap.log" 2>&1 ||
-		{ tail -20 "$out/debootstrap.log" >&2; return 1; }
+	local tmp=$rootfs.dir
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	debootstrap --variant=minbase --include="$PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" >"$rootfs.log" 2>&1 ||
+		{ tail -20 "$rootfs.log" >&2; return 1; }
 	rm -rf "$tmp/var/cache/apt/archives/"*.deb "$tmp/var/lib/apt/lists/"*
 	tar -C "$tmp" -cf "$rootfs.tmp" . && mv "$rootfs.tmp" "$rootfs"
 	rm -rf "$tmp"
 	log "rootfs built ($(($(date +%s) - start)) s)"
 }
+
+# ensure_rootfs builds the rootfs unless it is there; a second run waits
+# for the first (make test's --rootfs beside the Kubernetes build).
+ensure_rootfs() {
+	mkdir -p "$(dirname "$rootfs")"
+	(
+		flock 9
+		[ -s "$rootfs" ] || build_rootfs
+	) 9>"$rootfs.lock"
+}
+if [ "${1:-}" = --rootfs ]; then
+	ensure_rootfs
+	exit
+fi
+if docker image inspect "$image" >/dev/null 2>&1; then
+	echo "$image"
+	exit 0
+fi
+mkdir -p "$out/images" "$bins"
+
 rootfs_job=
 if [ ! -s "$rootfs" ]; then
-	build_rootfs &
+	ensure_rootfs &
 	rootfs_job=$!
 fi
 
@@ -68,7 +86,7 @@ log "binaries ready ($(($(date +%s) - start)) s)"
 
 # The rootfs: what kind's base image installs, from Debian (started above).
 if [ -n "$rootfs_job" ]; then
-	wait "$rootfs_job" || { echo "node-image: debootstrap failed (log: $out/debootstrap.log)" >&2; exit 1; }
+	wait "$rootfs_job" || { echo "node-image: debootstrap failed (log: $rootfs.log)" >&2; exit 1; }
 fi
 base=spoke-kind-rootfs:$(basename "$rootfs" .tar | cut -d- -f4)
 docker image inspect "$base" >/dev/null 2>&1 || docker import "$rootfs" "$base" >&2
