@@ -359,7 +359,7 @@ for n in apiserver-proxy spoke-server envoy tunnels; do
     echo "---- container $n $id: last 150 lines"; crictl logs --tail 150 "$id" 2>&1
   done
 done
-if exec 3<>/dev/tcp/127.0.0.1/9901 2>/dev/null; then
+if { exec 3<>/dev/tcp/127.0.0.1/9901; } 2>/dev/null; then # the apiserver proxy's node only
   echo "---- apiserver proxy counters"
   printf 'GET /stats?filter=reverse_tunnel|upstream_cx_connect_fail|upstream_rq_5|downstream_rq_5|upstream_cx_none_healthy|no_route HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && grep -v ': 0$' <&3
 fi`
