@@ -70,7 +70,7 @@ var layering = []importRule{
 		In: []string{"kubestatus"}, Forbidden: []string{module + "/xds", module + "/source", xdsCache, xdsServer}},
 	{Why: "metrics and filewatch are leaves: they import nothing of spoke",
 		In: []string{"metrics", "filewatch"}, Forbidden: []string{module + "/"}},
-	{Why: "make race's packages name the typed clients they use, not client-go's clientset or informer factory (every API group: the race detector compiles them again, 2.5 CPU-minutes cold)",
+	{Why: "make race's packages name the typed clients they use, not client-go's clientset or informer factory (every API group: the race detector compiles them again, about 3 CPU-minutes cold)",
 		In: []string{"xds", "status", "source", "auth", "pki", "translator/model"}, Forbidden: []string{informers}, ForbiddenExactly: []string{clientset}},
 	{Why: "bootstraps are built from translator output, without the server or the cluster",
 		In: []string{"envoy"}, Except: []string{"envoy/envoytest"}, Forbidden: append([]string{clientGo}, runtimePackages...)},

@@ -63,8 +63,8 @@ func TestTunnelListenerSurvivesSilentConnections(t *testing.T) {
 // Envoy checks the cap when it parses a handshake but counts a tunnel only
 // once its 200 has reached the wire (ReverseTunnelFilter's two phases), so
 // the handshakes one event-loop pass reads all pass the check: a burst goes
-// past the cap, the further the more the proxy is starved (69 of 100 idle,
-// 78 beside ten busy loops, all 100 in a loaded CI run). The test logs that
+// past the cap, the further the more the proxy is starved (measured in
+// docs/operations.md, "Limits on the tunnel port"). The test logs that
 // burst and asserts what holds every time: a second node proxy with the same
 // identity, started once the node holds the cap, adds nothing to what the
 // node holds.

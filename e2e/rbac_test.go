@@ -60,7 +60,7 @@ func TestManifestRBACIsExactlyEnough(t *testing.T) {
 	}
 	sa := cp.clientAs(serverAccount)
 
-	if _, err := pki.LoadIssuerSecret(ctx, sa.CoreV1().Secrets("spoke-system"), "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
+	if _, err := pki.LoadIssuerSecret(ctx, sa.CoreV1(), "spoke-system", "spoke-tunnel-ca", time.Hour); err != nil {
 		t.Fatalf("the server account cannot load the tunnel CA: %v", err)
 	}
 	srcLog, hook := logtest.NewNullLogger()

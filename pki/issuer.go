@@ -31,6 +31,7 @@ import (
 	"github.com/spokeproxy/spoke/filewatch"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 )
 
 // Certificate is PEM material for one tunnel identity. KeyPEM is secret: it
@@ -472,26 +473,19 @@ func (i *Issuer) derivedKey(id string) (*ecdsa.PrivateKey, error) {
 	return nil, fmt.Errorf("no valid key derived for %s", id)
 }
 
-// SecretGetter gets a Secret by name: a namespace's Secrets client
-// (client.CoreV1().Secrets(namespace)) is one. Asking for no more keeps
-// client-go's clientset (every API group) out of what imports pki: the race
-// detector's builds compile it again.
-type SecretGetter interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error)
-}
-
 // LoadIssuerSecret reads the tunnel CA from a kubernetes.io/tls Secret
 // (tls.crt, tls.key), and gets it again on Reload (a CA rotation, old+new
 // bundle then new, needs no restart); ctx bounds every read, so it should
 // live as long as the server. The server needs get on that one Secret,
-// nothing more. secrets is that namespace's Secrets client
-// (client.CoreV1().Secrets(namespace)); namespace names it in errors.
-func LoadIssuerSecret(ctx context.Context, secrets SecretGetter, namespace, name string, validity time.Duration) (*Issuer, error) {
+// nothing more. client is a clientset's CoreV1(): naming only the Secrets
+// client keeps client-go's clientset (every API group) out of what imports
+// pki, which the race detector's builds compile again.
+func LoadIssuerSecret(ctx context.Context, client corev1client.SecretsGetter, namespace, name string, validity time.Duration) (*Issuer, error) {
 	source := fmt.Sprintf("tunnel CA Secret %s/%s", namespace, name)
 	read := func() ([][]byte, error) {
 		getCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		secret, err := secrets.Get(getCtx, name, metav1.GetOptions{})
+		secret, err := client.Secrets(namespace).Get(getCtx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w (does it exist, and may the server get it?)", source, err)
 		}

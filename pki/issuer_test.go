@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
 	"github.com/spokeproxy/spoke/pki"
@@ -231,12 +232,16 @@ func TestReloadRotatesTheCAFromASecret(t *testing.T) {
 	}
 }
 
-// oneSecret is a namespace's Secrets client holding one Secret, as the
-// apiserver would hand it out: a copy per Get, NotFound for other names.
+// oneSecret is a CoreV1 client holding one Secret, as the apiserver would
+// hand it out: a copy per Get, NotFound for other names. Only Get is
+// implemented (the embedded interface is nil).
 type oneSecret struct {
+	corev1client.SecretInterface
 	mu     sync.Mutex
 	secret *corev1.Secret
 }
+
+func (o *oneSecret) Secrets(string) corev1client.SecretInterface { return o }
 
 func (o *oneSecret) set(s *corev1.Secret) {
 	o.mu.Lock()

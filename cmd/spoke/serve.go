@@ -310,7 +310,7 @@ func (o *serveOptions) tunnelCA(ctx context.Context, client kubernetes.Interface
 		if !ok || ns == "" || name == "" {
 			return nil, fmt.Errorf("--tunnel-ca-secret %q: want NAMESPACE/NAME", o.tunnelCASecret)
 		}
-		return pki.LoadIssuerSecret(ctx, client.CoreV1().Secrets(ns), ns, name, o.certValidity)
+		return pki.LoadIssuerSecret(ctx, client.CoreV1(), ns, name, o.certValidity)
 	case o.source == "kubernetes":
 		return nil, fmt.Errorf("--source kubernetes needs a tunnel CA every server replica shares: --tunnel-ca-secret NAMESPACE/NAME or --tunnel-ca-cert-file/--tunnel-ca-key-file")
 	default:
