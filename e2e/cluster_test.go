@@ -378,11 +378,27 @@ func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 // dumpCluster logs the pods and events of a failed cluster test (each node
 // logs its containers' logs from disk when it is cleaned up).
 func dumpCluster(t *testing.T, cp *controlPlane) {
+	defer dumpSection(t, "the cluster's pods and events")()
 	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
 		out, err := kubectlRun(t, cp, nil, args...)
 		t.Logf("---- kubectl %s ----\n%s%v", strings.Join(args, " "), out, err)
 	}
 }
+
+// dumpSection brackets what a failed test logs about its environment (it
+// returns the closing call) with the lines make test's failure summary
+// (e2e/test-lanes.sh) leaves out: the summary shows what a test did and
+// said just before it failed, not hundreds of lines of container logs.
+func dumpSection(t *testing.T, what string) func() {
+	t.Helper()
+	t.Logf("%s %s", dumpBegin, what)
+	return func() { t.Logf("%s %s", dumpEnd, what) }
+}
+
+const (
+	dumpBegin = "==== dump begin:"
+	dumpEnd   = "==== dump end:"
+)
 
 // checkStreamingPaths runs the rest of the control-plane-to-node paths
 // through spoke against pod (on node), each checked for content: logs -f,

@@ -356,7 +356,8 @@ func kindClusterUp(t *testing.T, kind, nodeImage, name, config string, images []
 const kindNodeDump = `crictl ps -a
 for n in apiserver-proxy spoke-server envoy tunnels; do
   for id in $(crictl ps -a -q --name "^$n\$"); do
-    echo "---- container $n $id: last 150 lines"; crictl logs --tail 150 "$id" 2>&1
+    echo "---- container $n $id: its last 1000 lines, each distinct line once"
+    crictl logs --tail 1000 "$id" 2>&1 | ` + compactLogLines + ` | tail -n 80
   done
 done
 if { exec 3<>/dev/tcp/127.0.0.1/9901; } 2>/dev/null; then # the apiserver proxy's node only
@@ -364,8 +365,21 @@ if { exec 3<>/dev/tcp/127.0.0.1/9901; } 2>/dev/null; then # the apiserver proxy'
   printf 'GET /stats?filter=reverse_tunnel|upstream_cx_connect_fail|upstream_rq_5|downstream_rq_5|upstream_cx_none_healthy|no_route HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && grep -v ': 0$' <&3
 fi`
 
+// compactLogLines prints each distinct log line once, where it first
+// appeared, with how often and until when it repeated: lines that differ
+// only in their JSON "time" field are the same line. Envoy's node proxy
+// logs one line per dial cluster every second or two while it has no
+// apiserver proxy to dial, and a plain tail showed nothing but that.
+const compactLogLines = `awk '
+  { key = $0; at = ""
+    if (match(key, /"time":"[^"]*"/)) { at = ", the last at " substr(key, RSTART + 8, RLENGTH - 9); key = substr(key, 1, RSTART - 1) substr(key, RSTART + RLENGTH) }
+    if (!(key in count)) { order[++n] = key; first[key] = $0 }
+    count[key]++; last[key] = at }
+  END { for (i = 1; i <= n; i++) { k = order[i]; print first[k]; if (count[k] > 1) printf "    (%d times in all%s)\n", count[k], last[k] } }'`
+
 // dumpKindNodes logs kindNodeDump from every node of kind cluster name.
 func dumpKindNodes(t *testing.T, name string) {
+	defer dumpSection(t, "kind cluster "+name+"'s nodes")()
 	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=io.x-k8s.kind.cluster="+name, "--format", "{{.Names}}").Output()
 	if err != nil {
 		t.Logf("listing kind cluster %s's nodes: %v", name, err)

@@ -30,9 +30,10 @@ say() {
 
 tmp=${TMPDIR:-/tmp}
 kind_log=$(mktemp "$tmp/spoke-kind-lane.XXXXXX.log")
+other_log=$(mktemp "$tmp/spoke-other-lane.XXXXXX.log")
 checks_log=$(mktemp "$tmp/spoke-checks.XXXXXX.log")
 image_name=$(mktemp "$tmp/spoke-kind-image.XXXXXX")
-trap 'rm -f "$image_name"' EXIT
+trap 'rm -f "$image_name" "$kind_log" "$other_log" "$checks_log"' EXIT
 
 bash e2e/kind/node-image.sh --rootfs 2>>"$kind_log" &
 rootfs_job=$!
@@ -55,7 +56,7 @@ if ! $make tools-konnectivity static-build-cache; then
 	exit 1
 fi
 say "Konnectivity and the static spoke ready; the other lane starts (promtool first)"
-$make lane-other & # its prerequisite promtool first
+$make lane-other > >(tee "$other_log") 2>&1 & # its prerequisite promtool first
 other_lane=$!
 
 wait $image_job
@@ -87,8 +88,14 @@ fi
 say "both lanes ended"
 
 echo "==== make test: the kind lane's output ===="
-cat "$kind_log" && rm -f "$kind_log"
+cat "$kind_log"
 echo "==== make test: vet's, the race detector's and the fuzzer's output ===="
-cat "$checks_log" && rm -f "$checks_log"
+cat "$checks_log"
+if [ $kind != 0 ] || [ $other != 0 ] || [ $checks != 0 ]; then
+	echo "==== make test: what failed (the whole output is above) ===="
+	[ $kind = 0 ] || { echo "-- the kind lane (exit $kind):"; bash e2e/failures.sh "$kind_log"; }
+	[ $other = 0 ] || { echo "-- the other lane (exit $other):"; bash e2e/failures.sh "$other_log"; }
+	[ $checks = 0 ] || { echo "-- vet, the race detector and the fuzzer (exit $checks), their last lines:"; tail -n 15 "$checks_log"; }
+fi
 say "kind lane exit $kind, other lane exit $other, vet, race and fuzz exit $checks"
 [ $kind = 0 ] && [ $other = 0 ] && [ $checks = 0 ]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prints, from a go test log (not -v), each failing test's "--- FAIL" line
+# and the last 15 lines it logged, leaving out the environment dumps a
+# failed e2e test logs from its cleanup (between "==== dump begin:" and
+# "==== dump end:" lines, see dumpSection), so that its error is among
+# them; and the first lines of a panic or timeout. make test
+# (e2e/test-lanes.sh) ends a failed run with it: CI shows only the end of
+# the output. TestFailureSummaryShowsTheError runs it on a real go test log.
+#
+#   bash e2e/failures.sh go-test-output.log
+set -euo pipefail
+awk '
+	function flush() { for (i = (n > 15 ? n - 14 : 1); i <= n; i++) print recent[i % 15]; n = 0 }
+	/==== dump begin:/ { dump = 1 }
+	dump { if (/==== dump end:/) dump = 0; next }
+	/^ *--- FAIL: / { flush(); print; failing = 1; next }
+	/^[^ \t]/ { flush(); failing = 0 }
+	/^panic: / { panicking = 6 }
+	panicking > 0 { print; panicking--; next }
+	failing { recent[++n % 15] = $0 }
+	END { flush() }
+' "$1"
