@@ -353,7 +353,8 @@ func kindClusterUp(t *testing.T, kind, nodeImage, name, config string, images []
 // logs lost tunnels), then the apiserver proxy's tunnel and error counters.
 // It reads the nodes with docker exec, not through the apiserver: spoke's
 // data path may be what failed.
-const kindNodeDump = `crictl ps -a
+const kindNodeDump = `crictl() { command crictl --timeout 30s "$@"; } # its default, 2 s, runs out on a loaded node
+crictl ps -a
 for n in apiserver-proxy spoke-server envoy tunnels; do
   for id in $(crictl ps -a -q --name "^$n\$"); do
     echo "---- container $n $id: its last 1000 lines, each distinct line once"
