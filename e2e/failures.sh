@@ -3,9 +3,9 @@
 # and the last 15 lines it logged, leaving out the environment dumps a
 # failed e2e test logs from its cleanup (between "==== dump begin:" and
 # "==== dump end:" lines, see dumpSection), so that its error is among
-# them; and the first lines of a panic or timeout. make test
-# (e2e/test-lanes.sh) ends a failed run with it: CI shows only the end of
-# the output. TestFailureSummaryShowsTheError runs it on a real go test log.
+# them; the first lines of a panic or timeout; compile errors and each
+# failed package's FAIL line. make test (e2e/test-lanes.sh) ends a failed
+# run with it: CI shows only the end of the output. TestFailureSummaryShowsTheError runs it on a real go test log.
 #
 #   bash e2e/failures.sh go-test-output.log
 set -euo pipefail
@@ -15,6 +15,7 @@ awk '
 	dump { if (/==== dump end:/) dump = 0; next }
 	/^ *--- FAIL: / { flush(); print; failing = 1; next }
 	/^[^ \t]/ { flush(); failing = 0 }
+	/^FAIL\t/ || /^[^ \t]+\.go:[0-9]+:[0-9]+: / { print; next } # a package that failed; a compile error
 	/^panic: / { panicking = 6 }
 	panicking > 0 { print; panicking--; next }
 	failing { recent[++n % 15] = $0 }

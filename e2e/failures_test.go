@@ -48,7 +48,7 @@ func TestBroken(t *testing.T) {
 	if err != nil {
 		t.Fatalf("e2e/failures.sh: %v\n%s", err, summary)
 	}
-	for _, want := range []string{"--- FAIL: TestBroken", "what the test did", "the error that matters"} {
+	for _, want := range []string{"--- FAIL: TestBroken", "what the test did", "the error that matters", "FAIL\tbroken"} {
 		if !strings.Contains(string(summary), want) {
 			t.Errorf("the summary lacks %q:\n%s", want, summary)
 		}
