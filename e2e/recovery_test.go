@@ -161,7 +161,8 @@ func redialBound(d time.Duration) int {
 // TestRestartedApiserverProxyReachesNodesQuickly kills the apiserver proxy
 // (served by spoke over xDS, with the manifests' workers) and starts it
 // again at once, ten times (SPOKE_RESTARTS to change), and measures how long
-// each took until a CONNECT through node-a's tunnel worked, as p50 / p99.
+// each took, from the new proxy's readiness, until a CONNECT through
+// node-a's tunnel worked, as p50 / p99.
 // The node re-dials a maintain interval after its tunnels close: if the new
 // proxy listens by then, no re-dial fails; if one fails, that tunnel waits
 // Envoy's first back-off step (1 s) and the next maintain tick.
@@ -180,22 +181,27 @@ func TestRestartedApiserverProxyReachesNodesQuickly(t *testing.T) {
 	api := sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", flags...)
 	sec.startNodeProxy(t, tp.bin, "node-a", false)
 	waitForTunnel(t, sock, target)
-	var took []time.Duration
+	var took, startup []time.Duration
 	for range restarts {
 		// A random pause: the node's maintain ticks meet the kill at every phase.
 		time.Sleep(time.Second + rand.N(2*time.Second))
 		api.Stop()
-		start := time.Now()
-		api = sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", flags...)
+		stopped := time.Now()
+		api = sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1", flags...) // returns once it is ready
+		ready := time.Now()
 		waitFor(t, 30*time.Second, "a CONNECT through the restarted apiserver proxy", func() bool {
 			_, status := roundTrip(t, sock, target)
 			return status == http.StatusOK
 		})
-		took = append(took, time.Since(start))
+		took, startup = append(took, time.Since(ready)), append(startup, ready.Sub(stopped))
 	}
+	// Timed from the new proxy's readiness: what the node's re-dials cost.
+	// How long Envoy takes to start and take its config from the server is
+	// the machine's load (0.3 s idle, seconds beside the kind tests), logged.
 	p50, p99 := datapath.Percentile(took, .5), datapath.Percentile(took, .99)
-	t.Logf("apiserver proxy killed and restarted %d times: a CONNECT through node-a worked again after p50 %v, p99 %v (all: %v)",
-		restarts, p50.Round(10*time.Millisecond), p99.Round(10*time.Millisecond), took)
+	t.Logf("apiserver proxy killed and restarted %d times: ready again after p50 %v, longest %v; from then, a CONNECT through node-a worked after p50 %v, p99 %v (all: %v)",
+		restarts, datapath.Percentile(startup, .5).Round(10*time.Millisecond), slices.Max(startup).Round(10*time.Millisecond),
+		p50.Round(10*time.Millisecond), p99.Round(10*time.Millisecond), took)
 	if p50 > envoy.TunnelMaintainInterval+time.Second {
 		t.Errorf("p50 %v: a restarted apiserver proxy should mostly have its tunnels back within a maintain interval (%v)", p50, envoy.TunnelMaintainInterval)
 	}
