@@ -385,20 +385,14 @@ func dumpCluster(t *testing.T, cp *controlPlane) {
 	}
 }
 
-// dumpSection brackets what a failed test logs about its environment (it
-// returns the closing call) with the lines make test's failure summary
-// (e2e/test-lanes.sh) leaves out: the summary shows what a test did and
-// said just before it failed, not hundreds of lines of container logs.
+// dumpSection brackets what a failed test logs about its environment in
+// several parts (it returns the closing call) as envoytest.LogDump does one:
+// make test's failure summary (e2e/failures.sh) leaves it out.
 func dumpSection(t *testing.T, what string) func() {
 	t.Helper()
-	t.Logf("%s %s", dumpBegin, what)
-	return func() { t.Logf("%s %s", dumpEnd, what) }
+	t.Logf("%s %s", envoytest.DumpBegin, what)
+	return func() { t.Logf("%s %s", envoytest.DumpEnd, what) }
 }
-
-const (
-	dumpBegin = "==== dump begin:"
-	dumpEnd   = "==== dump end:"
-)
 
 // checkStreamingPaths runs the rest of the control-plane-to-node paths
 // through spoke against pod (on node), each checked for content: logs -f,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prints, from a go test log (not -v), each failing test's "--- FAIL" line
-# and the last 15 lines it logged, leaving out the environment dumps a
-# failed e2e test logs from its cleanup (between "==== dump begin:" and
-# "==== dump end:" lines, see dumpSection), so that its error is among
-# them; the first lines of a panic or timeout; compile errors and each
+# and the last 15 lines it logged, of each t.Log or t.Error its first three
+# lines only, leaving out the environment dumps a failed e2e test logs from
+# its cleanup (between "==== dump begin:" and "==== dump end:" lines, see
+# dumpSection), so that its error is among them; the first lines of a panic or timeout; compile errors and each
 # failed package's FAIL line. make test (e2e/test-lanes.sh) ends a failed
 # run with it: CI shows only the end of the output. TestFailureSummaryShowsTheError runs it on a real go test log.
 #
@@ -18,6 +18,8 @@ awk '
 	/^FAIL\t/ || /^[^ \t]+\.go:[0-9]+:[0-9]+: / { print; next } # a package that failed; a compile error
 	/^panic: / { panicking = 6 }
 	panicking > 0 { print; panicking--; next }
-	failing { recent[++n % 15] = $0 }
+	failing && /^ +[A-Za-z0-9_.-]+\.go:[0-9]+: / { recent[++n % 15] = $0; more = 0; next } # what one t.Log or t.Error said
+	failing && more++ < 2 { recent[++n % 15] = $0 } # and its next two lines
+	failing && more == 3 { recent[++n % 15] = "        ..." }
 	END { flush() }
 ' "$1"

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 )
 
 // TestFailureSummaryShowsTheError: e2e/failures.sh, which ends a failed
@@ -34,7 +36,7 @@ func TestBroken(t *testing.T) {
 	t.Log("what the test did")
 	t.Fatal("the error that matters")
 }
-`, dumpBegin+" a cluster", dumpEnd+" a cluster")))
+`, envoytest.DumpBegin+" a cluster", envoytest.DumpEnd+" a cluster")))
 	goTest := exec.Command("go", "test", "-count=1", ".")
 	goTest.Dir = dir
 	goTest.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=")

@@ -113,7 +113,7 @@ func TestXDSPortSurvivesAHandshakeFlood(t *testing.T) {
 		_ = server.Process.Kill()
 		_ = server.Wait()
 		if t.Failed() {
-			t.Logf("server log:\n%s", sec.logs.String())
+			envoytest.LogDump(t, "server log", sec.logs.String())
 		}
 	})
 	get := func(path string) (string, error) { return httpBody("http://" + httpAddr + path) }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -221,7 +222,7 @@ func startProcess(t *testing.T, name, logFile, bin string, args ...string) *exec
 		out.Close()
 		if t.Failed() {
 			log, _ := os.ReadFile(logFile)
-			t.Logf("---- %s log tail ----\n%s", name, tail(string(log), 2000))
+			envoytest.LogDump(t, name+" log tail", tail(string(log), 2000))
 		}
 	})
 	return cmd

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spokeproxy/spoke/auth/authtest"
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -404,7 +405,7 @@ func (n *kubeNode) cleanUp(t *testing.T) {
 		logs, _ := filepath.Glob(filepath.Join(n.dir, "pod-logs", "*", "*", "*.log"))
 		for _, f := range append([]string{filepath.Join(n.dir, "containerd.log"), filepath.Join(n.dir, "kubelet.log")}, logs...) {
 			raw, _ := os.ReadFile(f)
-			t.Logf("---- %s %s ----\n%s", n.name, strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
+			envoytest.LogDump(t, n.name+" "+strings.TrimPrefix(f, n.dir), tail(string(raw), 3000))
 		}
 	}
 	if os.Getenv("SPOKE_KEEP_NODE") == "" {

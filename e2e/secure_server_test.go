@@ -104,7 +104,7 @@ func (s *secureServer) run(t *testing.T, tp *topology, clusterFile string, tweak
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() {
-			t.Logf("server log:\n%s", s.logs.String())
+			envoytest.LogDump(t, "server log", s.logs.String())
 		}
 	})
 	return stop

@@ -89,7 +89,7 @@ func start(t testing.TB, bin, name string, b *bootstrapv3.Bootstrap, ready bool,
 	t.Cleanup(func() {
 		p.Stop()
 		if t.Failed() {
-			t.Logf("---- envoy %s log (last 60 lines) ----\n%s", name, p.tail(60))
+			LogDump(t, "envoy "+name+" log (last 60 lines)", p.tail(60))
 			keepLog(t, p)
 		}
 	})
