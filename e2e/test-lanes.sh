@@ -15,7 +15,9 @@
 # follow whichever lane ends first (the kind lane mostly waits for pods).
 # Each step says when it ends, counted from this script's start. The kind
 # lane's output and the checks' go to files named at the start and are
-# printed whole at the end, so a failure reads as go test printed it.
+# printed whole at the end, so a failure reads as go test printed it; a
+# failed run then ends with what failed (e2e/failures.sh: each failed
+# test's last lines), since CI keeps only the end of the output.
 # Fails if any part does.
 #
 #   MAKE=make DOCKER_HOST=... bash e2e/test-lanes.sh   # make test runs it
