@@ -228,13 +228,17 @@ func TestApiserverProxyBackSoonAfterAFailedRedial(t *testing.T) {
 	api.Stop()
 	failed := refuseRedials(t, tp.settings.APIServerEndpoints[0])
 	start := time.Now()
-	sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1")
+	sec.startAPIServerProxyWith(t, tp.bin, "apiserver-1") // returns once it is ready
+	ready := time.Now()
 	waitFor(t, 30*time.Second, "a CONNECT through the new apiserver proxy", func() bool {
 		_, status := roundTrip(t, sock, target)
 		return status == http.StatusOK
 	})
-	took := time.Since(start)
-	t.Logf("%d re-dials failed; a CONNECT worked %v after the new apiserver proxy started", failed, took.Round(10*time.Millisecond))
+	// Timed from its readiness, as in TestRestartedApiserverProxyReachesNodesQuickly:
+	// how long Envoy takes to start is the machine's load.
+	took := time.Since(ready)
+	t.Logf("%d re-dials failed; the new apiserver proxy was ready %v after it started, and a CONNECT worked %v after that",
+		failed, ready.Sub(start).Round(10*time.Millisecond), took.Round(10*time.Millisecond))
 	if took > oneFailedRedial {
 		t.Errorf("the node was back %v after the apiserver proxy; one failed re-dial should cost at most %v", took, oneFailedRedial)
 	}
