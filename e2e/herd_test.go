@@ -136,8 +136,7 @@ const herdDrainLimit = 2 * time.Minute
 // the test fails if any is not within limit of the herd's start.
 func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit time.Duration) {
 	t.Helper()
-	first := h.failed(t)
-	redials, drained := 0, time.Duration(0)
+	first, redials, drained := 0, 0, time.Duration(0)
 	tunnels := int(tp.settings.TunnelsPerEndpoint)
 	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
 	deadline := h.start.Add(limit)
@@ -147,6 +146,7 @@ func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit 
 		if err == nil {
 			continue
 		}
+		first++
 		node := fmt.Sprintf("herd-%d", h.from+k/tunnels)
 		wg.Add(1)
 		go func() {
