@@ -378,20 +378,11 @@ func createLogger(t *testing.T, cp *controlPlane, name, node string) {
 // dumpCluster logs the pods and events of a failed cluster test (each node
 // logs its containers' logs from disk when it is cleaned up).
 func dumpCluster(t *testing.T, cp *controlPlane) {
-	defer dumpSection(t, "the cluster's pods and events")()
+	defer envoytest.DumpSection(t, "the cluster's pods and events")()
 	for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
 		out, err := kubectlRun(t, cp, nil, args...)
 		t.Logf("---- kubectl %s ----\n%s%v", strings.Join(args, " "), out, err)
 	}
-}
-
-// dumpSection brackets what a failed test logs about its environment in
-// several parts (it returns the closing call) as envoytest.LogDump does one:
-// make test's failure summary (e2e/failures.sh) leaves it out.
-func dumpSection(t *testing.T, what string) func() {
-	t.Helper()
-	t.Logf("%s %s", envoytest.DumpBegin, what)
-	return func() { t.Logf("%s %s", envoytest.DumpEnd, what) }
 }
 
 // checkStreamingPaths runs the rest of the control-plane-to-node paths

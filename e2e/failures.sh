@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Prints, from a go test log (not -v), each failing test's "--- FAIL" line
-# and the last 15 lines it logged, of each t.Log or t.Error its first three
-# lines only, leaving out the environment dumps a failed e2e test logs from
-# its cleanup (between "==== dump begin:" and "==== dump end:" lines, see
-# dumpSection), so that its error is among them; the first lines of a panic or timeout; compile errors and each
-# failed package's FAIL line. make test (e2e/test-lanes.sh) ends a failed
-# run with it: CI shows only the end of the output. TestFailureSummaryShowsTheError runs it on a real go test log.
+# and the last 15 lines it logged (of each t.Log or t.Error its first three
+# lines only), leaving out the environment dumps a failed test logs from its
+# cleanup (between "==== dump begin:" and "==== dump end:" lines, see
+# envoytest.DumpSection), so that its error is among them; the first lines
+# of a panic or timeout; compile errors and each failed package's FAIL
+# line. make test (e2e/test-lanes.sh) ends a failed run with it: CI shows
+# only the end of the output. TestFailureSummaryShowsTheError runs it on a
+# real go test log.
 #
 #   bash e2e/failures.sh go-test-output.log
 set -euo pipefail

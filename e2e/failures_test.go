@@ -13,7 +13,7 @@ import (
 
 // TestFailureSummaryShowsTheError: e2e/failures.sh, which ends a failed
 // make test, shows a failed test's error and leaves out the dump its
-// cleanup logs between dumpSection's lines, on the output of a real go
+// cleanup logs between envoytest.DumpSection's lines, on the output of a real go
 // test run (a test that fails, then dumps more lines than the summary
 // keeps, as a failed kind test does).
 func TestFailureSummaryShowsTheError(t *testing.T) {

@@ -80,6 +80,7 @@ type herd struct {
 	all     time.Duration
 	timeout time.Duration
 	start   time.Time
+	addr    string            // the apiserver proxy's tunnel port
 	from    int               // the first node's number (herd-<from>)
 	certs   []pki.Certificate // per node
 }
@@ -101,7 +102,7 @@ func dialHerd(t *testing.T, sec *secureServer, tp *topology, from, nodes int) he
 	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
 	start := time.Now()
 	h := herd{conns: make([]net.Conn, nodes*tunnels), errs: make([]error, nodes*tunnels), took: make([]time.Duration, nodes*tunnels),
-		timeout: envoy.TunnelHandshakeResponseTimeout, start: start, from: from, certs: certs}
+		timeout: envoy.TunnelHandshakeResponseTimeout, start: start, addr: addr, from: from, certs: certs}
 	var wg sync.WaitGroup
 	for i := range nodes {
 		for j := range tunnels {
@@ -138,7 +139,6 @@ func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit 
 	t.Helper()
 	first, redials, drained := 0, 0, time.Duration(0)
 	tunnels := int(tp.settings.TunnelsPerEndpoint)
-	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
 	deadline := h.start.Add(limit)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -153,7 +153,7 @@ func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit 
 			defer wg.Done()
 			for backoff := time.Second; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, envoy.TunnelMaxReconnectBackoff) {
 				time.Sleep(backoff)
-				conn, err := simulatedNode(addr, node, k%tunnels, h.certs[k/tunnels], sec.issuer.CAPEM(), tp.settings, h.timeout)
+				conn, err := simulatedNode(h.addr, node, k%tunnels, h.certs[k/tunnels], sec.issuer.CAPEM(), tp.settings, h.timeout)
 				mu.Lock()
 				redials++
 				h.errs[k] = err

@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	kindconfig "sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/spokeproxy/spoke/envoy/envoytest"
 )
 
 const (
@@ -380,7 +382,7 @@ const compactLogLines = `awk '
 
 // dumpKindNodes logs kindNodeDump from every node of kind cluster name.
 func dumpKindNodes(t *testing.T, name string) {
-	defer dumpSection(t, "kind cluster "+name+"'s nodes")()
+	defer envoytest.DumpSection(t, "kind cluster "+name+"'s nodes")()
 	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=io.x-k8s.kind.cluster="+name, "--format", "{{.Names}}").Output()
 	if err != nil {
 		t.Logf("listing kind cluster %s's nodes: %v", name, err)

@@ -11,10 +11,17 @@ const (
 	DumpEnd   = "==== dump end:"
 )
 
-// LogDump logs body, named what, between DumpBegin and DumpEnd lines.
-func LogDump(t testing.TB, what, body string) {
+// DumpSection logs a DumpBegin line for what and returns the call that logs
+// its DumpEnd line: what is logged in between is left out of the summary.
+func DumpSection(t testing.TB, what string) (end func()) {
 	t.Helper()
 	t.Logf("%s %s", DumpBegin, what)
+	return func() { t.Logf("%s %s", DumpEnd, what) }
+}
+
+// LogDump logs body, named what, as a dump section of its own.
+func LogDump(t testing.TB, what, body string) {
+	t.Helper()
+	defer DumpSection(t, what)()
 	t.Logf("---- %s ----\n%s", what, body)
-	t.Logf("%s %s", DumpEnd, what)
 }
