@@ -31,14 +31,12 @@ type sharedBuild struct {
 }
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "spoke-e2e-builds-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: a directory for the shared builds:", err)
-		os.Exit(1)
-	}
-	sharedBuilds.dir = dir
 	code := m.Run()
-	_ = os.RemoveAll(dir)
+	sharedBuilds.mu.Lock()
+	if sharedBuilds.dir != "" {
+		_ = os.RemoveAll(sharedBuilds.dir)
+	}
+	sharedBuilds.mu.Unlock()
 	os.Exit(code)
 }
 
@@ -54,17 +52,35 @@ func buildOnce(t *testing.T, name string, build func(dir string) ([]string, erro
 		b = &sharedBuild{}
 		sharedBuilds.by[name] = b
 	}
+	root, err := sharedBuildsDir()
 	sharedBuilds.mu.Unlock()
 	b.once.Do(func() {
-		dir := filepath.Join(sharedBuilds.dir, name)
-		if b.err = os.MkdirAll(dir, 0o755); b.err == nil {
-			b.out, b.err = build(dir)
+		dir := filepath.Join(root, name)
+		if b.err = err; err == nil {
+			if b.err = os.MkdirAll(dir, 0o755); b.err == nil {
+				b.out, b.err = build(dir)
+			}
 		}
 	})
 	if b.err != nil {
 		t.Fatalf("build %s: %v", name, b.err)
 	}
 	return slices.Clone(b.out)
+}
+
+// sharedBuildsDir makes the run's directory for shared builds the first
+// time a build needs it (sharedBuilds.mu held): made up front, a test
+// process that never returns to TestMain (a helper re-run of the test
+// binary, a killed run) left an empty one behind in $TMPDIR each time.
+func sharedBuildsDir() (string, error) {
+	if sharedBuilds.dir == "" {
+		dir, err := os.MkdirTemp("", "spoke-e2e-builds-")
+		if err != nil {
+			return "", fmt.Errorf("a directory for the shared builds: %w", err)
+		}
+		sharedBuilds.dir = dir
+	}
+	return sharedBuilds.dir, nil
 }
 
 // goCommand runs go with args (and env added), its output in the error.

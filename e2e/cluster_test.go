@@ -102,7 +102,8 @@ func spokeImages(t *testing.T) []string {
 	return buildOnce(t, "spoke-images", func(dir string) ([]string, error) {
 		bin := filepath.Join(dir, "spoke")
 		images := []string{filepath.Join(dir, "spoke.tar"), filepath.Join(dir, "envoy.tar")}
-		if err := goCommand([]string{"CGO_ENABLED=0"}, "build", "-trimpath", "-o", bin, "../cmd/spoke"); err != nil {
+		// As make image builds it: static, stripped.
+		if err := goCommand([]string{"CGO_ENABLED=0"}, "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "../cmd/spoke"); err != nil {
 			return nil, err
 		}
 		if err := spokeImage(images[0], "--binary", bin, "--tag", "spoke:local"); err != nil {

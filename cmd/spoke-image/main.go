@@ -271,7 +271,9 @@ func sharedLibraries(binary string) ([]string, error) {
 
 // image is one layer of files on an empty base, run as user.
 func image(files []file, entrypoint, cmd []string, title, version, user string) (v1.Image, error) {
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return layerTar(files) })
+	// Compressed once and kept: without the cache the layer is gzipped
+	// again for its digest and for the archive.
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return layerTar(files) }, tarball.WithCompressedCaching)
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,13 @@ if [ -x "$out/proxy-server" ] && [ -x "$out/proxy-agent" ] && [ -x "$out/agent-s
   exit 0
 fi
 mkdir -p "$out"
-go build -o "$out/proxy-server" sigs.k8s.io/apiserver-network-proxy/cmd/server
-go build -o "$out/proxy-agent" sigs.k8s.io/apiserver-network-proxy/cmd/agent
-go build -o "$out/agent-swarm" ./agent-swarm
+# One go build, so the three links run side by side; stripped (-s -w) as
+# the release images' binaries are: no symbol table or DWARF to write, and
+# smaller images for the kind nodes to import.
+tmp=$(mktemp -d "$out/.build.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+go build -ldflags "-s -w" -o "$tmp/" sigs.k8s.io/apiserver-network-proxy/cmd/server sigs.k8s.io/apiserver-network-proxy/cmd/agent ./agent-swarm
+mv "$tmp/server" "$out/proxy-server"
+mv "$tmp/agent" "$out/proxy-agent"
+mv "$tmp/agent-swarm" "$out/agent-swarm"
 echo "built konnectivity $VERSION proxy-server, proxy-agent and agent-swarm into $out"

@@ -21,15 +21,18 @@ stamp="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/compon
 # import (client-go, grpc, protobuf...) and the standard library compile
 # once, not twice (6 CPU-minutes from an empty build cache).
 #
-# build FLAGS... -- NAME=PACKAGE...: the missing binaries of one kind in one
+# build LDFLAGS -- NAME=PACKAGE...: the missing binaries of one kind in one
 # go build, so the packages they share compile once and their links run
 # side by side (one go build per binary linked one at a time: cold, most of
-# a core idle for minutes). Each lands as $out/NAME.
+# a core idle for minutes). Each lands as $out/NAME, stripped as upstream's
+# release builds are (-s -w, hack/lib/golang.sh): no symbol table and no
+# DWARF, which the links spend much of their time writing and every image
+# holding a binary carries (stack traces need neither).
 build() {
-  local flags=() pkgs=() want
-  while [ "$1" != -- ]; do flags+=("$1"); shift; done; shift
+  local ldflags="-s -w $1" pkgs=() want
+  shift 2
   for want in "$@"; do [ -x "$out/${want%%=*}" ] || pkgs+=("${want#*=}"); done
-  [ ${#pkgs[@]} = 0 ] || timed go build -trimpath "${flags[@]}" -o "$out/" "${pkgs[@]}"
+  [ ${#pkgs[@]} = 0 ] || timed go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
 }
 # timed COMMAND...: runs it and says how long it took (the cold build's
 # parts, for docs/testing.md).
@@ -61,10 +64,10 @@ fi
 # parallel processes (the version e2e.test was built with, from the same
 # go.sum) and CoreDNS (for the kind node image, ./cmd/coredns says why
 # not upstream's main): no version stamp.
-build -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo coredns=./cmd/coredns
+build "" -- etcd=./cmd/etcd kube-apiserver=./cmd/kube-apiserver ginkgo=github.com/onsi/ginkgo/v2/ginkgo coredns=./cmd/coredns
 # kube-proxy and crictl are for the kind node image (e2e/kind/node-image.sh).
 crictl_version=$(go list -m -f '{{.Version}}' sigs.k8s.io/cri-tools)
-build -ldflags "$stamp -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" -- \
+build "$stamp -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" -- \
   kubeadm=k8s.io/kubernetes/cmd/kubeadm kubelet=k8s.io/kubernetes/cmd/kubelet \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
   kube-proxy=k8s.io/kubernetes/cmd/kube-proxy kubectl=k8s.io/kubernetes/cmd/kubectl agnhost=k8s.io/kubernetes/test/images/agnhost \
@@ -73,5 +76,5 @@ build -ldflags "$stamp -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_vers
 # control-plane-to-node paths (logs, exec, proxy) run through spoke.
 # -vet=off: go test -c would vet the upstream packages first (minutes of
 # both cores on a fresh machine, for code this project does not change).
-[ -x "$out/e2e.test" ] || timed go test -c -trimpath -vet=off -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
+[ -x "$out/e2e.test" ] || timed go test -c -trimpath -vet=off -ldflags "-s -w" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e
 echo "kube-apiserver, etcd, kubectl, kubeadm, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, agnhost, e2e.test, ginkgo, crictl and coredns $K8S_VERSION in $out (built once, then cached)"
