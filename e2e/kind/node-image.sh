@@ -84,15 +84,9 @@ modcache=$(go env GOMODCACHE)
 [ -x "$bins/pause" ] || gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$bins/pause" "$modcache/k8s.io/kubernetes@$K8S_VERSION/build/pause/linux/pause.c"
 log "binaries ready ($(($(date +%s) - start)) s)"
 
-# The rootfs: what kind's base image installs, from Debian (started above).
-if [ -n "$rootfs_job" ]; then
-	wait "$rootfs_job" || { echo "node-image: debootstrap failed (log: $rootfs.log)" >&2; exit 1; }
-fi
-base=spoke-kind-rootfs:$(basename "$rootfs" .tar | cut -d- -f4)
-docker image inspect "$base" >/dev/null 2>&1 || docker import "$rootfs" "$base" >&2
-
 # The images kubeadm pulls, as archives for the node's containerd.
 images=$(cd "$kube" && ./kubeadm config images list --kubernetes-version "$K8S_VERSION")
+kube_proxy=
 static_image() { # NAME BINARY PATH [ARGS...]: a one-binary image
 	local name=$1 binary=$2 path=$3
 	shift 3
@@ -109,16 +103,25 @@ for ref in $images; do
 	*/etcd:*) static_image "$ref" "$kube/etcd" /usr/local/bin/etcd ;;
 	*/coredns:*) static_image "$ref" "$kube/coredns" /coredns ;;
 	*/pause:*) static_image "$ref" "$bins/pause" /pause ;;
-	*/kube-proxy:*)
-		# kube-proxy programs iptables and nftables: the rootfs has them.
-		if [ ! -s "$out/images/kube-proxy.tar" ]; then
-			printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base" | docker build -q -t "$ref" -f - "$bins" >&2
-			docker save -o "$out/images/kube-proxy.tar" "$ref"
-		fi
-		;;
+	*/kube-proxy:*) kube_proxy=$ref ;; # on the rootfs, below
 	*) echo "node-image: kubeadm wants $ref, which this script does not build" >&2; exit 1 ;;
 	esac
 done
+
+# The rootfs: what kind's base image installs, from Debian (started above;
+# the one-binary images, which do not need it, were written meanwhile: on
+# a fresh clone debootstrap is still running when the binaries are ready).
+if [ -n "$rootfs_job" ]; then
+	wait "$rootfs_job" || { echo "node-image: debootstrap failed (log: $rootfs.log)" >&2; exit 1; }
+fi
+base=spoke-kind-rootfs:$(basename "$rootfs" .tar | cut -d- -f4)
+docker image inspect "$base" >/dev/null 2>&1 || docker import "$rootfs" "$base" >&2
+# kube-proxy programs iptables and nftables: the rootfs has them.
+[ -n "$kube_proxy" ] || { echo "node-image: kubeadm lists no kube-proxy image" >&2; exit 1; }
+if [ ! -s "$out/images/kube-proxy.tar" ]; then
+	printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base" | docker build -q -t "$kube_proxy" -f - "$bins" >&2
+	docker save -o "$out/images/kube-proxy.tar" "$kube_proxy"
+fi
 log "images ready ($(($(date +%s) - start)) s)"
 
 # The node: kind's own files over the rootfs, the Kubernetes binaries.
