@@ -55,11 +55,12 @@ func buildOnce(t *testing.T, name string, build func(dir string) ([]string, erro
 	root, err := sharedBuildsDir()
 	sharedBuilds.mu.Unlock()
 	b.once.Do(func() {
+		if b.err = err; err != nil {
+			return
+		}
 		dir := filepath.Join(root, name)
-		if b.err = err; err == nil {
-			if b.err = os.MkdirAll(dir, 0o755); b.err == nil {
-				b.out, b.err = build(dir)
-			}
+		if b.err = os.MkdirAll(dir, 0o755); b.err == nil {
+			b.out, b.err = build(dir)
 		}
 	})
 	if b.err != nil {

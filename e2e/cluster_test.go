@@ -455,7 +455,12 @@ func checkAttachAndTTY(t *testing.T, cp *controlPlane, pod string) {
 // them. A line's delay is its arrival here less the time the container
 // runtime stamped on it (--timestamps; every node shares this host's
 // clock), so a writer starved on a loaded machine, which writes fewer
-// lines, does not read as a slow path.
+// lines, does not read as a slow path. The stream is judged over
+// consecutive 3-second windows, up to followWindows of them: one window
+// with lines arriving as written (p50 at most a second) shows the path
+// streams. A path that stalls or holds lines back fails every window;
+// a machine starved for a moment (a cold make test compiling beside the
+// kind tests: p50 1.2 s over one window) passes in the next.
 func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 	t.Helper()
 	out, stop := startKubectl(t, cp, "logs", "-f", pod, "-c", "logger", "--tail", "0", "--timestamps")
@@ -469,39 +474,59 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 		close(lines)
 	}()
 	start := time.Now()
-	var first time.Time
-	var delays []time.Duration
 	// The first line may take kubectl's start-up and the stream's set-up
-	// (2.3 s seen on a loaded 2-core machine); a path that stalls gives none
-	// in 10 s. The 3 s of lines are counted from the first.
-	for deadline := time.After(10 * time.Second); ; {
+	// (4.8 s seen on a loaded 2-core machine); a path that stalls gives
+	// none in 10 s.
+	var first followedLine
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			t.Fatalf("%s: kubectl logs -f ended before its first line", pod)
+		}
+		if first = l; l.err != nil {
+			t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: kubectl logs -f delivered no line in 10 s; want them as they are written", pod)
+	}
+	var windows []string
+	for range followWindows {
+		delays := followWindow(t, pod, lines)
+		// logs-generator writes about 280 lines a second on an idle machine.
+		if len(delays) >= 20 && datapath.Percentile(delays, .5) <= time.Second {
+			t.Logf("%s: kubectl logs -f: first line after %v; %d lines in 3 s, %s after they were written (windows before: %v)",
+				pod, first.at.Sub(start).Round(time.Millisecond), len(delays), delaysText(delays), windows)
+			return
+		}
+		windows = append(windows, fmt.Sprintf("%d lines, %s", len(delays), delaysText(delays)))
+	}
+	t.Errorf("%s: kubectl logs -f: first line after %v, then in %d windows of 3 s: %s; want them as they are written",
+		pod, first.at.Sub(start).Round(time.Millisecond), followWindows, strings.Join(windows, "; "))
+}
+
+// followWindows is how many 3-second windows of kubectl logs -f
+// checkLogsFollow reads at most.
+const followWindows = 4
+
+// followWindow collects the delays of the lines that arrive in the next 3
+// seconds.
+func followWindow(t *testing.T, pod string, lines <-chan followedLine) []time.Duration {
+	t.Helper()
+	var delays []time.Duration
+	for deadline := time.After(3 * time.Second); ; {
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				t.Fatalf("%s: kubectl logs -f ended after %d lines", pod, len(delays))
+				t.Fatalf("%s: kubectl logs -f ended after %d lines of a window", pod, len(delays))
 			}
 			if l.err != nil {
 				t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
 			}
-			if first.IsZero() {
-				first, deadline = l.at, time.After(3*time.Second)
-			}
 			delays = append(delays, l.delay)
-			continue
 		case <-deadline:
+			return delays
 		}
-		break
 	}
-	// logs-generator writes about 280 lines a second on an idle machine.
-	if len(delays) < 20 || datapath.Percentile(delays, .5) > time.Second {
-		firstAfter := "never"
-		if !first.IsZero() {
-			firstAfter = first.Sub(start).Round(time.Millisecond).String()
-		}
-		t.Errorf("%s: kubectl logs -f delivered %d lines in 3 s, the first after %s, %s after they were written; want them as they are written", pod, len(delays), firstAfter, delaysText(delays))
-		return
-	}
-	t.Logf("%s: kubectl logs -f: first line after %v, %d lines in 3 s, %s after they were written", pod, first.Sub(start).Round(time.Millisecond), len(delays), delaysText(delays))
 }
 
 // followedLine is one line of kubectl logs -f --timestamps: when it
