@@ -477,16 +477,8 @@ func checkLogsFollow(t *testing.T, cp *controlPlane, pod string) {
 	// The first line may take kubectl's start-up and the stream's set-up
 	// (4.8 s seen on a loaded 2-core machine); a path that stalls gives
 	// none in 10 s.
-	var first followedLine
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			t.Fatalf("%s: kubectl logs -f ended before its first line", pod)
-		}
-		if first = l; l.err != nil {
-			t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
-		}
-	case <-time.After(10 * time.Second):
+	first, ok := nextFollowedLine(t, pod, lines, time.After(10*time.Second))
+	if !ok {
 		t.Fatalf("%s: kubectl logs -f delivered no line in 10 s; want them as they are written", pod)
 	}
 	var windows []string
@@ -518,18 +510,30 @@ func followWindow(t *testing.T, pod string, lines <-chan followedLine) []time.Du
 	t.Helper()
 	var delays []time.Duration
 	for deadline := time.After(3 * time.Second); ; {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("%s: kubectl logs -f ended after %d lines of a window", pod, len(delays))
-			}
-			if l.err != nil {
-				t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
-			}
-			delays = append(delays, l.delay)
-		case <-deadline:
+		l, ok := nextFollowedLine(t, pod, lines, deadline)
+		if !ok {
 			return delays
 		}
+		delays = append(delays, l.delay)
+	}
+}
+
+// nextFollowedLine returns the next line of kubectl logs -f, or false if
+// none came before deadline; the test ends if the stream does or a line
+// has no timestamp.
+func nextFollowedLine(t *testing.T, pod string, lines <-chan followedLine, deadline <-chan time.Time) (followedLine, bool) {
+	t.Helper()
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			t.Fatalf("%s: kubectl logs -f ended", pod)
+		}
+		if l.err != nil {
+			t.Fatalf("%s: kubectl logs -f --timestamps: %v", pod, l.err)
+		}
+		return l, true
+	case <-deadline:
+		return followedLine{}, false
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spokeproxy/spoke/e2e/datapath"
 	"github.com/spokeproxy/spoke/envoy"
 	"github.com/spokeproxy/spoke/pki"
+	"github.com/spokeproxy/spoke/translator/model"
 )
 
 // TestTunnelReconnectHerd: every node dials its tunnels to a fresh
@@ -61,7 +62,7 @@ func TestTunnelReconnectHerd(t *testing.T) {
 		perHandshake.Round(time.Microsecond), fleet, (perHandshake * time.Duration(fleet)).Round(100*time.Millisecond),
 		(perHandshake * time.Duration(fleet) / time.Duration(apiWorkers)).Round(100*time.Millisecond), apiWorkers)
 	if failed > 0 {
-		h.redialFailed(t, sec, tp, herdDrainLimit)
+		h.redialFailed(t, herdDrainLimit)
 	}
 	if _, err := api.Get("/ready"); err != nil {
 		t.Errorf("the apiserver proxy does not answer after the herd: %v\n%s", err, tail(api.Log(), 6000))
@@ -80,10 +81,22 @@ type herd struct {
 	all     time.Duration
 	timeout time.Duration
 	start   time.Time
-	addr    string            // the apiserver proxy's tunnel port
-	from    int               // the first node's number (herd-<from>)
-	certs   []pki.Certificate // per node
+	// What dial needs to make a tunnel's handshake again.
+	addr     string            // the apiserver proxy's tunnel port
+	from     int               // the first node's number (herd-<from>)
+	certs    []pki.Certificate // per node
+	caPEM    []byte
+	settings model.Settings
 }
+
+// dial makes tunnel k's handshake: node from+k/tunnels, its tunnel
+// k%tunnels, as a node proxy would.
+func (h herd) dial(k int) (net.Conn, error) {
+	tunnels := int(h.settings.TunnelsPerEndpoint)
+	return simulatedNode(h.addr, herdNode(h.from+k/tunnels), k%tunnels, h.certs[k/tunnels], h.caPEM, h.settings, h.timeout)
+}
+
+func herdNode(i int) string { return fmt.Sprintf("herd-%d", i) }
 
 // dialHerd has nodes simulated nodes (herd-<from> ...) dial all their
 // tunnels to the apiserver proxy of tp at the same moment, each handshake bounded by
@@ -95,26 +108,23 @@ func dialHerd(t *testing.T, sec *secureServer, tp *topology, from, nodes int) he
 	certs := make([]pki.Certificate, nodes)
 	for i := range certs {
 		var err error
-		if certs[i], err = sec.issuer.NodeCertificate(fmt.Sprintf("herd-%d", from+i)); err != nil {
+		if certs[i], err = sec.issuer.NodeCertificate(herdNode(from + i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort)
 	start := time.Now()
 	h := herd{conns: make([]net.Conn, nodes*tunnels), errs: make([]error, nodes*tunnels), took: make([]time.Duration, nodes*tunnels),
-		timeout: envoy.TunnelHandshakeResponseTimeout, start: start, addr: addr, from: from, certs: certs}
+		timeout: envoy.TunnelHandshakeResponseTimeout, start: start,
+		addr: fmt.Sprintf("127.0.0.1:%d", tp.settings.TunnelPort), from: from, certs: certs, caPEM: sec.issuer.CAPEM(), settings: tp.settings}
 	var wg sync.WaitGroup
-	for i := range nodes {
-		for j := range tunnels {
-			k := i*tunnels + j
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				began := time.Now()
-				h.conns[k], h.errs[k] = simulatedNode(addr, fmt.Sprintf("herd-%d", from+i), j, certs[i], sec.issuer.CAPEM(), tp.settings, h.timeout)
-				h.took[k] = time.Since(began)
-			}()
-		}
+	for k := range h.conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			began := time.Now()
+			h.conns[k], h.errs[k] = h.dial(k)
+			h.took[k] = time.Since(began)
+		}()
 	}
 	wg.Wait()
 	h.all = time.Since(start)
@@ -135,10 +145,9 @@ const herdDrainLimit = 2 * time.Minute
 // tunnel does: after Envoy's back-off (1 s, doubling, at most
 // envoy.TunnelMaxReconnectBackoff) from its last failure, until it is held;
 // the test fails if any is not within limit of the herd's start.
-func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit time.Duration) {
+func (h herd) redialFailed(t *testing.T, limit time.Duration) {
 	t.Helper()
 	first, redials, drained := 0, 0, time.Duration(0)
-	tunnels := int(tp.settings.TunnelsPerEndpoint)
 	deadline := h.start.Add(limit)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -147,13 +156,12 @@ func (h herd) redialFailed(t *testing.T, sec *secureServer, tp *topology, limit 
 			continue
 		}
 		first++
-		node := fmt.Sprintf("herd-%d", h.from+k/tunnels)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for backoff := time.Second; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, envoy.TunnelMaxReconnectBackoff) {
 				time.Sleep(backoff)
-				conn, err := simulatedNode(h.addr, node, k%tunnels, h.certs[k/tunnels], sec.issuer.CAPEM(), tp.settings, h.timeout)
+				conn, err := h.dial(k)
 				mu.Lock()
 				redials++
 				h.errs[k] = err
