@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
@@ -167,17 +168,24 @@ func kindTools(t *testing.T) (kind, image string) {
 
 // kindCNI stands in for kindnetd: each node gets a ptp CNI config for its
 // podCIDR and a route to every other node's podCIDR through that node.
-func kindCNI(t *testing.T, cp *controlPlane) {
+// It waits for every node kind made (names) to register: kind create can
+// return before a worker's kubelet has (kubeadm join waits for the
+// kubelet's credentials, not its Node), and a node left out here would
+// never be Ready.
+func kindCNI(t *testing.T, cp *controlPlane, names []string) {
 	t.Helper()
 	type node struct{ name, ip, cidr string }
 	var nodes []node
-	waitFor(t, 2*time.Minute, "every kind node's podCIDR", func() bool {
+	waitFor(t, 2*time.Minute, fmt.Sprintf("every kind node (%s) registered with its podCIDR", strings.Join(names, ", ")), func() bool {
 		list, err := cp.client().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil || len(list.Items) == 0 {
+		if err != nil || len(list.Items) != len(names) {
 			return false
 		}
 		nodes = nodes[:0]
 		for _, n := range list.Items {
+			if !slices.Contains(names, n.Name) {
+				return false
+			}
 			ip := ""
 			for _, a := range n.Status.Addresses {
 				if a.Type == corev1.NodeInternalIP {
@@ -334,19 +342,78 @@ func kindClusterUp(t *testing.T, kind, nodeImage, name, config string, images []
 	run("create", "cluster", "--name", name, "--config", config, "--image", nodeImage)
 	t.Cleanup(func() { _ = exec.Command(kind, "delete", "cluster", "--name", name).Run() })
 	cp := kindControlPlane(t, name, run("get", "kubeconfig", "--name", name))
-	kindCNI(t, cp)
-	kubectl(t, cp, nil, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=3m")
-	t.Logf("kind cluster %s (node image %s) created and Ready in %v", name, nodeImage, time.Since(created).Round(time.Second))
-	for _, image := range images {
-		run("load", "image-archive", "--name", name, image)
-	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpCluster(t, cp)
 			dumpKindNodes(t, name)
 		}
 	})
+	kindCNI(t, cp, kindNodeNames(run("get", "nodes", "--name", name), name))
+	waitForExplained(t, 3*time.Minute, time.Second, "every kind node Ready", func() bool { return len(notReadyNodes(cp)) == 0 },
+		func() string { return explainNotReady(cp) })
+	t.Logf("kind cluster %s (node image %s) created and Ready in %v", name, nodeImage, time.Since(created).Round(time.Second))
+	for _, image := range images {
+		run("load", "image-archive", "--name", name, image)
+	}
 	return cp
+}
+
+// kindNodeNames: the node names in what kind get nodes printed for
+// cluster name (each is the name with a role suffix).
+func kindNodeNames(out, name string) []string {
+	var names []string
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, name+"-") {
+			names = append(names, f)
+		}
+	}
+	return names
+}
+
+// notReadyNodes: the cluster's nodes whose Ready condition is not True,
+// with that condition's reason and message ("?" when the list failed).
+func notReadyNodes(cp *controlPlane) map[string]string {
+	list, err := cp.client().CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return map[string]string{"?": err.Error()}
+	}
+	notReady := map[string]string{}
+	for _, n := range list.Items {
+		notReady[n.Name] = "no Ready condition yet"
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				delete(notReady, n.Name)
+			} else if c.Type == corev1.NodeReady {
+				notReady[n.Name] = fmt.Sprintf("%s: %s (since %s)", c.Reason, c.Message, c.LastTransitionTime.Format(time.TimeOnly))
+			}
+		}
+	}
+	return notReady
+}
+
+// nodeReadinessDump runs on a kind node that stays NotReady: what the
+// kubelet's Ready condition rests on (the runtime's network and runtime
+// conditions, the CNI config it reads), and the kubelet's and
+// containerd's last complaints.
+const nodeReadinessDump = `crictl --timeout 30s info 2>&1 | jq -c '.status.conditions' 2>&1
+ls -l /etc/cni/net.d /opt/cni/bin 2>&1 | head -20
+systemctl is-active kubelet containerd
+echo "---- kubelet's last errors"
+journalctl -u kubelet --no-pager -n 2000 2>&1 | grep -E '^.{0,40}[EW][0-9]{4}|NotReady|PLEG|NetworkReady' | tail -n 30
+echo "---- containerd's last errors"
+journalctl -u containerd --no-pager -n 2000 2>&1 | grep -iE 'level=(error|warn)|cni' | tail -n 20`
+
+// explainNotReady says why each node is not Ready, from the API and from
+// the node itself.
+func explainNotReady(cp *controlPlane) string {
+	var b strings.Builder
+	notReady := notReadyNodes(cp)
+	for _, name := range slices.Sorted(maps.Keys(notReady)) {
+		fmt.Fprintf(&b, "\n---- node %s: %s\n", name, notReady[name])
+		out, err := exec.Command("docker", "exec", name, "bash", "-c", nodeReadinessDump).CombinedOutput()
+		fmt.Fprintf(&b, "%s%v", out, err)
+	}
+	return b.String()
 }
 
 // kindNodeDump runs on each node of a failed kind cluster: the containers
