@@ -139,6 +139,12 @@ func (tp *topology) startNodeProxyWithFlags(node string, flags ...string) *envoy
 	return tp.startNodeProxyWith(node, "node-proxy-"+node, tp.pki.Secrets(tp.t, tp.settings, translator.RoleNode, node), flags...)
 }
 
+// startNodeProxyWithName runs node's own proxy as the Envoy called name
+// (two of one node: a DaemonSet roll's old and new pods).
+func (tp *topology) startNodeProxyWithName(node, name string) *envoytest.Process {
+	return tp.startNodeProxyWith(node, name, tp.pki.Secrets(tp.t, tp.settings, translator.RoleNode, node))
+}
+
 func (tp *topology) startNodeProxyWith(node, name string, secrets []*tlsv3.Secret, flags ...string) *envoytest.Process {
 	res, err := translator.NodeProxy(&tp.cluster, tp.settings, node)
 	if err != nil {

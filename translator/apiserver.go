@@ -208,7 +208,7 @@ func nodeTargets(c *model.Cluster, s model.Settings) []*tunnelTargets {
 		if !domains.empty() {
 			plan = append(plan, &tunnelTargets{
 				name: "node/" + n.Name, hostID: n.Name, cluster: NodeTunnels(n.Name),
-				domains: domains.sorted(), retry: refusedStreamRetry, settings: &s,
+				domains: domains.sorted(), retry: nodeRetry, settings: &s,
 			})
 		}
 	}
@@ -234,7 +234,7 @@ func tunnelVirtualHost(name string, domains []string, hostID, cluster string, re
 	return &routev3.VirtualHost{Name: name, Domains: domains, Routes: []*routev3.Route{route}}
 }
 
-// serviceRetry is refusedStreamRetry plus a 503 from the node proxy (its
+// serviceRetry is nodeRetry plus a 503 from the node proxy (its
 // connect to the ClusterIP failed: nothing reached the Service), retried
 // with back-off for about a second and a half. kube-proxy programs a new
 // Service, or its new endpoints, on each node at its own pace (iptables
@@ -244,7 +244,7 @@ func tunnelVirtualHost(name string, domains []string, hostID, cluster string, re
 // on kind). A Service that stays unreachable is reported that much later.
 func serviceRetry() *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
-		RetryOn:              "refused-stream,retriable-status-codes",
+		RetryOn:              "refused-stream,connect-failure,reset,retriable-status-codes",
 		RetriableStatusCodes: []uint32{503},
 		NumRetries:           wrapperspb.UInt32(4),
 		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
@@ -254,16 +254,29 @@ func serviceRetry() *routev3.RetryPolicy {
 	}
 }
 
-// refusedStreamRetry sends a CONNECT again when the node's Envoy refused its
-// stream unprocessed (REFUSED_STREAM, or above the last stream id of a
-// GOAWAY): safe for any request, as nothing of it was handled. A node proxy
-// that ends a tunnel with GOAWAY (draining, or its HTTP/2 codec's reset
-// bucket, docs/envoy.md) then costs a new stream no 503: it goes through
-// another tunnel.
-func refusedStreamRetry() *routev3.RetryPolicy {
+// nodeRetry sends a CONNECT to a node again, through another of its
+// tunnels, when nothing of it reached the node's target:
+//   - refused-stream: the node's Envoy refused the stream unprocessed
+//     (REFUSED_STREAM, or above the last stream id of a GOAWAY): a node proxy
+//     that ends a tunnel with GOAWAY (draining, or its HTTP/2 codec's reset
+//     bucket, docs/envoy.md);
+//   - connect-failure: the tunnel taken for a new HTTP/2 connection failed
+//     its inner TLS handshake, or no idle tunnel was left;
+//   - reset: the tunnel carrying the stream ended before the node proxy
+//     answered.
+//
+// In a DaemonSet roll the old pod's Envoy exits at SIGTERM and closes its
+// tunnels under the streams being set up on them: without these, each such
+// CONNECT failed (503 or 502) while the new pod's tunnels stood by. All
+// three are safe for a CONNECT: the apiserver sends nothing before the 200,
+// so the target got at most a TCP connection, closed with the tunnel. A
+// stream that was answered is never sent again.
+func nodeRetry() *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
-		RetryOn:    "refused-stream",
-		NumRetries: wrapperspb.UInt32(2),
+		RetryOn: "refused-stream,connect-failure,reset",
+		// The old pod holds TunnelsPerEndpoint (4) tunnels per apiserver
+		// proxy: a CONNECT may meet them all.
+		NumRetries: wrapperspb.UInt32(4),
 		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
 			BaseInterval: durationpb.New(time.Millisecond),
 			MaxInterval:  durationpb.New(10 * time.Millisecond),

@@ -68,7 +68,7 @@ func streamThresholds(streams, connections uint32) *clusterv3.CircuitBreakers_Th
 		MaxRequests:        wrapperspb.UInt32(streams),
 		MaxPendingRequests: wrapperspb.UInt32(streams),
 		MaxConnections:     wrapperspb.UInt32(connections),
-		// Only refused streams are retried (refusedStreamRetry): as many may
+		// Only streams that reached no target are retried (nodeRetry): as many may
 		// be retried at once as may be open.
 		MaxRetries:     wrapperspb.UInt32(streams),
 		TrackRemaining: true, // remaining_rq in the stats: how close each cap is

@@ -40,6 +40,15 @@ func (p *Process) Stop() {
 	})
 }
 
+// Terminate sends SIGTERM, as a kubelet stopping the pod does, and waits
+// for the Envoy to exit: it closes its connections without a drain.
+func (p *Process) Terminate() {
+	p.stop.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = p.cmd.Wait()
+	})
+}
+
 // Start runs Envoy on b (whose admin port should be 0) with one worker,
 // waits until it is ready and stops it when the test ends. Its log is
 // printed if the test fails.
