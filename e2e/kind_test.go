@@ -174,6 +174,9 @@ func kindTools(t *testing.T) (kind, image string) {
 // never be Ready.
 func kindCNI(t *testing.T, cp *controlPlane, names []string) {
 	t.Helper()
+	if len(names) == 0 {
+		t.Fatal("kind get nodes named no node of the cluster")
+	}
 	type node struct{ name, ip, cidr string }
 	var nodes []node
 	waitFor(t, 2*time.Minute, fmt.Sprintf("every kind node (%s) registered with its podCIDR", strings.Join(names, ", ")), func() bool {
