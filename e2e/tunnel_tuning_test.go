@@ -100,8 +100,15 @@ func TestQuietTunnelsAreKept(t *testing.T) {
 				return ports
 			}
 			want := int(tp.settings.TunnelsPerEndpoint) // the node proxy runs one worker (envoytest)
-			waitFor(t, 10*time.Second, "all of the node's tunnels", func() bool { return len(tunnels()) >= want })
-			before := tunnels()
+			// A settled set: all tunnels, the same sockets half a second
+			// apart (a loaded machine can still be re-dialing one).
+			var before []int
+			waitFor(t, 10*time.Second, "all of the node's tunnels, settled", func() bool {
+				first := tunnels()
+				time.Sleep(500 * time.Millisecond)
+				before = tunnels()
+				return len(before) >= want && slices.Equal(first, before)
+			})
 			time.Sleep(3 * time.Second)
 			waitFor(t, 10*time.Second, "all of the node's tunnels after the quiet", func() bool { return len(tunnels()) >= want })
 			after := tunnels()
