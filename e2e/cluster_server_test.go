@@ -286,7 +286,7 @@ func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Proces
 		}
 	}
 	done, watched := make(chan struct{}), make(chan struct{})
-	start := time.Now()
+	watchStart := time.Now() // the failures' times count from here, the roll begins right after
 	go func() {
 		defer close(watched)
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -323,7 +323,7 @@ func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Proces
 						s.run++
 						s.longestRun = max(s.longestRun, s.run)
 						s.failures = append(s.failures, fmt.Sprintf("%v into the roll: status %d %q %v after %v (tunnels held: %d)",
-							sent.Sub(start).Round(time.Millisecond), st, body, err, time.Since(sent).Round(time.Millisecond), held[node]))
+							sent.Sub(watchStart).Round(time.Millisecond), st, body, err, time.Since(sent).Round(time.Millisecond), held[node]))
 					} else {
 						s.run = 0
 					}
@@ -331,7 +331,7 @@ func rollNodeProxies(t *testing.T, cp *controlPlane, proxies []*envoytest.Proces
 			}
 		}
 	}()
-	start = time.Now()
+	start := time.Now()
 	kubectl(t, cp, nil, "-n", "spoke-system", "rollout", "restart", "daemonset/spoke-node-proxy")
 	waitForNodeProxyRoll(t, cp)
 	// rollout status returns when the new pods are available; the last old

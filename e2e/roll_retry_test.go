@@ -83,10 +83,10 @@ func TestConnectsSurviveAnOldNodeProxyExit(t *testing.T) {
 	t.Logf("%d rounds of an old node proxy exiting under %d clients: %d CONNECTs, %d failed, %d answered and then cut with the old pod's tunnels%s",
 		rounds, clients, connects, len(failures), len(cut), bulleted(cut))
 	if len(failures) > 0 {
-		t.Errorf("CONNECTs failed while the new node proxy held its tunnels:\n  %s", strings.Join(failures, "\n  "))
+		t.Errorf("CONNECTs failed while the new node proxy held its tunnels%s", bulleted(failures))
 	}
 	if len(unanswered) > 0 {
-		t.Logf("%d CONNECTs got no answer within %v (a loaded machine; not what the retries are for):\n  %s", len(unanswered), connectDeadline, strings.Join(unanswered, "\n  "))
+		t.Logf("%d CONNECTs got no answer within %v (a loaded machine; not what the retries are for)%s", len(unanswered), connectDeadline, bulleted(unanswered))
 	}
 	if len(cut) > rounds*clients {
 		t.Errorf("%d answered streams cut: more than the %d that can be open on the old pod's tunnels as it exits", len(cut), rounds*clients)

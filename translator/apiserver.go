@@ -244,7 +244,7 @@ func tunnelVirtualHost(name string, domains []string, hostID, cluster string, re
 // on kind). A Service that stays unreachable is reported that much later.
 func serviceRetry() *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
-		RetryOn:              "refused-stream,connect-failure,reset,retriable-status-codes",
+		RetryOn:              notReachedRetryOn + ",retriable-status-codes",
 		RetriableStatusCodes: []uint32{503},
 		NumRetries:           wrapperspb.UInt32(4),
 		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
@@ -253,6 +253,10 @@ func serviceRetry() *routev3.RetryPolicy {
 		},
 	}
 }
+
+// notReachedRetryOn is what nodeRetry and serviceRetry both send again: a
+// CONNECT that reached no target.
+const notReachedRetryOn = "refused-stream,connect-failure,reset"
 
 // nodeRetry sends a CONNECT to a node again, through another of its
 // tunnels, when nothing of it reached the node's target:
@@ -273,9 +277,9 @@ func serviceRetry() *routev3.RetryPolicy {
 // stream that was answered is never sent again.
 func nodeRetry() *routev3.RetryPolicy {
 	return &routev3.RetryPolicy{
-		RetryOn: "refused-stream,connect-failure,reset",
-		// The old pod holds TunnelsPerEndpoint (4) tunnels per apiserver
-		// proxy: a CONNECT may meet them all.
+		RetryOn: notReachedRetryOn,
+		// The old pod holds TunnelsPerEndpoint (4 by default) tunnels per
+		// apiserver proxy: a CONNECT may meet them all.
 		NumRetries: wrapperspb.UInt32(4),
 		RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
 			BaseInterval: durationpb.New(time.Millisecond),
