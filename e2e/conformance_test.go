@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spokeproxy/spoke/envoy/envoytest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // conformanceFocus picks the upstream e2e tests of the paths from the
@@ -97,7 +102,7 @@ func TestConformanceThroughSpoke(t *testing.T) {
 	specs, run := runUpstreamE2E(t, c.cp.adminKubeconfig(t), conformanceFocus, upstreamProcs(t), func() (int, error) {
 		return c.apiProxy.StatSumOf("cluster.node/", ".upstream_rq_total"), nil
 	})
-	checkUpstreamSpecs(t, specs, run, 10)
+	checkUpstreamSpecs(t, c.cp, specs, run, 10)
 }
 
 // upstreamProcs is how many ginkgo processes run the upstream specs (set by
@@ -123,6 +128,7 @@ type upstreamSpec struct {
 	name, state        string
 	start, end         time.Time
 	streams, alongside int
+	failure            string // where and why it failed, from ginkgo's report
 }
 
 // runUpstreamE2E runs e2e.test (built from k8s.io/kubernetes, the
@@ -155,10 +161,16 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams f
 	out, _ := os.ReadFile(logFile)
 	summary := regexp.MustCompile(`Ran (\d+) of \d+ Specs.*\n.*(SUCCESS|FAIL)!.*`).FindString(string(out))
 	t.Logf("upstream e2e through spoke, %d processes, %v: %s", procs, time.Since(start).Round(time.Second), summary)
-	if err != nil || summary == "" || strings.HasPrefix(summary, "Ran 0 ") {
-		t.Errorf("ginkgo run e2e.test: %v\n%s", err, tail(string(out), 12000))
-	}
 	specs := jsonSpecs(t, filepath.Join(reportDir, "report.json"))
+	if err != nil || summary == "" || strings.HasPrefix(summary, "Ran 0 ") {
+		// When specs failed, checkUpstreamSpecs says where and why, last
+		// (what CI shows of a failed test is its end); ginkgo's own output
+		// goes into a dump section, left out of make test's summary.
+		envoytest.LogDump(t, "ginkgo's output, its last 12000 bytes", tail(string(out), 12000))
+		if !slices.ContainsFunc(specs, func(s upstreamSpec) bool { return s.failure != "" }) {
+			t.Errorf("ginkgo run e2e.test: %v, and no spec says why; its output's end:\n%s", err, tail(string(out), 3000))
+		}
+	}
 	for i := range specs {
 		specs[i].streams = timeline.between(specs[i].start, specs[i].end)
 		for j, other := range specs {
@@ -173,27 +185,41 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams f
 // checkUpstreamSpecs logs each spec with the streams carried while it ran
 // (shared with the specs that ran alongside it) and fails on any spec that
 // did not pass, or on fewer than min passed, or on a run that put fewer
-// streams than specs through spoke.
-func checkUpstreamSpecs(t *testing.T, specs []upstreamSpec, run streamTimeline, min int) {
+// streams than specs through spoke. When a spec failed it also logs the
+// cluster's (cp's) restarted containers: a restarted apiserver or proxy
+// fails specs that are not at fault.
+func checkUpstreamSpecs(t *testing.T, cp *controlPlane, specs []upstreamSpec, run streamTimeline, min int) {
 	t.Helper()
 	passed := 0
+	var failed []upstreamSpec
 	for _, s := range specs {
 		t.Logf("%s through spoke (%d streams while it ran, alongside %d other specs): %s", s.state, s.streams, s.alongside, s.name)
-		switch s.state {
-		case "passed":
+		if s.state == "passed" {
 			passed++
-		default:
-			t.Errorf("upstream spec %s: %s", s.state, s.name)
+		} else {
+			failed = append(failed, s)
 		}
 	}
 	total := run.growth()
 	t.Logf("%d specs passed; the apiserver proxy carried %d streams into tunnels during the run", passed, total)
+	for _, drop := range run.drops() {
+		t.Logf("the apiserver proxy's stream count went back %s: its Envoy restarted, or a node's cluster was removed and added again", drop)
+	}
 	if passed < min || total < passed {
 		t.Errorf("%d specs passed (want at least %d) and the apiserver proxy carried %d streams: the suite did not go through spoke as meant", passed, min, total)
 	}
+	if len(failed) > 0 {
+		t.Logf("containers that restarted in the cluster: %s", restartedContainers(cp))
+	}
+	// Last, so that the end of a failed test's output says what failed.
+	for _, s := range failed {
+		t.Errorf("upstream spec %s, %s-%s (%d streams while it ran, alongside %d other specs): %s\n%s",
+			s.state, s.start.Format(time.TimeOnly), s.end.Format(time.TimeOnly), s.streams, s.alongside, s.name, s.failure)
+	}
 }
 
-// jsonSpecs reads the specs that ran from ginkgo's JSON report.
+// jsonSpecs reads the specs that ran from ginkgo's JSON report, and the
+// suite's setup or teardown nodes that failed.
 func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 	t.Helper()
 	raw, err := os.ReadFile(path)
@@ -207,6 +233,14 @@ func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 			LeafNodeType            string
 			State                   string
 			StartTime, EndTime      time.Time
+			Failure                 struct {
+				Message         string
+				FailureNodeType string
+				Location        struct {
+					FileName   string
+					LineNumber int
+				}
+			}
 		}
 	}
 	if err := json.Unmarshal(raw, &reports); err != nil {
@@ -215,11 +249,23 @@ func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 	var specs []upstreamSpec
 	for _, r := range reports {
 		for _, s := range r.SpecReports {
-			if s.LeafNodeType != "It" || s.State == "skipped" {
+			suiteNodeFailed := s.LeafNodeType != "It" && s.State != "passed" && s.State != "skipped"
+			if (s.LeafNodeType != "It" && !suiteNodeFailed) || s.State == "skipped" {
 				continue
 			}
 			name := strings.Join(append(s.ContainerHierarchyTexts, s.LeafNodeText), " ")
-			specs = append(specs, upstreamSpec{name: name, state: s.State, start: s.StartTime, end: s.EndTime})
+			if suiteNodeFailed { // a suite's setup or teardown: no spec ran past it
+				name = "[" + s.LeafNodeType + "] " + name
+			}
+			spec := upstreamSpec{name: name, state: s.State, start: s.StartTime, end: s.EndTime}
+			if f := s.Failure; f.Message != "" || s.State != "passed" {
+				in := ""
+				if f.FailureNodeType != "" && f.FailureNodeType != "INVALID NODE TYPE" {
+					in = " (in its " + f.FailureNodeType + ")"
+				}
+				spec.failure = fmt.Sprintf("    at %s:%d%s: %s", filepath.Base(f.Location.FileName), f.Location.LineNumber, in, firstLines(f.Message, 12, 1500))
+			}
+			specs = append(specs, spec)
 		}
 	}
 	return specs
@@ -266,26 +312,109 @@ func (s *streamSamples) stop() streamTimeline {
 
 // growth is the counter's growth over the whole timeline.
 func (tl streamTimeline) growth() int {
-	if len(tl) == 0 {
-		return 0
+	return tl.increase(0, len(tl))
+}
+
+// increase is the counter's growth from sample i to sample j-1. A counter
+// that went back started again from zero (its Envoy restarted, or the
+// cluster it counts was removed and added again): what it counted since
+// then is growth too.
+func (tl streamTimeline) increase(i, j int) int {
+	sum := 0
+	for k := i + 1; k < j; k++ {
+		if d := tl[k].value - tl[k-1].value; d >= 0 {
+			sum += d
+		} else {
+			sum += tl[k].value
+		}
 	}
-	return tl[len(tl)-1].value - tl[0].value
+	return sum
+}
+
+// drops says where the counter went back, and by how much.
+func (tl streamTimeline) drops() []string {
+	var out []string
+	for k := 1; k < len(tl); k++ {
+		if tl[k].value < tl[k-1].value {
+			out = append(out, fmt.Sprintf("from %d to %d between %s and %s", tl[k-1].value, tl[k].value,
+				tl[k-1].at.Format("15:04:05.0"), tl[k].at.Format("15:04:05.0")))
+		}
+	}
+	return out
 }
 
 // between is the counter's growth from the last sample at or before start
 // to the first at or after end (up to a sample's slack on each side).
 func (tl streamTimeline) between(start, end time.Time) int {
 	from, to := -1, -1
-	for _, s := range tl {
+	for k, s := range tl {
 		if !s.at.After(start) {
-			from = s.value
+			from = k
 		}
 		if to < 0 && !s.at.Before(end) {
-			to = s.value
+			to = k
 		}
 	}
 	if from < 0 || to < 0 {
 		return 0
 	}
-	return to - from
+	return tl.increase(from, to+1)
+}
+
+// restartedContainers lists the cluster's containers that restarted, with
+// how their last run ended.
+func restartedContainers(cp *controlPlane) string {
+	pods, err := cp.client().CoreV1().Pods("").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return "(listing pods: " + err.Error() + ")"
+	}
+	var out []string
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			if c.RestartCount == 0 {
+				continue
+			}
+			why := ""
+			if last := c.LastTerminationState.Terminated; last != nil {
+				why = fmt.Sprintf(", the last ended %s: %s, exit %d", last.FinishedAt.Format(time.TimeOnly), last.Reason, last.ExitCode)
+			}
+			out = append(out, fmt.Sprintf("%s/%s %s: %d restarts%s", p.Namespace, p.Name, c.Name, c.RestartCount, why))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return "\n    " + strings.Join(out, "\n    ")
+}
+
+// firstLines is s cut to its first n lines and at most max bytes.
+func firstLines(s string, n, max int) string {
+	lines := strings.SplitAfter(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = append(lines[:n], "...")
+	}
+	out := strings.Join(lines, "")
+	if len(out) > max {
+		out = out[:max] + "..."
+	}
+	return out
+}
+
+// TestStreamTimelineCountsAcrossARestart: a counter that starts again from
+// zero (its Envoy restarted) keeps counting, and the drop is reported.
+func TestStreamTimelineCountsAcrossARestart(t *testing.T) {
+	at := time.Date(2026, 12, 7, 14, 0, 0, 0, time.UTC)
+	var tl streamTimeline
+	for i, v := range []int{100, 110, 130, 5, 20, 20, 50} {
+		tl = append(tl, streamSample{at.Add(time.Duration(i) * time.Second), v})
+	}
+	if got := tl.growth(); got != 10+20+5+15+0+30 {
+		t.Errorf("growth: %d, want 80", got)
+	}
+	if got := tl.between(at.Add(2*time.Second), at.Add(4*time.Second)); got != 5+15 {
+		t.Errorf("between the 3rd and 5th sample: %d, want 20", got)
+	}
+	if got := tl.drops(); len(got) != 1 || !strings.HasPrefix(got[0], "from 130 to 5 between 14:00:02.0 and 14:00:03.0") {
+		t.Errorf("drops: %q, want the one from 130 to 5", got)
+	}
 }

@@ -273,7 +273,7 @@ func TestKindClusterThroughSpoke(t *testing.T) {
 	// to the nodes, on a cluster with kube-proxy, DNS and service-account
 	// tokens, spoke its only way there.
 	specs, run := runUpstreamE2E(t, cp.adminKubeconfig(t), kindUpstreamFocus, upstreamProcs(t), kindAPIProxyStreams(t, kindCluster+"-control-plane"))
-	checkUpstreamSpecs(t, specs, run, 60)
+	checkUpstreamSpecs(t, cp, specs, run, 60)
 }
 
 // kindUpstreamFocus: the Conformance specs of admission and conversion
@@ -290,7 +290,13 @@ const kindUpstreamFocus = `\[sig-api-machinery\] AdmissionWebhook.*\[Conformance
 // the latest sum. The loop ends with the cluster.
 func kindAPIProxyStreams(t *testing.T, node string) func() (int, error) {
 	t.Helper()
-	script := `while :; do exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /stats?filter=upstream_rq_total HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && cat <&3; exec 3<&-; echo END; sleep 0.1; done`
+	// A reading ends with END only when the admin answered: a sum of zero
+	// from an Envoy that did not answer would read as its counters starting
+	// again.
+	script := `while :; do
+  if { exec 3<>/dev/tcp/127.0.0.1/9901; } 2>/dev/null && printf 'GET /stats?filter=upstream_rq_total HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n' >&3 && cat <&3; then echo END; else echo DOWN; fi
+  exec 3<&-; sleep 0.1
+done`
 	cmd := exec.Command("docker", "exec", node, "bash", "-c", script)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -307,12 +313,17 @@ func kindAPIProxyStreams(t *testing.T, node string) func() (int, error) {
 		sc := bufio.NewScanner(out)
 		sum := 0
 		for sc.Scan() {
-			if sc.Text() == "END" {
+			switch sc.Text() {
+			case "END":
 				latest.Store(int64(sum))
 				sum = 0
-			} else if m := line.FindStringSubmatch(sc.Text()); m != nil {
-				n, _ := strconv.Atoi(m[1])
-				sum += n
+			case "DOWN":
+				sum = 0
+			default:
+				if m := line.FindStringSubmatch(sc.Text()); m != nil {
+					n, _ := strconv.Atoi(m[1])
+					sum += n
+				}
 			}
 		}
 	}()
