@@ -143,7 +143,7 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams f
 	reportDir := t.TempDir()
 	samples := sampleStreams(streams)
 	start := time.Now()
-	cmd := exec.Command(ginkgo, "run", "--procs", strconv.Itoa(procs), "--no-color", "--timeout", "20m",
+	cmd := exec.Command(ginkgo, "run", "--procs", strconv.Itoa(procs), "--no-color", "--timeout", "30m",
 		"--focus", focus, "--skip", `\[Serial\]|\[Disruptive\]|\[Slow\]|\[Feature:|\[Flaky\]`,
 		"--output-dir", reportDir, "--json-report", "report.json",
 		e2eTest, "--",
