@@ -91,7 +91,13 @@ start() {
 	fi
 	mkdir -p "$run" "$data" "$(dirname "$log")"
 	remove_bridges # a killed run's daemon left them
-	install -m 0755 e2e/kind/runc-caps "$run/runc-caps"
+	# dockerd runs the wrapper at each runc call (a container's start, each
+	# docker exec, each kill); python3 through pyenv's shim, first in many
+	# PATHs, costs about eight times python's own start, so the wrapper
+	# names the system's python3.
+	python=/usr/bin/python3
+	[ -x "$python" ] || python=$(command -v python3)
+	sed "1s|.*|#!$python|" e2e/kind/runc-caps >"$run/runc-caps" && chmod 0755 "$run/runc-caps"
 	# dockerd would take over /run/containerd's socket path for its own
 	# containerd if none runs there; give it a place of its own.
 	nohup dockerd -H "unix://$sock" --data-root "$data" --exec-root "$run/exec" --pidfile "$run/dockerd.pid" \
