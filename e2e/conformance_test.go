@@ -161,7 +161,10 @@ func runUpstreamE2E(t *testing.T, kubeconfig, focus string, procs int, streams f
 	out, _ := os.ReadFile(logFile)
 	summary := regexp.MustCompile(`Ran (\d+) of \d+ Specs.*\n.*(SUCCESS|FAIL)!.*`).FindString(string(out))
 	t.Logf("upstream e2e through spoke, %d processes, %v: %s", procs, time.Since(start).Round(time.Second), summary)
-	specs := jsonSpecs(t, filepath.Join(reportDir, "report.json"))
+	specs, reportErr := jsonSpecs(filepath.Join(reportDir, "report.json"))
+	if reportErr != nil {
+		t.Fatalf("ginkgo run e2e.test: %v; its JSON report: %v; its output's end:\n%s", err, reportErr, tail(string(out), 3000))
+	}
 	if err != nil || summary == "" || strings.HasPrefix(summary, "Ran 0 ") {
 		// When specs failed, checkUpstreamSpecs says where and why, last
 		// (what CI shows of a failed test is its end); ginkgo's own output
@@ -220,11 +223,10 @@ func checkUpstreamSpecs(t *testing.T, cp *controlPlane, specs []upstreamSpec, ru
 
 // jsonSpecs reads the specs that ran from ginkgo's JSON report, and the
 // suite's setup or teardown nodes that failed.
-func jsonSpecs(t *testing.T, path string) []upstreamSpec {
-	t.Helper()
+func jsonSpecs(path string) ([]upstreamSpec, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("the e2e JSON report: %v", err)
+		return nil, err
 	}
 	var reports []struct {
 		SpecReports []struct {
@@ -244,21 +246,21 @@ func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 		}
 	}
 	if err := json.Unmarshal(raw, &reports); err != nil {
-		t.Fatalf("the e2e JSON report: %v", err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	var specs []upstreamSpec
 	for _, r := range reports {
 		for _, s := range r.SpecReports {
-			suiteNodeFailed := s.LeafNodeType != "It" && s.State != "passed" && s.State != "skipped"
-			if (s.LeafNodeType != "It" && !suiteNodeFailed) || s.State == "skipped" {
+			failed := s.State != "passed" && s.State != "skipped"
+			if s.State == "skipped" || (s.LeafNodeType != "It" && !failed) {
 				continue
 			}
 			name := strings.Join(append(s.ContainerHierarchyTexts, s.LeafNodeText), " ")
-			if suiteNodeFailed { // a suite's setup or teardown: no spec ran past it
+			if s.LeafNodeType != "It" { // a suite's setup or teardown that failed
 				name = "[" + s.LeafNodeType + "] " + name
 			}
 			spec := upstreamSpec{name: name, state: s.State, start: s.StartTime, end: s.EndTime}
-			if f := s.Failure; f.Message != "" || s.State != "passed" {
+			if f := s.Failure; failed {
 				in := ""
 				if f.FailureNodeType != "" && f.FailureNodeType != "INVALID NODE TYPE" {
 					in = " (in its " + f.FailureNodeType + ")"
@@ -268,7 +270,7 @@ func jsonSpecs(t *testing.T, path string) []upstreamSpec {
 			specs = append(specs, spec)
 		}
 	}
-	return specs
+	return specs, nil
 }
 
 // streamSamples reads a counter ten times a second until stopped.
@@ -416,5 +418,19 @@ func TestStreamTimelineCountsAcrossARestart(t *testing.T) {
 	}
 	if got := tl.drops(); len(got) != 1 || !strings.HasPrefix(got[0], "from 130 to 5 between 14:00:02.0 and 14:00:03.0") {
 		t.Errorf("drops: %q, want the one from 130 to 5", got)
+	}
+}
+
+// TestFailedSuiteSetupIsReported: a report of e2e.test (this machine's
+// build, run against an apiserver that is not there) whose suite setup
+// failed reads as one failed node, saying where and why.
+func TestFailedSuiteSetupIsReported(t *testing.T) {
+	specs, err := jsonSpecs("testdata/ginkgo-report-setup-failed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 1 || specs[0].state != "failed" || !strings.HasPrefix(specs[0].name, "[SynchronizedBeforeSuite]") ||
+		!strings.Contains(specs[0].failure, "e2e.go:211") || !strings.Contains(specs[0].failure, "connection refused") {
+		t.Errorf("specs read: %+v; want the failed SynchronizedBeforeSuite, at e2e.go:211, connection refused", specs)
 	}
 }
