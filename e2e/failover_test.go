@@ -3,8 +3,10 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -81,6 +83,7 @@ func TestNodeProxiesMoveToAnotherServer(t *testing.T) {
 		victim = 1
 	}
 	survivor := servers[1-victim]
+	waitTunnelsSettled(t, apiProxies, slices.Sorted(maps.Keys(nodes)), int(tp.settings.TunnelsPerEndpoint))
 	before := map[string]int{}
 	for name, p := range nodes {
 		before[name] = p.Stat("listener_manager.listener_added") + p.Stat("listener_manager.listener_modified")
@@ -89,6 +92,7 @@ func TestNodeProxiesMoveToAnotherServer(t *testing.T) {
 	for _, p := range apiProxies {
 		accepted += p.StatSum("reverse_tunnel.handshake.accepted")
 	}
+	pingsUnanswered := keepaliveTimeouts(apiProxies, nodes)
 
 	probe := startProbes(sockets, targets)
 	time.Sleep(500 * time.Millisecond)
@@ -130,9 +134,55 @@ func TestNodeProxiesMoveToAnotherServer(t *testing.T) {
 			}
 		}
 	}
-	if after != accepted {
-		t.Errorf("tunnels were re-established (%d handshakes before, %d after): some were dropped", accepted, after)
+	// A tunnel whose keepalive PING went unanswered (an Envoy starved of
+	// CPU for the 5 s timeout, as in make test at load 40-60: one such
+	// re-dial in 24 tunnels was seen) is re-dialed whatever the servers
+	// do; only the re-dials nothing else explains are the failover's.
+	unanswered := keepaliveTimeouts(apiProxies, nodes) - pingsUnanswered
+	switch redialed := after - accepted; {
+	case redialed > unanswered:
+		t.Errorf("tunnels were re-established (%d handshakes before, %d after, %d keepalive timeouts meanwhile): some were dropped", accepted, after, unanswered)
+	case redialed > 0:
+		t.Logf("%d tunnel(s) re-dialed after %d keepalive timeout(s): the machine's load, not the failover", redialed, unanswered)
 	}
+}
+
+// waitTunnelsSettled waits until every apiserver proxy holds perNode
+// tunnels of each node and none has accepted a handshake for a second. A
+// node proxy can still re-dial a start-up tunnel after waitForTunnel has
+// seen one through: under 12 CPU burners one handshake more than the 24
+// tunnels, with no keepalive timeout, came in 2 of 4 runs.
+func waitTunnelsSettled(t *testing.T, apiProxies []*envoytest.Process, nodes []string, perNode int) {
+	t.Helper()
+	last, since := -1, time.Now()
+	waitFor(t, 30*time.Second, fmt.Sprintf("each apiserver proxy holding %d tunnels of each node, none accepted for a second", perNode), func() bool {
+		accepted, full := 0, true
+		for _, p := range apiProxies {
+			accepted += p.StatSum("reverse_tunnel.handshake.accepted")
+			for _, node := range nodes {
+				full = full && p.Stat("reverse_tunnel_responder.nodes."+node) == perNode
+			}
+		}
+		if accepted != last {
+			last, since = accepted, time.Now()
+		}
+		return full && time.Since(since) >= time.Second
+	})
+}
+
+// keepaliveTimeouts sums the HTTP/2 keepalive timeouts of the tunnels
+// (closed because a PING went unanswered): the apiserver proxies' node
+// clusters and the node proxies' tunnel listeners (the root http2 stats),
+// not the xDS clusters, whose server the test kills.
+func keepaliveTimeouts(apiProxies []*envoytest.Process, nodes map[string]*envoytest.Process) int {
+	n := 0
+	for _, p := range apiProxies {
+		n += p.StatSumOf("cluster.node/", ".http2.keepalive_timeout") + p.StatSumOf("http2.", "keepalive_timeout")
+	}
+	for _, p := range nodes {
+		n += p.StatSumOf("http2.", "keepalive_timeout")
+	}
+	return n
 }
 
 // startStaticAPIServerProxy runs an apiserver proxy with no xDS server: the
