@@ -1,12 +1,12 @@
 package e2e
 
 import (
-	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/spokeproxy/spoke/e2e/datapath"
 )
 
 // overloadFactor is the run-queue length per core above which a latency
@@ -24,23 +24,9 @@ func checkWithin(t *testing.T, what string, got, limit time.Duration) {
 	if got <= limit {
 		return
 	}
-	if load, ok := loadAverage(); ok && load > overloadFactor*float64(runtime.NumCPU()) {
+	if load, err := strconv.ParseFloat(datapath.LoadAverage(), 64); err == nil && load > overloadFactor*float64(runtime.NumCPU()) {
 		t.Logf("%s took %v, over its bound of %v, not judged: load %.0f on %d cores", what, got, limit, load, runtime.NumCPU())
 		return
 	}
 	t.Errorf("%s took %v, want within %v", what, got, limit)
-}
-
-// loadAverage is the 1-minute load average (Linux /proc/loadavg).
-func loadAverage() (float64, bool) {
-	raw, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0, false
-	}
-	fields := strings.Fields(string(raw))
-	if len(fields) == 0 {
-		return 0, false
-	}
-	load, err := strconv.ParseFloat(fields[0], 64)
-	return load, err == nil
 }
