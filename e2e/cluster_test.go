@@ -612,21 +612,39 @@ func checkPortForward(t *testing.T, cp *controlPlane, pod string, size int) {
 	}
 	start := time.Now()
 	back := make(chan []byte, 1)
-	go func() {
-		got := make([]byte, size)
-		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Minute))
-		n, _ := io.ReadFull(conn, got)
-		back <- got[:n]
-	}()
+	go func() { back <- readUntilStalled(conn, size, portForwardStall) }()
 	if _, err := conn.Write(data); err != nil {
 		t.Fatalf("%s: port-forward write: %v", pod, err)
 	}
 	got := <-back
 	elapsed := time.Since(start)
 	if sha256.Sum256(got) != sha256.Sum256(data) {
-		t.Fatalf("%s: port-forward echoed %d of %d bytes, checksum differs", pod, len(got), size)
+		t.Fatalf("%s: port-forward echoed %d of %d bytes in %v (each read waits %v for the next byte), checksum differs", pod, len(got), size, elapsed.Round(time.Millisecond), portForwardStall)
 	}
 	t.Logf("%s: port-forward: %d MiB each way in %v (%.0f MB/s each way), checksums match", pod, size>>20, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds())
+}
+
+// portForwardStall is how long checkPortForward waits for the next echoed
+// byte. The whole transfer has no bound of its own: CI's make test moved
+// 1 MB/s each way at load 40-60 (64 MiB in 55 s; 20 MB/s idle), and a
+// total bound wide enough for that machine would hide nothing a stall
+// does not show.
+const portForwardStall = time.Minute
+
+// readUntilStalled reads up to size bytes from conn and returns what came
+// before the stream ended or went quiet for stall.
+func readUntilStalled(conn net.Conn, size int, stall time.Duration) []byte {
+	got := make([]byte, size)
+	n := 0
+	for n < size {
+		_ = conn.SetReadDeadline(time.Now().Add(stall))
+		m, err := conn.Read(got[n:])
+		n += m
+		if err != nil {
+			break
+		}
+	}
+	return got[:n]
 }
 
 // checkDeletedPodRefused deletes pod and waits until spoke refuses a
