@@ -466,7 +466,8 @@ func checkAttachEchoes(t *testing.T, cp *controlPlane, pod string) {
 	select {
 	case line := <-echoed:
 		if line != "hello over attach\n" {
-			// kubectl left (or wrote something else): what it said why.
+			// kubectl left or wrote something else: its standard error,
+			// complete once it has exited, says why.
 			_ = attach.Process.Kill()
 			<-exited
 			t.Errorf("%s: kubectl attach -i: %q back, want the line written; kubectl's standard error: %q", pod, line, stderr.String())
