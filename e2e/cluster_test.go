@@ -461,22 +461,21 @@ func checkAttachEchoes(t *testing.T, cp *controlPlane, pod string) {
 		_ = attach.Wait()
 		close(exited)
 	}()
-	defer func() { _ = attach.Process.Kill(); <-exited }()
+	// stop returns once kubectl is gone: its standard error, complete
+	// then, says why it left or what else it wrote.
+	stop := func() { _ = attach.Process.Kill(); <-exited }
+	defer stop()
 	fmt.Fprintln(in, "hello over attach")
 	select {
 	case line := <-echoed:
 		if line != "hello over attach\n" {
-			// kubectl left or wrote something else: its standard error,
-			// complete once it has exited, says why.
-			_ = attach.Process.Kill()
-			<-exited
+			stop()
 			t.Errorf("%s: kubectl attach -i: %q back, want the line written; kubectl's standard error: %q", pod, line, stderr.String())
 			return
 		}
 		t.Logf("%s: kubectl attach -i: echo back after %v", pod, time.Since(start).Round(time.Millisecond))
 	case <-time.After(attachEchoWait):
-		_ = attach.Process.Kill()
-		<-exited
+		stop()
 		t.Errorf("%s: kubectl attach -i: no echo in %v; kubectl's standard error: %q", pod, attachEchoWait, stderr.String())
 	}
 }

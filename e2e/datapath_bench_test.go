@@ -337,11 +337,10 @@ func (cfg benchConfig) place(pids []int) error {
 	return nil
 }
 
-// loadExceedsCores reads the 1-minute figure of a load average.
+// loadExceedsCores: the 1-minute load average is above one per core.
 func loadExceedsCores(load string) bool {
-	first, _, _ := strings.Cut(load, " ")
-	v, err := strconv.ParseFloat(first, 64)
-	return err == nil && v > float64(runtime.NumCPU())
+	perCore, ok := loadPerCore(load)
+	return ok && perCore > 1
 }
 
 func processesCPU(pids []int) (time.Duration, error) {

@@ -24,9 +24,26 @@ func checkWithin(t *testing.T, what string, got, limit time.Duration) {
 	if got <= limit {
 		return
 	}
-	if load, err := strconv.ParseFloat(datapath.LoadAverage(), 64); err == nil && load > overloadFactor*float64(runtime.NumCPU()) {
-		t.Logf("%s took %v, over its bound of %v, not judged: load %.0f on %d cores", what, got, limit, load, runtime.NumCPU())
+	load := datapath.LoadAverage()
+	if perCore, ok := loadPerCore(load); ok && perCore > overloadFactor {
+		t.Logf("%s took %v, over its bound of %v, not judged: load %s on %d cores", what, got, limit, load, runtime.NumCPU())
 		return
 	}
 	t.Errorf("%s took %v, want within %v", what, got, limit)
+}
+
+// loadPerCore divides a 1-minute load average (datapath.LoadAverage) by
+// the cores; false when there was none to read.
+func loadPerCore(load string) (float64, bool) {
+	v, err := strconv.ParseFloat(load, 64)
+	return v / float64(runtime.NumCPU()), err == nil
+}
+
+func TestLoadPerCoreReadsTheLoadAverage(t *testing.T) {
+	if got, ok := loadPerCore("8.00"); !ok || got != 8/float64(runtime.NumCPU()) {
+		t.Errorf("loadPerCore(8.00) = %v, %v; want %v per core", got, ok, 8/float64(runtime.NumCPU()))
+	}
+	if _, ok := loadPerCore("?"); ok {
+		t.Error(`loadPerCore("?") (no /proc/loadavg) read a load`)
+	}
 }
